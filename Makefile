@@ -1,0 +1,54 @@
+# The two Quickstart commands: `make serve` and `make test`. Each sets up its own virtual environment.
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PORT ?= 50051
+METRICS_PORT ?= 9090
+
+.PHONY: serve test lint setup-serve setup-dev export train-all evaluate-all bench bench-quick soak clean
+
+$(VENV)/bin/activate:
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) (or run make PYTHON=python3)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+# Serving needs no torch: the base install only.
+$(VENV)/.serve-installed: pyproject.toml $(VENV)/bin/activate
+	$(PY) -m pip install -q -e .
+	@touch $@
+
+$(VENV)/.dev-installed: pyproject.toml $(VENV)/bin/activate
+	$(PY) -m pip install -q -e ".[train,export,dev]"
+	@touch $@ $(VENV)/.serve-installed
+
+setup-serve: $(VENV)/.serve-installed
+setup-dev: $(VENV)/.dev-installed
+
+## Quickstart 1: serve the bundled models (gRPC on $(PORT), metrics on $(METRICS_PORT)).
+serve: setup-serve
+	$(PY) -m service --models models --port $(PORT) --metrics-port $(METRICS_PORT)
+
+## Quickstart 2: lint and run every test.
+test: setup-dev
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest -q
+
+lint: setup-dev
+	$(VENV)/bin/ruff check .
+
+## Re-export every shipped model to ONNX (byte-identical for the same checkpoint).
+export: setup-dev
+	$(PY) -m export models/copy models/repeat_copy models/associative_recall models/priority_sort
+
+evaluate-all: setup-dev
+	for t in copy repeat_copy associative_recall priority_sort copy_lstm_baseline associative_recall_lstm_baseline; do \
+	  $(PY) -m training.evaluate models/$$t || exit 1; done
+
+bench-quick: setup-dev
+	$(PY) -m benchmarks --quick
+
+bench: setup-dev
+	$(PY) -m benchmarks
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

@@ -1,0 +1,58 @@
+"""`python -m training TASK [options]` trains; `python -m training.evaluate FOLDER` evaluates."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shlex
+import sys
+from pathlib import Path
+
+from training.tasks import TASKS
+from training.train import TrainConfig, train
+
+
+def parse(argv: list[str]) -> TrainConfig:
+    p = argparse.ArgumentParser(prog="python -m training", description="Train an NTM (or the LSTM baseline).")
+    p.add_argument("task", choices=sorted(TASKS))
+    p.add_argument("--out", help="output folder (default models/<task>)")
+    p.add_argument("--model", choices=["ntm", "lstm_baseline"], default="ntm")
+    d = TrainConfig(task="copy", out="")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--sequences", type=int, default=d.sequences, help="training budget in sequences")
+    p.add_argument("--optimizer", choices=["adam", "rmsprop"], default=d.optimizer)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--momentum", type=float, default=d.momentum, help="RMSprop momentum")
+    p.add_argument("--clip", type=float, default=d.clip, help="gradient-norm clip")
+    p.add_argument("--eval-every", type=int, default=d.eval_every)
+    p.add_argument("--eval-sequences", type=int, default=d.eval_sequences)
+    p.add_argument("--stop-below", type=float, default=d.stop_below,
+                   help="stop when held-out bit errors fall below this")
+    p.add_argument("--threads", type=int, default=d.threads)
+    p.add_argument("--ntm", type=json.loads, default={},
+                   help='NTMConfig overrides as JSON, e.g. \'{"controller": "feedforward", "memory_rows": 64}\'')
+    p.add_argument("--baseline", type=json.loads, default={}, help="LSTMBaseline overrides as JSON")
+    a = p.parse_args(argv)
+    suffix = "" if a.model == "ntm" else "_lstm_baseline"
+    return TrainConfig(
+        task=a.task, out=a.out or f"models/{a.task}{suffix}", model=a.model, seed=a.seed, batch_size=a.batch_size,
+        sequences=a.sequences, optimizer=a.optimizer, lr=a.lr, momentum=a.momentum, clip=a.clip,
+        eval_every=a.eval_every, eval_sequences=a.eval_sequences, stop_below=a.stop_below, threads=a.threads,
+        ntm=a.ntm, baseline=a.baseline,
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    argv = sys.argv[1:] if argv is None else argv
+    cfg = parse(argv)
+    Path(cfg.out).mkdir(parents=True, exist_ok=True)
+    (Path(cfg.out) / "command.txt").write_text("python -m training " + shlex.join(argv) + "\n")
+    result = train(cfg)
+    logging.getLogger("training").info("done: %s", result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,93 @@
+"""NTM addressing (Graves et al. 2014, section 3.3), one pure function per stage.
+
+Every function is vectorised over the batch and over heads, has no state, and uses only ops
+that export to ONNX with a dynamic batch size (no grouped convolution, no Python loops over
+data-dependent sizes). Heads are a dimension: weightings are ``(B, H, N)``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+COSINE_EPS = 1e-8  # delta added to the cosine-similarity denominator
+SHARPEN_FLOOR = 1e-30  # keeps log/pow finite at w == 0 in the backward pass
+
+
+def content_weighting(memory: Tensor, key: Tensor, beta: Tensor) -> Tensor:
+    """Softmax over rows of beta * cosine(key, row). beta = 0 gives the uniform weighting.
+
+    memory (B, N, M), key (B, H, M), beta (B, H) -> (B, H, N)
+    """
+    dot = torch.matmul(key, memory.transpose(1, 2))  # (B, H, N)
+    key_norm = torch.linalg.vector_norm(key, dim=-1, keepdim=True)  # (B, H, 1)
+    row_norm = torch.linalg.vector_norm(memory, dim=-1).unsqueeze(1)  # (B, 1, N)
+    similarity = dot / (key_norm * row_norm + COSINE_EPS)  # (B, H, N)
+    return torch.softmax(beta.unsqueeze(-1) * similarity, dim=-1)
+
+
+def interpolate(content: Tensor, previous: Tensor, gate: Tensor) -> Tensor:
+    """gate * content + (1 - gate) * previous. gate = 0 keeps the previous weighting.
+
+    content (B, H, N), previous (B, H, N), gate (B, H) -> (B, H, N)
+    """
+    gate = gate.unsqueeze(-1)  # (B, H, 1)
+    return gate * content + (1.0 - gate) * previous
+
+
+def shift_index(rows: int, shift_range: int) -> Tensor:
+    """Index table for circular convolution: out[i] = sum_j w[idx[i, j]] * s[j].
+
+    s is zero-padded to length N with its centre c = S // 2 moved to index 0, so s[j] moves
+    weight by j - c rows (backward shifts wrap to the end): idx[i, j] = (i - (j - c)) mod N.
+    Built once per model; a constant in the exported graph. -> (N, S) int64
+    """
+    centre = shift_range // 2
+    i = torch.arange(rows).unsqueeze(1)  # (N, 1)
+    j = torch.arange(shift_range).unsqueeze(0)  # (1, S)
+    return torch.remainder(i - (j - centre), rows)  # (N, S)
+
+
+def shift(weights: Tensor, shift: Tensor, index: Tensor) -> Tensor:
+    """Circular convolution of each weighting with its shift distribution, as gather + weighted sum.
+
+    A gather keeps the batch size dynamic (a grouped conv1d would bake it in) and costs three
+    ONNX nodes whatever S is.
+    weights (B, H, N), shift (B, H, S), index (N, S) -> (B, H, N)
+    """
+    gathered = weights[..., index]  # (B, H, N, S)
+    return (gathered * shift.unsqueeze(-2)).sum(dim=-1)  # (B, H, N)
+
+
+def sharpen(weights: Tensor, gamma: Tensor) -> Tensor:
+    """w^gamma renormalised. gamma = 1 changes nothing; one-hot stays one-hot.
+
+    Dividing by the row maximum first is mathematically a no-op but keeps the largest term at 1,
+    so huge gamma cannot underflow every entry to zero.
+    weights (B, H, N), gamma (B, H) -> (B, H, N)
+    """
+    peak = weights.amax(dim=-1, keepdim=True)  # (B, H, 1)
+    scaled = torch.clamp(weights / (peak + SHARPEN_FLOOR), min=SHARPEN_FLOOR)  # (B, H, N), in (0, 1]
+    powered = scaled ** gamma.unsqueeze(-1)  # (B, H, N)
+    return powered / (powered.sum(dim=-1, keepdim=True) + SHARPEN_FLOOR)
+
+
+def address(
+    memory: Tensor,
+    previous: Tensor,
+    key: Tensor,
+    beta: Tensor,
+    gate: Tensor,
+    shift_weights: Tensor,
+    gamma: Tensor,
+    index: Tensor,
+) -> Tensor:
+    """The whole addressing pipeline: content -> interpolate -> shift -> sharpen.
+
+    memory (B, N, M), previous (B, H, N), key (B, H, M), beta/gate/gamma (B, H),
+    shift_weights (B, H, S), index (N, S) -> (B, H, N)
+    """
+    content = content_weighting(memory, key, beta)
+    gated = interpolate(content, previous, gate)
+    shifted = shift(gated, shift_weights, index)
+    return sharpen(shifted, gamma)

@@ -1,0 +1,49 @@
+"""Model configuration: one frozen dataclass, serialisable to JSON for checkpoints and ONNX metadata."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+ControllerKind = Literal["lstm", "feedforward"]
+MemoryInit = Literal["constant", "learned"]
+
+
+@dataclass(frozen=True)
+class NTMConfig:
+    """Sizes and options of one NTM. Defaults follow the issue: 128x20 memory, 1 read and 1 write head, S = 3."""
+
+    input_size: int
+    output_size: int
+    controller: ControllerKind = "lstm"
+    controller_size: int = 100
+    memory_rows: int = 128  # N
+    memory_width: int = 20  # M
+    read_heads: int = 1  # R
+    write_heads: int = 1  # W
+    shift_range: int = 3  # S, odd, 1 < S <= N
+    memory_init: MemoryInit = "constant"
+    memory_init_value: float = 1e-6
+    logit_clip: float = 20.0
+
+    def __post_init__(self) -> None:
+        if self.controller not in ("lstm", "feedforward"):
+            raise ValueError(f"controller must be 'lstm' or 'feedforward', got {self.controller!r}")
+        if self.memory_init not in ("constant", "learned"):
+            raise ValueError(f"memory_init must be 'constant' or 'learned', got {self.memory_init!r}")
+        if self.shift_range % 2 != 1 or not 1 < self.shift_range <= self.memory_rows:
+            raise ValueError(
+                f"shift_range must be odd with 1 < S <= N={self.memory_rows}, got {self.shift_range}"
+            )
+        for name in ("input_size", "output_size", "controller_size", "memory_rows", "memory_width"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.read_heads < 1 or self.write_heads < 1:
+            raise ValueError("read_heads and write_heads must be >= 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> NTMConfig:
+        return cls(**data)

@@ -1,0 +1,48 @@
+"""Head parameter projection: controller output -> (key, beta, gate, shift, gamma[, erase, add]) per head.
+
+All heads of one kind come from one linear layer and are split by slicing, so there is no
+Python loop over heads and the exported graph stays small.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class HeadParams(NamedTuple):
+    key: Tensor  # (B, H, M)
+    beta: Tensor  # (B, H)   key strength, softplus -> [0, inf)
+    gate: Tensor  # (B, H)   interpolation gate, sigmoid -> (0, 1)
+    shift: Tensor  # (B, H, S) shift distribution, softmax
+    gamma: Tensor  # (B, H)   sharpening, 1 + softplus -> [1, inf)
+    erase: Tensor | None  # (B, H, M) sigmoid, write heads only
+    add: Tensor | None  # (B, H, M) write heads only
+
+
+class HeadProjection(nn.Module):
+    """Linear map from the controller output to the parameters of `heads` heads."""
+
+    def __init__(self, hidden_size: int, heads: int, width: int, shift_range: int, write: bool) -> None:
+        super().__init__()
+        self.heads, self.width, self.shift_range, self.write = heads, width, shift_range, write
+        self.per_head = width + 3 + shift_range + (2 * width if write else 0)
+        self.linear = nn.Linear(hidden_size, heads * self.per_head)
+
+    def forward(self, h: Tensor) -> HeadParams:
+        """h (B, hidden) -> HeadParams with (B, heads, ...) tensors."""
+        m, s = self.width, self.shift_range
+        raw = self.linear(h).reshape(h.shape[0], self.heads, self.per_head)  # (B, H, P)
+        key = raw[..., :m]  # (B, H, M)
+        beta = F.softplus(raw[..., m])  # (B, H)
+        gate = torch.sigmoid(raw[..., m + 1])  # (B, H)
+        gamma = 1.0 + F.softplus(raw[..., m + 2])  # (B, H)
+        shift = torch.softmax(raw[..., m + 3 : m + 3 + s], dim=-1)  # (B, H, S)
+        if not self.write:
+            return HeadParams(key, beta, gate, shift, gamma, None, None)
+        erase = torch.sigmoid(raw[..., m + 3 + s : 2 * m + 3 + s])  # (B, H, M)
+        add = raw[..., 2 * m + 3 + s :]  # (B, H, M)
+        return HeadParams(key, beta, gate, shift, gamma, erase, add)

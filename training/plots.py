@@ -1,0 +1,58 @@
+"""Figures: learning curves and the attention/memory picture of one example (as in Graves et al.)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def learning_curve(log_path: Path, out: Path, title: str) -> None:
+    """Training loss and held-out bit errors against sequences seen."""
+    rows = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
+    evals = [r for r in rows if "eval_bit_errors" in r]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.5))
+    ax1.plot([r["sequences"] for r in evals], [r["loss"] for r in evals])
+    ax1.set(xlabel="training sequences", ylabel="BCE loss (train)", yscale="log", title=title)
+    ax2.plot([r["sequences"] for r in evals], [max(r["eval_bit_errors"], 1e-3) for r in evals])
+    ax2.set(xlabel="training sequences", ylabel="bit errors / sequence (held out)", yscale="log")
+    ax2.axhline(0.1, color="grey", linestyle="--", linewidth=0.8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def attention_figure(
+    inputs: np.ndarray,  # (T, I)
+    targets: np.ndarray,  # (T_out, O)
+    outputs: np.ndarray,  # (T, O)
+    read_weights: np.ndarray | None,  # (T, R, N)
+    write_weights: np.ndarray | None,  # (T, W, N)
+    memory: np.ndarray | None,  # (N, M)
+    out: Path,
+    title: str,
+) -> None:
+    """Inputs, targets, outputs, read/write weightings over time and the final memory."""
+    padded = np.zeros_like(outputs)
+    padded[-targets.shape[0] :] = targets
+    panels = [("inputs", inputs.T), ("targets", padded.T), ("outputs", outputs.T)]
+    if write_weights is not None and read_weights is not None:
+        panels += [("write weightings", write_weights[:, 0].T), ("read weightings", read_weights[:, 0].T)]
+    fig, axes = plt.subplots(len(panels) + (memory is not None), 1, figsize=(9, 1.6 * len(panels) + 3))
+    for ax, (name, image) in zip(axes, panels):
+        ax.imshow(image, aspect="auto", cmap="viridis", interpolation="nearest")
+        ax.set_ylabel(name, fontsize=8)
+        ax.set_xticks([])
+    if memory is not None:
+        axes[-1].imshow(memory.T, aspect="auto", cmap="RdBu", interpolation="nearest")
+        axes[-1].set_ylabel("final memory\n(M x N)", fontsize=8)
+        axes[-1].set_xlabel("memory row")
+    axes[0].set_title(title)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)

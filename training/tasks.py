@@ -1,0 +1,160 @@
+"""The four algorithmic tasks, with the exact encodings the service and outside evaluations rely on.
+
+Every generator takes a `torch.Generator` (seeded by the caller) and a batch size, and returns a
+`Batch`: inputs (T, B, I) and targets (T_out, B, O). Targets are compared with the model's outputs
+of the *last* T_out steps. Within one batch all sequences share their length parameters (L, R, K);
+the values that vary per sequence (bits, query index, priorities) are drawn per sequence.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, NamedTuple
+
+import torch
+from torch import Tensor
+
+
+class Batch(NamedTuple):
+    inputs: Tensor  # (T, B, I)
+    targets: Tensor  # (T_out, B, O)
+
+
+def _bits(gen: torch.Generator, *shape: int) -> Tensor:
+    return torch.randint(0, 2, shape, generator=gen).float()
+
+
+def _uniform_int(gen: torch.Generator, low: int, high: int) -> int:
+    """Uniform integer in [low, high], inclusive."""
+    return int(torch.randint(low, high + 1, (1,), generator=gen))
+
+
+def copy_batch(gen: torch.Generator, batch: int, length: int) -> Batch:
+    """L 8-bit vectors, a delimiter (channel 8), L blank steps; target the L vectors."""
+    seq = _bits(gen, length, batch, 8)  # (L, B, 8)
+    inputs = torch.zeros(2 * length + 1, batch, 9)  # (2L+1, B, 9)
+    inputs[:length, :, :8] = seq
+    inputs[length, :, 8] = 1.0
+    return Batch(inputs, seq)
+
+
+def repeat_copy_batch(gen: torch.Generator, batch: int, length: int, repeats: int) -> Batch:
+    """L vectors, delimiter (ch 8), repeat count R/10 on ch 9, R*L+1 blanks; target R copies + end marker."""
+    seq = _bits(gen, length, batch, 8)  # (L, B, 8)
+    out_steps = repeats * length + 1
+    inputs = torch.zeros(length + 2 + out_steps, batch, 10)  # (L+2+R*L+1, B, 10)
+    inputs[:length, :, :8] = seq
+    inputs[length, :, 8] = 1.0
+    inputs[length + 1, :, 9] = repeats / 10.0
+    targets = torch.zeros(out_steps, batch, 9)  # (R*L+1, B, 9)
+    targets[:-1, :, :8] = seq.repeat(repeats, 1, 1)
+    targets[-1, :, 8] = 1.0
+    return Batch(inputs, targets)
+
+
+def associative_recall_batch(gen: torch.Generator, batch: int, items: int, wrap: bool = False) -> Batch:
+    """K items of 3 6-bit vectors, each after a delimiter (ch 6); query delimiter (ch 7), the query
+    item, query delimiter, 3 blanks; target the item after the query (wrapping to item 1 if `wrap`).
+
+    Without `wrap` the query is one of the first K-1 items (Graves et al.)."""
+    item_len = 3
+    data = _bits(gen, items, item_len, batch, 6)  # (K, 3, B, 6)
+    query = torch.randint(0, items if wrap else items - 1, (batch,), generator=gen)  # (B,)
+    answer = (query + 1) % items  # (B,)
+    cols = torch.arange(batch)
+    steps = (item_len + 1) * items
+    inputs = torch.zeros(steps + 1 + item_len + 1 + item_len, batch, 8)  # (4K+8, B, 8)
+    for k in range(items):  # loop over item slots (a length parameter), never over the batch
+        inputs[k * (item_len + 1), :, 6] = 1.0
+        inputs[k * (item_len + 1) + 1 : (k + 1) * (item_len + 1), :, :6] = data[k]
+    inputs[steps, :, 7] = 1.0
+    inputs[steps + 1 : steps + 1 + item_len, :, :6] = data[query, :, cols].transpose(0, 1)  # (3, B, 6)
+    inputs[steps + 1 + item_len, :, 7] = 1.0
+    targets = data[answer, :, cols].transpose(0, 1)  # (3, B, 6)
+    return Batch(inputs, targets)
+
+
+def priority_sort_batch(gen: torch.Generator, batch: int, count: int = 20, keep: int = 16) -> Batch:
+    """20 vectors with a priority in [-1, 1] on ch 8, a delimiter (ch 9), 16 blanks; target the
+    16 highest-priority vectors, highest first."""
+    seq = _bits(gen, count, batch, 8)  # (20, B, 8)
+    priority = torch.rand(count, batch, generator=gen) * 2.0 - 1.0  # (20, B)
+    inputs = torch.zeros(count + 1 + keep, batch, 10)  # (37, B, 10)
+    inputs[:count, :, :8] = seq
+    inputs[:count, :, 8] = priority
+    inputs[count, :, 9] = 1.0
+    order = torch.argsort(priority, dim=0, descending=True)[:keep]  # (16, B)
+    targets = seq[order, torch.arange(batch)]  # (16, B, 8)
+    return Batch(inputs, targets)
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """What the trainer, evaluator and exporter need to know about a task."""
+
+    name: str
+    input_size: int
+    output_size: int
+    sample: Callable[[torch.Generator, int], Batch]  # a training batch with random length parameters
+    eval_points: tuple[tuple[str, Callable[[torch.Generator, int], Batch]], ...]
+    encoding: str
+
+
+def _copy_train(gen: torch.Generator, batch: int) -> Batch:
+    return copy_batch(gen, batch, _uniform_int(gen, 1, 20))
+
+
+def _repeat_train(gen: torch.Generator, batch: int) -> Batch:
+    return repeat_copy_batch(gen, batch, _uniform_int(gen, 1, 10), _uniform_int(gen, 1, 10))
+
+
+def _recall_train(gen: torch.Generator, batch: int, wrap: bool = False) -> Batch:
+    return associative_recall_batch(gen, batch, _uniform_int(gen, 2, 6), wrap)
+
+
+def _sort_train(gen: torch.Generator, batch: int) -> Batch:
+    return priority_sort_batch(gen, batch)
+
+
+def _fixed(fn: Callable[..., Batch], *args: int) -> Callable[[torch.Generator, int], Batch]:
+    return lambda gen, batch: fn(gen, batch, *args)
+
+
+TASKS: dict[str, TaskSpec] = {
+    "copy": TaskSpec(
+        "copy", 9, 8, _copy_train,
+        (("L in [1,20]", _copy_train),) + tuple((f"L={n}", _fixed(copy_batch, n)) for n in (20, 40, 80, 120)),
+        "L random 8-bit vectors (ch 8 = 0); delimiter (only ch 8 = 1); L zero steps. "
+        "Target: the L vectors, on the outputs of the last L steps.",
+    ),
+    "repeat_copy": TaskSpec(
+        "repeat_copy", 10, 9, _repeat_train,
+        (("L,R in [1,10]", _repeat_train),)
+        + tuple((f"L={n},R={r}", _fixed(repeat_copy_batch, n, r)) for n, r in ((10, 10), (10, 15), (15, 10))),
+        "L random 8-bit vectors; delimiter (only ch 8 = 1); a step with only ch 9 = R/10; R*L+1 zero steps. "
+        "Target over the last R*L+1 steps: the L vectors repeated R times (ch 8 = 0), then an end marker "
+        "(only ch 8 = 1).",
+    ),
+    "associative_recall": TaskSpec(
+        "associative_recall", 8, 6, _recall_train,
+        (("K in [2,6]", _recall_train),)
+        + tuple((f"K={k}", _fixed(associative_recall_batch, k)) for k in (6, 8, 10, 12, 15)),
+        "K items of 3 random 6-bit vectors, each preceded by a delimiter (only ch 6 = 1); a query delimiter "
+        "(only ch 7 = 1); the query item (3 steps, a copy of item q); a query delimiter; 3 zero steps. "
+        "Target over the last 3 steps: item q + 1.",
+    ),
+    "priority_sort": TaskSpec(
+        "priority_sort", 10, 8, _sort_train,
+        (("20 -> 16", _sort_train),),
+        "20 random 8-bit vectors, each step with its priority (uniform in [-1, 1]) on ch 8; a delimiter "
+        "(only ch 9 = 1); 16 zero steps. Target over those 16 steps: the 16 highest-priority vectors, "
+        "highest first.",
+    ),
+}
+
+
+def get_task(name: str) -> TaskSpec:
+    try:
+        return TASKS[name]
+    except KeyError:
+        raise ValueError(f"unknown task {name!r}; choose from {sorted(TASKS)}") from None
