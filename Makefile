@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PORT ?= 50051
 METRICS_PORT ?= 9090
 
-.PHONY: serve test lint setup-serve setup-dev export train-all evaluate-all bench bench-quick soak clean
+.PHONY: serve test lint setup-serve setup-dev export train-all evaluate-all bench bench-quick soak clean proto
 
 $(VENV)/bin/activate:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) (or run make PYTHON=python3)"; exit 1; }
@@ -43,6 +43,11 @@ export: setup-dev
 evaluate-all: setup-dev
 	for t in copy repeat_copy associative_recall priority_sort copy_lstm_baseline associative_recall_lstm_baseline; do \
 	  $(PY) -m training.evaluate models/$$t || exit 1; done
+
+## Regenerate the committed generated code: gRPC stubs (service/proto_gen) and the state-pool helper graphs.
+proto: setup-dev
+	$(PY) protos/generate.py
+	$(PY) -m service.graphs.build
 
 bench-quick: setup-dev
 	$(PY) -m benchmarks --quick

@@ -34,13 +34,15 @@ def parse(argv: list[str]) -> TrainConfig:
     p.add_argument("--ntm", type=json.loads, default={},
                    help='NTMConfig overrides as JSON, e.g. \'{"controller": "feedforward", "memory_rows": 64}\'')
     p.add_argument("--baseline", type=json.loads, default={}, help="LSTMBaseline overrides as JSON")
+    p.add_argument("--wrap", action="store_true",
+                   help="associative_recall only: the query may be the last item (its answer wraps to item 1)")
     a = p.parse_args(argv)
     suffix = "" if a.model == "ntm" else "_lstm_baseline"
     return TrainConfig(
         task=a.task, out=a.out or f"models/{a.task}{suffix}", model=a.model, seed=a.seed, batch_size=a.batch_size,
         sequences=a.sequences, optimizer=a.optimizer, lr=a.lr, momentum=a.momentum, clip=a.clip,
         eval_every=a.eval_every, eval_sequences=a.eval_sequences, stop_below=a.stop_below, threads=a.threads,
-        ntm=a.ntm, baseline=a.baseline,
+        ntm=a.ntm, baseline=a.baseline, wrap=a.wrap,
     )
 
 

@@ -26,8 +26,14 @@ def save_model(model: nn.Module, folder: Path, meta: dict[str, Any]) -> Path:
     if isinstance(model, NTM):
         payload["config"] = model.config.to_dict()
     path = folder / MODEL_FILE
-    torch.save(payload, path)
-    (folder / CONFIG_FILE).write_text(json.dumps({"kind": kind, "config": payload.get("config"), **meta}, indent=2) + "\n")
+    # Write-then-rename: a reader (evaluation, export, tests) never sees a half-written file mid-training.
+    tmp = folder / (MODEL_FILE + ".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)
+    summary = {"kind": kind, "config": payload.get("config"), **meta}
+    tmp_config = folder / (CONFIG_FILE + ".tmp")
+    tmp_config.write_text(json.dumps(summary, indent=2) + "\n")
+    tmp_config.replace(folder / CONFIG_FILE)
     return path
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
 
 def learning_curve(log_path: Path, out: Path, title: str) -> None:
@@ -44,10 +44,13 @@ def attention_figure(
     if write_weights is not None and read_weights is not None:
         panels += [("write weightings", write_weights[:, 0].T), ("read weightings", read_weights[:, 0].T)]
     fig, axes = plt.subplots(len(panels) + (memory is not None), 1, figsize=(9, 1.6 * len(panels) + 3))
-    for ax, (name, image) in zip(axes, panels):
-        ax.imshow(image, aspect="auto", cmap="viridis", interpolation="nearest")
+    for ax, (name, image) in zip(axes, panels, strict=False):  # the memory panel, if any, comes after
+        # Fixed 0..1 colour scale: a 0.5 output must not look like a confident bit.
+        ax.imshow(image, aspect="auto", cmap="viridis", interpolation="nearest", vmin=0.0, vmax=1.0)
         ax.set_ylabel(name, fontsize=8)
+    for ax in axes[: len(panels) - 1]:
         ax.set_xticks([])
+    axes[len(panels) - 1].set_xlabel("time step")
     if memory is not None:
         axes[-1].imshow(memory.T, aspect="auto", cmap="RdBu", interpolation="nearest")
         axes[-1].set_ylabel("final memory\n(M x N)", fontsize=8)

@@ -8,8 +8,9 @@ the values that vary per sequence (bits, query index, priorities) are drawn per 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -123,22 +124,23 @@ def _fixed(fn: Callable[..., Batch], *args: int) -> Callable[[torch.Generator, i
 TASKS: dict[str, TaskSpec] = {
     "copy": TaskSpec(
         "copy", 9, 8, _copy_train,
-        (("L in [1,20]", _copy_train),) + tuple((f"L={n}", _fixed(copy_batch, n)) for n in (20, 40, 80, 120)),
+        (("L in [1,20]", _copy_train), *((f"L={n}", _fixed(copy_batch, n)) for n in (20, 40, 80, 120))),
         "L random 8-bit vectors (ch 8 = 0); delimiter (only ch 8 = 1); L zero steps. "
         "Target: the L vectors, on the outputs of the last L steps.",
     ),
     "repeat_copy": TaskSpec(
         "repeat_copy", 10, 9, _repeat_train,
-        (("L,R in [1,10]", _repeat_train),)
-        + tuple((f"L={n},R={r}", _fixed(repeat_copy_batch, n, r)) for n, r in ((10, 10), (10, 15), (15, 10))),
+        (
+            ("L,R in [1,10]", _repeat_train),
+            *((f"L={n},R={r}", _fixed(repeat_copy_batch, n, r)) for n, r in ((10, 10), (10, 15), (15, 10))),
+        ),
         "L random 8-bit vectors; delimiter (only ch 8 = 1); a step with only ch 9 = R/10; R*L+1 zero steps. "
         "Target over the last R*L+1 steps: the L vectors repeated R times (ch 8 = 0), then an end marker "
         "(only ch 8 = 1).",
     ),
     "associative_recall": TaskSpec(
         "associative_recall", 8, 6, _recall_train,
-        (("K in [2,6]", _recall_train),)
-        + tuple((f"K={k}", _fixed(associative_recall_batch, k)) for k in (6, 8, 10, 12, 15)),
+        (("K in [2,6]", _recall_train), *((f"K={k}", _fixed(associative_recall_batch, k)) for k in (6, 8, 10, 12, 15))),
         "K items of 3 random 6-bit vectors, each preceded by a delimiter (only ch 6 = 1); a query delimiter "
         "(only ch 7 = 1); the query item (3 steps, a copy of item q); a query delimiter; 3 zero steps. "
         "Target over the last 3 steps: item q + 1.",
@@ -153,8 +155,19 @@ TASKS: dict[str, TaskSpec] = {
 }
 
 
-def get_task(name: str) -> TaskSpec:
+def get_task(name: str, wrap: bool = False) -> TaskSpec:
+    """The task by name; `wrap` selects the seed's associative-recall variant (the query may be the last item,
+    whose answer wraps around to item 1)."""
     try:
-        return TASKS[name]
+        spec = TASKS[name]
     except KeyError:
         raise ValueError(f"unknown task {name!r}; choose from {sorted(TASKS)}") from None
+    if not wrap:
+        return spec
+    if name != "associative_recall":
+        raise ValueError(f"wrap applies to associative_recall only, not {name!r}")
+
+    def sample(gen: torch.Generator, batch: int) -> Batch:
+        return _recall_train(gen, batch, wrap=True)
+
+    return replace(spec, sample=sample, eval_points=(("K in [2,6], wrap", sample), *spec.eval_points[1:]))

@@ -3,7 +3,11 @@
 A run is fully determined by its TrainConfig: the model init comes from `seed`, training batches
 from a generator seeded with `seed`, held-out evaluation from a separate fixed seed. The resume
 file stores the optimizer and the batch generator's RNG state, so a resumed run ends exactly
-where the uninterrupted run ends.
+where the uninterrupted run ends. Resuming with a larger `sequences` budget continues the run.
+
+The shipped `checkpoint.pt` is the best model by held-out bit errors (ties go to the later one),
+not the last: NTM training with Adam can diverge long after it has converged, and a late blow-up
+must not overwrite a good model. `resume.pt` always holds the latest state.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from training.checkpoint import RESUME_FILE, save_model
+from training.checkpoint import MODEL_FILE, RESUME_FILE, save_model
 from training.config import NTMConfig
 from training.metrics import bit_errors, sequence_loss
 from training.model import NTM, LSTMBaseline
@@ -48,6 +52,7 @@ class TrainConfig:
     threads: int = 1
     ntm: dict[str, Any] = field(default_factory=dict)  # NTMConfig overrides
     baseline: dict[str, Any] = field(default_factory=dict)  # LSTMBaseline overrides
+    wrap: bool = False  # associative recall: the seed's variant where the query may be the last item
 
 
 def build_model(cfg: TrainConfig, task: TaskSpec) -> nn.Module:
@@ -83,24 +88,25 @@ def evaluate_point(model: nn.Module, sample: Any, sequences: int, seed: int, bat
 def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
     """Train (or resume) a model; writes checkpoint, resume file, JSONL log and learning curve to cfg.out."""
     torch.set_num_threads(cfg.threads)
-    task = get_task(cfg.task)
+    task = get_task(cfg.task, cfg.wrap)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     model = build_model(cfg, task)
     optimizer = build_optimizer(cfg, model)
     gen = torch.Generator().manual_seed(cfg.seed)
-    seen, started = 0, time.monotonic()
+    seen, started, best = 0, time.monotonic(), float("inf")
     log_path = out / "train_log.jsonl"
     resume_path = out / RESUME_FILE
 
     if resume_path.exists():
         state = torch.load(resume_path, map_location="cpu", weights_only=False)
-        if state["train_config"] != asdict(cfg):
+        if _identity(state["train_config"]) != _identity(asdict(cfg)):
             raise ValueError(f"{resume_path} was written by a different training config; use another --out")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         gen.set_state(state["generator"])
         seen = state["sequences"]
+        best = state.get("best_eval", best)
         lines = log_path.read_text().splitlines() if log_path.exists() else []
         log_path.write_text("".join(line + "\n" for line in lines if json.loads(line)["sequences"] <= seen))
         log.info("resumed %s at %d sequences", out, seen)
@@ -139,10 +145,15 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
             with log_path.open("a") as f:
                 f.write(json.dumps(row) + "\n")
             loss_sum, err_sum, n_batches = 0.0, 0.0, 0
-            _save(model, optimizer, gen, seen, cfg, meta, out)
+            if last_eval <= best:
+                best = last_eval
+                save_model(model, out, {**meta, "sequences_trained": seen, "eval_bit_errors": last_eval})
+            _save_resume(model, optimizer, gen, seen, best, cfg, out)
     bar.close()
     model.eval()
-    _save(model, optimizer, gen, seen, cfg, meta, out)
+    if not (out / MODEL_FILE).exists():  # a budget shorter than one evaluation period
+        save_model(model, out, {**meta, "sequences_trained": seen, "eval_bit_errors": last_eval})
+    _save_resume(model, optimizer, gen, seen, best, cfg, out)
     learning_curve(log_path, out / "learning_curve.png", f"{cfg.model} on {task.name}")
     return {"sequences": seen, "eval_bit_errors": last_eval}
 
@@ -154,10 +165,16 @@ def _last_eval(log_path: Path) -> float | None:
     return rows[-1]["eval_bit_errors"] if rows else None
 
 
-def _save(model: nn.Module, optimizer: torch.optim.Optimizer, gen: torch.Generator, seen: int,
-          cfg: TrainConfig, meta: dict[str, Any], out: Path) -> None:
-    save_model(model, out, {**meta, "sequences_trained": seen})
+def _identity(train_config: dict[str, Any]) -> dict[str, Any]:
+    """The parts of a training config that define the run; the budget and stop rule may change on resume."""
+    defaults = asdict(TrainConfig(task="", out=""))  # fields added since an old resume file was written
+    merged = {**defaults, **train_config}
+    return {k: v for k, v in merged.items() if k not in ("sequences", "stop_below")}
+
+
+def _save_resume(model: nn.Module, optimizer: torch.optim.Optimizer, gen: torch.Generator, seen: int,
+                 best: float, cfg: TrainConfig, out: Path) -> None:
     tmp = out / (RESUME_FILE + ".tmp")
     torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "generator": gen.get_state(),
-                "sequences": seen, "train_config": asdict(cfg)}, tmp)
+                "sequences": seen, "best_eval": best, "train_config": asdict(cfg)}, tmp)
     tmp.replace(out / RESUME_FILE)

@@ -1,0 +1,54 @@
+"""The trained PyTorch model stepped directly: eager and torch.compile, the baselines for onnxruntime."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from training.model import NTM
+from training.state import NTMState
+
+
+def torch_state(model: NTM, batch: int) -> NTMState:
+    """The initial state as contiguous tensors of their own (expand() views would alias across rows)."""
+    with torch.no_grad():
+        return NTMState(*(t.detach().clone().contiguous() for t in model.initial_state(batch)))
+
+
+class TorchStep:
+    """`step(x, state)` under no_grad on the next row of `inputs` (T, B, I); the state carries over."""
+
+    def __init__(self, step: Callable[..., Any], state: NTMState, inputs: np.ndarray) -> None:
+        self.step, self.state, self.t = step, state, 0
+        self.inputs = torch.from_numpy(inputs)
+
+    def __call__(self) -> None:
+        x = self.inputs[self.t % len(self.inputs)]
+        self.t += 1
+        with torch.no_grad():
+            _, self.state = self.step(x, self.state)
+
+
+def threads_setter(threads: int) -> Callable[[], None]:
+    def set_threads() -> None:
+        torch.set_num_threads(threads)
+
+    return set_threads
+
+
+def compiled_step(model: NTM, batch: int, inputs: np.ndarray, threads: int) -> tuple[TorchStep, float]:
+    """torch.compile (inductor, static shapes) of `model.step` for one batch size, warmed up.
+
+    Returns the runner and the seconds spent compiling. Raises whatever the compiler raises.
+    """
+    torch.set_num_threads(threads)
+    step = torch.compile(model.step, dynamic=False)
+    runner = TorchStep(step, torch_state(model, batch), inputs)
+    start = time.perf_counter()
+    for _ in range(3):  # the first calls compile; the state passed in later comes from compiled code
+        runner()
+    return runner, time.perf_counter() - start

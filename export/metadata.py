@@ -1,0 +1,68 @@
+"""The `metadata_props` every exported graph carries (keys fixed by docs/onnx-contract.md)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import onnx
+
+from training.config import NTMConfig
+from training.state import STATE_NAMES
+
+Shape = list[int | str]  # "B" (batch) and "T" (time) are the symbolic dimensions
+
+
+def state_shapes(config: NTMConfig) -> dict[str, Shape]:
+    """Name -> shape of every state tensor, batch first, in STATE_NAMES order."""
+    c = config
+    shapes: dict[str, Shape] = {
+        "controller_h": ["B", c.controller_size],
+        "controller_c": ["B", c.controller_size],
+        "read_vectors": ["B", c.read_heads, c.memory_width],
+        "memory": ["B", c.memory_rows, c.memory_width],
+        "read_weights": ["B", c.read_heads, c.memory_rows],
+        "write_weights": ["B", c.write_heads, c.memory_rows],
+    }
+    assert tuple(shapes) == STATE_NAMES
+    return shapes
+
+
+def _spec(pairs: list[tuple[str, Shape]]) -> str:
+    return json.dumps([{"name": name, "shape": shape} for name, shape in pairs])
+
+
+def graph_metadata(
+    graph: str,
+    task: str,
+    config: NTMConfig,
+    encoding: str,
+    checkpoint_sha256: str,
+    inputs: list[tuple[str, Shape]],
+    outputs: list[tuple[str, Shape]],
+) -> dict[str, str]:
+    """All contract keys, JSON with sorted keys so the bytes are stable."""
+    return {
+        "ntm.task": task,
+        "ntm.graph": graph,
+        "ntm.config": json.dumps(config.to_dict(), sort_keys=True),
+        "ntm.state": _spec(list(state_shapes(config).items())),
+        "ntm.inputs": _spec(inputs),
+        "ntm.outputs": _spec(outputs),
+        "ntm.encoding": encoding,
+        "ntm.checkpoint_sha256": checkpoint_sha256,
+    }
+
+
+def set_metadata(model: onnx.ModelProto, props: dict[str, str]) -> None:
+    del model.metadata_props[:]
+    onnx.helper.set_model_props(model, props)
+
+
+def read_metadata(model: onnx.ModelProto) -> dict[str, Any]:
+    """metadata_props as a dict, JSON values decoded."""
+    out: dict[str, Any] = {}
+    for prop in model.metadata_props:
+        key, value = prop.key, prop.value
+        out[key] = json.loads(value) if key in ("ntm.config", "ntm.state", "ntm.inputs", "ntm.outputs") else value
+    return out

@@ -1,0 +1,307 @@
+"""Parity of the ONNX graphs with torch: op by op, and whole models over long inputs.
+
+`python -m export.parity FOLDER [--provider cpu|cuda] [--steps N]` checks the ONNX files in FOLDER
+against its checkpoint, prints one table row per op and per output/state tensor, and exits 1 past
+tolerance (2 when the provider or the files cannot be used).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import itertools
+import math
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+
+from export.compare import DRIFT_TOLERANCE, OP_TOLERANCE, Row, markdown, row
+from export.graphs import STEP_INPUTS
+from export.metadata import read_metadata
+from export.model_files import GRAPH_FILES, Checkpoint, load_checkpoint
+from export.ops import PURE_OPS, OpSpec, edge_cases, export_controller, export_pure_op, random_inputs
+from export.runtime import ProviderUnavailable, session
+from training import tasks
+from training.model import NTM
+from training.state import STATE_NAMES, NTMState
+
+ATTENTION = {"read_attention": "read_weights", "write_attention": "write_weights"}
+CHUNKS = (7, 13, 1)  # sequence calls cycle through these lengths in the chunked check
+
+
+@dataclass
+class Sessions:
+    """onnxruntime sessions of a model's three graphs."""
+
+    step: ort.InferenceSession
+    sequence: ort.InferenceSession
+    initial_state: ort.InferenceSession
+
+
+def sessions(graphs: dict[str, onnx.ModelProto | bytes | str], provider: str, threads: int = 0) -> Sessions:
+    return Sessions(*(session(graphs[name], provider, threads=threads) for name in GRAPH_FILES))
+
+
+# ---------------------------------------------------------------------------------------------- inputs
+
+
+def long_inputs(task: str, input_size: int, steps: int, batch: int, seed: int = 0) -> np.ndarray:
+    """(steps, B, I) task inputs: one long copy / repeat-copy sequence, else task sequences back to back."""
+    gen = torch.Generator().manual_seed(seed)
+    if task == "copy":
+        inputs = tasks.copy_batch(gen, batch, math.ceil(steps / 2)).inputs
+    elif task == "repeat_copy":
+        inputs = tasks.repeat_copy_batch(gen, batch, 10, max(1, math.ceil((steps - 13) / 10))).inputs
+    else:
+        parts, total = [], 0
+        while total < steps:
+            part = tasks.get_task(task).sample(gen, batch).inputs
+            parts.append(part)
+            total += part.shape[0]
+        inputs = torch.cat(parts)
+    if inputs.shape[-1] != input_size:
+        raise ValueError(f"task {task} has input size {inputs.shape[-1]}, the model {input_size}")
+    return inputs[:steps].numpy().astype(np.float32)
+
+
+def onnx_initial_state(sess: ort.InferenceSession, batch: int) -> dict[str, np.ndarray]:
+    """The initial_state graph's batch-1 state, repeated to `batch` (what the service does)."""
+    state = sess.run(None, {})
+    return {name: np.repeat(value, batch, axis=0) for name, value in zip(STATE_NAMES, state, strict=True)}
+
+
+# ------------------------------------------------------------------------------------------ rollouts
+
+
+def torch_step(model: NTM, x: np.ndarray, state: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """One `NTM.step` in torch, probabilities out (as the step graph)."""
+    with torch.no_grad():
+        logits, nxt = model.step(torch.from_numpy(x), NTMState(*(torch.from_numpy(state[n]) for n in STATE_NAMES)))
+    return torch.sigmoid(logits).numpy(), {n: t.numpy() for n, t in zip(STATE_NAMES, nxt, strict=True)}
+
+
+def onnx_step(sess: ort.InferenceSession, x: np.ndarray, state: dict[str, np.ndarray]
+              ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    out = sess.run(None, {"input": x, **state})
+    return out[0], dict(zip(STATE_NAMES, out[1:], strict=True))
+
+
+def onnx_sequence(sess: ort.InferenceSession, inputs: np.ndarray, state: dict[str, np.ndarray]
+                  ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """One sequence call -> ({outputs, read_attention, write_attention}, final state)."""
+    out = sess.run(None, {"inputs": inputs, **state})
+    return dict(zip(("outputs", *ATTENTION), out[:3], strict=True)), dict(zip(STATE_NAMES, out[3:], strict=True))
+
+
+def onnx_sequence_chunked(sess: ort.InferenceSession, inputs: np.ndarray, state: dict[str, np.ndarray],
+                          chunks: Iterable[int] = CHUNKS) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The same as one call, in calls of 7, 13, 1, 7, ... steps, each starting from the last one's state."""
+    pieces: dict[str, list[np.ndarray]] = {"outputs": [], **{k: [] for k in ATTENTION}}
+    start = 0
+    for length in itertools.cycle(chunks):
+        if start >= len(inputs):
+            break
+        seq, state = onnx_sequence(sess, inputs[start : start + length], state)
+        for key, value in seq.items():
+            pieces[key].append(value)
+        start += length
+    return {k: np.concatenate(v) for k, v in pieces.items()}, state
+
+
+# ------------------------------------------------------------------------------------- model parity
+
+
+def model_rows(model: NTM, sess: Sessions, task: str, steps: int = 1000, batch: int = 2, seed: int = 0) -> list[Row]:
+    """Whole model over `steps` steps from the initial state: step graph looped and sequence graph vs torch.
+
+    The ONNX step loop feeds back its own state (so drift accumulates honestly). Rows: every output
+    and state tensor (the step loop at every step, the sequence's final state and per-step attention),
+    identical rounded output bits, the initial state, and chunked sequence calls vs one call.
+    """
+    inputs = long_inputs(task, model.config.input_size, steps, batch, seed)  # (T, B, I)
+    with torch.no_grad():
+        initial = {n: t.detach().numpy() for n, t in zip(STATE_NAMES, model.initial_state(1), strict=True)}
+    start = onnx_initial_state(sess.initial_state, batch)
+    rows = [row(f"initial_state: {name}", start[name][:1], initial[name], 0.0) for name in STATE_NAMES]
+
+    worst: dict[str, Row] = {}
+    torch_state, onnx_state = dict(start), dict(start)
+    torch_out, loop_out = [], []
+    torch_attention: dict[str, list[np.ndarray]] = {k: [] for k in ATTENTION}
+    for x in inputs:
+        p_torch, torch_state = torch_step(model, x, torch_state)
+        p_onnx, onnx_state = onnx_step(sess.step, x, onnx_state)
+        torch_out.append(p_torch)
+        loop_out.append(p_onnx)
+        for key, state_name in ATTENTION.items():
+            torch_attention[key].append(torch_state[state_name])
+        for name in ("output", *STATE_NAMES):
+            expected, actual = (p_torch, p_onnx) if name == "output" else (torch_state[name], onnx_state[name])
+            r = row(f"step loop vs torch: {name}", actual, expected, DRIFT_TOLERANCE, f"{steps} steps, B={batch}")
+            worst[name] = worst[name].merge(r) if name in worst else r
+    rows += list(worst.values())
+
+    expected_out = np.stack(torch_out)  # (T, B, O)
+    loop_bits = int(np.count_nonzero((np.stack(loop_out) > 0.5) != (expected_out > 0.5)))
+    rows.append(_bits_row("step loop vs torch: rounded output bits", loop_bits, expected_out.size))
+
+    seq, final = onnx_sequence(sess.sequence, inputs, start)
+    rows.append(row("sequence vs torch: outputs", seq["outputs"], expected_out, DRIFT_TOLERANCE, f"T={steps}"))
+    for key in ATTENTION:
+        rows.append(row(f"sequence vs torch: {key}", seq[key], np.stack(torch_attention[key]), DRIFT_TOLERANCE))
+    for name in STATE_NAMES:
+        rows.append(row(f"sequence vs torch: final {name}", final[name], torch_state[name], DRIFT_TOLERANCE))
+    seq_bits = int(np.count_nonzero((seq["outputs"] > 0.5) != (expected_out > 0.5)))
+    rows.append(_bits_row("sequence vs torch: rounded output bits", seq_bits, expected_out.size))
+
+    chunked, chunked_final = onnx_sequence_chunked(sess.sequence, inputs, start)
+    label = "+".join(map(str, CHUNKS)) + "+…"
+    for key in seq:
+        rows.append(row(f"sequence chunked {label} vs one call: {key}", chunked[key], seq[key], 0.0))
+    for name in STATE_NAMES:
+        rows.append(row(f"sequence chunked {label} vs one call: final {name}", chunked_final[name], final[name], 0.0))
+    return rows
+
+
+def _bits_row(check: str, differing: int, total: int) -> Row:
+    return Row(check, float(differing), float(differing) / max(total, 1), 0.0, f"differing bits of {total}")
+
+
+# ---------------------------------------------------------------------------------------- op parity
+
+
+@functools.cache
+def _pure_op_graph(name: str) -> onnx.ModelProto:
+    return export_pure_op(PURE_OPS[name])
+
+
+def pure_op_row(spec: OpSpec, sess: ort.InferenceSession, sizes: dict[str, int], seed: int = 0) -> Row:
+    """One op at the given sizes: random inputs at B=1 and B=64 plus every edge case (at B=3)."""
+    cases: list[tuple[str, dict[str, np.ndarray]]] = []
+    for b in (1, 64):
+        cases.append((f"B={b}", random_inputs(spec, np.random.default_rng(seed + b), {**sizes, "B": b})))
+    edges = edge_cases(spec, {**sizes, "B": 3})
+    cases += list(edges.items())
+    result: Row | None = None
+    for label, arrays in cases:
+        r = row(f"op: {spec.name}", sess.run(None, spec.feeds(arrays))[0], spec.call_torch(arrays), OP_TOLERANCE)
+        if not r.passed:
+            r.note = f"fails on {label}"
+        result = r if result is None else result.merge(r)
+    assert result is not None
+    if result.passed:
+        result.note = f"B=1,64 random + {len(edges)} edge cases"
+    return result
+
+
+def controller_row(model: NTM, sess: ort.InferenceSession, seed: int = 0) -> Row:
+    c = model.config
+    result: Row | None = None
+    for b in (1, 64):
+        rng = np.random.default_rng(seed + b)
+        x = rng.normal(size=(b, c.input_size + c.read_heads * c.memory_width)).astype(np.float32)
+        h, cell = (rng.normal(size=(b, c.controller_size)).astype(np.float32) for _ in range(2))
+        with torch.no_grad():
+            expected = model.controller(torch.from_numpy(x), torch.from_numpy(h), torch.from_numpy(cell))
+        actual = sess.run(None, {"x": x, "h": h, "c": cell})
+        for a, e in zip(actual, expected, strict=True):
+            r = row(f"op: controller ({c.controller})", a, e.numpy(), OP_TOLERANCE, "B=1,64 random")
+            result = r if result is None else result.merge(r)
+    assert result is not None
+    return result
+
+
+def step_row(model: NTM, step: ort.InferenceSession, seed: int = 0, warmup: int = 20) -> Row:
+    """The whole step graph vs `NTM.step`, one step from a state reached by `warmup` random torch steps."""
+    c = model.config
+    result: Row | None = None
+    for b in (1, 64):
+        rng = np.random.default_rng(seed + b)
+        with torch.no_grad():
+            state = {n: t.detach().numpy().copy() for n, t in zip(STATE_NAMES, model.initial_state(b), strict=True)}
+        for _ in range(warmup):
+            _, state = torch_step(model, (rng.random((b, c.input_size)) < 0.5).astype(np.float32), state)
+        x = rng.normal(size=(b, c.input_size)).astype(np.float32)
+        p_torch, s_torch = torch_step(model, x, state)
+        p_onnx, s_onnx = onnx_step(step, x, state)
+        for name in ("output", *STATE_NAMES):
+            a, e = (p_onnx, p_torch) if name == "output" else (s_onnx[name], s_torch[name])
+            r = row("op: whole step", a, e, OP_TOLERANCE, f"B=1,64, all {len(STEP_INPUTS)} outputs")
+            result = r if result is None else result.merge(r)
+    assert result is not None
+    return result
+
+
+def op_rows(model: NTM, step: ort.InferenceSession, provider: str, seed: int = 0) -> list[Row]:
+    """Every op of the step at this model's sizes (N, M, S, R and W), then the controller and whole step."""
+    c = model.config
+    rows = []
+    for name, spec in PURE_OPS.items():
+        sess = session(_pure_op_graph(name), provider)
+        heads = sorted({c.read_heads, c.write_heads})
+        result = None
+        for h in heads:
+            sizes = {"H": h, "N": c.memory_rows, "M": c.memory_width, "S": c.shift_range}
+            r = pure_op_row(spec, sess, sizes, seed)
+            result = r if result is None else result.merge(r)
+        assert result is not None
+        rows.append(result)
+    rows.append(controller_row(model, session(export_controller(model), provider), seed))
+    rows.append(step_row(model, step, seed))
+    return rows
+
+
+# -------------------------------------------------------------------------------------------- CLI
+
+
+def check_folder(folder: Path, provider: str, steps: int, batch: int, ops: bool = True
+                 ) -> tuple[list[Row], Checkpoint]:
+    """All parity rows for a shipped model folder (its ONNX files against its checkpoint)."""
+    ckpt = load_checkpoint(folder)
+    paths = {name: folder / file for name, file in GRAPH_FILES.items()}
+    missing = [str(p) for p in paths.values() if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"missing ONNX files {missing}: run `python -m export {folder}`")
+    for path in paths.values():
+        recorded = read_metadata(onnx.load(str(path), load_external_data=False)).get("ntm.checkpoint_sha256")
+        if recorded != ckpt.sha256:
+            raise ValueError(f"{path} was exported from checkpoint {recorded}, but {folder}/checkpoint.pt is "
+                             f"{ckpt.sha256}: re-export with `python -m export {folder}`")
+    sess = sessions({name: str(p) for name, p in paths.items()}, provider)
+    rows = op_rows(ckpt.model, sess.step, provider) if ops else []
+    rows += model_rows(ckpt.model, sess, ckpt.task, steps, batch)
+    return rows, ckpt
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m export.parity", description=__doc__.splitlines()[0])
+    parser.add_argument("folder", type=Path, metavar="FOLDER")
+    parser.add_argument("--provider", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--steps", type=int, default=1000, help="whole-model steps (default 1000)")
+    parser.add_argument("--batch", type=int, default=2, help="whole-model batch size (default 2)")
+    parser.add_argument("--no-ops", action="store_true", help="skip the op-by-op rows (no op exports)")
+    args = parser.parse_args(argv)
+    if args.steps < 1 or args.batch < 1:
+        parser.error("--steps and --batch must be >= 1")
+    torch.set_num_threads(1)  # the torch reference: one thread is faster for these tiny ops than contended many
+    try:
+        rows, ckpt = check_folder(args.folder, args.provider, args.steps, args.batch, ops=not args.no_ops)
+    except (ProviderUnavailable, OSError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"## Parity: {args.folder} (task {ckpt.task}, checkpoint {ckpt.sha256[:12]}, "
+          f"provider {args.provider}, onnxruntime {ort.__version__})\n")
+    print(markdown(rows))
+    failed = [r.check for r in rows if not r.passed]
+    print(f"\n{len(rows) - len(failed)}/{len(rows)} checks pass" + (f"; FAILED: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

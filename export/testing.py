@@ -1,0 +1,63 @@
+"""Small untrained checkpoints with the real shapes, for the tests and for trying the tools without a
+trained model. Cached per process so test files share one export per configuration."""
+
+from __future__ import annotations
+
+import functools
+import tempfile
+from pathlib import Path
+
+import onnx
+import torch
+
+from export.exporter import build_graphs
+from export.model_files import GRAPH_FILES, load_checkpoint, model_bytes, write_atomically
+from training.checkpoint import save_model
+from training.config import NTMConfig
+from training.model import NTM
+from training.tasks import get_task
+
+# Configurations the tests cover: the shipped default, and the corners (feed-forward controller,
+# several heads, S = 5, S = N, learned memory).
+DEV_CONFIGS: dict[str, tuple[str, NTMConfig]] = {
+    "copy_default": ("copy", NTMConfig(input_size=9, output_size=8)),
+    "repeat_copy_ff_multihead": ("repeat_copy", NTMConfig(
+        input_size=10, output_size=9, controller="feedforward", controller_size=32, memory_rows=16,
+        memory_width=6, read_heads=2, write_heads=2, shift_range=5)),
+    "copy_shift_n_learned": ("copy", NTMConfig(
+        input_size=9, output_size=8, controller_size=24, memory_rows=7, memory_width=5, shift_range=7,
+        memory_init="learned")),
+}
+
+
+def make_dev_checkpoint(folder: Path, task: str, config: NTMConfig, seed: int = 0) -> Path:
+    """Save an untrained NTM (seeded weights; the learned initial state perturbed so it is not trivial)."""
+    torch.manual_seed(seed)
+    model = NTM(config).eval()
+    if config.memory_init == "learned":
+        with torch.no_grad():
+            model.memory0.normal_(0.0, 0.1)
+    spec = get_task(task)
+    meta = {"task": task, "input_size": spec.input_size, "output_size": spec.output_size,
+            "encoding": spec.encoding, "dev_checkpoint": True}
+    return save_model(model, folder, meta)
+
+
+@functools.cache
+def dev_folder(name: str) -> Path:
+    """A folder with a dev checkpoint and its three exported graphs (made once per process)."""
+    task, config = DEV_CONFIGS[name]
+    folder = Path(tempfile.mkdtemp(prefix=f"ntm-dev-{name}-"))
+    make_dev_checkpoint(folder, task, config)
+    for graph_name, graph in build_graphs(load_checkpoint(folder)).items():
+        write_atomically(folder / GRAPH_FILES[graph_name], model_bytes(graph))
+    return folder
+
+
+def load_graphs(folder: Path) -> dict[str, onnx.ModelProto]:
+    return {name: onnx.load(str(folder / file)) for name, file in GRAPH_FILES.items()}
+
+
+def shipped_folders(root: Path = Path("models")) -> list[Path]:
+    """Model folders that ship ONNX graphs next to an NTM checkpoint (`models/*/step.onnx`)."""
+    return sorted(p.parent for p in root.glob("*/step.onnx") if (p.parent / "checkpoint.pt").is_file())

@@ -1,0 +1,76 @@
+"""Optional bearer-token authentication and the identity ("owner") a session belongs to.
+
+With no tokens configured every caller is `ANONYMOUS` and owns every session. With tokens, every call
+except health checks needs `authorization: Bearer <token>` (UNAUTHENTICATED otherwise), and the owner
+is a digest of the token, so a session can only be used by the token that created it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any
+
+import grpc
+
+ANONYMOUS = "anonymous"
+EXEMPT_PREFIXES = ("/grpc.health.v1.Health/",)
+
+
+def owner_of(token: str) -> str:
+    """A stable, non-secret name for a token (logged and compared; the token itself never is)."""
+    return "token:" + hashlib.sha256(token.encode()).hexdigest()[:16]
+
+
+class TokenAuth:
+    def __init__(self, tokens: Iterable[str]) -> None:
+        self._tokens = [t.encode() for t in tokens]
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self._tokens)
+
+    def owner(self, metadata: Sequence[tuple[str, Any]] | None) -> str | None:
+        """The caller's owner name, `ANONYMOUS` when auth is off, None when the token is missing or wrong."""
+        if not self._tokens:
+            return ANONYMOUS
+        for key, value in metadata or ():
+            if key == "authorization" and isinstance(value, str) and value.startswith("Bearer "):
+                given = value[len("Bearer "):].strip().encode()
+                matches = [hmac.compare_digest(given, t) for t in self._tokens]  # no early exit: constant time
+                if any(matches):
+                    return owner_of(given.decode())
+        return None
+
+
+def _deny(message: str) -> Callable[..., Awaitable[Any]]:
+    async def deny(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+
+    return deny
+
+
+class AuthInterceptor(grpc.aio.ServerInterceptor):
+    """Refuses calls without a valid bearer token before they reach a handler."""
+
+    def __init__(self, auth: TokenAuth) -> None:
+        self._auth = auth
+
+    async def intercept_service(self, continuation: Callable[[Any], Awaitable[Any]],
+                                details: grpc.HandlerCallDetails) -> Any:
+        handler = await continuation(details)
+        if handler is None or details.method.startswith(EXEMPT_PREFIXES):
+            return handler
+        if self._auth.owner(details.invocation_metadata) is not None:
+            return handler
+        deny = _deny("missing or invalid bearer token (metadata 'authorization: Bearer <token>')")
+        kwargs = {"request_deserializer": handler.request_deserializer,
+                  "response_serializer": handler.response_serializer}
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(deny, **kwargs)
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(deny, **kwargs)
+        if handler.stream_unary:
+            return grpc.stream_unary_rpc_method_handler(deny, **kwargs)
+        return grpc.stream_stream_rpc_method_handler(deny, **kwargs)

@@ -1,0 +1,34 @@
+"""Prometheus metrics of one server, in its own registry (several servers can live in one process)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = r = registry or CollectorRegistry()
+        self.live_sessions = Gauge("ntm_live_sessions", "Live sessions.", ["model"], registry=r)
+        self.sessions_created = Counter("ntm_sessions_created", "Sessions created (how: create or import).",
+                                        ["model", "how"], registry=r)
+        self.evictions = Counter("ntm_evictions", "Sessions evicted (reason: ttl).", ["model", "reason"], registry=r)
+        self.steps = Counter("ntm_steps", "Session time steps applied.", ["model"], registry=r)
+        self.requests = Counter("ntm_step_requests", "Step requests answered (rpc: Step or StreamSteps).",
+                                ["model", "rpc"], registry=r)
+        self.batch_size = Histogram("ntm_batch_size", "Sessions per onnxruntime step call.", ["model"],
+                                    buckets=BATCH_BUCKETS, registry=r)
+        self.engine_seconds = Histogram("ntm_engine_call_seconds", "Time of one batched onnxruntime step call "
+                                        "(gather, step, scatter).", ["model"], buckets=LATENCY_BUCKETS, registry=r)
+        self.step_latency = Histogram("ntm_step_latency_seconds", "Time from accepting a step request to its "
+                                      "result.", ["model", "rpc"], buckets=LATENCY_BUCKETS, registry=r)
+        self.queue_depth = Gauge("ntm_queue_depth", "Requests waiting or running per model.", ["model"], registry=r)
+        self.errors = Counter("ntm_errors", "Refused requests by method and gRPC status code.", ["method", "code"],
+                              registry=r)
+
+    def serve(self, host: str, port: int) -> tuple[object, int]:
+        """Start the /metrics HTTP endpoint; returns the server (for shutdown) and its port."""
+        server, _thread = start_http_server(port, host, registry=self.registry)
+        return server, server.server_address[1]

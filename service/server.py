@@ -1,0 +1,216 @@
+"""Assembling and running the server: models, batchers, sessions, gRPC (with health and reflection),
+metrics, the TTL reaper, and a graceful stop (health NOT_SERVING, in-flight calls finish, queues drain).
+
+`run(config)` is `python -m service`; `ServerThread` runs the same server in a background thread for
+tests and benchmarks (a real server on a real port, in-process).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from service.auth import AuthInterceptor, TokenAuth
+from service.batcher import Batcher
+from service.config import ServiceConfig
+from service.engine import Engine, ModelLoadError, resolve_provider
+from service.logs import setup_logging
+from service.metrics import Metrics
+from service.proto_gen.ntm.v1 import ntm_pb2, ntm_pb2_grpc
+from service.servicer import NTMServicer, ServedModel
+from service.sessions import SessionRegistry
+
+log = logging.getLogger(__name__)
+
+NTM_SERVICE = ntm_pb2.DESCRIPTOR.services_by_name["NTM"].full_name  # "ntm.v1.NTM"
+HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+
+
+def model_folders(root: Path) -> list[Path]:
+    """Subfolders holding a step graph; the others (e.g. LSTM baselines, no ONNX) are not served."""
+    if not root.is_dir():
+        raise ModelLoadError(f"models directory {root} does not exist")
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and (p / "step.onnx").is_file())
+    if not folders:
+        raise ModelLoadError(f"no models under {root}: expected {root}/<name>/step.onnx (run `make export`)")
+    return folders
+
+
+def load_models(config: ServiceConfig, metrics: Metrics) -> dict[str, ServedModel]:
+    folders = model_folders(config.models)
+    provider = resolve_provider(config.provider, config.device_id, folders[0] / "step.onnx")
+    models = {}
+    for folder in folders:
+        engine = Engine(folder, provider, config.device_id, config.intra_op_threads,
+                        initial_capacity=config.max_batch, lanes=config.max_batch)
+        batcher = Batcher(engine, metrics, batching=config.batching, max_batch=config.max_batch,
+                          max_wait_s=config.max_wait_ms / 1000, max_queue=config.max_queue)
+        models[engine.spec.name] = ServedModel(engine.spec, engine.provider, batcher)
+        log.info("model loaded", extra={"model": engine.spec.name, "task": engine.spec.task,
+                                        "provider": engine.provider, "checkpoint": engine.spec.checkpoint_sha256[:12]})
+    return models
+
+
+class Server:
+    def __init__(self, config: ServiceConfig) -> None:
+        self.config = config
+        self.metrics = Metrics()
+        self.models: dict[str, ServedModel] = {}
+        self.registry: SessionRegistry | None = None
+        self.port = 0
+        self.metrics_port: int | None = None
+        self._grpc: grpc.aio.Server | None = None
+        self._health: Any = None
+        self._metrics_http: Any = None
+        self._reaper: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        c = self.config
+        self.models = load_models(c, self.metrics)
+        for model in self.models.values():
+            model.batcher.start()
+        self.registry = SessionRegistry(
+            {name: m.batcher for name, m in self.models.items()}, self.metrics, max_sessions=c.max_sessions,
+            max_sessions_per_owner=c.max_sessions_per_owner, default_ttl_s=c.default_ttl_s, max_ttl_s=c.max_ttl_s)
+        auth = TokenAuth(c.auth_tokens)
+        options = [
+            ("grpc.max_receive_message_length", c.max_message_bytes),
+            ("grpc.max_send_message_length", c.max_message_bytes),
+            ("grpc.so_reuseport", 0),  # a second server on the same port fails instead of sharing it
+        ]
+        self._grpc = grpc.aio.server(interceptors=[AuthInterceptor(auth)] if auth.enabled else [], options=options)
+        servicer = NTMServicer(self.models, self.registry, c, self.metrics, auth)
+        ntm_pb2_grpc.add_NTMServicer_to_server(servicer, self._grpc)
+        self._health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
+        reflection.enable_server_reflection((NTM_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME), self._grpc)
+        self.port = self._grpc.add_insecure_port(f"{c.host}:{c.port}")
+        await self._grpc.start()
+        if c.metrics_port >= 0:
+            self._metrics_http, self.metrics_port = self.metrics.serve(c.metrics_host, c.metrics_port)
+        for service in ("", NTM_SERVICE):
+            await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        self._reaper = asyncio.create_task(self._reap())
+        log.info("serving", extra={"port": self.port, "metrics_port": self.metrics_port, "models": sorted(self.models),
+                                   "provider": next(iter(self.models.values())).provider, "batching": c.batching,
+                                   "max_batch": c.max_batch, "auth": auth.enabled})
+
+    async def _reap(self) -> None:
+        assert self.registry is not None
+        while True:
+            await asyncio.sleep(self.config.reap_interval_s)
+            try:
+                self.registry.reap()
+            except Exception:  # the reaper must outlive any one bad pass
+                log.exception("reaping sessions failed")
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Health NOT_SERVING, refuse new calls, let in-flight ones finish (up to `grace`), drain queues."""
+        grace = self.config.grace_s if grace is None else grace
+        log.info("shutting down", extra={"grace_s": grace})
+        if self._health is not None:
+            await self._health.enter_graceful_shutdown()
+        if self._reaper is not None:
+            self._reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reaper
+        if self._grpc is not None:
+            await self._grpc.stop(grace)
+        loop = asyncio.get_running_loop()
+        for model in self.models.values():
+            await loop.run_in_executor(None, model.batcher.stop)
+        if self._metrics_http is not None:
+            self._metrics_http.shutdown()
+            self._metrics_http.server_close()
+        log.info("stopped")
+
+
+async def _serve(config: ServiceConfig) -> int:
+    server = Server(config)
+    try:
+        await server.start()
+    except ModelLoadError as err:
+        log.error("cannot start: %s", err)
+        return 2
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await server.stop()
+    return 0
+
+
+def run(config: ServiceConfig) -> int:
+    """`python -m service`: serve until SIGTERM or SIGINT."""
+    setup_logging(config.log_level, config.log_format)
+    return asyncio.run(_serve(config))
+
+
+class ServerThread:
+    """The server on its own event loop in a background thread: `with ServerThread(config) as server:`."""
+
+    def __init__(self, config: ServiceConfig) -> None:
+        self.server = Server(config)
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._thread = threading.Thread(target=self._run, name="ntm-server", daemon=True)
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.server.port}"
+
+    def _run(self) -> None:
+        asyncio.run(self._main())
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        try:
+            await self.server.start()
+        except BaseException as err:
+            self._error = err
+            self._ready.set()
+            await self.server.stop(0)
+            return
+        self._ready.set()
+        await self._stop.wait()
+        await self.server.stop(self._grace)
+
+    def start(self, timeout: float = 120.0) -> ServerThread:
+        self._grace = self.server.config.grace_s
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise TimeoutError("server did not start")
+        if self._error is not None:
+            raise self._error
+        return self
+
+    def stop(self, grace: float | None = None, timeout: float = 60.0) -> None:
+        if self._loop is None or self._stop is None or not self._thread.is_alive():
+            return
+        if grace is not None:
+            self._grace = grace
+        self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(timeout)
+
+    def __enter__(self) -> ServerThread:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

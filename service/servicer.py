@@ -1,0 +1,340 @@
+"""The `ntm.v1.NTM` gRPC service (grpc.aio): validates, hands work to the sessions and batchers, answers.
+
+Unary calls turn a `ServiceError` into the call's status. `StreamSteps` answers a refused request with a
+response whose `error` is set and goes on; its responses for one session leave in request order (a
+per-stream reorder line per session), and at most `stream_window` requests of a stream are unanswered
+at a time: a client that stops reading stops being read (bounded memory).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import grpc
+from google.rpc import status_pb2
+
+from service.auth import TokenAuth
+from service.batcher import Batcher, ControlJob, Done, StepJob, StepOutcome
+from service.config import ServiceConfig
+from service.engine import ModelSpec
+from service.errors import ServiceError, internal, invalid, not_found
+from service.metrics import Metrics
+from service.proto_gen.ntm.v1 import ntm_pb2, ntm_pb2_grpc
+from service.sessions import SessionRecord, SessionRegistry, init_action, read_action
+from service.tensors import state_tensors, step_inputs, to_tensor
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    spec: ModelSpec
+    provider: str
+    batcher: Batcher
+
+
+def _settle(future: asyncio.Future[Any], result: Any) -> None:
+    if future.done():  # the caller has gone (cancelled); the work was still applied whole
+        return
+    if isinstance(result, BaseException):
+        future.set_exception(result)
+    else:
+        future.set_result(result)
+
+
+def _loop_future() -> tuple[asyncio.Future[Any], Done]:
+    """A future of the running loop and a thread-safe callback that settles it."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[Any] = loop.create_future()
+
+    def done(result: Any) -> None:
+        loop.call_soon_threadsafe(_settle, future, result)
+
+    return future, done
+
+
+def model_info(model: ServedModel) -> ntm_pb2.ModelInfo:
+    c = model.spec.config
+    return ntm_pb2.ModelInfo(
+        name=model.spec.name, task=model.spec.task, input_size=c["input_size"], output_size=c["output_size"],
+        memory_rows=c["memory_rows"], memory_width=c["memory_width"], read_heads=c["read_heads"],
+        write_heads=c["write_heads"], provider=model.provider, controller_size=c.get("controller_size", 0),
+        controller=c.get("controller", ""), shift_range=c.get("shift_range", 0), encoding=model.spec.encoding,
+        checkpoint_sha256=model.spec.checkpoint_sha256,
+        state=[ntm_pb2.StateSpec(name=n, shape=s) for n, s in model.spec.state_shapes.items()],
+    )
+
+
+def _unary(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn a ServiceError into the call's status (and count it)."""
+    name = method.__name__
+
+    @functools.wraps(method)
+    async def wrapper(self: NTMServicer, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await method(self, request, context)
+        except ServiceError as err:
+            self._count_error(name, err)
+            await context.abort(err.code, err.message)
+
+    return wrapper
+
+
+_READ_DONE = object()
+
+
+class _StreamOrder:
+    """One stream's outgoing responses: per session in request order, as soon as each is ready."""
+
+    def __init__(self) -> None:
+        self.out: asyncio.Queue[Any] = asyncio.Queue()
+        self._lines: dict[str, deque[list[Any]]] = {}
+        self.outstanding = 0  # requests read and not yet handed to gRPC
+
+    def reserve(self, session_id: str) -> list[Any]:
+        cell: list[Any] = [None]
+        self._lines.setdefault(session_id, deque()).append(cell)
+        self.outstanding += 1
+        return cell
+
+    def fill(self, session_id: str, cell: list[Any], response: ntm_pb2.StepResponse) -> None:
+        cell[0] = response
+        line = self._lines[session_id]
+        while line and line[0][0] is not None:
+            self.out.put_nowait(line.popleft()[0])
+        if not line:
+            del self._lines[session_id]
+
+
+class NTMServicer(ntm_pb2_grpc.NTMServicer):
+    def __init__(self, models: dict[str, ServedModel], registry: SessionRegistry, config: ServiceConfig,
+                 metrics: Metrics, auth: TokenAuth) -> None:
+        self.models = models
+        self.registry = registry
+        self.config = config
+        self.metrics = metrics
+        self.auth = auth
+
+    # --- helpers --------------------------------------------------------------------------------------
+
+    def _owner(self, context: grpc.aio.ServicerContext) -> str:
+        owner = self.auth.owner(context.invocation_metadata())
+        if owner is None:  # the interceptor refuses these first; this is the belt to its braces
+            raise ServiceError(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid bearer token")
+        return owner
+
+    def _count_error(self, method: str, err: ServiceError) -> None:
+        self.metrics.errors.labels(method, err.code.name).inc()
+        log.debug("refused", extra={"method": method, "code": err.code.name, "detail": err.message})
+
+    def _model(self, name: str) -> ServedModel:
+        if not name:
+            raise invalid("model is required")
+        model = self.models.get(name)
+        if model is None:
+            raise not_found(f"unknown model {name!r}; ListModels lists them")
+        return model
+
+    async def _control(self, session: SessionRecord, action: Callable[..., T]) -> T:
+        future, done = _loop_future()
+        self.registry.submit_to(session, lambda s, d: ControlJob(s, action, d), done)
+        return await future
+
+    async def _control_by_id(self, session_id: str, owner: str, action: Callable[..., T]) -> T:
+        future, done = _loop_future()
+        self.registry.submit(session_id, owner, lambda s, d: ControlJob(s, action, d), done)
+        return await future
+
+    def _session_message(self, session: SessionRecord, state: dict[str, Any] | None = None,
+                         steps: int | None = None) -> ntm_pb2.Session:
+        steps = session.steps if steps is None else steps
+        message = ntm_pb2.Session(session_id=session.id, model=session.model, steps=steps, ttl_seconds=session.ttl_s)
+        expires = session.expires_wall(self.registry.clock(), time.time())
+        message.expires_at.FromNanoseconds(int(expires * 1e9))
+        message.created_at.FromNanoseconds(int(session.created_wall * 1e9))
+        if state is not None:
+            message.state.CopyFrom(self._state_message(session.model, steps, state))
+        return message
+
+    def _state_message(self, model: str, steps: int, state: dict[str, Any]) -> ntm_pb2.SessionState:
+        message = ntm_pb2.SessionState(model=model, steps=steps,
+                                       checkpoint_sha256=self.models[model].spec.checkpoint_sha256)
+        for name, array in state.items():
+            message.tensors[name].CopyFrom(to_tensor(array))
+        return message
+
+    def _submit_step(self, request: ntm_pb2.StepRequest, owner: str, rpc: str) -> asyncio.Future[Any]:
+        """Validate a step request and queue it; the future settles with a StepOutcome or a ServiceError."""
+        session = self.registry.get(request.session_id, owner)
+        model = self.models[session.model]
+        if not request.HasField("inputs"):
+            raise invalid(f"inputs is required: a tensor of shape [T, {model.spec.input_size}]")
+        inputs = step_inputs(request.inputs, model.spec.input_size, self.config.max_steps)
+        future, settle = _loop_future()
+        began = time.perf_counter()
+        latency = self.metrics.step_latency.labels(session.model, rpc)
+        requests = self.metrics.requests.labels(session.model, rpc)
+
+        def done(result: Any) -> None:
+            latency.observe(time.perf_counter() - began)
+            requests.inc()
+            settle(result)
+
+        self.registry.submit(request.session_id, owner,
+                             lambda s, d: StepJob(s, inputs, request.return_attention, d), done)
+        return future
+
+    @staticmethod
+    def _step_response(request: ntm_pb2.StepRequest, outcome: StepOutcome) -> ntm_pb2.StepResponse:
+        response = ntm_pb2.StepResponse(session_id=request.session_id, request_id=request.request_id,
+                                        steps=outcome.steps, outputs=to_tensor(outcome.outputs))
+        if request.return_attention:
+            response.attention.read_weights.CopyFrom(to_tensor(outcome.read_weights))  # type: ignore[arg-type]
+            response.attention.write_weights.CopyFrom(to_tensor(outcome.write_weights))  # type: ignore[arg-type]
+        return response
+
+    @staticmethod
+    def _error_response(request: ntm_pb2.StepRequest, err: ServiceError) -> ntm_pb2.StepResponse:
+        return ntm_pb2.StepResponse(session_id=request.session_id, request_id=request.request_id,
+                                    error=status_pb2.Status(code=err.code.value[0], message=err.message))
+
+    # --- RPCs -----------------------------------------------------------------------------------------
+
+    @_unary
+    async def ListModels(self, request: ntm_pb2.ListModelsRequest, context: Any) -> ntm_pb2.ListModelsResponse:
+        self._owner(context)
+        return ntm_pb2.ListModelsResponse(models=[model_info(m) for m in self.models.values()])
+
+    @_unary
+    async def CreateSession(self, request: ntm_pb2.CreateSessionRequest, context: Any) -> ntm_pb2.Session:
+        owner = self._owner(context)
+        self._model(request.model)
+        session = self.registry.open(request.model, request.ttl_seconds, owner)
+        try:
+            await self._control(session, init_action(None))
+        except BaseException:  # includes the caller cancelling: nobody knows the id, so drop it
+            self.registry.discard(session)
+            raise
+        self.metrics.sessions_created.labels(session.model, "create").inc()
+        log.info("session created", extra={"session": session.id, "model": session.model, "ttl_s": session.ttl_s})
+        return self._session_message(session)
+
+    @_unary
+    async def GetSession(self, request: ntm_pb2.GetSessionRequest, context: Any) -> ntm_pb2.Session:
+        owner = self._owner(context)
+        session = self.registry.get(request.session_id, owner)
+        if not request.include_state:
+            return self._session_message(session)
+        state, steps = await self._control_by_id(request.session_id, owner, read_action)
+        return self._session_message(session, state, steps)
+
+    @_unary
+    async def DeleteSession(self, request: ntm_pb2.DeleteSessionRequest, context: Any) -> ntm_pb2.DeleteSessionResponse:
+        owner = self._owner(context)
+        future, done = _loop_future()
+        self.registry.close(request.session_id, owner, done)
+        await future
+        return ntm_pb2.DeleteSessionResponse()
+
+    @_unary
+    async def Step(self, request: ntm_pb2.StepRequest, context: Any) -> ntm_pb2.StepResponse:
+        owner = self._owner(context)
+        outcome = await self._submit_step(request, owner, "Step")
+        return self._step_response(request, outcome)
+
+    async def StreamSteps(self, request_iterator: AsyncIterator[ntm_pb2.StepRequest],
+                          context: Any) -> AsyncIterator[ntm_pb2.StepResponse]:
+        try:
+            owner = self._owner(context)
+        except ServiceError as err:
+            self._count_error("StreamSteps", err)
+            await context.abort(err.code, err.message)
+        order = _StreamOrder()
+        window = asyncio.Semaphore(self.config.stream_window)
+        reader = asyncio.create_task(self._read_stream(request_iterator, owner, order, window))
+        reading = True
+        try:
+            while reading or order.outstanding:
+                item = await order.out.get()
+                if item is _READ_DONE:
+                    reading = False
+                    continue
+                order.outstanding -= 1
+                window.release()
+                yield item
+            await reader  # re-raises what ended the reading, if anything did
+        finally:
+            reader.cancel()
+
+    async def _read_stream(self, requests: AsyncIterator[ntm_pb2.StepRequest], owner: str, order: _StreamOrder,
+                           window: asyncio.Semaphore) -> None:
+        try:
+            async for request in requests:
+                await window.acquire()
+                cell = order.reserve(request.session_id)
+                try:
+                    future = self._submit_step(request, owner, "StreamSteps")
+                except ServiceError as err:
+                    self._count_error("StreamSteps", err)
+                    order.fill(request.session_id, cell, self._error_response(request, err))
+                    continue
+                except Exception as err:  # a bug must not end the stream of the other sessions
+                    log.exception("StreamSteps: request failed")
+                    order.fill(request.session_id, cell, self._error_response(request, internal(str(err))))
+                    continue
+                future.add_done_callback(functools.partial(self._stream_done, order, cell, request))
+        finally:
+            order.out.put_nowait(_READ_DONE)
+
+    def _stream_done(self, order: _StreamOrder, cell: list[Any], request: ntm_pb2.StepRequest,
+                     future: asyncio.Future[Any]) -> None:
+        error = future.exception()
+        if isinstance(error, ServiceError):
+            self._count_error("StreamSteps", error)
+            response = self._error_response(request, error)
+        elif error is not None:
+            response = self._error_response(request, internal(str(error)))
+        else:
+            response = self._step_response(request, future.result())
+        order.fill(request.session_id, cell, response)
+
+    @_unary
+    async def ExportSession(self, request: ntm_pb2.ExportSessionRequest, context: Any) -> ntm_pb2.SessionState:
+        owner = self._owner(context)
+        session = self.registry.get(request.session_id, owner)
+        state, steps = await self._control_by_id(request.session_id, owner, read_action)
+        return self._state_message(session.model, steps, state)
+
+    @_unary
+    async def ImportSession(self, request: ntm_pb2.ImportSessionRequest, context: Any) -> ntm_pb2.Session:
+        owner = self._owner(context)
+        if not request.HasField("state"):
+            raise invalid("state is required (a SessionState from ExportSession)")
+        state = request.state
+        model = self._model(state.model)
+        if state.checkpoint_sha256 and state.checkpoint_sha256 != model.spec.checkpoint_sha256:
+            raise ServiceError(grpc.StatusCode.FAILED_PRECONDITION,
+                               f"state was made by other weights (checkpoint {state.checkpoint_sha256[:12]}…) than "
+                               f"model {state.model} serves ({model.spec.checkpoint_sha256[:12]}…)")
+        if state.steps < 0:
+            raise invalid(f"steps must be >= 0, got {state.steps}")
+        tensors = state_tensors(state.tensors, model.spec.state_shapes)
+        session = self.registry.open(state.model, request.ttl_seconds, owner)
+        session.steps = state.steps
+        try:
+            await self._control(session, init_action(tensors))
+        except BaseException:
+            self.registry.discard(session)
+            raise
+        self.metrics.sessions_created.labels(session.model, "import").inc()
+        log.info("session imported", extra={"session": session.id, "model": session.model, "steps": session.steps})
+        return self._session_message(session)

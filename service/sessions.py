@@ -1,0 +1,223 @@
+"""The live sessions: ids, owners, TTLs, limits, and the hand-off of their requests to the batchers.
+
+A session's id is made here (128 random bits, URL-safe). Its state is a row of its model's state pool,
+created, read and freed by control jobs that run on the model's batcher thread in the session's order.
+One lock guards the table; a session is never evicted while it has a request accepted and unfinished,
+and its id, once gone, answers NOT_FOUND with the reason (expired or deleted).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import secrets
+import threading
+import time
+from collections import Counter, OrderedDict, deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import grpc
+
+from service.batcher import ControlJob, Done, Job
+from service.errors import ServiceError, exhausted, invalid, not_found
+
+if TYPE_CHECKING:
+    from service.batcher import Batcher
+    from service.engine import Engine
+    from service.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+ID_BYTES = 16  # 128 random bits (the contract asks for at least 122)
+TOMBSTONES = 100_000  # remembered ids of ended sessions, for a helpful NOT_FOUND message
+
+
+@dataclass(eq=False)
+class SessionRecord:
+    id: str
+    model: str
+    owner: str
+    ttl_s: float
+    created_wall: float
+    last_used: float  # monotonic clock
+    slot: int = -1  # row in the model's state pool; -1 until created, and after it is freed
+    steps: int = 0  # time steps applied (written by the batcher thread only)
+    inflight: int = 0  # jobs accepted and not finished (under the registry lock)
+    jobs: deque[Job] = field(default_factory=deque)  # under the batcher lock
+    scheduled: bool = False  # under the batcher lock
+
+    def expires_wall(self, now_mono: float, now_wall: float) -> float:
+        """When the session expires if nothing uses it from now on (wall clock, seconds)."""
+        return now_wall + max(0.0, self.last_used + self.ttl_s - now_mono)
+
+
+def new_session_id() -> str:
+    return secrets.token_urlsafe(ID_BYTES)
+
+
+def init_action(state: dict[str, Any] | None) -> Callable[[Engine, SessionRecord], None]:
+    """Control job: give the session a row holding `state`, or the model's initial state."""
+
+    def run(engine: Engine, session: SessionRecord) -> None:
+        session.slot = engine.new_row(state)
+
+    return run
+
+
+def read_action(engine: Engine, session: SessionRecord) -> tuple[dict[str, Any], int]:
+    """Control job: the session's state on the host and its step count, taken between its requests."""
+    return engine.read_row(session.slot), session.steps
+
+
+def free_action(engine: Engine, session: SessionRecord) -> None:
+    """Control job: release the session's row (after every job queued before it)."""
+    if session.slot >= 0:
+        engine.free_row(session.slot)
+        session.slot = -1
+
+
+class SessionRegistry:
+    def __init__(self, batchers: Mapping[str, Batcher], metrics: Metrics, *, max_sessions: int,
+                 max_sessions_per_owner: int, default_ttl_s: float, max_ttl_s: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._batchers = batchers
+        self._metrics = metrics
+        self.max_sessions = max_sessions
+        self.max_sessions_per_owner = max_sessions_per_owner
+        self.default_ttl_s = default_ttl_s
+        self.max_ttl_s = max_ttl_s
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._sessions: dict[str, SessionRecord] = {}
+        self._per_owner: Counter[str] = Counter()
+        self._gone: OrderedDict[str, str] = OrderedDict()  # id -> why it ended
+
+    # --- limits and lookups ---------------------------------------------------------------------------
+
+    def ttl_for(self, requested: float) -> float:
+        if math.isnan(requested) or requested < 0:
+            raise invalid(f"ttl_seconds must be >= 0 (0 takes the default), got {requested}")
+        return self.default_ttl_s if requested == 0 else min(requested, self.max_ttl_s)
+
+    def open(self, model: str, ttl_s: float, owner: str) -> SessionRecord:
+        """A new session record, counted against the limits; its row comes from an init job."""
+        if not model:
+            raise invalid("model is required")
+        if model not in self._batchers:
+            raise not_found(f"unknown model {model!r}; ListModels lists them")
+        ttl = self.ttl_for(ttl_s)
+        with self._lock:
+            if len(self._sessions) >= self.max_sessions:
+                raise exhausted(f"session limit reached ({self.max_sessions} live sessions); delete sessions or "
+                                "wait for idle ones to expire")
+            if self.max_sessions_per_owner and self._per_owner[owner] >= self.max_sessions_per_owner:
+                raise exhausted(f"per-client session limit reached ({self.max_sessions_per_owner})")
+            session = SessionRecord(new_session_id(), model, owner, ttl, time.time(), self.clock())
+            self._sessions[session.id] = session
+            self._per_owner[owner] += 1
+        self._metrics.live_sessions.labels(model).inc()
+        return session
+
+    def _find(self, session_id: str, owner: str) -> SessionRecord:
+        """Under the lock."""
+        if not session_id:
+            raise invalid("session_id is required")
+        session = self._sessions.get(session_id)
+        if session is None:
+            why = self._gone.get(session_id)
+            if why == "expired":
+                raise not_found(f"session {session_id} expired (idle longer than its TTL) and was evicted")
+            if why == "deleted":
+                raise not_found(f"session {session_id} was deleted")
+            raise not_found(f"unknown session {session_id!r}")
+        if session.owner != owner:
+            raise ServiceError(grpc.StatusCode.PERMISSION_DENIED, f"session {session_id} belongs to another client")
+        return session
+
+    def get(self, session_id: str, owner: str) -> SessionRecord:
+        with self._lock:
+            session = self._find(session_id, owner)
+            session.last_used = self.clock()
+            return session
+
+    def sessions(self) -> list[SessionRecord]:
+        """Every live session (a snapshot of the table: for state snapshots and reports)."""
+        with self._lock:
+            return list(self._sessions.values())
+
+    def count(self) -> int:
+        return len(self._sessions)
+
+    # --- handing jobs to the batchers -----------------------------------------------------------------
+
+    def submit(self, session_id: str, owner: str, make_job: Callable[[SessionRecord, Done], Job],
+               done: Done) -> SessionRecord:
+        """Look the session up and queue a job for it, atomically with respect to eviction and delete."""
+        with self._lock:
+            session = self._find(session_id, owner)
+            self._enqueue(session, make_job, done)
+            return session
+
+    def submit_to(self, session: SessionRecord, make_job: Callable[[SessionRecord, Done], Job], done: Done) -> None:
+        """Queue a job for a record already in hand (its create)."""
+        with self._lock:
+            self._enqueue(session, make_job, done)
+
+    def _enqueue(self, session: SessionRecord, make_job: Callable[[SessionRecord, Done], Job], done: Done) -> None:
+        def finished(result: Any) -> None:
+            with self._lock:
+                session.inflight -= 1
+                session.last_used = self.clock()
+            done(result)
+
+        job = make_job(session, finished)
+        self._batchers[session.model].submit(job)  # RESOURCE_EXHAUSTED when the model's queue is full
+        session.inflight += 1
+        session.last_used = self.clock()
+
+    def close(self, session_id: str, owner: str, done: Done) -> SessionRecord:
+        """Delete: the id answers NOT_FOUND from now on; the row is freed after the jobs already queued."""
+        with self._lock:
+            session = self._find(session_id, owner)
+            self._forget(session, "deleted")
+        self._free(session, done)
+        log.info("session deleted", extra={"session": session.id, "model": session.model, "steps": session.steps})
+        return session
+
+    def discard(self, session: SessionRecord) -> None:
+        """Drop a record whose create failed."""
+        with self._lock:
+            if self._sessions.get(session.id) is session:
+                self._forget(session, None)
+        self._free(session, lambda _: None)
+
+    def reap(self) -> list[SessionRecord]:
+        """Evict every session idle for longer than its TTL (none with a request in progress)."""
+        now = self.clock()
+        with self._lock:
+            expired = [s for s in self._sessions.values() if s.inflight == 0 and now - s.last_used > s.ttl_s]
+            for session in expired:
+                self._forget(session, "expired")
+        for session in expired:
+            self._metrics.evictions.labels(session.model, "ttl").inc()
+            self._free(session, lambda _: None)
+            log.info("session expired", extra={"session": session.id, "model": session.model, "steps": session.steps,
+                                               "ttl_s": session.ttl_s})
+        return expired
+
+    def _forget(self, session: SessionRecord, why: str | None) -> None:
+        """Under the lock."""
+        del self._sessions[session.id]
+        self._per_owner[session.owner] -= 1
+        if self._per_owner[session.owner] <= 0:
+            del self._per_owner[session.owner]
+        if why:
+            self._gone[session.id] = why
+            while len(self._gone) > TOMBSTONES:
+                self._gone.popitem(last=False)
+        self._metrics.live_sessions.labels(session.model).dec()
+
+    def _free(self, session: SessionRecord, done: Done) -> None:
+        self._batchers[session.model].submit(ControlJob(session, free_action, done), force=True)

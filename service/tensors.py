@@ -1,0 +1,75 @@
+"""`ntm.v1.Tensor` <-> numpy, and the checks every tensor from a client passes (pure functions).
+
+Every check raises INVALID_ARGUMENT with a message naming the field and what is wrong, before anything
+is queued: a refused request never changes a session.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import numpy as np
+
+from service.errors import invalid
+from service.graphs import STATE_NAMES
+from service.proto_gen.ntm.v1 import ntm_pb2
+
+
+def to_tensor(array: np.ndarray) -> ntm_pb2.Tensor:
+    array = np.asarray(array, dtype=np.float32)
+    tensor = ntm_pb2.Tensor(shape=array.shape)
+    tensor.values.extend(array.ravel().tolist())
+    return tensor
+
+
+def to_array(tensor: ntm_pb2.Tensor, what: str) -> np.ndarray:
+    """The tensor as float32 of its declared shape; the shape must match the number of values."""
+    shape = tuple(tensor.shape)
+    if any(d < 0 for d in shape):
+        raise invalid(f"{what}: negative dimension in shape {list(shape)}")
+    size = math.prod(shape)
+    if size != len(tensor.values):
+        raise invalid(f"{what}: shape {list(shape)} needs {size} values, got {len(tensor.values)}")
+    return np.asarray(tensor.values, dtype=np.float32).reshape(shape)
+
+
+def _finite(array: np.ndarray, what: str) -> None:
+    if not np.isfinite(array).all():
+        where = np.argwhere(~np.isfinite(array))[0].tolist()
+        raise invalid(f"{what}: values must be finite, found {array[tuple(where)]} at index {where}")
+
+
+def step_inputs(tensor: ntm_pb2.Tensor, input_size: int, max_steps: int) -> np.ndarray:
+    """A request's inputs as (T, I) float32: rank 2, 1 <= T <= max_steps, I = the model's input size, finite."""
+    shape = list(tensor.shape)
+    if len(shape) != 2:
+        raise invalid(f"inputs must have shape [T, {input_size}], got rank {len(shape)} shape {shape}")
+    steps, width = shape
+    if steps < 1:
+        raise invalid(f"inputs must hold at least one step (T >= 1), got T = {steps}")
+    if steps > max_steps:
+        raise invalid(f"inputs has T = {steps} steps, more than the server's limit of {max_steps} per request")
+    if width != input_size:
+        raise invalid(f"inputs must have width {input_size} (the model's input size), got {width}")
+    array = to_array(tensor, "inputs")
+    _finite(array, "inputs")
+    return np.ascontiguousarray(array)
+
+
+def state_tensors(tensors: Mapping[str, ntm_pb2.Tensor],
+                  shapes: Mapping[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
+    """An imported state: exactly the six state tensors, each of the model's per-session shape, finite."""
+    names = set(tensors)
+    missing = [s for s in STATE_NAMES if s not in names]
+    extra = sorted(names - set(STATE_NAMES))
+    if missing or extra:
+        raise invalid(f"state tensors must be exactly {list(STATE_NAMES)}; missing {missing}, unexpected {extra}")
+    state = {}
+    for name in STATE_NAMES:
+        array = to_array(tensors[name], f"state tensor {name}")
+        if array.shape != tuple(shapes[name]):
+            raise invalid(f"state tensor {name} must have shape {list(shapes[name])}, got {list(array.shape)}")
+        _finite(array, f"state tensor {name}")
+        state[name] = array
+    return state

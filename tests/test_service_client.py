@@ -1,0 +1,41 @@
+"""The client demo: its table and bit-error count, against an offline run of the same example."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from service import tasks_np
+from service.client import main, render
+
+
+def test_render_counts_bit_errors() -> None:
+    example = tasks_np.copy(np.random.default_rng(0), length=3)  # 7 steps, targets on the last 3
+    outputs = np.zeros((7, 8), np.float32)
+    outputs[4:] = example.targets
+    outputs[5, 2] = 1.0 - outputs[5, 2]  # one wrong bit
+    outputs[6] = np.where(example.targets[2] > 0.5, 0.51, 0.49)  # right, barely
+    table, errors = render(example, outputs)
+    assert errors == 1
+    lines = table.splitlines()
+    assert len(lines) == 1 + 7 and lines[0].split()[:4] == ["t", "input", "target", "output"]
+    assert lines[6].endswith("  1") and not lines[7].endswith("  1")
+
+
+@pytest.mark.parametrize(("task", "args"), [("copy", ["--length", "6"]), ("priority_sort", [])])
+def test_demo_against_the_server(server, offline, capsys, task: str, args: list[str]) -> None:
+    models = {"copy": "copy", "priority_sort": "priority_sort"}
+    if task != "copy" and not (offline.folder.parent / task / "step.onnx").is_file():
+        pytest.skip(f"no {task} model among the test models")
+    assert main([task, "--target", server.target, "--model", models[task], "--seed", "3", *args]) == 0
+    printed = capsys.readouterr().out
+    example = tasks_np.TASKS[task](np.random.default_rng(3), **({"length": 6} if task == "copy" else {}))
+    if task == "copy":
+        _, expected = render(example, offline.run(example.inputs)["outputs"])
+        assert f"bit errors: {expected} of {example.targets.size}" in printed
+    assert len(printed.splitlines()) == 2 + len(example.inputs) + 1
+
+
+def test_demo_reports_server_errors(server, capsys) -> None:
+    assert main(["copy", "--target", server.target, "--model", "no-such-model"]) == 1
+    assert "NOT_FOUND" in capsys.readouterr().err
