@@ -38,11 +38,14 @@ lint: setup-dev
 
 ## Re-export every shipped model to ONNX (byte-identical for the same checkpoint).
 export: setup-dev
-	$(PY) -m export models/copy models/repeat_copy models/associative_recall models/priority_sort
+	$(PY) -m export $$(ls -d models/*/ | grep -v _lstm_baseline)
+
+## Re-run the exact training command of every shipped model (long: hours on 2 cores).
+train-all: setup-dev
+	for f in models/*/command.txt; do grep -v '^#' $$f | sed 's|^python|$(PY)|' | sh || exit 1; done
 
 evaluate-all: setup-dev
-	for t in copy repeat_copy associative_recall priority_sort copy_lstm_baseline associative_recall_lstm_baseline; do \
-	  $(PY) -m training.evaluate models/$$t || exit 1; done
+	for d in models/*/; do $(PY) -m training.evaluate $$d || exit 1; done
 
 ## Regenerate the committed generated code: gRPC stubs (service/proto_gen) and the state-pool helper graphs.
 proto: setup-dev

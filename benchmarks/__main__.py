@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
 from pathlib import Path
 
 from benchmarks import machine
@@ -31,6 +32,18 @@ def _batches(text: str) -> tuple[int, ...]:
     return tuple(int(b) for b in text.split(",") if b.strip())
 
 
+def write_summary(out: Path, names: tuple[str, ...], info: dict, model: dict, quick: bool) -> None:
+    """All tables of this run's benchmarks in one markdown file, headed by the machine and the model."""
+    parts = [f"# Benchmark results ({'quick' if quick else 'full'} mode, {time.strftime('%Y-%m-%d %H:%M %Z')})\n",
+             f"Machine: {info['cpu']}, {info['cores']} cores, GPU: {info['gpu'] or 'none'}; "
+             f"onnxruntime {info['versions'].get('onnxruntime-gpu') or info['versions'].get('onnxruntime')}, "
+             f"torch {info['versions'].get('torch')}. Model: {model['path']} ({model['source']}, task "
+             f"{model['task']}).\n"]
+    parts += [(out / f"{name}.md").read_text() for name in names if (out / f"{name}.md").is_file()]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.md").write_text("\n".join(parts))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny counts: checks the scripts, not the figures")
@@ -44,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models-dir", type=Path, default=Path("models"))
     parser.add_argument("--batches", type=_batches, default=None, help="engine batch sizes, e.g. 1,64")
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile in the engine benchmark")
+    parser.add_argument("--gpu-device", choices=("cuda", "cpu"), default="cuda",
+                        help="cpu: dry-run the GPU benchmark's code on the CPU provider (checks the script only)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     out = args.out or Path("benchmarks/results/quick" if args.quick else "benchmarks/results")
@@ -75,11 +90,12 @@ def main(argv: list[str] | None = None) -> int:
             elif name == "gpu":
                 from benchmarks import gpu
 
-                gpu.run(model, out, args.quick)
+                gpu.run(model, out, args.quick, args.gpu_device)
         except Exception:
             logging.getLogger("benchmarks").exception("benchmark %s failed", name)
             failed.append(name)
-    print(f"results in {out}/")
+    write_summary(out, args.only, info, model.describe(), args.quick)
+    print(f"results in {out}/ (summary.md: every table)")
     if failed:
         print(f"FAILED: {', '.join(failed)}", file=sys.stderr)
         return 1

@@ -2,7 +2,7 @@
 
 Contenders (each at 1 thread and at all cores): the trained model's own `step` in eager PyTorch
 (no_grad), the same under torch.compile, the ONNX step graph through plain `session.run` with
-onnxruntime's default options, the ONNX step graph through IOBinding with the tuned options, and
+onnxruntime's default options, the ONNX step graph through IOBinding (preallocated state buffers), and
 the ONNX sequence graph (T steps per call, reported per step). Also: node counts, onnxruntime's
 profiler by op type, and a sweep over session options.
 """
@@ -76,39 +76,44 @@ def build_contenders(model: ModelFolder, torch_model: Any, batch: int, cfg: Engi
     sequence = copy_task_inputs(rng, cfg.seq_len, batch, input_size)  # (T, B, I)
     state = initial_state(model.path, batch)
     contenders: list[Contender] = []
+    compiled = None
+    if torch_model is not None and cfg.compile:
+        from benchmarks.torch_engine import compile_step
+
+        key = f"batch {batch}"
+        try:  # compiled once per batch size, with every core (inductor emits OpenMP loops), run at each thread count
+            compiled, seconds = compile_step(torch_model, batch, steps, cfg.all_threads)
+            compile_notes[key] = {"ok": True, "compile_s": seconds}
+        except Exception as err:  # report plainly: whatever the compiler raises is the finding
+            compile_notes[key] = {"ok": False, "error": f"{type(err).__name__}: {err}"[:500]}
+            log.warning("torch.compile failed at %s: %s", key, err)
     for threads in thread_counts(cfg):
         label = _tlabel(threads)
         if torch_model is not None:
-            from benchmarks.torch_engine import TorchStep, compiled_step, threads_setter, torch_state
+            from benchmarks.torch_engine import TorchStep, threads_setter, torch_state
 
             set_threads = threads_setter(threads)
             contenders.append(Contender(f"torch eager, {label}", TorchStep(torch_model.step, torch_state(
                 torch_model, batch), steps), batch, set_threads))
-            if cfg.compile:
-                key = f"batch {batch}, {label}"
-                try:
-                    runner, seconds = compiled_step(torch_model, batch, steps, threads)
-                    compile_notes[key] = {"ok": True, "compile_s": seconds}
-                    contenders.append(Contender(f"torch.compile, {label}", runner, batch, set_threads))
-                except Exception as err:  # report plainly: whatever the compiler raises is the finding
-                    compile_notes[key] = {"ok": False, "error": f"{type(err).__name__}: {err}"[:500]}
-                    log.warning("torch.compile failed at %s: %s", key, err)
+            if compiled is not None:
+                contenders.append(Contender(f"torch.compile, {label}", TorchStep(compiled, torch_state(
+                    torch_model, batch), steps), batch, set_threads))
         step_default = make_session(model.graph("step"), DEFAULT.with_threads(threads))
-        step_tuned = make_session(model.graph("step"), TUNED.with_threads(threads))
-        seq_tuned = make_session(model.graph("sequence"), TUNED.with_threads(threads))
+        step_bound = make_session(model.graph("step"), TUNED.with_threads(threads))
+        seq_session = make_session(model.graph("sequence"), TUNED.with_threads(threads))
         contenders.append(Contender(f"onnxruntime step, run(), default options, {label}",
                                     RunStep(step_default, state, steps), batch))
-        contenders.append(Contender(f"onnxruntime step, IOBinding, tuned, {label}",
-                                    BoundStep(step_tuned, state, steps), batch))
-        contenders.append(Contender(f"onnxruntime sequence T={cfg.seq_len}, tuned, {label}",
-                                    SequenceRun(seq_tuned, state, sequence), batch * cfg.seq_len))
+        contenders.append(Contender(f"onnxruntime step, IOBinding, {label}",
+                                    BoundStep(step_bound, state, steps), batch))
+        contenders.append(Contender(f"onnxruntime sequence T={cfg.seq_len}, {label}",
+                                    SequenceRun(seq_session, state, sequence), batch * cfg.seq_len))
     return contenders
 
 
 def contender_order(cfg: EngineConfig, with_torch: bool) -> list[str]:
     names = []
     for kind in ("torch eager", "torch.compile", "onnxruntime step, run(), default options",
-                 "onnxruntime step, IOBinding, tuned", f"onnxruntime sequence T={cfg.seq_len}, tuned"):
+                 "onnxruntime step, IOBinding", f"onnxruntime sequence T={cfg.seq_len}"):
         if kind.startswith("torch") and (not with_torch or (kind == "torch.compile" and not cfg.compile)):
             continue
         names += [f"{kind}, {_tlabel(t)}" for t in thread_counts(cfg)]
@@ -137,7 +142,6 @@ SWEEP: tuple[tuple[str, Callable[[Options], Options]], ...] = (
     ("no memory arena, no memory pattern", lambda o: replace(o, arena=False, mem_pattern=False)),
     ("thread pool does not spin", lambda o: replace(o, spinning=False)),
     ("parallel execution mode", lambda o: replace(o, parallel=True)),
-    ("tuned (what the engine table uses)", lambda o: replace(TUNED, threads=o.threads)),
 )
 
 
@@ -168,6 +172,7 @@ def engine_tables(results: dict[str, dict[int, Timing]], order: list[str], cfg: 
     latency = Table("Engine: latency of one step of the whole batch (µs, median of rounds)", ["contender", *cols])
     throughput = Table("Engine: session-steps per second", ["contender", *cols])
     per_step = Table("Engine: µs per session-step (latency / B)", ["contender", *cols])
+    cpu = Table("Engine: process CPU time per step call (µs; all threads summed)", ["contender", *cols])
     for name in order:
         if name not in results:
             continue
@@ -177,10 +182,13 @@ def engine_tables(results: dict[str, dict[int, Timing]], order: list[str], cfg: 
                             for b in cfg.batches))
         throughput.add(name, *(fmt_rate(row[b].steps_per_s) if b in row else "—" for b in cfg.batches))
         per_step.add(name, *(fmt_us(row[b].per_step_s) if b in row else "—" for b in cfg.batches))
+        cpu.add(name, *(fmt_us(row[b].cpu_s / (cfg.seq_len if seq else 1)) if b in row else "—" for b in cfg.batches))
     latency.notes = [f"sequence rows: one call runs T={cfg.seq_len} steps; the figure is the call's time / T",
-                     "tuned = IOBinding into preallocated state buffers (no copies, no allocation) and "
-                     "flush-to-zero; see the options sweep", note]
-    return [latency, throughput, per_step]
+                     "run(): numpy in, numpy out (onnxruntime allocates the next state every step); IOBinding: "
+                     "two preallocated state sets bound in turn (A -> B, B -> A), nothing allocated or copied", note]
+    cpu.notes = ["CPU time counts only this process's own work: on a busy machine it is closer to what the "
+                 "step costs on an idle one than the wall time is (for 1 thread; with more threads it adds them up)"]
+    return [latency, throughput, per_step, cpu]
 
 
 def targets(results: dict[str, dict[int, Timing]]) -> tuple[Table, list[dict[str, Any]]]:
@@ -188,12 +196,12 @@ def targets(results: dict[str, dict[int, Timing]]) -> tuple[Table, list[dict[str
     table = Table("Engine targets", ["target", "measured", "met"])
     found: list[dict[str, Any]] = []
     eager = results.get("torch eager, 1 thread", {})
-    onnx_best = results.get("onnxruntime step, IOBinding, tuned, 1 thread", {})
+    onnx_best = results.get("onnxruntime step, IOBinding, 1 thread", {})
     onnx_plain = results.get("onnxruntime step, run(), default options, 1 thread", {})
     if 1 in eager and 1 in onnx_best:
         ratio = eager[1].wall_s / onnx_best[1].wall_s
         plain = eager[1].wall_s / onnx_plain[1].wall_s if 1 in onnx_plain else float("nan")
-        text = (f"{ratio:.2f}× (torch eager {fmt_us(eager[1].wall_s)} µs, onnxruntime tuned "
+        text = (f"{ratio:.2f}× (torch eager {fmt_us(eager[1].wall_s)} µs, onnxruntime IOBinding "
                 f"{fmt_us(onnx_best[1].wall_s)} µs; run() with defaults {plain:.2f}×)")
         table.add("ONNX step ≥ 4× faster than torch eager at batch 1 (1 thread)", text, "yes" if ratio >= 4 else "no")
         found.append({"target": "onnx_vs_eager_b1", "ratio": ratio, "ratio_run_defaults": plain, "met": ratio >= 4})
@@ -214,7 +222,8 @@ def sweep_table(sweep: dict[str, dict[str, Timing]]) -> Table:
 
 def profile_table(profiles: dict[int, dict[str, Any]]) -> Table:
     batches = sorted(profiles)
-    table = Table("Engine: where the time goes (onnxruntime profiler, tuned, 1 thread; µs per step call, share)",
+    table = Table("Engine: where the time goes (onnxruntime profiler, IOBinding, 1 thread; median µs per step "
+                  "call, share)",
                   ["op type", "nodes", *(f"B={b}" for b in batches)])
     last = profiles[batches[-1]]
     shown = [o["op"] for o in last["ops"][:14]]
@@ -228,12 +237,13 @@ def profile_table(profiles: dict[int, dict[str, Any]]) -> Table:
         table.add(op, nodes, *cells)
     table.add("outside kernels (executor)", "", *(f"{profiles[b]['outside_kernels_us']:.1f}" for b in batches))
     table.add("**whole run (profiled)**", "", *(f"{profiles[b]['us_per_call']:.1f}" for b in batches))
-    table.notes = ["profiling adds its own overhead per node: the whole-run figures are higher than unprofiled runs"]
+    table.notes = ["the profiler adds ~1-2 µs per node and rounds to whole µs: at small batches the per-op figures "
+                   "show shares, not absolute costs; 'outside kernels' is the executor's own per-node work"]
     return table
 
 
 def nodes_table(counts: dict[str, dict[str, Any]]) -> Table:
-    table = Table("Engine: node counts (before and after onnxruntime's graph optimisation, tuned options)",
+    table = Table("Engine: node counts (before and after onnxruntime's graph optimisation, level all)",
                   ["graph", "exported", "optimised", "largest op types after optimisation"])
     for graph, c in counts.items():
         top = ", ".join(f"{op} {n}" for op, n in list(c["optimised_ops"].items())[:8])
@@ -242,11 +252,13 @@ def nodes_table(counts: dict[str, dict[str, Any]]) -> Table:
 
 
 def run(model: ModelFolder, out_dir: Path, quick: bool, batches: tuple[int, ...] | None = None,
-        compile_torch: bool | None = None) -> dict[str, Any]:
+        compile_torch: bool | None = None, plan: TimingPlan | None = None) -> dict[str, Any]:
     """Measure everything, print the tables, write engine.json/engine.md; returns the JSON payload."""
     cfg = engine_config(quick, batches)
     if compile_torch is not None:
         cfg = replace(cfg, compile=compile_torch)
+    if plan is not None:
+        cfg = replace(cfg, plan=plan)
     load_before = machine.load_average()
     loaded = load_torch_model(model.path)
     torch_model, torch_sha = loaded if loaded else (None, None)
@@ -294,7 +306,7 @@ def run(model: ModelFolder, out_dir: Path, quick: bool, batches: tuple[int, ...]
         "load_note": note,
         "model": {**model.describe(), "torch_checkpoint_sha256": torch_sha},
         "config": {"batches": list(cfg.batches), "seq_len": cfg.seq_len, "rounds": cfg.plan.rounds,
-                   "round_s": cfg.plan.round_s, "threads": list(thread_counts(cfg)), "tuned_options": repr(TUNED)},
+                   "round_s": cfg.plan.round_s, "threads": list(thread_counts(cfg)), "iobinding_options": repr(TUNED)},
         "results": {name: {str(b): t.to_json() for b, t in row.items()} for name, row in results.items()},
         "torch_compile": {"tried": cfg.compile, "batches": compile_notes, "summary": compile_text},
         "targets": target_results,

@@ -74,13 +74,13 @@ def find_model(models_dir: Path = Path("models"), explicit: Path | None = None) 
 
 def dev_export(folder: Path | None = None) -> ModelFolder:
     """An untrained NTM with the copy task's default sizes, saved and exported (needs torch and onnx)."""
+    import torch
+
     from export.exporter import export_folder  # dev dependencies: only here
     from training.checkpoint import save_model
     from training.config import NTMConfig
     from training.model import NTM
     from training.tasks import get_task
-
-    import torch
 
     folder = folder or Path(tempfile.mkdtemp(prefix="ntm-bench-model-"))
     task = get_task("copy")

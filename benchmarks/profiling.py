@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import json
+import statistics
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -44,11 +45,12 @@ def node_counts(path: Path, options: Options) -> dict[str, Any]:
 
 
 def profile_step(step_path: Path, state: list[np.ndarray], inputs: np.ndarray, options: Options,
-                 calls: int) -> dict[str, Any]:
-    """Run the step graph `calls` times under onnxruntime's profiler; time per call by op type.
+                 calls: int, warmup: int = 10) -> dict[str, Any]:
+    """Run the step graph `warmup + calls` times under onnxruntime's profiler; time per call by op type
+    over the last `calls` runs.
 
-    `outside_kernels_us` is the part of each run not inside any kernel: the executor's own overhead
-    per node and per call (the profiler itself adds some).
+    Figures are medians (per node, and of whole runs). `outside_kernels_us` is the part of a run not
+    inside any kernel: the executor's own overhead per node and per call (the profiler adds some).
     """
     with tempfile.TemporaryDirectory() as tmp:
         so = options.session_options()
@@ -56,24 +58,28 @@ def profile_step(step_path: Path, state: list[np.ndarray], inputs: np.ndarray, o
         so.profile_file_prefix = str(Path(tmp) / "ort_profile")
         sess = ort.InferenceSession(str(step_path), so, providers=["CPUExecutionProvider"])
         runner = BoundStep(sess, state, inputs)
-        for _ in range(calls):
+        for _ in range(warmup + calls):
             runner()
         events = json.loads(Path(sess.end_profiling()).read_text())
+    runs_ts = sorted((e["ts"], e["dur"]) for e in events if e.get("cat") == "Session" and e.get("name") == "model_run")
+    kept = runs_ts[warmup:]  # the first runs plan allocations and fill caches: not what steady state costs
+    since = kept[0][0] if kept else float("inf")
+    durations: dict[str, list[float]] = collections.defaultdict(list)
+    op_of: dict[str, str] = {}
+    for e in events:
+        if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time") and e["ts"] >= since:
+            durations[e["name"]].append(e["dur"])
+            op_of[e["name"]] = e["args"]["op_name"]
+    # Medians, per node and per run: a run preempted by another process must not count as slow kernels.
     by_op: collections.Counter[str] = collections.Counter()
     count: collections.Counter[str] = collections.Counter()
-    run_us, runs = 0.0, 0
-    for e in events:
-        if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time"):
-            op = e["args"]["op_name"]
-            by_op[op] += e["dur"]
-            count[op] += 1
-        elif e.get("cat") == "Session" and e.get("name") == "model_run":
-            run_us += e["dur"]
-            runs += 1
-    runs = max(runs, 1)
-    kernels = sum(by_op.values()) / runs
-    per_run = run_us / runs
-    ops = [{"op": op, "us_per_call": us / runs, "share": us / runs / per_run if per_run else 0.0,
-            "nodes": count[op] // runs} for op, us in by_op.most_common()]
+    for node, durs in durations.items():
+        by_op[op_of[node]] += statistics.median(durs)
+        count[op_of[node]] += 1
+    runs = len(kept)
+    per_run = statistics.median(dur for _, dur in kept) if kept else 0.0
+    kernels = float(sum(by_op.values()))
+    ops = [{"op": op, "us_per_call": us, "share": us / per_run if per_run else 0.0, "nodes": count[op]}
+           for op, us in by_op.most_common()]
     return {"calls": runs, "us_per_call": per_run, "kernels_us": kernels,
             "outside_kernels_us": max(per_run - kernels, 0.0), "ops": ops}

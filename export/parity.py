@@ -8,6 +8,7 @@ tolerance (2 when the provider or the files cannot be used).
 from __future__ import annotations
 
 import argparse
+import copy
 import functools
 import itertools
 import math
@@ -122,9 +123,11 @@ def model_rows(model: NTM, sess: Sessions, task: str, steps: int = 1000, batch: 
 
     The ONNX step loop feeds back its own state (so drift accumulates honestly). Rows: every output
     and state tensor (the step loop at every step, the sequence's final state and per-step attention),
-    identical rounded output bits, the initial state, and chunked sequence calls vs one call.
+    identical rounded output bits, the initial state, and chunked sequence calls vs one call. The same
+    model in float64 runs alongside, to show the float32 floor of each row (see `Row`).
     """
     inputs = long_inputs(task, model.config.input_size, steps, batch, seed)  # (T, B, I)
+    exact_model = copy.deepcopy(model).double()
     with torch.no_grad():
         initial = {n: t.detach().numpy() for n, t in zip(STATE_NAMES, model.initial_state(1), strict=True)}
     start = onnx_initial_state(sess.initial_state, batch)
@@ -132,18 +135,27 @@ def model_rows(model: NTM, sess: Sessions, task: str, steps: int = 1000, batch: 
 
     worst: dict[str, Row] = {}
     torch_state, onnx_state = dict(start), dict(start)
-    torch_out, loop_out = [], []
+    exact_state = {n: v.astype(np.float64) for n, v in start.items()}
+    torch_out, loop_out, exact_out = [], [], []
     torch_attention: dict[str, list[np.ndarray]] = {k: [] for k in ATTENTION}
+    exact_attention: dict[str, list[np.ndarray]] = {k: [] for k in ATTENTION}
     for x in inputs:
         p_torch, torch_state = torch_step(model, x, torch_state)
+        p_exact, exact_state = torch_step(exact_model, x.astype(np.float64), exact_state)
         p_onnx, onnx_state = onnx_step(sess.step, x, onnx_state)
         torch_out.append(p_torch)
         loop_out.append(p_onnx)
+        exact_out.append(p_exact)
         for key, state_name in ATTENTION.items():
             torch_attention[key].append(torch_state[state_name])
+            exact_attention[key].append(exact_state[state_name])
         for name in ("output", *STATE_NAMES):
-            expected, actual = (p_torch, p_onnx) if name == "output" else (torch_state[name], onnx_state[name])
-            r = row(f"step loop vs torch: {name}", actual, expected, DRIFT_TOLERANCE, f"{steps} steps, B={batch}")
+            if name == "output":
+                actual, expected, exact = p_onnx, p_torch, p_exact
+            else:
+                actual, expected, exact = onnx_state[name], torch_state[name], exact_state[name]
+            r = row(f"step loop vs torch: {name}", actual, expected, DRIFT_TOLERANCE, f"{steps} steps, B={batch}",
+                    exact)
             worst[name] = worst[name].merge(r) if name in worst else r
     rows += list(worst.values())
 
@@ -152,11 +164,14 @@ def model_rows(model: NTM, sess: Sessions, task: str, steps: int = 1000, batch: 
     rows.append(_bits_row("step loop vs torch: rounded output bits", loop_bits, expected_out.size))
 
     seq, final = onnx_sequence(sess.sequence, inputs, start)
-    rows.append(row("sequence vs torch: outputs", seq["outputs"], expected_out, DRIFT_TOLERANCE, f"T={steps}"))
+    rows.append(row("sequence vs torch: outputs", seq["outputs"], expected_out, DRIFT_TOLERANCE, f"T={steps}",
+                    np.stack(exact_out)))
     for key in ATTENTION:
-        rows.append(row(f"sequence vs torch: {key}", seq[key], np.stack(torch_attention[key]), DRIFT_TOLERANCE))
+        rows.append(row(f"sequence vs torch: {key}", seq[key], np.stack(torch_attention[key]), DRIFT_TOLERANCE,
+                        exact=np.stack(exact_attention[key])))
     for name in STATE_NAMES:
-        rows.append(row(f"sequence vs torch: final {name}", final[name], torch_state[name], DRIFT_TOLERANCE))
+        rows.append(row(f"sequence vs torch: final {name}", final[name], torch_state[name], DRIFT_TOLERANCE,
+                        exact=exact_state[name]))
     seq_bits = int(np.count_nonzero((seq["outputs"] > 0.5) != (expected_out > 0.5)))
     rows.append(_bits_row("sequence vs torch: rounded output bits", seq_bits, expected_out.size))
 
@@ -177,7 +192,8 @@ def _bits_row(check: str, differing: int, total: int) -> Row:
 
 
 @functools.cache
-def _pure_op_graph(name: str) -> onnx.ModelProto:
+def pure_op_graph(name: str) -> onnx.ModelProto:
+    """The op's graph, every axis dynamic: exported once per process, shared by every shape and test."""
     return export_pure_op(PURE_OPS[name])
 
 
@@ -218,8 +234,9 @@ def controller_row(model: NTM, sess: ort.InferenceSession, seed: int = 0) -> Row
 
 
 def step_row(model: NTM, step: ort.InferenceSession, seed: int = 0, warmup: int = 20) -> Row:
-    """The whole step graph vs `NTM.step`, one step from a state reached by `warmup` random torch steps."""
+    """The whole step graph vs `NTM.step`, one step from a state reached by `warmup` steps of random bits."""
     c = model.config
+    exact_model = copy.deepcopy(model).double()
     result: Row | None = None
     for b in (1, 64):
         rng = np.random.default_rng(seed + b)
@@ -229,10 +246,13 @@ def step_row(model: NTM, step: ort.InferenceSession, seed: int = 0, warmup: int 
             _, state = torch_step(model, (rng.random((b, c.input_size)) < 0.5).astype(np.float32), state)
         x = rng.normal(size=(b, c.input_size)).astype(np.float32)
         p_torch, s_torch = torch_step(model, x, state)
+        p_exact, s_exact = torch_step(exact_model, x.astype(np.float64),
+                                      {n: v.astype(np.float64) for n, v in state.items()})
         p_onnx, s_onnx = onnx_step(step, x, state)
         for name in ("output", *STATE_NAMES):
-            a, e = (p_onnx, p_torch) if name == "output" else (s_onnx[name], s_torch[name])
-            r = row("op: whole step", a, e, OP_TOLERANCE, f"B=1,64, all {len(STEP_INPUTS)} outputs")
+            a, e, x64 = (p_onnx, p_torch, p_exact) if name == "output" else (s_onnx[name], s_torch[name],
+                                                                               s_exact[name])
+            r = row("op: whole step", a, e, OP_TOLERANCE, f"B=1,64, all {len(STEP_INPUTS)} outputs", x64)
             result = r if result is None else result.merge(r)
     assert result is not None
     return result
@@ -243,7 +263,7 @@ def op_rows(model: NTM, step: ort.InferenceSession, provider: str, seed: int = 0
     c = model.config
     rows = []
     for name, spec in PURE_OPS.items():
-        sess = session(_pure_op_graph(name), provider)
+        sess = session(pure_op_graph(name), provider)
         heads = sorted({c.read_heads, c.write_heads})
         result = None
         for h in heads:
@@ -280,7 +300,8 @@ def check_folder(folder: Path, provider: str, steps: int, batch: int, ops: bool 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m export.parity", description=__doc__.splitlines()[0])
+    summary = " ".join(__doc__.split("\n\n")[0].split())  # the module docstring's first paragraph
+    parser = argparse.ArgumentParser(prog="python -m export.parity", description=summary)
     parser.add_argument("folder", type=Path, metavar="FOLDER")
     parser.add_argument("--provider", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--steps", type=int, default=1000, help="whole-model steps (default 1000)")
@@ -299,7 +320,10 @@ def main(argv: list[str] | None = None) -> int:
           f"provider {args.provider}, onnxruntime {ort.__version__})\n")
     print(markdown(rows))
     failed = [r.check for r in rows if not r.passed]
-    print(f"\n{len(rows) - len(failed)}/{len(rows)} checks pass" + (f"; FAILED: {', '.join(failed)}" if failed else ""))
+    floor = [r.check for r in rows if r.passed and not r.strict]
+    print(f"\n{len(rows) - len(failed)}/{len(rows)} checks pass"
+          + (f" ({len(floor)} only within the float32 floor: {', '.join(floor)})" if floor else "")
+          + (f"; FAILED: {', '.join(failed)}" if failed else ""))
     return 1 if failed else 0
 
 

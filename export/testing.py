@@ -3,7 +3,9 @@ trained model. Cached per process so test files share one export per configurati
 
 from __future__ import annotations
 
+import atexit
 import functools
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -48,6 +50,7 @@ def dev_folder(name: str) -> Path:
     """A folder with a dev checkpoint and its three exported graphs (made once per process)."""
     task, config = DEV_CONFIGS[name]
     folder = Path(tempfile.mkdtemp(prefix=f"ntm-dev-{name}-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
     make_dev_checkpoint(folder, task, config)
     for graph_name, graph in build_graphs(load_checkpoint(folder)).items():
         write_atomically(folder / GRAPH_FILES[graph_name], model_bytes(graph))

@@ -91,6 +91,7 @@ def torch_to_onnx(
         _tidy(model)
         _name_io(model.graph, input_names, output_names)
         proto = ir.serde.serialize_model(model)
+    _reduce_over_size_one_axes(proto.graph)
     proto = canonicalise(proto, graph_name)
     onnx.checker.check_model(proto, full_check=True)
     return proto
@@ -141,6 +142,35 @@ def _drop_same_type_castlike(graph: ir.Graph) -> None:
             continue
         if source.const_value is not None and source.dtype is not None and source.dtype == like.dtype:
             ir.convenience.replace_all_uses_with(node.outputs[0], source)
+
+
+def _reduce_over_size_one_axes(graph: onnx.GraphProto) -> None:
+    """ReduceProd over axes of static size 1 is a copy: rewrite it as Squeeze (or Identity with keepdims).
+
+    `memory.write` multiplies the erase terms of its W heads with a ReduceProd over the head axis; with
+    one write head (every shipped model) that is a full (B, N, M) pass that changes nothing, and it was
+    the single most expensive kernel of the step at batch 64 (docs/export.md). The result is bit-identical.
+    """
+    shapes = {v.name: v.type.tensor_type.shape for v in (*graph.input, *graph.value_info, *graph.output)}
+    constants = {t.name: onnx.numpy_helper.to_array(t) for t in graph.initializer}
+    for node in graph.node:
+        if node.op_type != "ReduceProd" or node.domain not in ("", "ai.onnx") or len(node.input) < 2:
+            continue
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        shape = shapes.get(node.input[0])
+        if node.input[1] not in constants or shape is None or attrs.get("noop_with_empty_axes", 0):
+            continue
+        rank = len(shape.dim)
+        axes = [int(a) % rank for a in constants[node.input[1]].reshape(-1)]
+        if not axes or not all(shape.dim[a].HasField("dim_value") and shape.dim[a].dim_value == 1 for a in axes):
+            continue
+        keepdims = attrs.get("keepdims", 1)
+        del node.attribute[:]
+        if keepdims:
+            node.op_type = "Identity"
+            del node.input[1:]
+        else:
+            node.op_type = "Squeeze"  # Squeeze(data, axes): the same axes tensor
 
 
 def canonicalise(model: onnx.ModelProto, graph_name: str) -> onnx.ModelProto:

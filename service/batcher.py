@@ -182,8 +182,9 @@ class Batcher:
                 controls.append(ControlJob(session, _no_row, job.done))
             else:
                 batch.append(session)
-        self._previous = {s.id for s in batch}
-        self._returned = sum(1 for s in self._ready if s.id in self._previous)
+        if batch:
+            self._previous = {s.id for s in batch}
+            self._returned = 0  # none of them is in _ready now: a session is in one place at a time
         return controls, batch
 
     def _finish(self, session: SessionRecord, count: int = 1) -> None:

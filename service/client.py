@@ -4,6 +4,10 @@
         session = client.create_session("copy")
         out = client.step(session.session_id, inputs)  # inputs (T, I) -> out.outputs (T, O)
 
+Over TLS, with a bearer token (and a client certificate, for mutual TLS):
+
+    NTMClient("ntm.example:50051", token="...", tls_ca="ca.pem", tls_cert="client.pem", tls_key="client.key")
+
 Demo: `python -m service.client copy --length 12 [--plot out.png]` runs one example of a task through
 the server and prints inputs, targets and outputs as bit rows side by side, with the bit-error count.
 """
@@ -24,6 +28,7 @@ import numpy as np
 from service import tasks_np
 from service.proto_gen.ntm.v1 import ntm_pb2, ntm_pb2_grpc
 from service.tensors import to_array, to_tensor
+from service.tls import TLSConfigError, channel_credentials
 
 
 class StepError(Exception):
@@ -114,13 +119,28 @@ def step_request(session_id: str, inputs: np.ndarray, return_attention: bool = F
                                return_attention=return_attention, request_id=request_id)
 
 
+Pem = str | Path | bytes
+
+
 class NTMClient:
+    """`tls=True` (or any `tls_*`) speaks TLS, trusting `tls_ca` (default: the system's roots); `tls_cert` and
+    `tls_key` present a client certificate (mutual TLS); `tls_server_name` overrides the name checked in the
+    server's certificate. `token` is sent as `authorization: Bearer <token>` on every call."""
+
     def __init__(self, target: str = "localhost:50051", *, token: str | None = None, timeout: float | None = None,
-                 max_message_bytes: int = 4 * 1024 * 1024, channel: grpc.Channel | None = None) -> None:
-        self.channel = channel or grpc.insecure_channel(target, options=[
-            ("grpc.max_receive_message_length", max_message_bytes),
-            ("grpc.max_send_message_length", max_message_bytes),
-        ])
+                 max_message_bytes: int = 4 * 1024 * 1024, channel: grpc.Channel | None = None,
+                 tls: bool = False, tls_ca: Pem | None = None, tls_cert: Pem | None = None,
+                 tls_key: Pem | None = None, tls_server_name: str | None = None) -> None:
+        options = [("grpc.max_receive_message_length", max_message_bytes),
+                   ("grpc.max_send_message_length", max_message_bytes)]
+        if tls_server_name:
+            options.append(("grpc.ssl_target_name_override", tls_server_name))
+        if channel is not None:
+            self.channel = channel
+        elif tls or tls_ca is not None or tls_cert is not None:
+            self.channel = grpc.secure_channel(target, channel_credentials(tls_ca, tls_cert, tls_key), options=options)
+        else:
+            self.channel = grpc.insecure_channel(target, options=options)
         self.stub = ntm_pb2_grpc.NTMStub(self.channel)
         self.timeout = timeout
         self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
@@ -218,6 +238,15 @@ def demo_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--items", type=int, help="associative_recall: item count K")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--token", default=os.environ.get("NTM_TOKEN"), help="bearer token (env NTM_TOKEN)")
+    p.add_argument("--tls", action="store_true", default=bool(os.environ.get("NTM_CLIENT_TLS")),
+                   help="speak TLS (implied by --tls-ca/--tls-cert; env NTM_CLIENT_TLS)")
+    p.add_argument("--tls-ca", default=os.environ.get("NTM_CLIENT_TLS_CA"),
+                   help="PEM CA that signed the server's certificate (default: system roots; env NTM_CLIENT_TLS_CA)")
+    p.add_argument("--tls-cert", default=os.environ.get("NTM_CLIENT_TLS_CERT"),
+                   help="PEM client certificate, for mutual TLS (env NTM_CLIENT_TLS_CERT)")
+    p.add_argument("--tls-key", default=os.environ.get("NTM_CLIENT_TLS_KEY"),
+                   help="PEM key of --tls-cert (env NTM_CLIENT_TLS_KEY)")
+    p.add_argument("--tls-server-name", help="name to check in the server's certificate instead of the host")
     p.add_argument("--plot", type=Path, help="write a PNG of inputs, outputs, attention and memory")
     return p.parse_args(argv)
 
@@ -232,7 +261,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: task {args.task} takes none of {sorted(params)}", file=sys.stderr)
         return 2
     model = args.model or args.task
-    with NTMClient(args.target, token=args.token, timeout=30) as client:
+    try:
+        client = NTMClient(args.target, token=args.token, timeout=30, tls=args.tls, tls_ca=args.tls_ca,
+                           tls_cert=args.tls_cert, tls_key=args.tls_key, tls_server_name=args.tls_server_name)
+    except TLSConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    with client:
         try:
             session = client.create_session(model, ttl_seconds=60)
             out = client.step(session.session_id, example.inputs, return_attention=True)

@@ -27,6 +27,10 @@ def _tokens(text: str) -> tuple[str, ...]:
     return tuple(t.strip() for t in text.split(",") if t.strip())
 
 
+def _optional_path(text: str) -> Path | None:
+    return Path(text) if text.strip() else None
+
+
 @dataclass(frozen=True)
 class Setting:
     name: str  # ServiceConfig field; flag --name-with-dashes; env NTM_NAME
@@ -66,24 +70,36 @@ class ServiceConfig:
     stream_window: int = 256
     reap_interval_s: float = 1.0
     grace_s: float = 10.0
+    max_concurrent_rpcs: int = 1000
+    state_dir: Path | None = None
+    snapshot_interval_s: float = 5.0
     auth_tokens: tuple[str, ...] = field(default=(), repr=False)
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    health_host: str = "127.0.0.1"
+    health_port: int = -1
     log_level: str = "INFO"
     log_format: str = "json"
 
     def __post_init__(self) -> None:
         positive = ("intra_op_threads", "max_batch", "max_sessions", "max_steps", "max_message_bytes",
-                    "max_queue", "stream_window")
+                    "max_queue", "stream_window", "max_concurrent_rpcs")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("max_wait_ms", "max_sessions_per_owner", "grace_s", "device_id"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("default_ttl_s", "max_ttl_s", "reap_interval_s"):
+        for name in ("default_ttl_s", "max_ttl_s", "reap_interval_s", "snapshot_interval_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        if not 0 <= self.port <= 65535 or not -1 <= self.metrics_port <= 65535:
-            raise ValueError("ports must be in 0..65535 (metrics_port -1 turns metrics off)")
+        if not 0 <= self.port <= 65535 or not -1 <= self.metrics_port <= 65535 or not -1 <= self.health_port <= 65535:
+            raise ValueError("ports must be in 0..65535 (metrics_port and health_port -1 turn them off)")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together: give both (TLS) or neither (plaintext)")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("tls_client_ca (client certificates) needs TLS: give tls_cert and tls_key too")
         if self.provider not in ("auto", "cuda", "cpu"):
             raise ValueError(f"provider must be auto, cuda or cpu, got {self.provider!r}")
         if self.log_format not in ("json", "text"):
@@ -114,8 +130,22 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("stream_window", int, "most unanswered requests per stream before the server stops reading it"),
     Setting("reap_interval_s", float, "how often expired sessions are evicted"),
     Setting("grace_s", float, "on SIGTERM, how long in-flight calls may take to finish"),
+    Setting("max_concurrent_rpcs", int, "most calls (a stream counts as one) served at once; "
+            "RESOURCE_EXHAUSTED past it"),
+    Setting("state_dir", _optional_path, "directory for session snapshots (one file per session): sessions "
+            "are saved every snapshot_interval_s and on shutdown, and restored at start (empty: no persistence)"),
+    Setting("snapshot_interval_s", float, "seconds between snapshots of changed sessions to state_dir: what "
+            "a kill -9 or power loss can lose"),
     Setting("auth_tokens", _tokens, "comma-separated bearer tokens; when set, every call needs one "
             "(UNAUTHENTICATED) and a session belongs to the token that made it (PERMISSION_DENIED)"),
+    Setting("tls_cert", _optional_path, "PEM server certificate (chain); with tls_key the gRPC port speaks "
+            "TLS only (empty: plaintext)"),
+    Setting("tls_key", _optional_path, "PEM private key of tls_cert"),
+    Setting("tls_client_ca", _optional_path, "PEM CA bundle; when set, clients must present a certificate "
+            "it signed (mutual TLS)"),
+    Setting("health_host", str, "bind address of the plaintext health-only port"),
+    Setting("health_port", int, "plaintext port serving only grpc.health.v1, for probes when TLS is on "
+            "(-1: off; health is always on the main port too)"),
     Setting("log_level", str, "DEBUG, INFO, WARNING or ERROR", choices=("DEBUG", "INFO", "WARNING", "ERROR")),
     Setting("log_format", str, "json (one JSON object per line) or text", choices=("json", "text")),
 )
@@ -130,6 +160,8 @@ def default_text(setting: Setting) -> str:
         return str(value).lower()
     if isinstance(value, tuple):
         return ",".join(value) or "(none)"
+    if value is None:
+        return "(none)"
     return str(value)
 
 

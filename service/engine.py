@@ -5,6 +5,14 @@ A step of a batch of sessions is three onnxruntime calls on the same provider an
 the host: gather the sessions' rows, run `step.onnx` on them, scatter the next state back in place. Only
 the inputs (B, I) go in and the outputs (B, O) (and, when asked, the head weightings) come out.
 
+Batch invariance: every call runs on a multiple of `ROW_MULTIPLE` rows, padding with scratch rows of
+the pool. onnxruntime's CPU Softplus and Log kernels (Eigen, 4-float SSE packets) round an element
+differently in the vector body and in the scalar tail of a tensor, so without padding a session's
+numbers would depend on how many sessions share its call (a tail row differs by ~1 ulp per step, which
+a trained NTM amplifies to 1e-4 within a few hundred steps on random inputs). With the batch a multiple
+of 4 every row takes the vector path: a session's outputs are bit-for-bit the same in any batch, at any
+row, batched or not (tests/test_service_batching.py).
+
 An `Engine` is used by one thread only (its model's batcher); it is not thread-safe.
 """
 
@@ -31,6 +39,7 @@ SEQUENCE_INPUTS = ("inputs", *STATE_NAMES)
 SEQUENCE_OUTPUTS = ("outputs", "read_attention", "write_attention", *(f"next_{s}" for s in STATE_NAMES))
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
+ROW_MULTIPLE = 4  # every onnxruntime call runs on a multiple of this many rows (see the module docstring)
 
 
 class ModelLoadError(RuntimeError):
@@ -189,6 +198,8 @@ class Engine:
         graphs = PoolGraphs(lambda model: open_session(model, provider, device_id, 1))
         self.pool = StatePool(self.spec.state_shapes, self.device, graphs, initial_capacity)
         self.backup = StatePool(self.spec.state_shapes, self.device, graphs, lanes, growable=False)
+        # Rows that pad a batch to a multiple of ROW_MULTIPLE: they run blank steps, their results unused.
+        self._scratch = np.array([self.new_row() for _ in range(ROW_MULTIPLE - 1)], dtype=np.int64)
 
     # --- sessions' rows -------------------------------------------------------------------------------
 
@@ -214,11 +225,20 @@ class Engine:
 
     # --- running --------------------------------------------------------------------------------------
 
+    def _pad(self, slots: np.ndarray) -> np.ndarray:
+        """slots (B,) -> (B + pad,): scratch rows up to a multiple of ROW_MULTIPLE."""
+        pad = -len(slots) % ROW_MULTIPLE
+        return np.concatenate([slots, self._scratch[:pad]]).astype(np.int64) if pad else slots
+
     def step(self, slots: np.ndarray, x: np.ndarray, attention: bool = False) -> StepResult:
         """One time step of B sessions: slots (B,) int64, x (B, I) float32. Updates their rows in place."""
-        state = self.pool.gather(slots)  # six (B, ...) device tensors
+        batch = len(slots)
+        slots = self._pad(slots)
+        if len(slots) > batch:
+            x = np.concatenate([x, np.zeros((len(slots) - batch, x.shape[1]), dtype=np.float32)])
+        state = self.pool.gather(slots)  # six (B', ...) device tensors, B' = B padded
         io = self._step.io_binding()
-        io.bind_cpu_input("input", x)
+        io.bind_cpu_input("input", np.ascontiguousarray(x, dtype=np.float32))
         for name, value in zip(STATE_NAMES, state, strict=True):
             io.bind_ortvalue_input(name, value)
         io.bind_output("output", "cpu")
@@ -227,19 +247,21 @@ class Engine:
         self._step.run_with_iobinding(io)
         outputs, *next_state = io.get_outputs()
         result = StepResult(
-            outputs.numpy(),  # (B, O)
-            next_state[4].numpy() if attention else None,  # (B, R, N)
-            next_state[5].numpy() if attention else None,  # (B, W, N)
+            outputs.numpy()[:batch],  # (B, O)
+            next_state[4].numpy()[:batch] if attention else None,  # (B, R, N)
+            next_state[5].numpy()[:batch] if attention else None,  # (B, W, N)
         )
         self.pool.scatter(slots, next_state)
         return result
 
     def sequence(self, slot: int, xs: np.ndarray, attention: bool = False) -> SequenceResult:
         """T steps of one session in one call (`sequence.onnx`): xs (T, I). Updates its row in place."""
-        slots = np.array([slot], dtype=np.int64)
+        slots = self._pad(np.array([slot], dtype=np.int64))
         state = self.pool.gather(slots)
+        inputs = np.zeros((len(xs), len(slots), xs.shape[1]), dtype=np.float32)  # (T, B', I): row 0 is the session
+        inputs[:, 0] = xs
         io = self._sequence.io_binding()
-        io.bind_cpu_input("inputs", np.ascontiguousarray(xs[:, None, :]))  # (T, 1, I)
+        io.bind_cpu_input("inputs", inputs)
         for name, value in zip(STATE_NAMES, state, strict=True):
             io.bind_ortvalue_input(name, value)
         io.bind_output("outputs", "cpu")

@@ -27,6 +27,16 @@ class Metrics:
         self.queue_depth = Gauge("ntm_queue_depth", "Requests waiting or running per model.", ["model"], registry=r)
         self.errors = Counter("ntm_errors", "Refused requests by method and gRPC status code.", ["method", "code"],
                               registry=r)
+        self.snapshot_passes = Counter("ntm_snapshot_passes", "Completed snapshot passes (periodic and final).",
+                                       registry=r)
+        self.snapshot_writes = Counter("ntm_snapshot_writes", "Session snapshot files written.", registry=r)
+        self.snapshot_seconds = Histogram("ntm_snapshot_seconds", "Time of one snapshot pass.", buckets=LATENCY_BUCKETS,
+                                          registry=r)
+        self.snapshot_last_success = Gauge("ntm_snapshot_last_success_timestamp_seconds",
+                                           "Wall-clock time when the last snapshot pass completed.", registry=r)
+        self.snapshot_errors = Counter("ntm_snapshot_errors", "Snapshot files not loaded or not written, by reason "
+                                       "(truncated, magic, version, checksum, format, model, checkpoint, state, "
+                                       "unreadable, write).", ["reason"], registry=r)
 
     def serve(self, host: str, port: int) -> tuple[object, int]:
         """Start the /metrics HTTP endpoint; returns the server (for shutdown) and its port."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 import threading
@@ -25,14 +26,19 @@ from service.config import ServiceConfig
 from service.engine import Engine, ModelLoadError, resolve_provider
 from service.logs import setup_logging
 from service.metrics import Metrics
-from service.proto_gen.ntm.v1 import ntm_pb2, ntm_pb2_grpc
-from service.servicer import NTMServicer, ServedModel
+from service.proto_gen.ntm.v1 import ntm_pb2
+from service.servicer import LoopInbox, NTMServicer, ServedModel
 from service.sessions import SessionRegistry
+from service.snapshots import SnapshotStore, Snapshotter, StateDirError
+from service.tls import TLSConfigError, server_credentials
+from service.wire import add_ntm_servicer
 
 log = logging.getLogger(__name__)
 
 NTM_SERVICE = ntm_pb2.DESCRIPTOR.services_by_name["NTM"].full_name  # "ntm.v1.NTM"
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+STARTUP_ERRORS = (ModelLoadError, StateDirError, TLSConfigError)  # reported in one line, exit status 2
+LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
 
 
 def model_folders(root: Path) -> list[Path]:
@@ -68,41 +74,74 @@ class Server:
         self.registry: SessionRegistry | None = None
         self.port = 0
         self.metrics_port: int | None = None
+        self.health_port: int | None = None
+        self.snapshotter: Snapshotter | None = None
+        self._store: SnapshotStore | None = None
         self._grpc: grpc.aio.Server | None = None
+        self._health_grpc: grpc.aio.Server | None = None
         self._health: Any = None
         self._metrics_http: Any = None
         self._reaper: asyncio.Task[None] | None = None
+        self._batchers_started = False
 
     async def start(self) -> None:
         c = self.config
+        credentials = server_credentials(c.tls_cert, c.tls_key, c.tls_client_ca) if c.tls_cert and c.tls_key else None
         self.models = load_models(c, self.metrics)
-        for model in self.models.values():
-            model.batcher.start()
         self.registry = SessionRegistry(
             {name: m.batcher for name, m in self.models.items()}, self.metrics, max_sessions=c.max_sessions,
             max_sessions_per_owner=c.max_sessions_per_owner, default_ttl_s=c.default_ttl_s, max_ttl_s=c.max_ttl_s)
+        if c.state_dir is not None:  # restore before the batchers run: the engines are used directly
+            self._store = SnapshotStore(c.state_dir)
+            engines = {name: m.batcher.engine for name, m in self.models.items()}
+            self.snapshotter = Snapshotter(self._store, self.registry, engines, self.metrics, c.snapshot_interval_s)
+            self.snapshotter.restore()
+        for model in self.models.values():
+            model.batcher.start()
+        self._batchers_started = True
         auth = TokenAuth(c.auth_tokens)
         options = [
             ("grpc.max_receive_message_length", c.max_message_bytes),
             ("grpc.max_send_message_length", c.max_message_bytes),
             ("grpc.so_reuseport", 0),  # a second server on the same port fails instead of sharing it
+            # No BDP probing: a stream's receive window stays at HTTP/2's 64 KiB instead of growing to MBs, so a
+            # stream the server has stopped reading (--stream-window) buffers at most that much in the transport.
+            ("grpc.http2.bdp_probe", 0),
         ]
-        self._grpc = grpc.aio.server(interceptors=[AuthInterceptor(auth)] if auth.enabled else [], options=options)
-        servicer = NTMServicer(self.models, self.registry, c, self.metrics, auth)
-        ntm_pb2_grpc.add_NTMServicer_to_server(servicer, self._grpc)
+        self._grpc = grpc.aio.server(interceptors=[AuthInterceptor(auth)] if auth.enabled else [], options=options,
+                                     maximum_concurrent_rpcs=c.max_concurrent_rpcs)
+        servicer = NTMServicer(self.models, self.registry, c, self.metrics, auth,
+                               LoopInbox(asyncio.get_running_loop()))
+        add_ntm_servicer(servicer, self._grpc)
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
         reflection.enable_server_reflection((NTM_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME), self._grpc)
-        self.port = self._grpc.add_insecure_port(f"{c.host}:{c.port}")
+        address = f"{c.host}:{c.port}"
+        if credentials is not None:
+            self.port = self._grpc.add_secure_port(address, credentials)
+        else:
+            self.port = self._grpc.add_insecure_port(address)
         await self._grpc.start()
+        if c.health_port >= 0:  # plaintext, health only: for probes that cannot speak (m)TLS
+            self._health_grpc = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+            health_pb2_grpc.add_HealthServicer_to_server(self._health, self._health_grpc)
+            self.health_port = self._health_grpc.add_insecure_port(f"{c.health_host}:{c.health_port}")
+            await self._health_grpc.start()
         if c.metrics_port >= 0:
             self._metrics_http, self.metrics_port = self.metrics.serve(c.metrics_host, c.metrics_port)
         for service in ("", NTM_SERVICE):
             await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
         self._reaper = asyncio.create_task(self._reap())
+        if self.snapshotter is not None:
+            self.snapshotter.start()
+        if auth.enabled and credentials is None and c.host not in LOOPBACK:
+            log.warning("bearer tokens travel in plaintext: serve with --tls-cert/--tls-key off loopback")
         log.info("serving", extra={"port": self.port, "metrics_port": self.metrics_port, "models": sorted(self.models),
                                    "provider": next(iter(self.models.values())).provider, "batching": c.batching,
-                                   "max_batch": c.max_batch, "auth": auth.enabled})
+                                   "max_batch": c.max_batch, "auth": auth.enabled, "tls": credentials is not None,
+                                   "mtls": c.tls_client_ca is not None, "health_port": self.health_port,
+                                   "state_dir": str(c.state_dir) if c.state_dir else None,
+                                   "sessions": self.registry.count()})
 
     async def _reap(self) -> None:
         assert self.registry is not None
@@ -114,7 +153,8 @@ class Server:
                 log.exception("reaping sessions failed")
 
     async def stop(self, grace: float | None = None) -> None:
-        """Health NOT_SERVING, refuse new calls, let in-flight ones finish (up to `grace`), drain queues."""
+        """Health NOT_SERVING, refuse new calls, let in-flight ones finish (up to `grace`), drain queues, and
+        (with a state dir) snapshot every session changed since the last pass."""
         grace = self.config.grace_s if grace is None else grace
         log.info("shutting down", extra={"grace_s": grace})
         if self._health is not None:
@@ -125,9 +165,19 @@ class Server:
                 await self._reaper
         if self._grpc is not None:
             await self._grpc.stop(grace)
+        if self._health_grpc is not None:
+            await self._health_grpc.stop(0)
         loop = asyncio.get_running_loop()
-        for model in self.models.values():
-            await loop.run_in_executor(None, model.batcher.stop)
+        if self.snapshotter is not None:  # the periodic thread reads through the batchers: end it first
+            await loop.run_in_executor(None, self.snapshotter.stop)
+        if self._batchers_started:
+            for model in self.models.values():
+                await loop.run_in_executor(None, model.batcher.stop)
+        if self.snapshotter is not None and self._batchers_started:
+            written = await loop.run_in_executor(None, functools.partial(self.snapshotter.run_pass, live=False))
+            log.info("final snapshot", extra={"written": written, "sessions": self.registry.count()})
+        if self._store is not None:
+            self._store.close()
         if self._metrics_http is not None:
             self._metrics_http.shutdown()
             self._metrics_http.server_close()
@@ -138,8 +188,9 @@ async def _serve(config: ServiceConfig) -> int:
     server = Server(config)
     try:
         await server.start()
-    except ModelLoadError as err:
+    except STARTUP_ERRORS as err:
         log.error("cannot start: %s", err)
+        await server.stop(0)
         return 2
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

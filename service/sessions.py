@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 ID_BYTES = 16  # 128 random bits (the contract asks for at least 122)
 TOMBSTONES = 100_000  # remembered ids of ended sessions, for a helpful NOT_FOUND message
+MAX_ID_CHARS = 128  # longer session ids are refused before any lookup (ours have 22 characters)
 
 
 @dataclass(eq=False)
@@ -47,6 +48,9 @@ class SessionRecord:
     inflight: int = 0  # jobs accepted and not finished (under the registry lock)
     jobs: deque[Job] = field(default_factory=deque)  # under the batcher lock
     scheduled: bool = False  # under the batcher lock
+    ended: bool = False  # deleted, expired or discarded (set under the registry lock)
+    saved_steps: int = -1  # step count in its snapshot file; -1: none yet (the snapshotter's bookkeeping)
+    saved_used: float = math.nan  # last_used when that snapshot was taken
 
     def expires_wall(self, now_mono: float, now_wall: float) -> float:
         """When the session expires if nothing uses it from now on (wall clock, seconds)."""
@@ -93,6 +97,7 @@ class SessionRegistry:
         self._sessions: dict[str, SessionRecord] = {}
         self._per_owner: Counter[str] = Counter()
         self._gone: OrderedDict[str, str] = OrderedDict()  # id -> why it ended
+        self.on_end: Callable[[SessionRecord], None] | None = None  # told (outside the lock) when a session ends
 
     # --- limits and lookups ---------------------------------------------------------------------------
 
@@ -124,6 +129,8 @@ class SessionRegistry:
         """Under the lock."""
         if not session_id:
             raise invalid("session_id is required")
+        if len(session_id) > MAX_ID_CHARS:
+            raise invalid(f"session_id has {len(session_id)} characters, more than {MAX_ID_CHARS}: not one of ours")
         session = self._sessions.get(session_id)
         if session is None:
             why = self._gone.get(session_id)
@@ -150,6 +157,22 @@ class SessionRegistry:
     def count(self) -> int:
         return len(self._sessions)
 
+    def adopt(self, session: SessionRecord) -> None:
+        """Add a session restored from a snapshot, with its own id, owner and row (at start-up). It counts
+        against the limits but is never refused: a restart must not lose sessions."""
+        with self._lock:
+            if session.id in self._sessions:
+                raise ValueError(f"session {session.id} exists already")
+            self._sessions[session.id] = session
+            self._per_owner[session.owner] += 1
+            self._gone.pop(session.id, None)
+        self._metrics.live_sessions.labels(session.model).inc()
+
+    def remember_gone(self, session_id: str, why: str) -> None:
+        """Answer later calls naming `session_id` with NOT_FOUND and the reason (e.g. expired while down)."""
+        with self._lock:
+            self._remember(session_id, why)
+
     # --- handing jobs to the batchers -----------------------------------------------------------------
 
     def submit(self, session_id: str, owner: str, make_job: Callable[[SessionRecord, Done], Job],
@@ -165,23 +188,37 @@ class SessionRegistry:
         with self._lock:
             self._enqueue(session, make_job, done)
 
-    def _enqueue(self, session: SessionRecord, make_job: Callable[[SessionRecord, Done], Job], done: Done) -> None:
+    def submit_internal(self, session: SessionRecord, make_job: Callable[[SessionRecord, Done], Job],
+                        done: Done) -> bool:
+        """Queue a server-side job (a snapshot read) for a live session: it neither refreshes the session's
+        idle clock nor counts against the queue limit. False when the session has ended."""
+        with self._lock:
+            if session.ended:
+                return False
+            self._enqueue(session, make_job, done, touch=False, force=True)
+            return True
+
+    def _enqueue(self, session: SessionRecord, make_job: Callable[[SessionRecord, Done], Job], done: Done,
+                 touch: bool = True, force: bool = False) -> None:
         def finished(result: Any) -> None:
             with self._lock:
                 session.inflight -= 1
-                session.last_used = self.clock()
+                if touch:
+                    session.last_used = self.clock()
             done(result)
 
         job = make_job(session, finished)
-        self._batchers[session.model].submit(job)  # RESOURCE_EXHAUSTED when the model's queue is full
+        self._batchers[session.model].submit(job, force=force)  # RESOURCE_EXHAUSTED when the queue is full
         session.inflight += 1
-        session.last_used = self.clock()
+        if touch:
+            session.last_used = self.clock()
 
     def close(self, session_id: str, owner: str, done: Done) -> SessionRecord:
         """Delete: the id answers NOT_FOUND from now on; the row is freed after the jobs already queued."""
         with self._lock:
             session = self._find(session_id, owner)
             self._forget(session, "deleted")
+        self._ended(session)
         self._free(session, done)
         log.info("session deleted", extra={"session": session.id, "model": session.model, "steps": session.steps})
         return session
@@ -191,6 +228,7 @@ class SessionRegistry:
         with self._lock:
             if self._sessions.get(session.id) is session:
                 self._forget(session, None)
+        self._ended(session)
         self._free(session, lambda _: None)
 
     def reap(self) -> list[SessionRecord]:
@@ -201,6 +239,7 @@ class SessionRegistry:
             for session in expired:
                 self._forget(session, "expired")
         for session in expired:
+            self._ended(session)
             self._metrics.evictions.labels(session.model, "ttl").inc()
             self._free(session, lambda _: None)
             log.info("session expired", extra={"session": session.id, "model": session.model, "steps": session.steps,
@@ -210,14 +249,27 @@ class SessionRegistry:
     def _forget(self, session: SessionRecord, why: str | None) -> None:
         """Under the lock."""
         del self._sessions[session.id]
+        session.ended = True
         self._per_owner[session.owner] -= 1
         if self._per_owner[session.owner] <= 0:
             del self._per_owner[session.owner]
         if why:
-            self._gone[session.id] = why
-            while len(self._gone) > TOMBSTONES:
-                self._gone.popitem(last=False)
+            self._remember(session.id, why)
         self._metrics.live_sessions.labels(session.model).dec()
+
+    def _remember(self, session_id: str, why: str) -> None:
+        """Under the lock."""
+        self._gone[session_id] = why
+        while len(self._gone) > TOMBSTONES:
+            self._gone.popitem(last=False)
+
+    def _ended(self, session: SessionRecord) -> None:
+        """Outside the lock: tell the listener (the snapshot store removes the session's file)."""
+        if self.on_end is not None and session.ended:
+            try:
+                self.on_end(session)
+            except Exception:  # a failing listener must not fail the delete
+                log.exception("on_end listener failed for session %s", session.id)
 
     def _free(self, session: SessionRecord, done: Done) -> None:
         self._batchers[session.model].submit(ControlJob(session, free_action, done), force=True)

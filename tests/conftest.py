@@ -92,7 +92,11 @@ def copy_dir(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
 
 @dataclass
 class Offline:
-    """The reference: the model's own graph files run offline by onnxruntime (and torch on its checkpoint)."""
+    """The reference: the model's own graph files run offline by onnxruntime (and torch on its checkpoint).
+
+    `run` puts the session in row 0 of a batch of 4 (the other rows: initial state, zero inputs), the
+    layout the server computes every row in (service/engine.py, ROW_MULTIPLE), so the numbers must agree
+    to the last bit; `batch=1` gives the plain single-sequence run."""
 
     folder: Path
 
@@ -105,11 +109,15 @@ class Offline:
         self.state_names = [i.name for i in self._sequence.get_inputs()][1:]
         self.initial = dict(zip(self.state_names, initial, strict=True))  # batch 1
 
-    def run(self, inputs: np.ndarray, state: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    def run(self, inputs: np.ndarray, state: dict[str, np.ndarray] | None = None,
+            batch: int = 4) -> dict[str, np.ndarray]:
         """inputs (T, I) from `state` (per-session shapes) or the initial state -> outputs (T, O),
         read/write weights (T, R|W, N), and `state` after the last step (per-session shapes)."""
-        batch_state = self.initial if state is None else {k: v[None] for k, v in state.items()}
-        feeds = {"inputs": np.asarray(inputs, np.float32)[:, None], **batch_state}
+        first = self.initial if state is None else {k: v[None] for k, v in state.items()}
+        batch_state = {k: np.concatenate([first[k], np.repeat(v, batch - 1, 0)]) for k, v in self.initial.items()}
+        padded = np.zeros((len(inputs), batch, np.shape(inputs)[1]), np.float32)  # (T, batch, I)
+        padded[:, 0] = inputs
+        feeds = {"inputs": padded, **batch_state}
         outputs, reads, writes, *final = self._sequence.run(None, feeds)
         return {"outputs": outputs[:, 0], "read_weights": reads[:, 0], "write_weights": writes[:, 0],
                 "state": {k: v[0] for k, v in zip(self.state_names, final, strict=True)}}
@@ -132,10 +140,12 @@ def offline(models_dir: Path) -> Offline:
 
 
 def service_config(models: Path, **overrides: object):  # -> ServiceConfig
+    """Test server settings: loopback, free ports, CPU (exactness is checked against CPU onnxruntime;
+    tests/test_service_gpu.py covers CUDA)."""
     from service.config import ServiceConfig
 
     settings = {"models": models, "host": "127.0.0.1", "port": 0, "metrics_host": "127.0.0.1", "metrics_port": 0,
-                "max_wait_ms": 2.0, "grace_s": 2.0, **overrides}
+                "provider": "cpu", "max_wait_ms": 2.0, "grace_s": 2.0, **overrides}
     return ServiceConfig(**settings)  # type: ignore[arg-type]
 
 

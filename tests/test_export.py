@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -71,6 +72,11 @@ def test_cli_writes_three_single_files_that_pass_the_full_checker(cli_folder: Pa
         onnx.checker.check_model(str(path), full_check=True)
         onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
     assert not list(cli_folder.glob("*.data")) and not list(cli_folder.glob("*.onnx.*")), list(cli_folder.iterdir())
+    umask = os.umask(0)
+    os.umask(umask)
+    for file in GRAPH_FILES.values():  # the usual 0666 & ~umask, not mkstemp's 0600: a service user must read them
+        assert (cli_folder / file).stat().st_mode & 0o777 == 0o666 & ~umask, oct((cli_folder / file).stat().st_mode)
+    assert not list(cli_folder.glob(".*.tmp"))
 
 
 def test_graph_names_order_and_shapes_follow_the_contract(cli_folder: Path) -> None:
@@ -105,6 +111,14 @@ def test_step_graph_has_no_control_flow_and_sequence_is_a_scan(cli_folder: Path)
     graphs = load_graphs(cli_folder)
     assert not {n.op_type for n in graphs["step"].graph.node} & {"Loop", "Scan", "If"}
     assert [n.op_type for n in graphs["sequence"].graph.node] == ["Scan"]
+
+
+def test_reduceprod_over_one_write_head_is_exported_as_squeeze(cli_folder: Path) -> None:
+    """W = 1: the erase product over heads is a copy, rewritten to Squeeze (bit-identical, see docs/export.md);
+    W = 2 keeps its ReduceProd (and the parity tests cover both)."""
+    assert "ReduceProd" not in {n.op_type for n in load_graphs(cli_folder)["step"].graph.node}
+    multihead = load_graphs(dev_folder("repeat_copy_ff_multihead"))["step"]
+    assert "ReduceProd" in {n.op_type for n in multihead.graph.node}
 
 
 def test_metadata_props(cli_folder: Path) -> None:

@@ -1,7 +1,9 @@
 """Every RPC against a live server, and the served numbers against offline runs of the same model.
 
-Exactness (≤ 1e-6) is against onnxruntime running the same graph files offline; against the PyTorch
-checkpoint the graphs were exported from the bound is 1e-5 (a different engine)."""
+Exactness (≤ 1e-6; in fact bit for bit) is against onnxruntime running the same graph files offline in
+the server's row layout (conftest.Offline). Against a plain batch-1 run and against the PyTorch checkpoint
+the graphs came from (other kernels, other rounding) the bound is 1e-5, on task inputs: on random inputs a
+trained NTM amplifies rounding differences (see docs/service.md, "Batch invariance")."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import numpy as np
 import pytest
 from conftest import bits
 
+from service import tasks_np
 from service.client import NTMClient, SessionStateData, step_request
 
 EXACT = 1e-6
@@ -23,7 +26,7 @@ def test_list_models_describes_each_served_model(client: NTMClient, models_dir) 
     copy = models["copy"]
     assert (copy.task, copy.input_size, copy.output_size) == ("copy", 9, 8)
     assert copy.memory_rows > 0 and copy.memory_width > 0 and copy.read_heads >= 1 and copy.write_heads >= 1
-    assert copy.provider == "CPUExecutionProvider"  # no CUDA here: `auto` must say what really runs
+    assert copy.provider == "CPUExecutionProvider"  # what the test server asked for, and really runs
     shapes = {s.name: tuple(s.shape) for s in copy.state}
     assert shapes["memory"] == (copy.memory_rows, copy.memory_width)
     assert shapes["read_weights"] == (copy.read_heads, copy.memory_rows)
@@ -60,11 +63,19 @@ def test_step_equals_offline_onnxruntime_and_torch(client: NTMClient, offline, r
     np.testing.assert_allclose(out.outputs, ref["outputs"], rtol=0, atol=EXACT)
     np.testing.assert_allclose(out.read_weights, ref["read_weights"], rtol=0, atol=EXACT)
     np.testing.assert_allclose(out.write_weights, ref["write_weights"], rtol=0, atol=EXACT)
-    np.testing.assert_allclose(out.outputs, offline.torch_outputs(inputs), rtol=0, atol=1e-5)
     state = client.get_session(session.session_id, include_state=True).state
     assert state is not None and state.steps == 40
     for name, value in ref["state"].items():
         np.testing.assert_allclose(state.tensors[name], value, rtol=0, atol=EXACT, err_msg=name)
+    client.delete_session(session.session_id)
+
+
+def test_task_example_matches_batch_one_and_torch(client: NTMClient, offline) -> None:
+    example = tasks_np.copy(np.random.default_rng(11), length=20)
+    session = client.create_session("copy")
+    got = client.step(session.session_id, example.inputs).outputs
+    np.testing.assert_allclose(got, offline.run(example.inputs, batch=1)["outputs"], rtol=0, atol=1e-5)
+    np.testing.assert_allclose(got, offline.torch_outputs(example.inputs), rtol=0, atol=1e-5)
     client.delete_session(session.session_id)
 
 

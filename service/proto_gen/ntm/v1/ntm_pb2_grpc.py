@@ -27,7 +27,8 @@ if _version_not_supported:
 
 
 class NTMStub:
-    """Missing associated documentation comment in .proto file."""
+    """NTM sessions: create one per sequence, step it (unary or streaming), export, import, delete.
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -78,7 +79,8 @@ class NTMStub:
 
 
 class NTMServicer:
-    """Missing associated documentation comment in .proto file."""
+    """NTM sessions: create one per sequence, step it (unary or streaming), export, import, delete.
+    """
 
     def ListModels(self, request, context):
         """The models this server serves, with their sizes and the execution provider running each.
@@ -189,7 +191,8 @@ def add_NTMServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class NTM:
-    """Missing associated documentation comment in .proto file."""
+    """NTM sessions: create one per sequence, step it (unary or streaming), export, import, delete.
+    """
 
     @staticmethod
     def ListModels(request,

@@ -1,0 +1,503 @@
+"""Bad input, beyond tests/test_service_errors.py: messages that do not parse, oversized messages, garbage in a
+stream after good steps, every malformed state tensor on import, over-long ids, expired sessions on every RPC;
+and two property-based fuzz tests (hypothesis) that throw arbitrary StepRequest and SessionState values at a
+live server: it never fails with UNKNOWN or INTERNAL, refused requests change nothing, accepted ones are
+exact, and a bystander session's outputs stay bit for bit right."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from conftest import bits, service_config
+from google.protobuf.message import DecodeError
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from service.client import NTMClient, SessionStateData, step_request
+from service.graphs import STATE_NAMES
+from service.proto_gen.ntm.v1 import ntm_pb2
+from service.server import ServerThread
+from service.tensors import to_tensor
+
+INVALID, NOT_FOUND = grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND
+GARBAGE = b"\xff\xff\xff\xff not a protobuf"
+UNARY = {"ListModels": ntm_pb2.ListModelsResponse, "CreateSession": ntm_pb2.Session, "GetSession": ntm_pb2.Session,
+         "DeleteSession": ntm_pb2.DeleteSessionResponse, "Step": ntm_pb2.StepResponse,
+         "ExportSession": ntm_pb2.SessionState, "ImportSession": ntm_pb2.Session}
+REQUEST_TYPES = {"ListModels": "ListModelsRequest", "CreateSession": "CreateSessionRequest",
+                 "GetSession": "GetSessionRequest", "DeleteSession": "DeleteSessionRequest", "Step": "StepRequest",
+                 "ExportSession": "ExportSessionRequest", "ImportSession": "ImportSessionRequest"}
+
+
+def _raw_unary(channel: grpc.Channel, method: str) -> Callable[..., object]:
+    """A call that sends bytes as they are (no serializer)."""
+    return channel.unary_unary(f"/ntm.v1.NTM/{method}", request_serializer=None,
+                               response_deserializer=UNARY[method].FromString)
+
+
+def _raw_stream(channel: grpc.Channel) -> Callable[..., object]:
+    return channel.stream_stream("/ntm.v1.NTM/StreamSteps", request_serializer=None,
+                                 response_deserializer=ntm_pb2.StepResponse.FromString)
+
+
+def _same(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> None:
+    assert a.keys() == b.keys()
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
+def _settled_steps(client: NTMClient, session_id: str, quiet_s: float = 0.3, limit_s: float = 30) -> int:
+    """The session's step count once it stops changing (requests accepted before a failure still finish)."""
+    deadline = time.monotonic() + limit_s
+    last = client.get_session(session_id).steps
+    while time.monotonic() < deadline:
+        time.sleep(quiet_s)
+        now = client.get_session(session_id).steps
+        if now == last:
+            return now
+        last = now
+    raise AssertionError("the session never settled")
+
+
+# --- messages that do not parse -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", sorted(UNARY))
+def test_a_message_that_does_not_parse_is_invalid_argument(server, method: str) -> None:
+    with grpc.insecure_channel(server.target) as channel, pytest.raises(grpc.RpcError) as err:
+        _raw_unary(channel, method)(GARBAGE, timeout=30)
+    assert err.value.code() == INVALID
+    assert f"not a valid ntm.v1.{REQUEST_TYPES[method]} message" in err.value.details()
+
+
+def test_garbage_in_a_stream_after_good_steps(server, client: NTMClient, offline, rng) -> None:
+    """Good steps, then bytes that are no message, a refused request and an unknown session: each gets its error
+    response and the stream goes on; the good steps before and after are exact."""
+    session = client.create_session("copy").session_id
+    inputs = bits(rng, 10)
+    good = [step_request(session, inputs[i:i + 2], request_id=f"good{i}").SerializeToString() for i in range(0, 10, 2)]
+    bad_width = step_request(session, np.zeros((1, 8), np.float32), request_id="width").SerializeToString()
+    unknown = step_request("no-such-session", inputs[:1], request_id="unknown").SerializeToString()
+    sent = [*good[:3], GARBAGE, bad_width, GARBAGE + GARBAGE, unknown, *good[3:]]
+    with grpc.insecure_channel(server.target) as channel:
+        responses = list(_raw_stream(channel)(iter(sent), timeout=60))
+    assert len(responses) == len(sent)
+    errors = [r.error for r in responses if r.error.code]
+    assert len(errors) == 4
+    garbage = [e for e in errors if "not a valid ntm.v1.StepRequest message" in e.message]
+    assert len(garbage) == 2 and all(e.code == INVALID.value[0] for e in garbage)
+    assert next(r for r in responses if r.request_id == "width").error.message.startswith("inputs must have width 9")
+    assert next(r for r in responses if r.request_id == "unknown").error.code == NOT_FOUND.value[0]
+    ok = [r for r in responses if not r.error.code]
+    assert [r.request_id for r in ok] == [f"good{i}" for i in range(0, 10, 2)]
+    got = np.concatenate([np.asarray(r.outputs.values, np.float32).reshape(2, 8) for r in ok])
+    np.testing.assert_array_equal(got, offline.run(inputs)["outputs"])
+    assert client.get_session(session).steps == 10
+    client.delete_session(session)
+
+
+def test_overlong_ids_and_step_counts_are_refused(client: NTMClient, offline, rng) -> None:
+    session = client.create_session("copy").session_id
+    with pytest.raises(grpc.RpcError) as err:
+        client.step(session, bits(rng, 1), request_id="r" * 257)
+    assert err.value.code() == INVALID and "request_id has 257 characters" in err.value.details()
+    with pytest.raises(grpc.RpcError) as err:
+        client.get_session("s" * 5000)
+    assert err.value.code() == INVALID and "session_id has 5000 characters" in err.value.details()
+    state = client.export_session(session)
+    with pytest.raises(grpc.RpcError) as err:
+        client.import_session(SessionStateData(state.model, 2**62 + 1, state.tensors, state.checkpoint_sha256))
+    assert err.value.code() == INVALID and "steps must be >= 0 and <= 2**62" in err.value.details()
+    assert client.get_session(session).steps == 0
+    client.delete_session(session)
+
+
+# --- oversized messages ---------------------------------------------------------------------------------
+
+
+def test_oversized_messages(copy_dir: Path, offline, rng) -> None:
+    """Over --max-message-bytes: a unary call or an import gets RESOURCE_EXHAUSTED and changes nothing; in a stream
+    (after good steps) it ends the stream, and the steps already accepted are applied whole."""
+    config = service_config(copy_dir, max_steps=3000, max_message_bytes=64 * 1024)
+    inputs = bits(rng, 40)
+    with ServerThread(config) as server, NTMClient(server.target, max_message_bytes=1 << 22, timeout=60) as client:
+        session = client.create_session("copy").session_id
+        client.step(session, inputs[:4])
+        state = client.export_session(session)
+        huge = SessionStateData(state.model, state.steps, {**state.tensors, "memory": np.zeros((128, 200), np.float32)},
+                                state.checkpoint_sha256)
+        live = server.server.registry.count()
+        with pytest.raises(grpc.RpcError) as err:
+            client.import_session(huge)  # 100 kB
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert server.server.registry.count() == live
+        with pytest.raises(grpc.RpcError) as err:
+            client.step(session, bits(rng, 2500))  # 90 kB
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        _same(client.export_session(session).tensors, state.tensors)
+
+        requests = [step_request(session, inputs[t:t + 6]) for t in range(4, 34, 6)]
+        requests.append(step_request(session, bits(rng, 2500)))
+        with pytest.raises(grpc.RpcError) as err:
+            list(client.stream(requests))
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        steps = _settled_steps(client, session)
+        assert steps in range(4, 35, 6), steps  # whole requests only
+        _same(client.export_session(session).tensors, offline.run(inputs[:steps])["state"])
+        rest = client.step(session, inputs[steps:]).outputs  # and the session goes on
+    np.testing.assert_array_equal(rest, offline.run(inputs)["outputs"][steps:])
+
+
+# --- malformed states -----------------------------------------------------------------------------------
+
+
+def test_every_malformed_state_tensor_is_refused(client: NTMClient, server, rng) -> None:
+    session = client.create_session("copy").session_id
+    client.step(session, bits(rng, 5))
+    good = client.export_session(session)
+    live = server.server.registry.count()
+    for name in STATE_NAMES:
+        value = good.tensors[name]
+        nan, inf = value.copy(), value.copy()
+        nan.flat[-1], inf.flat[0] = np.nan, -np.inf
+        cases = [
+            (to_tensor(value[None]), f"state tensor {name} must have shape"),  # an extra (batch) dimension
+            (to_tensor(value.ravel() if value.ndim > 1 else value.reshape(value.size // 4, 4)),  # another rank
+             f"state tensor {name} must have shape"),
+            (to_tensor(np.zeros((*value.shape[:-1], value.shape[-1] + 1), np.float32)), "must have shape"),
+            (ntm_pb2.Tensor(shape=value.shape, values=value.ravel()[:-1]), f"state tensor {name}: shape"),
+            (ntm_pb2.Tensor(shape=[-1, *value.shape[1:]], values=[]), f"state tensor {name}: negative dimension"),
+            (to_tensor(nan), f"state tensor {name}: values must be finite"),
+            (to_tensor(inf), f"state tensor {name}: values must be finite"),
+        ]
+        for tensor, words in cases:
+            message = ntm_pb2.SessionState(model="copy", steps=5, checkpoint_sha256=good.checkpoint_sha256)
+            for other, array in good.tensors.items():
+                message.tensors[other].CopyFrom(tensor if other == name else to_tensor(array))
+            with pytest.raises(grpc.RpcError) as err:
+                client.stub.ImportSession(ntm_pb2.ImportSessionRequest(state=message), timeout=30)
+            assert err.value.code() == INVALID and words in err.value.details(), (name, err.value.details())
+    assert server.server.registry.count() == live
+    client.delete_session(session)
+
+
+def test_a_state_from_another_model_is_refused(client: NTMClient, server) -> None:
+    others = [m.name for m in client.list_models() if m.name != "copy"]
+    if not others:
+        pytest.skip("only the copy model is served here; test_service_errors checks foreign weights by checksum")
+    session = client.create_session("copy").session_id
+    state = client.export_session(session)
+    live = server.server.registry.count()
+    for other in others:
+        with pytest.raises(grpc.RpcError) as err:
+            client.import_session(SessionStateData(other, state.steps, state.tensors, state.checkpoint_sha256))
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "other weights" in err.value.details()
+    assert server.server.registry.count() == live
+    client.delete_session(session)
+
+
+def test_expired_sessions_say_so_on_every_rpc(copy_dir: Path, rng) -> None:
+    with ServerThread(service_config(copy_dir, reap_interval_s=0.05)) as server, NTMClient(server.target) as client:
+        session = client.create_session("copy", ttl_seconds=0.2).session_id
+        time.sleep(0.6)
+        calls = [lambda: client.step(session, bits(rng, 1)), lambda: client.get_session(session),
+                 lambda: client.export_session(session), lambda: client.delete_session(session)]
+        for call in calls:
+            with pytest.raises(grpc.RpcError) as err:
+                call()
+            assert err.value.code() == NOT_FOUND and "expired (idle longer than its TTL)" in err.value.details()
+        (out,) = client.stream([step_request(session, bits(rng, 1))])
+        assert out.error is not None and out.error.code == NOT_FOUND and "expired" in out.error.message
+
+
+# --- fuzzing a live server ------------------------------------------------------------------------------
+
+ALLOWED = {grpc.StatusCode.OK, INVALID, NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION,
+           grpc.StatusCode.RESOURCE_EXHAUSTED}
+CODES = {code.value[0]: code for code in grpc.StatusCode}
+ANY_FLOAT = st.floats(width=32)  # NaN and ±Inf included
+
+
+def _dims(good: tuple[int, ...]) -> st.SearchStrategy[list[int]]:
+    """Shapes around a good one: itself, one dimension off, another rank, absurd sizes."""
+    off = st.lists(st.integers(-3, 12) | st.sampled_from([2**31, 2**40, -(2**62)]), max_size=4)
+    return st.just(list(good)) | off
+
+
+def _finite(shape: tuple[int, ...], seed: int) -> ntm_pb2.Tensor:
+    """Values from numpy (hypothesis's buffer is too small for thousands of floats)."""
+    return to_tensor(np.random.default_rng(seed).uniform(-4, 4, shape).astype(np.float32))
+
+
+@st.composite
+def tensors(draw: st.DrawFn, good: tuple[int, ...]) -> ntm_pb2.Tensor:
+    """Anything near `good`: a shape around it, with values that fit it or any list of float32s."""
+    shape = draw(_dims(good))
+    size = math.prod(shape) if all(0 <= d <= 10_000 for d in shape) else -1
+    if 0 <= size <= 4096 and draw(st.booleans()):
+        return ntm_pb2.Tensor(shape=shape, values=_finite((size,), draw(st.integers(0, 2**32 - 1))).values)
+    return ntm_pb2.Tensor(shape=shape, values=draw(st.lists(ANY_FLOAT, max_size=40)))
+
+
+@st.composite
+def wrong_tensors(draw: st.DrawFn, good: tuple[int, ...]) -> ntm_pb2.Tensor:
+    """A tensor of shape `good` with exactly one thing wrong (or, now and then, anything at all)."""
+    tensor = _finite(good, draw(st.integers(0, 2**32 - 1)))
+    size, shape = len(tensor.values), list(good)
+    wrong = draw(st.sampled_from(["nan", "inf", "-inf", "extra dim", "fewer dims", "dim + 1", "dim - 1",
+                                  "one value short", "one value more", "negative dim", "no shape", "anything"]))
+    if wrong in ("nan", "inf", "-inf"):
+        tensor.values[draw(st.integers(0, size - 1))] = float(wrong)
+    elif wrong == "extra dim":
+        tensor.shape.insert(draw(st.integers(0, len(shape))), 1)
+    elif wrong == "fewer dims":
+        del tensor.shape[:]
+        tensor.shape.extend([size] if len(shape) > 1 else [size // 4, 4])
+    elif wrong in ("dim + 1", "dim - 1"):
+        axis, delta = draw(st.integers(0, len(shape) - 1)), 1 if wrong == "dim + 1" else -1
+        tensor.shape[axis] += delta
+        del tensor.values[:]
+        tensor.values.extend(np.zeros(math.prod(tensor.shape), np.float32))
+    elif wrong == "one value short":
+        del tensor.values[-1]
+    elif wrong == "one value more":
+        tensor.values.append(0.5)
+    elif wrong == "negative dim":
+        tensor.shape[0] = -tensor.shape[0]
+    elif wrong == "no shape":
+        del tensor.shape[:]
+    else:
+        tensor = draw(tensors(good))
+    return tensor
+
+
+@st.composite
+def step_requests(draw: st.DrawFn, ids: list[str]) -> ntm_pb2.StepRequest | bytes:
+    """A valid request for ids[0], one with exactly one thing wrong, anything at all, or raw bytes."""
+    kind = draw(st.sampled_from(["valid", "one wrong", "one wrong", "wild", "bytes"]))
+    if kind == "bytes":
+        return draw(st.binary(max_size=64))  # sometimes a message, mostly not
+    steps = draw(st.integers(1, 3))
+    request = ntm_pb2.StepRequest(session_id=ids[0], return_attention=draw(st.booleans()),
+                                  request_id=draw(st.text(max_size=10)),
+                                  inputs=_finite((steps, 9), draw(st.integers(0, 2**32 - 1))))
+    if kind == "wild":
+        request.session_id = draw(st.sampled_from(ids) | st.text(max_size=30))
+        request.request_id = draw(st.text(max_size=10) | st.text(min_size=250, max_size=260))
+        request.inputs.CopyFrom(draw(tensors((steps, 9))))
+    elif kind == "one wrong":
+        wrong = draw(st.sampled_from(["session", "request_id", "no inputs", "T = 0", "T over the limit", "inputs"]))
+        if wrong == "session":
+            request.session_id = draw(st.sampled_from(ids[1:]) | st.text(min_size=129, max_size=140))
+        elif wrong == "request_id":
+            request.request_id = draw(st.text(min_size=257, max_size=300))
+        elif wrong == "no inputs":
+            request.ClearField("inputs")
+        elif wrong in ("T = 0", "T over the limit"):
+            request.inputs.CopyFrom(_finite((0 if wrong == "T = 0" else 1001, 9), 0))
+        else:
+            request.inputs.CopyFrom(draw(wrong_tensors((steps, 9))))
+    return request
+
+
+def _valid_tensor(tensor: ntm_pb2.Tensor, shape: tuple[int, ...]) -> bool:
+    return tuple(tensor.shape) == shape and len(tensor.values) == math.prod(shape) and \
+        bool(np.isfinite(np.asarray(tensor.values, np.float32)).all())
+
+
+def expected_step_code(request: ntm_pb2.StepRequest, live: set[str]) -> grpc.StatusCode:
+    """What the server must answer, worked out independently of it."""
+    if len(request.request_id) > 256 or not request.session_id or len(request.session_id) > 128:
+        return INVALID
+    if request.session_id not in live:
+        return NOT_FOUND
+    shape = tuple(request.inputs.shape)
+    ok = request.HasField("inputs") and len(shape) == 2 and 1 <= shape[0] <= 1000 and \
+        _valid_tensor(request.inputs, (shape[0], 9))
+    return grpc.StatusCode.OK if ok else INVALID
+
+
+def expected_import_code(request: ntm_pb2.ImportSessionRequest, shapes: dict[str, tuple[int, ...]],
+                         checkpoint: str) -> grpc.StatusCode:
+    state = request.state
+    if not state.model:
+        return INVALID
+    if state.model != "copy":
+        return NOT_FOUND
+    if state.checkpoint_sha256 not in ("", checkpoint):
+        return grpc.StatusCode.FAILED_PRECONDITION
+    if not 0 <= state.steps <= 2**62 or set(state.tensors) != set(shapes) or \
+            not all(_valid_tensor(state.tensors[name], shape) for name, shape in shapes.items()):
+        return INVALID
+    ttl = request.ttl_seconds
+    return INVALID if math.isnan(ttl) or ttl < 0 else grpc.StatusCode.OK
+
+
+def _accepted_inputs(request: ntm_pb2.StepRequest) -> np.ndarray:
+    return np.asarray(request.inputs.values, np.float32).reshape(tuple(request.inputs.shape))
+
+
+@pytest.fixture
+def fuzz_sessions(client: NTMClient) -> dict[str, str]:
+    ids = {"target": client.create_session("copy").session_id, "bystander": client.create_session("copy").session_id,
+           "deleted": client.create_session("copy").session_id}
+    client.delete_session(ids["deleted"])
+    yield ids
+    for key in ("target", "bystander"):
+        client.delete_session(ids[key])
+
+
+def test_fuzzed_step_requests(server, client: NTMClient, offline, fuzz_sessions: dict[str, str]) -> None:
+    target, bystander = fuzz_sessions["target"], fuzz_sessions["bystander"]
+    ids = [target, "", "no-such-session", fuzz_sessions["deleted"], bystander.swapcase()]
+    live = {target, bystander}
+    accepted: list[np.ndarray] = []
+    bystander_in: list[np.ndarray] = []
+    bystander_out: list[np.ndarray] = []
+    rng = np.random.default_rng(7)
+    with grpc.insecure_channel(server.target) as channel:
+        raw_step, raw_stream = _raw_unary(channel, "Step"), _raw_stream(channel)
+
+        @settings(max_examples=150, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+        @given(requests=st.lists(step_requests(ids), min_size=1, max_size=5), streamed=st.booleans())
+        def run(requests: list[ntm_pb2.StepRequest | bytes], streamed: bool) -> None:
+            x = bits(rng, int(rng.integers(1, 3)))
+            bystander_in.append(x)
+            honest = step_request(bystander, x, request_id="bystander")
+            wire = [r if isinstance(r, bytes) else r.SerializeToString() for r in requests]
+            if streamed:  # one stream: the bystander's request in the middle of the fuzz
+                half = len(wire) // 2
+                responses = list(raw_stream(iter([*wire[:half], honest.SerializeToString(), *wire[half:]]),
+                                            timeout=60))
+                assert len(responses) == len(wire) + 1
+                mine = [r for r in responses if r.request_id == "bystander" and r.session_id == bystander]
+                assert len(mine) == 1 and not mine[0].error.code
+                bystander_out.append(np.asarray(mine[0].outputs.values, np.float32).reshape(len(x), 8))
+                for r in responses:
+                    assert CODES[r.error.code] in ALLOWED, r.error
+                # one session's answers come in its request order: pair them up
+                answers = [r for r in responses if r.session_id == target]
+                asked = [r for r in requests if not isinstance(r, bytes) and r.session_id == target]
+                assert len(answers) == len(asked)
+                for q, a in zip(asked, answers, strict=True):
+                    assert CODES[a.error.code] == expected_step_code(q, live), (q, a.error)
+                    if not a.error.code:
+                        accepted.append(_accepted_inputs(q))
+                return
+            for r, data in zip(requests, wire, strict=True):
+                try:
+                    parsed = ntm_pb2.StepRequest.FromString(data)
+                except DecodeError:
+                    parsed = None
+                expected = INVALID if parsed is None else expected_step_code(parsed, live)
+                try:
+                    raw_step(data, timeout=30)
+                except grpc.RpcError as err:
+                    assert err.code() == expected, (r, err.code(), err.details())
+                    continue
+                assert expected == grpc.StatusCode.OK, r
+                if parsed.session_id == target:
+                    accepted.append(_accepted_inputs(parsed))
+            bystander_out.append(client.step(bystander, x).outputs)
+
+        run()
+    assert accepted  # the strategy reaches the accepting path too
+    # refused requests changed nothing; accepted ones were applied exactly, in order
+    steps = sum(len(a) for a in accepted)
+    state = client.export_session(target)
+    assert state.steps == steps
+    expected = offline.run(np.concatenate(accepted))["state"] if accepted else {
+        k: v[0] for k, v in offline.initial.items()}
+    _same(state.tensors, expected)
+    np.testing.assert_array_equal(np.concatenate(bystander_out), offline.run(np.concatenate(bystander_in))["outputs"])
+
+
+@st.composite
+def session_states(draw: st.DrawFn, shapes: dict[str, tuple[int, ...]], checkpoint: str) -> ntm_pb2.SessionState:
+    """A valid state, a valid state with one thing wrong, or anything at all."""
+    mode = draw(st.sampled_from(["valid", "one wrong", "one wrong", "wild"]))
+    if mode == "wild":
+        state = ntm_pb2.SessionState(
+            model=draw(st.sampled_from(["copy", "", "no-such-model"]) | st.text(max_size=12)),
+            steps=draw(st.integers(-(2**63), 2**63 - 1)),
+            checkpoint_sha256=draw(st.sampled_from([checkpoint, ""]) | st.text(max_size=70)))
+        for name in draw(st.lists(st.sampled_from(STATE_NAMES) | st.text(max_size=15), max_size=7, unique=True)):
+            state.tensors[name].CopyFrom(draw(tensors(shapes.get(name, (2,)))))
+        return state
+    state = ntm_pb2.SessionState(model="copy", steps=draw(st.integers(0, 10**6)),
+                                 checkpoint_sha256=draw(st.sampled_from([checkpoint, ""])))
+    for name, shape in shapes.items():
+        state.tensors[name].CopyFrom(_finite(shape, draw(st.integers(0, 2**32 - 1))))
+    if mode == "one wrong":
+        name = draw(st.sampled_from(STATE_NAMES))
+        wrong = draw(st.sampled_from(["model", "steps", "checkpoint", "tensor", "missing", "extra"]))
+        if wrong == "model":
+            state.model = draw(st.sampled_from(["", "no-such-model", "Copy", "copy "]))
+        elif wrong == "steps":
+            state.steps = draw(st.integers(-(2**63), -1) | st.integers(2**62 + 1, 2**63 - 1))
+        elif wrong == "checkpoint":
+            state.checkpoint_sha256 = draw(st.sampled_from(["0" * 64, checkpoint[:-1], checkpoint.upper()]))
+        elif wrong == "tensor":
+            state.tensors[name].CopyFrom(draw(wrong_tensors(shapes[name])))  # "anything" may come out right
+        elif wrong == "missing":
+            del state.tensors[name]
+        else:
+            state.tensors[draw(st.text(max_size=15).filter(lambda n: n not in shapes))].CopyFrom(_finite((2,), 0))
+    return state
+
+
+def test_fuzzed_session_states(server, client: NTMClient, offline, fuzz_sessions: dict[str, str]) -> None:
+    bystander = fuzz_sessions["bystander"]
+    spec = next(m for m in client.list_models() if m.name == "copy")
+    shapes = {s.name: tuple(s.shape) for s in spec.state}
+    rng = np.random.default_rng(11)
+    bystander_in: list[np.ndarray] = []
+    bystander_out: list[np.ndarray] = []
+    imported = 0
+    live = server.server.registry.count()
+    with grpc.insecure_channel(server.target) as channel:
+        raw_import = _raw_unary(channel, "ImportSession")
+
+        @settings(max_examples=120, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+        @given(state=session_states(shapes, spec.checkpoint_sha256) | st.binary(max_size=64),
+               ttl=st.just(0.0) | st.floats(0, 1e6) | st.floats())
+        def run(state: ntm_pb2.SessionState | bytes, ttl: float) -> None:
+            nonlocal imported
+            data = state if isinstance(state, bytes) else \
+                ntm_pb2.ImportSessionRequest(state=state, ttl_seconds=ttl).SerializeToString()
+            try:
+                expected = expected_import_code(ntm_pb2.ImportSessionRequest.FromString(data), shapes,
+                                                spec.checkpoint_sha256)
+            except DecodeError:
+                expected = INVALID
+            try:
+                session = raw_import(data, timeout=30)
+            except grpc.RpcError as err:
+                assert err.code() == expected, (err.code(), err.details())
+                assert server.server.registry.count() == live  # refused: nothing created
+            else:  # accepted: it holds exactly what was sent, and steps on from there like the graph
+                assert expected == grpc.StatusCode.OK
+                imported += 1
+                assert not isinstance(state, bytes)
+                sent = {name: np.asarray(t.values, np.float32).reshape(tuple(t.shape)) for name, t in
+                        state.tensors.items()}
+                back = client.export_session(session.session_id)
+                assert back.steps == state.steps == session.steps
+                _same(back.tensors, sent)
+                x = bits(rng, 2)
+                np.testing.assert_array_equal(client.step(session.session_id, x).outputs,
+                                              offline.run(x, state=sent)["outputs"])
+                client.delete_session(session.session_id)
+            x = bits(rng, 1)
+            bystander_in.append(x)
+            bystander_out.append(client.step(bystander, x).outputs)
+
+        run()
+    assert imported > 0  # the strategy reaches the accepting path too
+    np.testing.assert_array_equal(np.concatenate(bystander_out), offline.run(np.concatenate(bystander_in))["outputs"])
