@@ -58,5 +58,10 @@ bench-quick: setup-dev
 bench: setup-dev
 	$(PY) -m benchmarks
 
+## Soak: 200 sessions x 2000 steps through a real server with disconnects and restarts, every output checked
+## (a few minutes; docs/reliability.md). The CI runs a short one (tests/test_service_soak.py).
+soak: setup-dev
+	$(PY) -m tests.soak
+
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -50,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", type=_names, default=DEFAULT_ONLY,
                         help=f"comma-separated subset of {','.join(BENCHMARKS)} (default: all)")
     parser.add_argument("--out", type=Path, default=None,
-                        help="output folder (default benchmarks/results, or benchmarks/results/quick with --quick)")
+                        help="output folder (default benchmarks/results; with --quick, a folder under the system temp "
+                             "dir, so smoke runs never overwrite the figures)")
     parser.add_argument("--model", type=Path, default=None,
                         help="model folder with step/sequence/initial_state.onnx (default: models/copy, else "
                              "the first shipped model, else an untrained dev export)")
@@ -61,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="cpu: dry-run the GPU benchmark's code on the CPU provider (checks the script only)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    out = args.out or Path("benchmarks/results/quick" if args.quick else "benchmarks/results")
+    out = args.out or (Path(tempfile.gettempdir()) / "ntm-bench-quick" if args.quick else Path("benchmarks/results"))
 
     model = find_model(args.models_dir, args.model)
     print(f"# Benchmarks ({'quick' if args.quick else 'full'} mode)\n")

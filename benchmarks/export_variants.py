@@ -18,8 +18,9 @@ from training import addressing
 def write_per_head(memory: Tensor, weights: Tensor, erase: Tensor, add: Tensor) -> Tensor:
     """training.memory.write with the write heads unrolled (W is a fixed size of the model).
 
-    The shipped form builds (B, W, N, M) and reduces it with ReduceProd over W (slow in onnxruntime,
-    even for W = 1) and forms the add term as a K = 1 MatMul; here each head is two broadcast products.
+    The shipped form builds (B, W, N, M) and reduces it with ReduceProd over W (the exporter now rewrites
+    that to Squeeze when W = 1) and forms the add term as a K = 1 MatMul; here each head is two broadcast
+    products.
     memory (B, N, M), weights (B, W, N), erase (B, W, M), add (B, W, M) -> (B, N, M)
     """
     keep: Tensor | None = None
@@ -50,6 +51,16 @@ def shift_roll(weights: Tensor, shift: Tensor, index: Tensor) -> Tensor:
         out = term if out is None else out + term
     assert out is not None
     return out
+
+
+def shift_matmul(weights: Tensor, shift: Tensor, index: Tensor) -> Tensor:
+    """training.addressing.shift with the weighted sum over the S shifts as a MatMul with the shift vector.
+
+    Same gather; the (B, H, N, S) product and ReduceSum become one batched (N, S) @ (S, 1) MatMul.
+    weights (B, H, N), shift (B, H, S), index (N, S) -> (B, H, N)
+    """
+    gathered = weights[..., index]  # (B, H, N, S)
+    return (gathered @ shift.unsqueeze(-1)).squeeze(-1)  # (B, H, N)
 
 
 def sharpen_exp_log(weights: Tensor, gamma: Tensor) -> Tensor:
@@ -85,10 +96,12 @@ CONTENT = "training.addressing.content_weighting"
 VARIANTS: dict[str, dict[str, object]] = {
     "shipped (training/ as is)": {},
     "write: heads unrolled": {WRITE: write_per_head},
+    "shift: gather + MatMul": {SHIFT: shift_matmul},
     "shift: sum of rolls": {SHIFT: shift_roll},
     "sharpen: exp(γ log w)": {SHARPEN: sharpen_exp_log},
     "content: sqrt(sum x²) norms": {CONTENT: content_sum_squares},
-    "write + shift + sharpen": {WRITE: write_per_head, SHIFT: shift_roll, SHARPEN: sharpen_exp_log},
-    "all four": {WRITE: write_per_head, SHIFT: shift_roll, SHARPEN: sharpen_exp_log, CONTENT: content_sum_squares},
+    "shift (rolls) + sharpen + content": {SHIFT: shift_roll, SHARPEN: sharpen_exp_log, CONTENT: content_sum_squares},
+    "shift (MatMul) + sharpen + content": {SHIFT: shift_matmul, SHARPEN: sharpen_exp_log,
+                                           CONTENT: content_sum_squares},
 }
-QUICK_VARIANTS = ("shipped (training/ as is)", "write + shift + sharpen")
+QUICK_VARIANTS = ("shipped (training/ as is)", "shift (rolls) + sharpen + content")

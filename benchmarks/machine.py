@@ -10,6 +10,7 @@ import os
 import platform
 import re
 import subprocess
+import time
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,7 @@ def gpu_name() -> str | None:
 def describe() -> dict[str, Any]:
     """Everything about the machine a reader needs to compare figures."""
     return {
+        "measured_at": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "gpu": gpu_name(),

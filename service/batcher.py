@@ -12,6 +12,9 @@ more sessions: until the batch is full, or every session of the previous batch i
 With batching off, each request runs alone: T = 1 through `step.onnx`, T > 1 in one `sequence.onnx`
 call. That is the baseline the benchmarks compare against.
 
+A request may name the step count it expects its session to stand at (`expect_steps`); it is checked when
+the request's turn comes, and a mismatch refuses it (FAILED_PRECONDITION) without touching the session.
+
 Atomicity: a request is applied whole or not at all. Once started it runs to its end even if its
 caller has gone (cancel, deadline, disconnect). If onnxruntime fails in the middle of a multi-step
 request, the session's row is restored from a copy taken before its first step ("lanes": `max_batch`
@@ -28,6 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import grpc
 import numpy as np
 
 from service.errors import ServiceError, exhausted, internal, unavailable
@@ -50,6 +54,7 @@ class StepJob:
     inputs: np.ndarray  # (T, I) float32
     attention: bool
     done: Done
+    expect_steps: int | None = None  # apply only if the session stands at exactly this many steps
     submitted: float = field(default_factory=time.perf_counter)
     t: int = 0  # steps applied so far
     lane: int | None = None
@@ -80,6 +85,15 @@ Job = StepJob | ControlJob
 
 def _no_row(engine: Engine, session: SessionRecord) -> None:
     raise internal(f"session {session.id} has no state row")
+
+
+def _stale(expected: int) -> Callable[[Engine, SessionRecord], None]:
+    def refuse(engine: Engine, session: SessionRecord) -> None:
+        raise ServiceError(grpc.StatusCode.FAILED_PRECONDITION,
+                           f"session {session.id} stands at {session.steps} steps, the request expects {expected}: "
+                           "nothing was applied (GetSession says where it stands)")
+
+    return refuse
 
 
 class Batcher:
@@ -180,6 +194,8 @@ class Batcher:
                 controls.append(job)  # the session comes back to _ready after it, if it has more jobs
             elif session.slot < 0:  # no row (never happens: ids are handed out after the row exists)
                 controls.append(ControlJob(session, _no_row, job.done))
+            elif job.expect_steps is not None and job.expect_steps != session.steps:  # checked when its turn comes
+                controls.append(ControlJob(session, _stale(job.expect_steps), job.done))
             else:
                 batch.append(session)
         if batch:

@@ -114,9 +114,10 @@ def _step_output(response: ntm_pb2.StepResponse) -> StepOutput:
 
 
 def step_request(session_id: str, inputs: np.ndarray, return_attention: bool = False,
-                 request_id: str = "") -> ntm_pb2.StepRequest:
+                 request_id: str = "", expect_steps: int | None = None) -> ntm_pb2.StepRequest:
+    """`expect_steps`: apply only if the session stands at exactly this many steps (safe retries; see the proto)."""
     return ntm_pb2.StepRequest(session_id=session_id, inputs=to_tensor(np.atleast_2d(inputs)),
-                               return_attention=return_attention, request_id=request_id)
+                               return_attention=return_attention, request_id=request_id, expect_steps=expect_steps)
 
 
 Pem = str | Path | bytes
@@ -172,9 +173,10 @@ class NTMClient:
         self._call("DeleteSession", ntm_pb2.DeleteSessionRequest(session_id=session_id))
 
     def step(self, session_id: str, inputs: np.ndarray, return_attention: bool = False,
-             request_id: str = "") -> StepOutput:
-        """Apply inputs (T, I) (or one step (I,)) to a session; raises grpc.RpcError when refused."""
-        response = self._call("Step", step_request(session_id, inputs, return_attention, request_id))
+             request_id: str = "", expect_steps: int | None = None) -> StepOutput:
+        """Apply inputs (T, I) (or one step (I,)) to a session; raises grpc.RpcError when refused. With
+        `expect_steps`, only if the session stands at that many steps (FAILED_PRECONDITION otherwise)."""
+        response = self._call("Step", step_request(session_id, inputs, return_attention, request_id, expect_steps))
         return _step_output(response)  # type: ignore[arg-type]
 
     def stream(self, requests: Iterable[ntm_pb2.StepRequest]) -> Iterator[StepOutput]:

@@ -214,6 +214,9 @@ class NTMServicer(ntm_pb2_grpc.NTMServicer):
         if not request.HasField("inputs"):
             raise invalid(f"inputs is required: a tensor of shape [T, {model.spec.input_size}]")
         inputs = step_inputs(request.inputs, model.spec.input_size, self.config.max_steps)
+        expect = request.expect_steps if request.HasField("expect_steps") else None
+        if expect is not None and expect < 0:
+            raise invalid(f"expect_steps must be >= 0, got {expect}")
         future, settle = self.inbox.future()
         began = time.perf_counter()
         latency = self.metrics.step_latency.labels(session.model, rpc)
@@ -225,7 +228,7 @@ class NTMServicer(ntm_pb2_grpc.NTMServicer):
             settle(result)
 
         self.registry.submit(request.session_id, owner,
-                             lambda s, d: StepJob(s, inputs, request.return_attention, d), done)
+                             lambda s, d: StepJob(s, inputs, request.return_attention, d, expect), done)
         return future
 
     @staticmethod

@@ -245,64 +245,76 @@ def tensors(draw: st.DrawFn, good: tuple[int, ...]) -> ntm_pb2.Tensor:
     return ntm_pb2.Tensor(shape=shape, values=draw(st.lists(ANY_FLOAT, max_size=40)))
 
 
-@st.composite
-def wrong_tensors(draw: st.DrawFn, good: tuple[int, ...]) -> ntm_pb2.Tensor:
-    """A tensor of shape `good` with exactly one thing wrong (or, now and then, anything at all)."""
+TENSOR_FAULTS = ("nan", "inf", "-inf", "extra dim", "fewer dims", "dim + 1", "dim - 1", "one value short",
+                 "one value more", "negative dim", "no shape", "any tensor")
+
+
+def _spoil(draw: st.DrawFn, good: tuple[int, ...], fault: str) -> ntm_pb2.Tensor:
+    """A tensor of shape `good` with exactly this one thing wrong ("any tensor": anything, maybe even right)."""
     tensor = _finite(good, draw(st.integers(0, 2**32 - 1)))
     size, shape = len(tensor.values), list(good)
-    wrong = draw(st.sampled_from(["nan", "inf", "-inf", "extra dim", "fewer dims", "dim + 1", "dim - 1",
-                                  "one value short", "one value more", "negative dim", "no shape", "anything"]))
-    if wrong in ("nan", "inf", "-inf"):
-        tensor.values[draw(st.integers(0, size - 1))] = float(wrong)
-    elif wrong == "extra dim":
+    if fault in ("nan", "inf", "-inf"):
+        tensor.values[draw(st.integers(0, size - 1))] = float(fault)
+    elif fault == "extra dim":
         tensor.shape.insert(draw(st.integers(0, len(shape))), 1)
-    elif wrong == "fewer dims":
+    elif fault == "fewer dims":
         del tensor.shape[:]
         tensor.shape.extend([size] if len(shape) > 1 else [size // 4, 4])
-    elif wrong in ("dim + 1", "dim - 1"):
-        axis, delta = draw(st.integers(0, len(shape) - 1)), 1 if wrong == "dim + 1" else -1
-        tensor.shape[axis] += delta
+    elif fault in ("dim + 1", "dim - 1"):
+        tensor.shape[draw(st.integers(0, len(shape) - 1))] += 1 if fault == "dim + 1" else -1
         del tensor.values[:]
         tensor.values.extend(np.zeros(math.prod(tensor.shape), np.float32))
-    elif wrong == "one value short":
+    elif fault == "one value short":
         del tensor.values[-1]
-    elif wrong == "one value more":
+    elif fault == "one value more":
         tensor.values.append(0.5)
-    elif wrong == "negative dim":
+    elif fault == "negative dim":
         tensor.shape[0] = -tensor.shape[0]
-    elif wrong == "no shape":
+    elif fault == "no shape":
         del tensor.shape[:]
     else:
         tensor = draw(tensors(good))
     return tensor
 
 
+EXPECT_RIGHT, EXPECT_WRONG = -1, -2  # expect_steps markers, replaced by the session's count when sent
+STEP_FAULTS = ("valid", "valid", "bytes", "wild", "other session", "long session_id", "long request_id", "no inputs",
+               "expect right", "expect wrong", "expect negative",
+               "T = 0", "T over the limit", *TENSOR_FAULTS)
+
+
 @st.composite
 def step_requests(draw: st.DrawFn, ids: list[str]) -> ntm_pb2.StepRequest | bytes:
     """A valid request for ids[0], one with exactly one thing wrong, anything at all, or raw bytes."""
-    kind = draw(st.sampled_from(["valid", "one wrong", "one wrong", "wild", "bytes"]))
-    if kind == "bytes":
+    fault = draw(st.sampled_from(STEP_FAULTS))
+    if fault == "bytes":
         return draw(st.binary(max_size=64))  # sometimes a message, mostly not
     steps = draw(st.integers(1, 3))
     request = ntm_pb2.StepRequest(session_id=ids[0], return_attention=draw(st.booleans()),
                                   request_id=draw(st.text(max_size=10)),
                                   inputs=_finite((steps, 9), draw(st.integers(0, 2**32 - 1))))
-    if kind == "wild":
+    if fault == "wild":
         request.session_id = draw(st.sampled_from(ids) | st.text(max_size=30))
         request.request_id = draw(st.text(max_size=10) | st.text(min_size=250, max_size=260))
         request.inputs.CopyFrom(draw(tensors((steps, 9))))
-    elif kind == "one wrong":
-        wrong = draw(st.sampled_from(["session", "request_id", "no inputs", "T = 0", "T over the limit", "inputs"]))
-        if wrong == "session":
-            request.session_id = draw(st.sampled_from(ids[1:]) | st.text(min_size=129, max_size=140))
-        elif wrong == "request_id":
-            request.request_id = draw(st.text(min_size=257, max_size=300))
-        elif wrong == "no inputs":
-            request.ClearField("inputs")
-        elif wrong in ("T = 0", "T over the limit"):
-            request.inputs.CopyFrom(_finite((0 if wrong == "T = 0" else 1001, 9), 0))
-        else:
-            request.inputs.CopyFrom(draw(wrong_tensors((steps, 9))))
+    elif fault == "other session":
+        request.session_id = draw(st.sampled_from(ids[1:]))
+    elif fault == "long session_id":
+        request.session_id = draw(st.text(min_size=129, max_size=140))
+    elif fault == "long request_id":
+        request.request_id = draw(st.text(min_size=257, max_size=300))
+    elif fault == "expect right":
+        request.expect_steps = EXPECT_RIGHT
+    elif fault == "expect wrong":
+        request.expect_steps = EXPECT_WRONG
+    elif fault == "expect negative":
+        request.expect_steps = draw(st.integers(-(2**63), -1000))
+    elif fault == "no inputs":
+        request.ClearField("inputs")
+    elif fault in ("T = 0", "T over the limit"):
+        request.inputs.CopyFrom(_finite((0 if fault == "T = 0" else 1001, 9), 0))
+    elif fault != "valid":
+        request.inputs.CopyFrom(_spoil(draw, (steps, 9), fault))
     return request
 
 
@@ -311,8 +323,8 @@ def _valid_tensor(tensor: ntm_pb2.Tensor, shape: tuple[int, ...]) -> bool:
         bool(np.isfinite(np.asarray(tensor.values, np.float32)).all())
 
 
-def expected_step_code(request: ntm_pb2.StepRequest, live: set[str]) -> grpc.StatusCode:
-    """What the server must answer, worked out independently of it."""
+def expected_step_code(request: ntm_pb2.StepRequest, live: set[str], steps: int = 0) -> grpc.StatusCode:
+    """What the server must answer, worked out independently of it (`steps`: where the session stands)."""
     if len(request.request_id) > 256 or not request.session_id or len(request.session_id) > 128:
         return INVALID
     if request.session_id not in live:
@@ -320,7 +332,30 @@ def expected_step_code(request: ntm_pb2.StepRequest, live: set[str]) -> grpc.Sta
     shape = tuple(request.inputs.shape)
     ok = request.HasField("inputs") and len(shape) == 2 and 1 <= shape[0] <= 1000 and \
         _valid_tensor(request.inputs, (shape[0], 9))
-    return grpc.StatusCode.OK if ok else INVALID
+    if not ok or (request.HasField("expect_steps") and request.expect_steps < 0):
+        return INVALID
+    if request.HasField("expect_steps") and request.expect_steps != steps:
+        return grpc.StatusCode.FAILED_PRECONDITION
+    return grpc.StatusCode.OK
+
+
+def _resolve(requests: list[ntm_pb2.StepRequest | bytes], target: str, live: set[str], steps: int,
+             rng: np.random.Generator) -> list[grpc.StatusCode | None]:
+    """Fill in the expect_steps markers with right or wrong counts for `target` (standing at `steps`, its requests
+    applied in order) and say what each request must get (None for raw bytes)."""
+    codes: list[grpc.StatusCode | None] = []
+    for request in requests:
+        if isinstance(request, bytes):
+            codes.append(None)
+            continue
+        if request.HasField("expect_steps") and request.expect_steps in (EXPECT_RIGHT, EXPECT_WRONG):
+            wrong = int(rng.integers(1, 5)) * (1 if steps < 4 or rng.random() < 0.5 else -1)
+            request.expect_steps = steps + (wrong if request.expect_steps == EXPECT_WRONG else 0)
+        code = expected_step_code(request, live, steps)
+        if code == grpc.StatusCode.OK and request.session_id == target:
+            steps += request.inputs.shape[0]
+        codes.append(code)
+    return codes
 
 
 def expected_import_code(request: ntm_pb2.ImportSessionRequest, shapes: dict[str, tuple[int, ...]],
@@ -364,12 +399,13 @@ def test_fuzzed_step_requests(server, client: NTMClient, offline, fuzz_sessions:
     with grpc.insecure_channel(server.target) as channel:
         raw_step, raw_stream = _raw_unary(channel, "Step"), _raw_stream(channel)
 
-        @settings(max_examples=150, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+        @settings(max_examples=250, deadline=None, database=None, suppress_health_check=list(HealthCheck))
         @given(requests=st.lists(step_requests(ids), min_size=1, max_size=5), streamed=st.booleans())
         def run(requests: list[ntm_pb2.StepRequest | bytes], streamed: bool) -> None:
             x = bits(rng, int(rng.integers(1, 3)))
             bystander_in.append(x)
             honest = step_request(bystander, x, request_id="bystander")
+            codes = _resolve(requests, target, live, sum(len(a) for a in accepted), rng)
             wire = [r if isinstance(r, bytes) else r.SerializeToString() for r in requests]
             if streamed:  # one stream: the bystander's request in the middle of the fuzz
                 half = len(wire) // 2
@@ -383,19 +419,20 @@ def test_fuzzed_step_requests(server, client: NTMClient, offline, fuzz_sessions:
                     assert CODES[r.error.code] in ALLOWED, r.error
                 # one session's answers come in its request order: pair them up
                 answers = [r for r in responses if r.session_id == target]
-                asked = [r for r in requests if not isinstance(r, bytes) and r.session_id == target]
+                asked = [(r, c) for r, c in zip(requests, codes, strict=True)
+                         if not isinstance(r, bytes) and r.session_id == target]
                 assert len(answers) == len(asked)
-                for q, a in zip(asked, answers, strict=True):
-                    assert CODES[a.error.code] == expected_step_code(q, live), (q, a.error)
+                for (q, code), a in zip(asked, answers, strict=True):
+                    assert CODES[a.error.code] == code, (q, a.error)
                     if not a.error.code:
                         accepted.append(_accepted_inputs(q))
                 return
-            for r, data in zip(requests, wire, strict=True):
+            for r, data, code in zip(requests, wire, codes, strict=True):
                 try:
                     parsed = ntm_pb2.StepRequest.FromString(data)
                 except DecodeError:
                     parsed = None
-                expected = INVALID if parsed is None else expected_step_code(parsed, live)
+                expected = code or (INVALID if parsed is None else expected_step_code(parsed, live))
                 try:
                     raw_step(data, timeout=30)
                 except grpc.RpcError as err:
@@ -418,11 +455,15 @@ def test_fuzzed_step_requests(server, client: NTMClient, offline, fuzz_sessions:
     np.testing.assert_array_equal(np.concatenate(bystander_out), offline.run(np.concatenate(bystander_in))["outputs"])
 
 
+STATE_FAULTS = ("valid", "valid", "wild", "model", "steps", "checkpoint", "missing tensor", "extra tensor",
+                *TENSOR_FAULTS)
+
+
 @st.composite
 def session_states(draw: st.DrawFn, shapes: dict[str, tuple[int, ...]], checkpoint: str) -> ntm_pb2.SessionState:
-    """A valid state, a valid state with one thing wrong, or anything at all."""
-    mode = draw(st.sampled_from(["valid", "one wrong", "one wrong", "wild"]))
-    if mode == "wild":
+    """A valid state, a valid state with exactly one thing wrong, or anything at all."""
+    fault = draw(st.sampled_from(STATE_FAULTS))
+    if fault == "wild":
         state = ntm_pb2.SessionState(
             model=draw(st.sampled_from(["copy", "", "no-such-model"]) | st.text(max_size=12)),
             steps=draw(st.integers(-(2**63), 2**63 - 1)),
@@ -434,21 +475,19 @@ def session_states(draw: st.DrawFn, shapes: dict[str, tuple[int, ...]], checkpoi
                                  checkpoint_sha256=draw(st.sampled_from([checkpoint, ""])))
     for name, shape in shapes.items():
         state.tensors[name].CopyFrom(_finite(shape, draw(st.integers(0, 2**32 - 1))))
-    if mode == "one wrong":
-        name = draw(st.sampled_from(STATE_NAMES))
-        wrong = draw(st.sampled_from(["model", "steps", "checkpoint", "tensor", "missing", "extra"]))
-        if wrong == "model":
-            state.model = draw(st.sampled_from(["", "no-such-model", "Copy", "copy "]))
-        elif wrong == "steps":
-            state.steps = draw(st.integers(-(2**63), -1) | st.integers(2**62 + 1, 2**63 - 1))
-        elif wrong == "checkpoint":
-            state.checkpoint_sha256 = draw(st.sampled_from(["0" * 64, checkpoint[:-1], checkpoint.upper()]))
-        elif wrong == "tensor":
-            state.tensors[name].CopyFrom(draw(wrong_tensors(shapes[name])))  # "anything" may come out right
-        elif wrong == "missing":
-            del state.tensors[name]
-        else:
-            state.tensors[draw(st.text(max_size=15).filter(lambda n: n not in shapes))].CopyFrom(_finite((2,), 0))
+    name = draw(st.sampled_from(STATE_NAMES))
+    if fault == "model":
+        state.model = draw(st.sampled_from(["", "no-such-model", "Copy", "copy "]))
+    elif fault == "steps":
+        state.steps = draw(st.integers(-(2**63), -1) | st.integers(2**62 + 1, 2**63 - 1))
+    elif fault == "checkpoint":
+        state.checkpoint_sha256 = draw(st.sampled_from(["0" * 64, checkpoint[:-1], checkpoint.upper()]))
+    elif fault == "missing tensor":
+        del state.tensors[name]
+    elif fault == "extra tensor":
+        state.tensors[draw(st.text(max_size=15).filter(lambda n: n not in shapes))].CopyFrom(_finite((2,), 0))
+    elif fault != "valid":
+        state.tensors[name].CopyFrom(_spoil(draw, shapes[name], fault))
     return state
 
 
@@ -464,7 +503,7 @@ def test_fuzzed_session_states(server, client: NTMClient, offline, fuzz_sessions
     with grpc.insecure_channel(server.target) as channel:
         raw_import = _raw_unary(channel, "ImportSession")
 
-        @settings(max_examples=120, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+        @settings(max_examples=200, deadline=None, database=None, suppress_health_check=list(HealthCheck))
         @given(state=session_states(shapes, spec.checkpoint_sha256) | st.binary(max_size=64),
                ttl=st.just(0.0) | st.floats(0, 1e6) | st.floats())
         def run(state: ntm_pb2.SessionState | bytes, ttl: float) -> None:
@@ -482,18 +521,20 @@ def test_fuzzed_session_states(server, client: NTMClient, offline, fuzz_sessions
                 assert err.code() == expected, (err.code(), err.details())
                 assert server.server.registry.count() == live  # refused: nothing created
             else:  # accepted: it holds exactly what was sent, and steps on from there like the graph
-                assert expected == grpc.StatusCode.OK
-                imported += 1
-                assert not isinstance(state, bytes)
-                sent = {name: np.asarray(t.values, np.float32).reshape(tuple(t.shape)) for name, t in
-                        state.tensors.items()}
-                back = client.export_session(session.session_id)
-                assert back.steps == state.steps == session.steps
-                _same(back.tensors, sent)
-                x = bits(rng, 2)
-                np.testing.assert_array_equal(client.step(session.session_id, x).outputs,
-                                              offline.run(x, state=sent)["outputs"])
-                client.delete_session(session.session_id)
+                try:
+                    assert expected == grpc.StatusCode.OK
+                    imported += 1
+                    assert not isinstance(state, bytes)
+                    sent = {name: np.asarray(t.values, np.float32).reshape(tuple(t.shape)) for name, t in
+                            state.tensors.items()}
+                    back = client.export_session(session.session_id)
+                    assert back.steps == state.steps == session.steps
+                    _same(back.tensors, sent)
+                    x = bits(rng, 2)
+                    np.testing.assert_array_equal(client.step(session.session_id, x).outputs,
+                                                  offline.run(x, state=sent)["outputs"])
+                finally:
+                    client.delete_session(session.session_id)
             x = bits(rng, 1)
             bystander_in.append(x)
             bystander_out.append(client.step(bystander, x).outputs)

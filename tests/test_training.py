@@ -251,7 +251,8 @@ def test_interrupted_and_resumed_run_ends_where_the_uninterrupted_run_ends(
                 raise KeyboardInterrupt
         return real.sample(gen, batch)
 
-    monkeypatch.setattr(train_module, "get_task", lambda name: dataclasses.replace(real, sample=crashing_sample))
+    crashing = dataclasses.replace(real, sample=crashing_sample)
+    monkeypatch.setattr(train_module, "get_task", lambda name, wrap=False: crashing)
     with pytest.raises(KeyboardInterrupt):
         train(cfg, progress=False)
     monkeypatch.undo()
@@ -380,3 +381,26 @@ def test_sequences_to_reach_reads_the_training_log(tmp_path: Path) -> None:
     assert sequences_to_reach(log) == 3000  # strictly below 0.1
     assert sequences_to_reach(log, threshold=0.01) == 4000
     assert sequences_to_reach(log, threshold=0.0) is None
+
+
+def test_transplant_copies_shared_channels_and_keeps_new_ones_fresh() -> None:
+    """--init-from: a copy NTM seeds a repeat-copy NTM; x columns, read/h columns and output rows line up."""
+    from training.config import NTMConfig
+    from training.model import NTM
+    from training.train import transplant
+
+    torch.manual_seed(0)
+    source = NTM(NTMConfig(9, 8))
+    target = NTM(NTMConfig(10, 9))
+    fresh = {k: v.clone() for k, v in target.state_dict().items()}
+    transplant(source, target)
+    src, dst = source.state_dict(), target.state_dict()
+    gates_src, gates_dst = src["controller.gates.weight"], dst["controller.gates.weight"]  # (4H, I + R*M + H)
+    assert torch.equal(gates_dst[:, :9], gates_src[:, :9])  # the 9 shared input channels
+    assert torch.equal(gates_dst[:, 9], fresh["controller.gates.weight"][:, 9])  # the new repeat-count channel
+    assert torch.equal(gates_dst[:, 10:], gates_src[:, 9:])  # read vectors and h, shifted by one column
+    assert torch.equal(dst["output.weight"][:8], src["output.weight"][:8])
+    assert torch.equal(dst["output.weight"][8], fresh["output.weight"][8])  # the end-marker channel
+    assert torch.equal(dst["memory0"], src["memory0"]) and torch.equal(dst["r0"], src["r0"])
+    with pytest.raises(ValueError, match="cannot transplant"):
+        transplant(NTM(NTMConfig(9, 8, memory_width=10)), NTM(NTMConfig(9, 8)))

@@ -34,6 +34,8 @@ def parse(argv: list[str]) -> TrainConfig:
     p.add_argument("--ntm", type=json.loads, default={},
                    help='NTMConfig overrides as JSON, e.g. \'{"controller": "feedforward", "memory_rows": 64}\'')
     p.add_argument("--baseline", type=json.loads, default={}, help="LSTMBaseline overrides as JSON")
+    p.add_argument("--init-from", default="",
+                   help="warm start from a trained NTM folder of another task (e.g. models/copy for repeat_copy)")
     p.add_argument("--wrap", action="store_true",
                    help="associative_recall only: the query may be the last item (its answer wraps to item 1)")
     a = p.parse_args(argv)
@@ -42,7 +44,7 @@ def parse(argv: list[str]) -> TrainConfig:
         task=a.task, out=a.out or f"models/{a.task}{suffix}", model=a.model, seed=a.seed, batch_size=a.batch_size,
         sequences=a.sequences, optimizer=a.optimizer, lr=a.lr, momentum=a.momentum, clip=a.clip,
         eval_every=a.eval_every, eval_sequences=a.eval_sequences, stop_below=a.stop_below, threads=a.threads,
-        ntm=a.ntm, baseline=a.baseline, wrap=a.wrap,
+        ntm=a.ntm, baseline=a.baseline, wrap=a.wrap, init_from=a.init_from,
     )
 
 

@@ -51,12 +51,12 @@ def shift_index(rows: int, shift_range: int) -> Tensor:
 def shift(weights: Tensor, shift: Tensor, index: Tensor) -> Tensor:
     """Circular convolution of each weighting with its shift distribution, as gather + weighted sum.
 
-    A gather keeps the batch size dynamic (a grouped conv1d would bake it in) and costs three
-    ONNX nodes whatever S is.
+    A gather keeps the batch size dynamic (a grouped conv1d would bake it in) and costs a few ONNX
+    nodes whatever S is (benchmarks/shapes.py measured the alternatives).
     weights (B, H, N), shift (B, H, S), index (N, S) -> (B, H, N)
     """
     gathered = weights[..., index]  # (B, H, N, S)
-    return (gathered * shift.unsqueeze(-2)).sum(dim=-1)  # (B, H, N)
+    return (gathered @ shift.unsqueeze(-1)).squeeze(-1)  # (B, H, N): one batched MatMul, not Mul + ReduceSum
 
 
 def sharpen(weights: Tensor, gamma: Tensor) -> Tensor:
@@ -68,7 +68,7 @@ def sharpen(weights: Tensor, gamma: Tensor) -> Tensor:
     """
     peak = weights.amax(dim=-1, keepdim=True)  # (B, H, 1)
     scaled = torch.clamp(weights / (peak + SHARPEN_FLOOR), min=SHARPEN_FLOOR)  # (B, H, N), in (0, 1]
-    powered = scaled ** gamma.unsqueeze(-1)  # (B, H, N)
+    powered = torch.exp(gamma.unsqueeze(-1) * torch.log(scaled))  # (B, H, N) = w^gamma; vectorised Exp/Log, not powf
     return powered / (powered.sum(dim=-1, keepdim=True) + SHARPEN_FLOOR)
 
 

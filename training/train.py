@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from training.checkpoint import MODEL_FILE, RESUME_FILE, save_model
+from training.checkpoint import MODEL_FILE, RESUME_FILE, load_model, save_model
 from training.config import NTMConfig
 from training.metrics import bit_errors, sequence_loss
 from training.model import NTM, LSTMBaseline
@@ -53,6 +53,7 @@ class TrainConfig:
     ntm: dict[str, Any] = field(default_factory=dict)  # NTMConfig overrides
     baseline: dict[str, Any] = field(default_factory=dict)  # LSTMBaseline overrides
     wrap: bool = False  # associative recall: the seed's variant where the query may be the last item
+    init_from: str = ""  # warm start: an NTM checkpoint folder whose weights seed this run (see transplant)
 
 
 def build_model(cfg: TrainConfig, task: TaskSpec) -> nn.Module:
@@ -62,6 +63,33 @@ def build_model(cfg: TrainConfig, task: TaskSpec) -> nn.Module:
     if cfg.model == "lstm_baseline":
         return LSTMBaseline(task.input_size, task.output_size, **cfg.baseline)
     raise ValueError(f"unknown model {cfg.model!r}")
+
+
+@torch.no_grad()
+def transplant(source: nn.Module, target: nn.Module) -> None:
+    """Warm-start `target` from a trained NTM of another task (e.g. repeat copy from copy).
+
+    Parameters of equal shape are copied. Where only the task's input or output width differs, the
+    shared channels are copied and the new ones keep their fresh initialisation: the controller's input
+    columns are laid out as [x (I), read vectors (R*M), h], so x's columns and the rest are copied
+    separately; the output layer's rows are the output channels.
+    """
+    if not (isinstance(source, NTM) and isinstance(target, NTM)):
+        raise ValueError("init_from needs an NTM checkpoint and an NTM run")
+    src_in, dst_in = source.config.input_size, target.config.input_size
+    for name, dst in target.state_dict().items():
+        src = source.state_dict()[name]
+        if src.shape == dst.shape:
+            dst.copy_(src)
+        elif name.startswith("controller.") and name.endswith("weight") and src.shape[0] == dst.shape[0]:
+            shared = min(src_in, dst_in)
+            dst[:, :shared] = src[:, :shared]
+            dst[:, dst_in:] = src[:, src_in:]
+        elif name.startswith("output.") and src.shape[1:] == dst.shape[1:]:
+            shared = min(src.shape[0], dst.shape[0])
+            dst[:shared] = src[:shared]
+        else:
+            raise ValueError(f"cannot transplant {name}: {tuple(src.shape)} -> {tuple(dst.shape)}")
 
 
 def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
@@ -92,6 +120,9 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     model = build_model(cfg, task)
+    if cfg.init_from:
+        source, _ = load_model(cfg.init_from)
+        transplant(source, model)
     optimizer = build_optimizer(cfg, model)
     gen = torch.Generator().manual_seed(cfg.seed)
     seen, started, best = 0, time.monotonic(), float("inf")

@@ -116,16 +116,18 @@ class DeleteSessionResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class StepRequest(_message.Message):
-    __slots__ = ("session_id", "inputs", "return_attention", "request_id")
+    __slots__ = ("session_id", "inputs", "return_attention", "request_id", "expect_steps")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     RETURN_ATTENTION_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    EXPECT_STEPS_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     inputs: Tensor
     return_attention: bool
     request_id: str
-    def __init__(self, session_id: _Optional[str] = ..., inputs: _Optional[_Union[Tensor, _Mapping]] = ..., return_attention: _Optional[bool] = ..., request_id: _Optional[str] = ...) -> None: ...
+    expect_steps: int
+    def __init__(self, session_id: _Optional[str] = ..., inputs: _Optional[_Union[Tensor, _Mapping]] = ..., return_attention: _Optional[bool] = ..., request_id: _Optional[str] = ..., expect_steps: _Optional[int] = ...) -> None: ...
 
 class Attention(_message.Message):
     __slots__ = ("read_weights", "write_weights")
