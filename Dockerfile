@@ -3,7 +3,8 @@
 #   docker build -t ntm-serve .
 #   docker compose up            (GPU; see docker-compose.yml and docs/service.md)
 #   docker compose up ntm-cpu    (hosts without a GPU)
-# Every server setting is an NTM_* environment variable (README, "Service").
+# Every server setting is an NTM_* environment variable (README, "Service"). Sessions are snapshotted to
+# /state (NTM_STATE_DIR; mount a volume there to keep them across containers).
 FROM nvidia/cuda:13.0.1-cudnn-runtime-ubuntu24.04
 
 ENV DEBIAN_FRONTEND=noninteractive \
@@ -29,14 +30,16 @@ COPY README.md ./
 COPY service ./service
 RUN pip install --no-deps . \
     && python -c "import service.server, sys; assert 'torch' not in sys.modules" \
-    && useradd --system --uid 10001 --no-create-home ntm
+    && useradd --system --uid 10001 --no-create-home ntm \
+    && install -d -o ntm -m 0700 /state
 
 ENV NTM_MODELS=/models \
     NTM_HOST=0.0.0.0 \
     NTM_PORT=50051 \
     NTM_METRICS_HOST=0.0.0.0 \
     NTM_METRICS_PORT=9090 \
-    NTM_PROVIDER=auto
+    NTM_PROVIDER=auto \
+    NTM_STATE_DIR=/state
 EXPOSE 50051 9090
 USER ntm
 WORKDIR /

@@ -123,7 +123,7 @@ class Batcher:
 
     def submit(self, job: Job, force: bool = False) -> None:
         """Queue a job behind the session's earlier ones. RESOURCE_EXHAUSTED when the queue is full
-        (`force` skips that, for jobs that free resources); UNAVAILABLE once stopping."""
+        and UNAVAILABLE once stopping; `force` skips both (jobs that free resources, snapshot reads)."""
         with self._cond:
             if self._stopping and not force:
                 raise unavailable("server is shutting down")

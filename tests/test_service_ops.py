@@ -148,6 +148,7 @@ def test_container_command_runs_here(copy_dir: Path, tmp_path: Path, offline) ->
     env = {**os.environ, **image_env, **_compose()["services"]["ntm-cpu"]["environment"],
            "NTM_MODELS": str(copy_dir), "NTM_PORT": str(port), "NTM_METRICS_PORT": str(metrics_port),
            "NTM_HOST": "127.0.0.1", "NTM_METRICS_HOST": "127.0.0.1", "NTM_GRACE_S": "20",
+           "NTM_STATE_DIR": str(tmp_path / "state"),  # the image's /state, mapped as a volume would be
            "PYTHONPATH": str(ROOT)}
     log_path = tmp_path / "server.log"
     health = _compose()["services"]["ntm"]["healthcheck"]["test"][1:]  # after "CMD"
@@ -175,6 +176,7 @@ def test_container_command_runs_here(copy_dir: Path, tmp_path: Path, offline) ->
         _sigterm_drains(process, port, metrics_port, offline)
         assert process.wait(timeout=60) == 0
         assert '"msg": "stopped"' in log_path.read_text()
+        assert len(list((tmp_path / "state").glob("*.snap"))) == 1  # the drained session, snapshotted at exit
     finally:
         if process.poll() is None:
             process.kill()
