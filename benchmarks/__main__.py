@@ -41,6 +41,12 @@ def write_summary(out: Path, names: tuple[str, ...], info: dict, model: dict, qu
              f"torch {info['versions'].get('torch')}. Model: {model['path']} ({model['source']}, task "
              f"{model['task']}).\n"]
     parts += [(out / f"{name}.md").read_text() for name in names if (out / f"{name}.md").is_file()]
+    # A subset run (--only) keeps the other benchmarks' files: list them too, marked as older.
+    kept = [name for name in BENCHMARKS if name not in names and (out / f"{name}.md").is_file()]
+    if kept:
+        parts.append(f"## Kept from an earlier run (not re-run this time: {', '.join(kept)}; see each JSON for "
+                     "its date, machine and load)\n")
+        parts += [(out / f"{name}.md").read_text() for name in kept]
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.md").write_text("\n".join(parts))
 

@@ -66,15 +66,17 @@ class ServerProcess:
                 self.proc.wait(10)
 
 
-def start_server(models_dir: Path, extra: Sequence[str] = (), ready_timeout: float = 120.0) -> ServerProcess:
-    """Start the server on free loopback ports and wait until ListModels answers."""
+def start_server(models_dir: Path, extra: Sequence[str] = (), ready_timeout: float = 120.0,
+                 tree: Path = REPO) -> ServerProcess:
+    """Start the server (the `service` package of source tree `tree`) on free loopback ports and wait until
+    ListModels answers."""
     port, metrics_port = free_port(), free_port()
     log_file = Path(tempfile.mkstemp(prefix="ntm-bench-server-", suffix=".log")[1])
     cmd = [sys.executable, "-m", "service", "--models", str(models_dir), "--host", HOST, "--port", str(port),
            "--metrics-host", HOST, "--metrics-port", str(metrics_port), "--log-level", "WARNING", *extra]
-    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env = {**os.environ, "PYTHONPATH": str(tree) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     with log_file.open("wb") as out:
-        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, cwd=tree, env=env, stdout=out, stderr=subprocess.STDOUT)
     server = ServerProcess(proc, port, metrics_port, log_file)
     deadline = time.monotonic() + ready_timeout
     with grpc.insecure_channel(server.target) as channel:

@@ -129,9 +129,10 @@ def tables(results: list[LoadResult], raw: dict[int, float], note: str, title: s
         "vs raw onnxruntime: service session-steps/s over the bare step graph's (IOBinding, same session options) "
         "at batch = sessions, measured in the same run: "
         + ", ".join(f"B={b}: {fmt_rate(v)}/s" for b, v in raw.items()),
-        "engine busy: share of the window the model's batcher thread spent inside onnxruntime calls (gather, step, "
-        "scatter; from the server's ntm_engine_call_seconds); the rest of the server's CPU is gRPC, protobuf and "
-        "Python bookkeeping",
+        "engine busy: share of the window the model's batcher thread spent in its engine calls (the step, and moving "
+        "the rows of joining and leaving sessions; from the server's ntm_engine_call_seconds, wall time: on a busy "
+        "machine it includes waiting for a core); the rest of the server's CPU is gRPC, protobuf and Python "
+        "bookkeeping",
         note,
     ]
     found: list[dict[str, Any]] = []

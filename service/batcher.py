@@ -45,6 +45,22 @@ log = logging.getLogger(__name__)
 
 Done = Callable[[Any], None]  # called once, on the batcher thread, with a result or a ServiceError
 
+_thread_state = threading.local()
+
+
+def defer_wakeup(wake: Callable[[], None]) -> bool:
+    """For the owner of `Done` callbacks: on a batcher thread, queue `wake` (e.g. waking an event loop) to run
+    at the batcher's next hand-off point instead of now, and return True; elsewhere return False (wake now).
+
+    Why: waking the event loop hands it the GIL, and the batcher then waits for the GIL while the loop
+    answers. The batcher wakes its callers right before it enters onnxruntime (which releases the GIL) or
+    before it waits for work, so the loop answers while the model computes."""
+    pending = getattr(_thread_state, "wakeups", None)
+    if pending is None:
+        return False
+    pending.append(wake)
+    return True
+
 
 @dataclass(eq=False)
 class StepJob:
@@ -102,6 +118,11 @@ class Batcher:
         self.engine = engine
         self.model = engine.spec.name
         self.metrics = metrics
+        # This model's metric children, looked up once: labels() costs microseconds on every message.
+        self._queue_depth = metrics.queue_depth.labels(self.model)
+        self._engine_seconds = metrics.engine_seconds.labels(self.model)
+        self._batch_size = metrics.batch_size.labels(self.model)
+        self._steps = metrics.steps.labels(self.model)
         self.batching = batching
         self.max_batch = max_batch if batching else 1
         self.max_wait_s = max_wait_s
@@ -139,7 +160,7 @@ class Batcher:
                 if session.id in self._previous:
                     self._returned += 1
                 self._cond.notify()
-        self.metrics.queue_depth.labels(self.model).set(self._queued)
+        self._queue_depth.set(self._queued)
 
     def stop(self, timeout: float | None = None) -> None:
         """Finish every queued job, then end the thread."""
@@ -154,8 +175,21 @@ class Batcher:
 
     # --- the batcher thread ---------------------------------------------------------------------------
 
+    def _wake_callers(self) -> None:
+        """Run the wake-ups the deliveries since the last hand-off deferred (defer_wakeup)."""
+        pending = _thread_state.wakeups
+        while pending:
+            wake = pending.pop(0)
+            try:
+                wake()
+            except Exception:  # a caller's wake-up must never stop the model's thread
+                log.exception("model %s: waking a caller failed", self.model)
+
     def _loop(self) -> None:
+        _thread_state.wakeups = []
         while True:
+            if not self._active:  # about to wait or to start a new batch: answer first (else: before the step)
+                self._wake_callers()
             with self._cond:
                 while not self._ready and not self._active:
                     if self._stopping:
@@ -214,7 +248,7 @@ class Batcher:
                     self._returned += 1
             else:
                 session.scheduled = False
-        self.metrics.queue_depth.labels(self.model).set(self._queued)
+        self._queue_depth.set(self._queued)
 
     def _run_control(self, job: ControlJob) -> None:
         try:
@@ -245,6 +279,7 @@ class Batcher:
         slots = np.fromiter((s.slot for s in batch), dtype=np.int64, count=len(batch))  # (B,)
         x = np.stack([j.inputs[j.t] for j in jobs])  # (B, I)
         attention = any(j.attention for j in jobs)
+        self._wake_callers()  # the event loop answers the finished requests while onnxruntime runs
         began = time.perf_counter()
         try:
             if saving:
@@ -256,9 +291,9 @@ class Batcher:
             log.exception("model %s: step of %d sessions failed", self.model, len(batch))
             self._fail_batch(jobs, err)
             return
-        self.metrics.engine_seconds.labels(self.model).observe(time.perf_counter() - began)
-        self.metrics.batch_size.labels(self.model).observe(len(batch))
-        self.metrics.steps.labels(self.model).inc(len(batch))
+        self._engine_seconds.observe(time.perf_counter() - began)
+        self._batch_size.observe(len(batch))
+        self._steps.inc(len(batch))
         for b, job in enumerate(jobs):
             job.outputs[job.t] = result.outputs[b]  # type: ignore[index]
             if job.attention:
@@ -275,6 +310,7 @@ class Batcher:
         """Batching off: the whole request in one call."""
         job: StepJob = session.jobs[0]  # type: ignore[assignment]
         self._start(job)
+        self._wake_callers()
         began = time.perf_counter()
         try:
             if len(job.inputs) == 1:
@@ -285,9 +321,9 @@ class Batcher:
             log.exception("model %s: request of session %s failed", self.model, session.id)
             self._fail_batch([job], err)
             return
-        self.metrics.engine_seconds.labels(self.model).observe(time.perf_counter() - began)
-        self.metrics.batch_size.labels(self.model).observe(1)
-        self.metrics.steps.labels(self.model).inc(len(job.inputs))
+        self._engine_seconds.observe(time.perf_counter() - began)
+        self._batch_size.observe(1)
+        self._steps.inc(len(job.inputs))
         job.outputs, job.read_weights, job.write_weights = r.outputs, r.read_weights, r.write_weights
         job.t = len(job.inputs)
         self._complete(job)

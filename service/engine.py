@@ -13,6 +13,17 @@ a trained NTM amplifies to 1e-4 within a few hundred steps on random inputs). Wi
 of 4 every row takes the vector path: a session's outputs are bit-for-bit the same in any batch, at any
 row, batched or not (tests/test_service_batching.py).
 
+Resident batch: streaming keeps mostly the same sessions in consecutive calls (a request of T steps keeps
+its session in the batch for T calls). Their state stays in two batch-contiguous buffer sets stepped in
+turn (A -> B, then B -> A, outputs bound to the spare set): no gather, no scatter, no allocation per step.
+Each session keeps its position in the buffers while it stays; between calls only the sessions that leave
+are copied back to their pool rows and only those that join are copied in, into free positions. Free
+positions (holes) are padding: they run blank steps whose results are dropped. The buffers are rebuilt
+compactly when the batch outgrows them or shrinks below 3/4 of them, and written back whole (`flush`)
+before anything else touches the pool (create, read, free, restore, a sequence call). A row's numbers do
+not depend on its position or its neighbours (the buffers are a multiple of `ROW_MULTIPLE` rows), so
+they are bit for bit those of a gather/step/scatter call.
+
 An `Engine` is used by one thread only (its model's batcher); it is not thread-safe.
 """
 
@@ -64,6 +75,26 @@ class ModelSpec:
     @property
     def output_size(self) -> int:
         return int(self.config["output_size"])
+
+
+@dataclass
+class _Resident:
+    """The sessions of the last step calls, held in two batch-contiguous buffer sets instead of the pool."""
+
+    where: dict[int, int]  # pool row -> its position in the buffers
+    free: list[int]  # positions holding no session (padding)
+    state: list[ort.OrtValue]  # six (P, ...) tensors: the current state, P a multiple of ROW_MULTIPLE
+    spare: list[ort.OrtValue]  # six (P, ...) tensors: where the next step writes
+    binding: ort.IOBinding  # state -> spare bound; input and output are rebound each call
+    next_binding: ort.IOBinding  # spare -> state bound: the binding of the following call
+
+    @property
+    def size(self) -> int:
+        return len(self.where) + len(self.free)
+
+    def swap(self) -> None:
+        self.state, self.spare = self.spare, self.state
+        self.binding, self.next_binding = self.next_binding, self.binding
 
 
 @dataclass(frozen=True)
@@ -199,29 +230,50 @@ class Engine:
         self.pool = StatePool(self.spec.state_shapes, self.device, graphs, initial_capacity)
         self.backup = StatePool(self.spec.state_shapes, self.device, graphs, lanes, growable=False)
         # Rows that pad a batch to a multiple of ROW_MULTIPLE: they run blank steps, their results unused.
+        self._resident: _Resident | None = None
+        self._buffers: tuple[list[ort.OrtValue], list[ort.OrtValue]] | None = None  # reused while B' is unchanged
         self._scratch = np.array([self.new_row() for _ in range(ROW_MULTIPLE - 1)], dtype=np.int64)
 
     # --- sessions' rows -------------------------------------------------------------------------------
 
     def new_row(self, state: dict[str, np.ndarray] | None = None) -> int:
         """A pool row holding `state` (per-session shapes) or the model's initial state."""
+        self.flush()
         slot = self.pool.allocate()
         self.pool.write([slot], state or self.initial_state)
         return slot
 
     def free_row(self, slot: int) -> None:
+        self.flush()
         self.pool.release(slot)
 
     def read_row(self, slot: int) -> dict[str, np.ndarray]:
         """One session's state on the host (a copy), per-session shapes."""
+        self.flush()
         return self.pool.read(slot)
 
     def save_rows(self, slots: list[int], lanes: list[int]) -> None:
-        """Copy rows to backup lanes (device to device), so a multi-step request can be undone."""
-        self.backup.copy_rows_from(self.pool, slots, lanes)
+        """Copy rows to backup lanes (device to device), so a multi-step request can be undone. A session
+        of the resident batch is copied from its position there (its pool row is stale)."""
+        resident = self._resident
+        where = resident.where if resident is not None else {}
+        held = [(where[s], lane) for s, lane in zip(slots, lanes, strict=True) if s in where]
+        rest = [(s, lane) for s, lane in zip(slots, lanes, strict=True) if s not in where]
+        if held and resident is not None:
+            self.pool.copy_rows(resident.state, self.backup.tensors, [p for p, _ in held], [lane for _, lane in held])
+        if rest:
+            self.backup.copy_rows_from(self.pool, [s for s, _ in rest], [lane for _, lane in rest])
 
     def restore_rows(self, lanes: list[int], slots: list[int]) -> None:
+        self.flush()
         self.pool.copy_rows_from(self.backup, lanes, slots)
+
+    def flush(self) -> None:
+        """Write the resident sessions' state back to their pool rows; the pool is then the whole truth."""
+        resident, self._resident = self._resident, None
+        if resident is not None and resident.where:
+            self.pool.copy_rows(resident.state, self.pool.tensors, list(resident.where.values()),
+                                list(resident.where))
 
     # --- running --------------------------------------------------------------------------------------
 
@@ -230,32 +282,85 @@ class Engine:
         pad = -len(slots) % ROW_MULTIPLE
         return np.concatenate([slots, self._scratch[:pad]]).astype(np.int64) if pad else slots
 
-    def step(self, slots: np.ndarray, x: np.ndarray, attention: bool = False) -> StepResult:
-        """One time step of B sessions: slots (B,) int64, x (B, I) float32. Updates their rows in place."""
-        batch = len(slots)
-        slots = self._pad(slots)
-        if len(slots) > batch:
-            x = np.concatenate([x, np.zeros((len(slots) - batch, x.shape[1]), dtype=np.float32)])
-        state = self.pool.gather(slots)  # six (B', ...) device tensors, B' = B padded
+    def _bind(self, state: list[ort.OrtValue], spare: list[ort.OrtValue]) -> ort.IOBinding:
+        """A step binding reading `state` and writing the next state into `spare`; "output" is bound
+        first so it is get_outputs()[0]."""
         io = self._step.io_binding()
-        io.bind_cpu_input("input", np.ascontiguousarray(x, dtype=np.float32))
-        for name, value in zip(STATE_NAMES, state, strict=True):
-            io.bind_ortvalue_input(name, value)
         io.bind_output("output", "cpu")
-        for name in STATE_NAMES:
-            io.bind_output(f"next_{name}", self.device.type, self.device.id)
-        self._step.run_with_iobinding(io)
-        outputs, *next_state = io.get_outputs()
-        result = StepResult(
-            outputs.numpy()[:batch],  # (B, O)
-            next_state[4].numpy()[:batch] if attention else None,  # (B, R, N)
-            next_state[5].numpy()[:batch] if attention else None,  # (B, W, N)
+        for name, now, after in zip(STATE_NAMES, state, spare, strict=True):
+            io.bind_ortvalue_input(name, now)
+            io.bind_ortvalue_output(f"next_{name}", after)
+        return io
+
+    def _rebuild(self, slots: list[int]) -> _Resident:
+        """Write the old resident batch back and gather `slots` into positions 0..B-1 of (reused) buffers
+        of B padded to ROW_MULTIPLE rows; the padding positions start from scratch rows."""
+        self.flush()
+        size = len(slots) + (-len(slots) % ROW_MULTIPLE)
+        if self._buffers is None or self._buffers[0][0].shape()[0] != size:
+            self._buffers = (self.pool.buffers(size), self.pool.buffers(size))
+        current, spare = self._buffers
+        rows = np.concatenate([np.asarray(slots, dtype=np.int64), self._scratch[:size - len(slots)]])
+        self.pool.gather(rows, out=current)
+        self._resident = _Resident(dict(zip(slots, range(len(slots)), strict=True)),
+                                   list(range(size - 1, len(slots) - 1, -1)), current, spare,
+                                   self._bind(current, spare), self._bind(spare, current))
+        return self._resident
+
+    def _place(self, slots: list[int]) -> _Resident:
+        """A resident batch holding exactly `slots`: the current one with leavers copied back to the pool
+        and joiners copied in, or a rebuilt one when they do not fit or would leave it under 3/4 full."""
+        resident = self._resident
+        need = len(slots) + (-len(slots) % ROW_MULTIPLE)
+        if resident is None or need > resident.size or 4 * need < 3 * resident.size:
+            return self._rebuild(slots)
+        members = set(slots)
+        leaving = [s for s in resident.where if s not in members]
+        if leaving:
+            positions = [resident.where.pop(s) for s in leaving]
+            self.pool.copy_rows(resident.state, self.pool.tensors, positions, leaving)
+            resident.free.extend(positions)  # the stale rows stay there as padding
+        joining = [s for s in slots if s not in resident.where]
+        if joining:
+            positions = [resident.free.pop() for _ in joining]
+            self.pool.copy_rows(self.pool.tensors, resident.state, joining, positions)
+            resident.where.update(zip(joining, positions, strict=True))
+        return resident
+
+    def _bind(self, state: list[ort.OrtValue], spare: list[ort.OrtValue]) -> ort.IOBinding:
+        """A step binding reading `state` and writing the next state into `spare`; "output" is bound
+        first so it is get_outputs()[0]."""
+        io = self._step.io_binding()
+        io.bind_output("output", "cpu")
+        for name, now, after in zip(STATE_NAMES, state, spare, strict=True):
+            io.bind_ortvalue_input(name, now)
+            io.bind_ortvalue_output(f"next_{name}", after)
+        return io
+
+    def step(self, slots: np.ndarray, x: np.ndarray, attention: bool = False) -> StepResult:
+        """One time step of B sessions: slots (B,) int64 (distinct), x (B, I) float32. Advances their state."""
+        rows = slots.tolist()
+        resident = self._place(rows)
+        where = resident.where
+        positions = np.fromiter((where[s] for s in rows), dtype=np.int64, count=len(rows))  # (B,)
+        padded = np.zeros((resident.size, x.shape[1]), dtype=np.float32)  # (P, I): holes step on zeros
+        padded[positions] = x
+        io = resident.binding
+        io.bind_cpu_input("input", padded)
+        io.bind_output("output", "cpu")  # rebound: a fresh (P, O) tensor for this call
+        self._step.run_with_iobinding(io)  # on failure the current state is untouched: nothing was applied
+        outputs = io.get_outputs()[0]
+        resident.swap()
+        # Fancy indexing copies: the buffers are overwritten by later steps.
+        return StepResult(
+            outputs.numpy()[positions],  # (B, O)
+            resident.state[4].numpy()[positions] if attention else None,  # (B, R, N)
+            resident.state[5].numpy()[positions] if attention else None,  # (B, W, N)
         )
-        self.pool.scatter(slots, next_state)
-        return result
 
     def sequence(self, slot: int, xs: np.ndarray, attention: bool = False) -> SequenceResult:
         """T steps of one session in one call (`sequence.onnx`): xs (T, I). Updates its row in place."""
+        self.flush()
         slots = self._pad(np.array([slot], dtype=np.int64))
         state = self.pool.gather(slots)
         inputs = np.zeros((len(xs), len(slots), xs.shape[1]), dtype=np.float32)  # (T, B', I): row 0 is the session

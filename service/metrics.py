@@ -21,7 +21,8 @@ class Metrics:
         self.batch_size = Histogram("ntm_batch_size", "Sessions per onnxruntime step call.", ["model"],
                                     buckets=BATCH_BUCKETS, registry=r)
         self.engine_seconds = Histogram("ntm_engine_call_seconds", "Time of one batched onnxruntime step call "
-                                        "(gather, step, scatter).", ["model"], buckets=LATENCY_BUCKETS, registry=r)
+                                        "(the step; rows joining or leaving).", ["model"], buckets=LATENCY_BUCKETS,
+                                        registry=r)
         self.step_latency = Histogram("ntm_step_latency_seconds", "Time from accepting a step request to its "
                                       "result.", ["model", "rpc"], buckets=LATENCY_BUCKETS, registry=r)
         self.queue_depth = Gauge("ntm_queue_depth", "Requests waiting or running per model.", ["model"], registry=r)

@@ -22,7 +22,7 @@ import grpc
 from google.rpc import status_pb2
 
 from service.auth import TokenAuth
-from service.batcher import Batcher, ControlJob, Done, StepJob, StepOutcome
+from service.batcher import Batcher, ControlJob, Done, StepJob, StepOutcome, defer_wakeup
 from service.config import ServiceConfig
 from service.engine import ModelSpec
 from service.errors import ServiceError, internal, invalid, not_found
@@ -76,6 +76,10 @@ class LoopInbox:
             if self._scheduled:
                 return
             self._scheduled = True
+        if not defer_wakeup(self._wake):  # on a batcher thread: woken right before its next engine call
+            self._wake()
+
+    def _wake(self) -> None:
         self._loop.call_soon_threadsafe(self._drain)
 
     def _drain(self) -> None:
@@ -156,6 +160,7 @@ class NTMServicer(ntm_pb2_grpc.NTMServicer):
         self.config = config
         self.metrics = metrics
         self.auth = auth
+        self._metric_children: dict[tuple[str, str], tuple[Any, Any]] = {}
 
     # --- helpers --------------------------------------------------------------------------------------
 
@@ -164,6 +169,15 @@ class NTMServicer(ntm_pb2_grpc.NTMServicer):
         if owner is None:  # the interceptor refuses these first; this is the belt to its braces
             raise ServiceError(grpc.StatusCode.UNAUTHENTICATED, "missing or invalid bearer token")
         return owner
+
+    def _step_metrics(self, model: str, rpc: str) -> tuple[Any, Any]:
+        """The latency histogram and request counter of (model, rpc), looked up once (labels() is not free)."""
+        key = (model, rpc)
+        found = self._metric_children.get(key)
+        if found is None:
+            found = self._metric_children[key] = (self.metrics.step_latency.labels(model, rpc),
+                                                  self.metrics.requests.labels(model, rpc))
+        return found
 
     def _count_error(self, method: str, err: ServiceError) -> None:
         self.metrics.errors.labels(method, err.code.name).inc()
@@ -219,8 +233,7 @@ class NTMServicer(ntm_pb2_grpc.NTMServicer):
             raise invalid(f"expect_steps must be >= 0, got {expect}")
         future, settle = self.inbox.future()
         began = time.perf_counter()
-        latency = self.metrics.step_latency.labels(session.model, rpc)
-        requests = self.metrics.requests.labels(session.model, rpc)
+        latency, requests = self._step_metrics(session.model, rpc)
 
         def done(result: Any) -> None:
             latency.observe(time.perf_counter() - began)

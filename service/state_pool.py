@@ -62,8 +62,8 @@ class StatePool:
     def used(self) -> int:
         return len(self._used)
 
-    def _allocate(self, capacity: int) -> list[ort.OrtValue]:
-        return [ort.OrtValue.ortvalue_from_shape_and_type([capacity, *self.shapes[s]], np.float32,
+    def _allocate(self, rows: int) -> list[ort.OrtValue]:
+        return [ort.OrtValue.ortvalue_from_shape_and_type([rows, *self.shapes[s]], np.float32,
                                                           self.device.type, self.device.id)
                 for s in STATE_NAMES]
 
@@ -86,21 +86,28 @@ class StatePool:
         old, old_capacity = self.tensors, self.capacity
         self.tensors = self._allocate(capacity)
         rows = _rows(range(old_capacity))
-        self._copy(old, self.tensors, rows, rows)
+        self.copy_rows(old, self.tensors, rows, rows)
         self.capacity = capacity
         self._free = list(range(capacity - 1, old_capacity - 1, -1)) + self._free
 
     # --- device-side moves ----------------------------------------------------------------------------
 
-    def gather(self, slots: np.ndarray) -> list[ort.OrtValue]:
-        """The rows `slots` (B,) as six new (B, ...) tensors on the device."""
+    def buffers(self, batch: int) -> list[ort.OrtValue]:
+        """Six new (batch, ...) device tensors, one per state name (uninitialised)."""
+        return self._allocate(batch)
+
+    def gather(self, slots: np.ndarray, out: Sequence[ort.OrtValue] | None = None) -> list[ort.OrtValue]:
+        """The rows `slots` (B,) as six (B, ...) device tensors: new ones, or written into `out`."""
         io = self.graphs.gather.io_binding()
         io.bind_cpu_input("slots", _rows(slots))
-        for s, pool in zip(STATE_NAMES, self.tensors, strict=True):
+        for i, (s, pool) in enumerate(zip(STATE_NAMES, self.tensors, strict=True)):
             io.bind_ortvalue_input(f"pool_{s}", pool)
-            io.bind_output(s, self.device.type, self.device.id)
+            if out is None:
+                io.bind_output(s, self.device.type, self.device.id)
+            else:
+                io.bind_ortvalue_output(s, out[i])
         self.graphs.gather.run_with_iobinding(io)
-        return list(io.get_outputs())
+        return list(io.get_outputs()) if out is None else list(out)
 
     def scatter(self, slots: np.ndarray, updates: Sequence[ort.OrtValue] | Mapping[str, np.ndarray]) -> None:
         """Write (B, ...) `updates` (device tensors, or host arrays by name) into rows `slots`, in place."""
@@ -115,11 +122,13 @@ class StatePool:
             io.bind_ortvalue_output(f"pool_out_{s}", pool)  # the pool itself: ScatterND updates in place
         self.graphs.scatter.run_with_iobinding(io)
 
-    def _copy(self, src: list[ort.OrtValue], dst: list[ort.OrtValue], src_rows: np.ndarray,
-              dst_rows: np.ndarray) -> None:
+    def copy_rows(self, src: Sequence[ort.OrtValue], dst: Sequence[ort.OrtValue], src_rows: Sequence[int] | np.ndarray,
+                  dst_rows: Sequence[int] | np.ndarray) -> None:
+        """dst[dst_rows] := src[src_rows] for the six state tensors, in place, on the device. Any two tensor
+        sets of this pool's row shapes: the pool, its buffers, another pool's tensors."""
         io = self.graphs.copy_rows.io_binding()
-        io.bind_cpu_input("src_rows", src_rows)
-        io.bind_cpu_input("dst_rows", dst_rows)
+        io.bind_cpu_input("src_rows", _rows(src_rows))
+        io.bind_cpu_input("dst_rows", _rows(dst_rows))
         for s, a, b in zip(STATE_NAMES, src, dst, strict=True):
             io.bind_ortvalue_input(f"src_{s}", a)
             io.bind_ortvalue_input(f"dst_{s}", b)
@@ -128,7 +137,7 @@ class StatePool:
 
     def copy_rows_from(self, source: StatePool, src_rows: Sequence[int], dst_rows: Sequence[int]) -> None:
         """This pool's rows `dst_rows` := `source`'s rows `src_rows`, device to device."""
-        self._copy(source.tensors, self.tensors, _rows(src_rows), _rows(dst_rows))
+        self.copy_rows(source.tensors, self.tensors, src_rows, dst_rows)
 
     # --- host I/O (session create, import, export: not per step) --------------------------------------
 

@@ -18,6 +18,17 @@ GRAPH_FILES = ("step.onnx", "sequence.onnx", "initial_state.onnx")
 MODEL_FILES = (*GRAPH_FILES, "checkpoint.pt", "config.json")
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread() -> Iterator[None]:
+    """Per-step tensors are tiny: one torch thread is fastest, and far faster on a busy 2-core box."""
+    import torch  # here, not at module level: the service tests need no torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

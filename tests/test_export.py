@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-import torch
 
 from export.__main__ import main as export_main
 from export.exporter import build_graphs
@@ -32,14 +31,6 @@ REPO = Path(__file__).resolve().parent.parent
 METADATA_KEYS = {"ntm.task", "ntm.config", "ntm.state", "ntm.inputs", "ntm.outputs", "ntm.encoding",
                  "ntm.checkpoint_sha256", "ntm.graph"}
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """The box is shared with training: one torch thread is faster than contended many."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _run_cli(*args: str) -> subprocess.CompletedProcess[str]:

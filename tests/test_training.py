@@ -26,14 +26,6 @@ from training.train import TrainConfig, build_model, train
 TINY = {"controller_size": 24, "memory_rows": 24, "memory_width": 6}  # big enough for copy L <= 20
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny per-step tensors: one torch thread is fastest, and far faster on a busy 2-core box."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def tiny_ntm(**overrides) -> NTM:
     torch.manual_seed(0)

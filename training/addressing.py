@@ -68,7 +68,7 @@ def sharpen(weights: Tensor, gamma: Tensor) -> Tensor:
     """
     peak = weights.amax(dim=-1, keepdim=True)  # (B, H, 1)
     scaled = torch.clamp(weights / (peak + SHARPEN_FLOOR), min=SHARPEN_FLOOR)  # (B, H, N), in (0, 1]
-    powered = torch.exp(gamma.unsqueeze(-1) * torch.log(scaled))  # (B, H, N) = w^gamma; vectorised Exp/Log, not powf
+    powered = scaled ** gamma.unsqueeze(-1)  # (B, H, N); Pow, not exp(gamma log w): onnxruntime's Log drifts more
     return powered / (powered.sum(dim=-1, keepdim=True) + SHARPEN_FLOOR)
 
 
