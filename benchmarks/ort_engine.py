@@ -17,14 +17,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-STATE_NAMES: tuple[str, ...] = (
-    "controller_h",
-    "controller_c",
-    "read_vectors",
-    "memory",
-    "read_weights",
-    "write_weights",
-)  # docs/onnx-contract.md order
+from service.graphs import STATE_NAMES  # docs/onnx-contract.md order
 
 LEVELS = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,

@@ -327,16 +327,6 @@ class Engine:
             resident.where.update(zip(joining, positions, strict=True))
         return resident
 
-    def _bind(self, state: list[ort.OrtValue], spare: list[ort.OrtValue]) -> ort.IOBinding:
-        """A step binding reading `state` and writing the next state into `spare`; "output" is bound
-        first so it is get_outputs()[0]."""
-        io = self._step.io_binding()
-        io.bind_output("output", "cpu")
-        for name, now, after in zip(STATE_NAMES, state, spare, strict=True):
-            io.bind_ortvalue_input(name, now)
-            io.bind_ortvalue_output(f"next_{name}", after)
-        return io
-
     def step(self, slots: np.ndarray, x: np.ndarray, attention: bool = False) -> StepResult:
         """One time step of B sessions: slots (B,) int64 (distinct), x (B, I) float32. Advances their state."""
         rows = slots.tolist()
