@@ -21,6 +21,9 @@ class Batch(NamedTuple):
     targets: Tensor  # (T_out, B, O)
 
 
+Sampler = Callable[[torch.Generator, int], Batch]  # (generator, batch size) -> a batch
+
+
 def _bits(gen: torch.Generator, *shape: int) -> Tensor:
     return torch.randint(0, 2, shape, generator=gen).float()
 
@@ -96,8 +99,8 @@ class TaskSpec:
     name: str
     input_size: int
     output_size: int
-    sample: Callable[[torch.Generator, int], Batch]  # a training batch with random length parameters
-    eval_points: tuple[tuple[str, Callable[[torch.Generator, int], Batch]], ...]
+    sample: Sampler  # a training batch with random length parameters
+    eval_points: tuple[tuple[str, Sampler], ...]
     encoding: str
 
 
@@ -117,7 +120,7 @@ def _sort_train(gen: torch.Generator, batch: int) -> Batch:
     return priority_sort_batch(gen, batch)
 
 
-def _fixed(fn: Callable[..., Batch], *args: int) -> Callable[[torch.Generator, int], Batch]:
+def _fixed(fn: Callable[..., Batch], *args: int) -> Sampler:
     return lambda gen, batch: fn(gen, batch, *args)
 
 
@@ -155,19 +158,38 @@ TASKS: dict[str, TaskSpec] = {
 }
 
 
-def get_task(name: str, wrap: bool = False) -> TaskSpec:
-    """The task by name; `wrap` selects the seed's associative-recall variant (the query may be the last item,
-    whose answer wraps around to item 1)."""
+def get_task(name: str, wrap: bool = False, max_length: int = 0) -> TaskSpec:
+    """The task by name. `wrap` selects the seed's associative-recall variant (the query may be the last item,
+    whose answer wraps around to item 1); `max_length` trains copy on L in [1, max_length] (0: 1..20), with the
+    usual points still reported."""
     try:
         spec = TASKS[name]
     except KeyError:
         raise ValueError(f"unknown task {name!r}; choose from {sorted(TASKS)}") from None
-    if not wrap:
-        return spec
-    if name != "associative_recall":
-        raise ValueError(f"wrap applies to associative_recall only, not {name!r}")
+    if wrap:
+        if name != "associative_recall":
+            raise ValueError(f"wrap applies to associative_recall only, not {name!r}")
+        spec = _wrapped_recall(spec)
+    if max_length:
+        if name != "copy":
+            raise ValueError(f"max_length applies to copy only, not {name!r}")
+        spec = _longer_copy(spec, max_length)
+    return spec
 
+
+def _wrapped_recall(spec: TaskSpec) -> TaskSpec:
     def sample(gen: torch.Generator, batch: int) -> Batch:
         return _recall_train(gen, batch, wrap=True)
 
-    return replace(spec, sample=sample, eval_points=(("K in [2,6], wrap", sample), *spec.eval_points[1:]))
+    points = tuple((f"K={k}, wrap", _fixed(associative_recall_batch, k, True)) for k in (6, 8, 10, 12, 15))
+    return replace(spec, sample=sample, eval_points=(("K in [2,6], wrap", sample), *points))
+
+
+def _longer_copy(spec: TaskSpec, max_length: int) -> TaskSpec:
+    if max_length < 1:
+        raise ValueError(f"max_length must be >= 1, got {max_length}")
+
+    def sample(gen: torch.Generator, batch: int) -> Batch:
+        return copy_batch(gen, batch, _uniform_int(gen, 1, max_length))
+
+    return replace(spec, sample=sample, eval_points=((f"L in [1,{max_length}]", sample), *spec.eval_points))
