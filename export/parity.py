@@ -23,16 +23,15 @@ import onnxruntime as ort
 import torch
 
 from export.compare import DRIFT_TOLERANCE, OP_TOLERANCE, Row, markdown, row
-from export.graphs import STEP_INPUTS
 from export.metadata import read_metadata
-from export.model_files import GRAPH_FILES, Checkpoint, load_checkpoint
+from export.model_files import Checkpoint, load_checkpoint
 from export.ops import PURE_OPS, OpSpec, edge_cases, export_controller, export_pure_op, random_inputs
 from export.runtime import ProviderUnavailable, session
+from onnx_contract import ATTENTION, ATTENTION_OF, GRAPH_FILES, META_CHECKPOINT, STATE_NAMES, STEP_INPUTS
 from training import tasks
 from training.model import NTM
-from training.state import STATE_NAMES, NTMState
+from training.state import NTMState
 
-ATTENTION = {"read_attention": "read_weights", "write_attention": "write_weights"}
 CHUNKS = (7, 13, 1)  # sequence calls cycle through these lengths in the chunked check
 
 
@@ -146,7 +145,7 @@ def model_rows(model: NTM, sess: Sessions, task: str, steps: int = 1000, batch: 
         torch_out.append(p_torch)
         loop_out.append(p_onnx)
         exact_out.append(p_exact)
-        for key, state_name in ATTENTION.items():
+        for key, state_name in ATTENTION_OF.items():
             torch_attention[key].append(torch_state[state_name])
             exact_attention[key].append(exact_state[state_name])
         for name in ("output", *STATE_NAMES):
@@ -289,7 +288,7 @@ def check_folder(folder: Path, provider: str, steps: int, batch: int, ops: bool 
     if missing:
         raise FileNotFoundError(f"missing ONNX files {missing}: run `python -m export {folder}`")
     for path in paths.values():
-        recorded = read_metadata(onnx.load(str(path), load_external_data=False)).get("ntm.checkpoint_sha256")
+        recorded = read_metadata(onnx.load(str(path), load_external_data=False)).get(META_CHECKPOINT)
         if recorded != ckpt.sha256:
             raise ValueError(f"{path} was exported from checkpoint {recorded}, but {folder}/checkpoint.pt is "
                              f"{ckpt.sha256}: re-export with `python -m export {folder}`")

@@ -20,6 +20,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from onnx_contract import GRAPH_FILES
 from service.auth import AuthInterceptor, TokenAuth
 from service.batcher import Batcher
 from service.config import ServiceConfig
@@ -45,24 +46,26 @@ def model_folders(root: Path) -> list[Path]:
     """Subfolders holding a step graph; the others (e.g. LSTM baselines, no ONNX) are not served."""
     if not root.is_dir():
         raise ModelLoadError(f"models directory {root} does not exist")
-    folders = sorted(p for p in root.iterdir() if p.is_dir() and (p / "step.onnx").is_file())
+    step = GRAPH_FILES["step"]
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and (p / step).is_file())
     if not folders:
-        raise ModelLoadError(f"no models under {root}: expected {root}/<name>/step.onnx (run `make export`)")
+        raise ModelLoadError(f"no models under {root}: expected {root}/<name>/{step} (run `make export`)")
     return folders
 
 
 def load_models(config: ServiceConfig, metrics: Metrics) -> dict[str, ServedModel]:
     folders = model_folders(config.models)
-    provider = resolve_provider(config.provider, config.device_id, folders[0] / "step.onnx")
+    provider = resolve_provider(config.provider, config.device_id, folders[0] / GRAPH_FILES["step"])
     models = {}
     for folder in folders:
         engine = Engine(folder, provider, config.device_id, config.intra_op_threads,
                         initial_capacity=config.max_batch, lanes=config.max_batch)
         batcher = Batcher(engine, metrics, batching=config.batching, max_batch=config.max_batch,
                           max_wait_s=config.max_wait_ms / 1000, max_queue=config.max_queue)
-        models[engine.spec.name] = ServedModel(engine.spec, engine.provider, batcher)
+        models[engine.spec.name] = ServedModel(engine.spec, engine.execution_provider, batcher)
         log.info("model loaded", extra={"model": engine.spec.name, "task": engine.spec.task,
-                                        "provider": engine.provider, "checkpoint": engine.spec.checkpoint_sha256[:12]})
+                                        "provider": engine.execution_provider,
+                                        "checkpoint": engine.spec.checkpoint_sha256[:12]})
     return models
 
 

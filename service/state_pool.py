@@ -18,7 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 import onnxruntime as ort
 
-from service.graphs import STATE_NAMES, graph_bytes
+from onnx_contract import STATE_NAMES
+from service.graphs import graph_bytes
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import pytest
 
 from benchmarks import engine, procstat
 from benchmarks.models import find_model, has_graphs
-from benchmarks.ort_engine import DEFAULT, TUNED, BoundStep, RunStep, copy_task_inputs, initial_state, make_session
+from benchmarks.ort_engine import DEFAULT, BoundStep, RunStep, copy_task_inputs, initial_state, make_session
 from benchmarks.timing import TimingPlan
 
 TINY = TimingPlan(rounds=1, round_s=0.002, warmup_calls=1, max_calls=20)
@@ -59,7 +59,7 @@ def test_bound_step_computes_what_run_computes(model) -> None:
     inputs = copy_task_inputs(np.random.default_rng(0), steps, batch, model.config["input_size"])
     state = initial_state(model.path, batch)
     plain = RunStep(make_session(model.graph("step"), DEFAULT), state, inputs)
-    bound = BoundStep(make_session(model.graph("step"), TUNED), state, inputs)
+    bound = BoundStep(make_session(model.graph("step"), DEFAULT), state, inputs)
     for _ in range(steps):
         plain()
         bound()

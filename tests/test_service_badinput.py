@@ -14,13 +14,13 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from conftest import bits, service_config
 from google.protobuf.message import DecodeError
+from helpers import bits, service_config
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from onnx_contract import STATE_NAMES
 from service.client import NTMClient, SessionStateData, step_request
-from service.graphs import STATE_NAMES
 from service.proto_gen.ntm.v1 import ntm_pb2
 from service.server import ServerThread
 from service.tensors import to_tensor

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import numpy as np
 import pytest
-from conftest import bits, service_config
+from helpers import bits, service_config
 
 from service.client import NTMClient, step_request
 from service.server import ServerThread

@@ -16,7 +16,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from conftest import ROOT, bits, free_port, service_config
+from helpers import ROOT, bits, free_port, service_config
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

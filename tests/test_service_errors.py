@@ -8,7 +8,7 @@ import time
 import grpc
 import numpy as np
 import pytest
-from conftest import bits, service_config
+from helpers import bits, service_config
 
 from service.client import NTMClient, SessionStateData, step_request
 from service.proto_gen.ntm.v1 import ntm_pb2

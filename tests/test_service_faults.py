@@ -17,7 +17,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from conftest import ROOT, bits, service_config
+from helpers import ROOT, bits, service_config
 
 from service.client import NTMClient, step_request
 from service.server import ServerThread

@@ -9,18 +9,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import bits, service_config
+from helpers import bits, service_config
 
 from service.client import NTMClient
-from service.engine import ModelLoadError, open_session, resolve_provider
+from service.engine import ModelLoadError, resolve_provider
+from service.ort_session import ProviderUnavailable, open_session
 from service.server import ServerThread
 
 
 @cache
 def cuda_loads(step: Path) -> bool:
     try:
-        open_session(str(step), "cuda", 0, 1)
-    except ModelLoadError:
+        open_session(step, "cuda")
+    except ProviderUnavailable:
         return False
     return True
 

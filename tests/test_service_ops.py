@@ -19,9 +19,9 @@ import grpc
 import numpy as np
 import pytest
 import yaml
-from conftest import ROOT, bits, free_port
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+from helpers import ROOT, bits, free_port
 
 from service.client import NTMClient, step_request
 from service.config import SETTINGS, ServiceConfig, default_text, load_config

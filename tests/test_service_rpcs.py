@@ -1,7 +1,7 @@
 """Every RPC against a live server, and the served numbers against offline runs of the same model.
 
 Exactness (≤ 1e-6; in fact bit for bit) is against onnxruntime running the same graph files offline in
-the server's row layout (conftest.Offline). Against a plain batch-1 run and against the PyTorch checkpoint
+the server's row layout (helpers.Offline). Against a plain batch-1 run and against the PyTorch checkpoint
 the graphs came from (other kernels, other rounding) the bound is 1e-5, on task inputs: on random inputs a
 trained NTM amplifies rounding differences (see docs/service.md, "Batch invariance")."""
 
@@ -12,7 +12,7 @@ import time
 import grpc
 import numpy as np
 import pytest
-from conftest import bits
+from helpers import bits
 
 from service import tasks_np
 from service.client import NTMClient, SessionStateData, step_request
@@ -148,7 +148,7 @@ def test_export_then_import_continues_identically(client: NTMClient, offline, rn
 
 
 def test_every_served_model_steps_like_its_graph(client: NTMClient, models_dir, rng) -> None:
-    from conftest import Offline
+    from helpers import Offline
 
     for model in client.list_models():
         inputs = bits(rng, 9, model.input_size)

@@ -13,12 +13,12 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from conftest import bits, service_config
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from helpers import bits, service_config
 
 from service import client as client_cli
 from service import healthcheck
