@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import resource
+import time
 from pathlib import Path
 
 import numpy as np
@@ -68,8 +70,18 @@ def test_bound_step_computes_what_run_computes(model) -> None:
     assert not np.allclose(plain.state[3], state[3]), "seven steps must change the memory"
 
 
-def test_procstat_reads_this_process() -> None:
-    before = procstat.cpu_seconds(os.getpid())
-    sum(i * i for i in range(300_000))  # burn a little CPU
-    assert procstat.cpu_seconds(os.getpid()) >= before
-    assert procstat.rss_bytes(os.getpid()) > 10 * 2**20
+def test_procstat_agrees_with_the_kernels_other_counters() -> None:
+    """/proc's CPU time moves with this process's own CPU clock, and its RSS with memory really touched."""
+    pid = os.getpid()
+    cpu_before, clock_before = procstat.cpu_seconds(pid), time.process_time()
+    while time.process_time() - clock_before < 0.3:  # burn CPU until this process's own clock says 0.3 s
+        sum(i * i for i in range(10_000))
+    used, clock = procstat.cpu_seconds(pid) - cpu_before, time.process_time() - clock_before
+    assert abs(used - clock) <= 0.05 + 2 / os.sysconf("SC_CLK_TCK"), (used, clock)
+
+    rss_before = procstat.rss_bytes(pid)
+    block = np.ones(64 * 2**20, dtype=np.uint8)  # 64 MiB, every page written
+    grown = procstat.rss_bytes(pid) - rss_before
+    assert grown >= 48 * 2**20, f"RSS grew by {grown / 2**20:.1f} MiB after touching 64 MiB"
+    assert procstat.rss_bytes(pid) <= resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 + 2**20
+    del block
