@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from benchmarks import engine, procstat
-from benchmarks.models import find_model, has_graphs
+from benchmarks.models import ModelFolder, find_model, has_graphs
 from benchmarks.ort_engine import DEFAULT, BoundStep, RunStep, copy_task_inputs, initial_state, make_session
 from benchmarks.timing import TimingPlan
 
@@ -32,7 +32,7 @@ def model(tmp_path_factory: pytest.TempPathFactory):
     return dev_export(tmp_path_factory.mktemp("model"))
 
 
-def test_engine_quick_writes_tables_and_json(model, tmp_path: Path) -> None:
+def test_engine_quick_writes_tables_and_json(model: ModelFolder, tmp_path: Path) -> None:
     payload = engine.run(model, tmp_path, quick=True, batches=(1, 8), compile_torch=False, plan=TINY)
     written = json.loads((tmp_path / "engine.json").read_text())
     assert written["benchmark"] == "engine" and written["mode"] == "quick"
@@ -55,7 +55,7 @@ def test_engine_quick_writes_tables_and_json(model, tmp_path: Path) -> None:
     assert payload["results"].keys() == written["results"].keys()
 
 
-def test_bound_step_computes_what_run_computes(model) -> None:
+def test_bound_step_computes_what_run_computes(model: ModelFolder) -> None:
     """The IOBinding ping-pong runner the figures come from steps the same state as plain session.run."""
     batch, steps = 3, 7
     inputs = copy_task_inputs(np.random.default_rng(0), steps, batch, model.config["input_size"])

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import Offline
 
 from service import tasks_np
 from service.client import main, render
+from service.server import ServerThread
 
 
 def test_render_counts_bit_errors() -> None:
@@ -23,7 +25,8 @@ def test_render_counts_bit_errors() -> None:
 
 
 @pytest.mark.parametrize(("task", "args"), [("copy", ["--length", "6"]), ("priority_sort", [])])
-def test_demo_against_the_server(server, offline, capsys, task: str, args: list[str]) -> None:
+def test_demo_against_the_server(server: ServerThread, offline: Offline, capsys: pytest.CaptureFixture[str],
+                                 task: str, args: list[str]) -> None:
     models = {"copy": "copy", "priority_sort": "priority_sort"}
     if task != "copy" and not (offline.folder.parent / task / "step.onnx").is_file():
         pytest.skip(f"no {task} model among the test models")
@@ -36,6 +39,6 @@ def test_demo_against_the_server(server, offline, capsys, task: str, args: list[
     assert len(printed.splitlines()) == 2 + len(example.inputs) + 1
 
 
-def test_demo_reports_server_errors(server, capsys) -> None:
+def test_demo_reports_server_errors(server: ServerThread, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["copy", "--target", server.target, "--model", "no-such-model"]) == 1
     assert "NOT_FOUND" in capsys.readouterr().err

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import bits, service_config
+from helpers import Offline, bits, service_config
 
 from service.client import NTMClient
 from service.engine import ModelLoadError, resolve_provider
@@ -42,7 +42,7 @@ def test_without_cuda_cuda_fails_loudly_and_auto_runs_on_cpu(step_graph: Path, c
 
 
 @pytest.mark.gpu
-def test_cuda_serves_from_device_state(step_graph: Path, copy_dir: Path, offline) -> None:
+def test_cuda_serves_from_device_state(step_graph: Path, copy_dir: Path, offline: Offline) -> None:
     if not cuda_loads(step_graph):
         pytest.skip("the CUDA execution provider does not load on this machine (no GPU or no CUDA 13/cuDNN 9)")
     assert resolve_provider("auto", 0, step_graph) == "cuda"

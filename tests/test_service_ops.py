@@ -21,16 +21,17 @@ import pytest
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
-from helpers import ROOT, bits, free_port
+from helpers import ROOT, Offline, bits, free_port
 
 from service.client import NTMClient, step_request
 from service.config import SETTINGS, ServiceConfig, default_text, load_config
+from service.server import ServerThread
 
 RPCS = {"ListModels", "CreateSession", "GetSession", "DeleteSession", "Step", "StreamSteps", "ExportSession",
         "ImportSession"}
 
 
-def test_health_checking(server) -> None:
+def test_health_checking(server: ServerThread) -> None:
     with grpc.insecure_channel(server.target) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         for service in ("", "ntm.v1.NTM"):
@@ -41,7 +42,7 @@ def test_health_checking(server) -> None:
         assert err.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-def test_reflection_describes_the_contract(server) -> None:
+def test_reflection_describes_the_contract(server: ServerThread) -> None:
     from google.protobuf.descriptor_pool import DescriptorPool
 
     with grpc.insecure_channel(server.target) as channel:
@@ -58,7 +59,7 @@ def test_reflection_describes_the_contract(server) -> None:
         assert set(response.fields_by_name) == {"session_id", "outputs", "steps", "attention", "request_id", "error"}
 
 
-def test_metrics_endpoint(server, client: NTMClient, rng) -> None:
+def test_metrics_endpoint(server: ServerThread, client: NTMClient, rng: np.random.Generator) -> None:
     session = client.create_session("copy").session_id
     client.step(session, bits(rng, 5))
     with pytest.raises(grpc.RpcError):
@@ -139,7 +140,7 @@ def test_dockerfile_serves_without_torch_on_cuda13() -> None:
     assert env["NTM_MODELS"] == "/models" and env["NTM_PORT"] == "50051" and env["NTM_METRICS_PORT"] == "9090"
 
 
-def test_container_command_runs_here(copy_dir: Path, tmp_path: Path, offline) -> None:
+def test_container_command_runs_here(copy_dir: Path, tmp_path: Path, offline: Offline) -> None:
     """The image's CMD with its ENV (ports and models dir replaced as compose would map them, loopback only):
     serves without importing torch, passes the compose health check, runs the demo, and on SIGTERM goes
     NOT_SERVING, finishes the call in flight and exits 0."""
@@ -189,7 +190,7 @@ def _queued(metrics_port: int) -> float:
     return float(line.rsplit(" ", 1)[1])
 
 
-def _sigterm_drains(process: subprocess.Popen, port: int, metrics_port: int, offline) -> None:
+def _sigterm_drains(process: subprocess.Popen, port: int, metrics_port: int, offline: Offline) -> None:
     inputs = bits(np.random.default_rng(5), 1000)
     with NTMClient(f"127.0.0.1:{port}", timeout=60) as client:
         session = client.create_session("copy").session_id
