@@ -92,6 +92,11 @@ class BoundStep:
         if self.fetch:
             output.numpy()  # device -> host copy of the outputs (synchronises)
 
+    @property
+    def output(self) -> ort.OrtValue:
+        """The last step's outputs (B, O), on the runner's device."""
+        return self.buffers.output
+
     def state(self) -> list[np.ndarray]:
         """The current state, copied to host numpy arrays."""
         return [np.array(v.numpy()) for v in self.buffers.state]  # copies: a CPU OrtValue's numpy() is a view
