@@ -284,11 +284,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(table)
     print(f"bit errors: {errors} of {example.targets.size}")
     if args.plot:
-        from training.plots import attention_figure  # matplotlib only (no torch); the [train] extra
+        from training.plots import attention_figure, used_rows  # matplotlib only (no torch); the [train] extra
 
         memory = final.tensors["memory"] if final else None
+        heads = [w for w in (out.read_weights, out.write_weights) if w is not None]  # (T, R|W, N) each
+        rows = used_rows(np.concatenate(heads, axis=1)) if heads else None  # the heads' path, not all N rows
         attention_figure(example.inputs, example.targets, out.outputs, out.read_weights, out.write_weights,  # type: ignore[arg-type]
-                         memory, args.plot, f"{args.task} via the NTM service ({errors} bit errors)")
+                         memory, args.plot, f"{args.task} via the NTM service ({errors} bit errors)", rows)
         print(f"wrote {args.plot}")
     return 0
 

@@ -20,6 +20,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from onnx_contract import GRAPH_FILES
 from service.auth import AuthInterceptor, TokenAuth
 from service.batcher import Batcher
 from service.config import ServiceConfig
@@ -45,24 +46,26 @@ def model_folders(root: Path) -> list[Path]:
     """Subfolders holding a step graph; the others (e.g. LSTM baselines, no ONNX) are not served."""
     if not root.is_dir():
         raise ModelLoadError(f"models directory {root} does not exist")
-    folders = sorted(p for p in root.iterdir() if p.is_dir() and (p / "step.onnx").is_file())
+    step = GRAPH_FILES["step"]
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and (p / step).is_file())
     if not folders:
-        raise ModelLoadError(f"no models under {root}: expected {root}/<name>/step.onnx (run `make export`)")
+        raise ModelLoadError(f"no models under {root}: expected {root}/<name>/{step} (run `make export`)")
     return folders
 
 
 def load_models(config: ServiceConfig, metrics: Metrics) -> dict[str, ServedModel]:
     folders = model_folders(config.models)
-    provider = resolve_provider(config.provider, config.device_id, folders[0] / "step.onnx")
+    provider = resolve_provider(config.provider, config.device_id, folders[0] / GRAPH_FILES["step"])
     models = {}
     for folder in folders:
         engine = Engine(folder, provider, config.device_id, config.intra_op_threads,
                         initial_capacity=config.max_batch, lanes=config.max_batch)
         batcher = Batcher(engine, metrics, batching=config.batching, max_batch=config.max_batch,
                           max_wait_s=config.max_wait_ms / 1000, max_queue=config.max_queue)
-        models[engine.spec.name] = ServedModel(engine.spec, engine.provider, batcher)
+        models[engine.spec.name] = ServedModel(engine.spec, engine.execution_provider, batcher)
         log.info("model loaded", extra={"model": engine.spec.name, "task": engine.spec.task,
-                                        "provider": engine.provider, "checkpoint": engine.spec.checkpoint_sha256[:12]})
+                                        "provider": engine.execution_provider,
+                                        "checkpoint": engine.spec.checkpoint_sha256[:12]})
     return models
 
 
@@ -85,8 +88,27 @@ class Server:
         self._batchers_started = False
 
     async def start(self) -> None:
+        """Models and sessions first (restored ones included), then the batchers, then the ports; health says
+        SERVING only when everything answers."""
         c = self.config
         credentials = server_credentials(c.tls_cert, c.tls_key, c.tls_client_ca) if c.tls_cert and c.tls_key else None
+        auth = TokenAuth(c.auth_tokens)
+        self._load_models_and_sessions()
+        self._start_batchers()
+        await self._start_grpc(auth, credentials)
+        await self._start_health_port()
+        if c.metrics_port >= 0:
+            self._metrics_http, self.metrics_port = self.metrics.serve(c.metrics_host, c.metrics_port)
+        for service in ("", NTM_SERVICE):
+            await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        self._reaper = asyncio.create_task(self._reap())
+        if self.snapshotter is not None:
+            self.snapshotter.start()
+        self._log_serving(auth, credentials is not None)
+
+    def _load_models_and_sessions(self) -> None:
+        """The engines and their batchers (not started), the session registry, and the restored sessions."""
+        c = self.config
         self.models = load_models(c, self.metrics)
         self.registry = SessionRegistry(
             {name: m.batcher for name, m in self.models.items()}, self.metrics, max_sessions=c.max_sessions,
@@ -96,10 +118,16 @@ class Server:
             engines = {name: m.batcher.engine for name, m in self.models.items()}
             self.snapshotter = Snapshotter(self._store, self.registry, engines, self.metrics, c.snapshot_interval_s)
             self.snapshotter.restore()
+
+    def _start_batchers(self) -> None:
         for model in self.models.values():
             model.batcher.start()
         self._batchers_started = True
-        auth = TokenAuth(c.auth_tokens)
+
+    async def _start_grpc(self, auth: TokenAuth, credentials: grpc.ServerCredentials | None) -> None:
+        """The main port: the NTM service, health checking and reflection, plaintext or TLS."""
+        c = self.config
+        assert self.registry is not None
         options = [
             ("grpc.max_receive_message_length", c.max_message_bytes),
             ("grpc.max_send_message_length", c.max_message_bytes),
@@ -122,23 +150,24 @@ class Server:
         else:
             self.port = self._grpc.add_insecure_port(address)
         await self._grpc.start()
-        if c.health_port >= 0:  # plaintext, health only: for probes that cannot speak (m)TLS
+
+    async def _start_health_port(self) -> None:
+        """Plaintext, health only: for probes that cannot speak (m)TLS (off unless --health-port is set)."""
+        c = self.config
+        if c.health_port >= 0:
             self._health_grpc = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
             health_pb2_grpc.add_HealthServicer_to_server(self._health, self._health_grpc)
             self.health_port = self._health_grpc.add_insecure_port(f"{c.health_host}:{c.health_port}")
             await self._health_grpc.start()
-        if c.metrics_port >= 0:
-            self._metrics_http, self.metrics_port = self.metrics.serve(c.metrics_host, c.metrics_port)
-        for service in ("", NTM_SERVICE):
-            await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
-        self._reaper = asyncio.create_task(self._reap())
-        if self.snapshotter is not None:
-            self.snapshotter.start()
-        if auth.enabled and credentials is None and c.host not in LOOPBACK:
+
+    def _log_serving(self, auth: TokenAuth, tls: bool) -> None:
+        c = self.config
+        assert self.registry is not None
+        if auth.enabled and not tls and c.host not in LOOPBACK:
             log.warning("bearer tokens travel in plaintext: serve with --tls-cert/--tls-key off loopback")
         log.info("serving", extra={"port": self.port, "metrics_port": self.metrics_port, "models": sorted(self.models),
                                    "provider": next(iter(self.models.values())).provider, "batching": c.batching,
-                                   "max_batch": c.max_batch, "auth": auth.enabled, "tls": credentials is not None,
+                                   "max_batch": c.max_batch, "auth": auth.enabled, "tls": tls,
                                    "mtls": c.tls_client_ca is not None, "health_port": self.health_port,
                                    "state_dir": str(c.state_dir) if c.state_dir else None,
                                    "sessions": self.registry.count()})

@@ -22,13 +22,14 @@ import grpc
 from google.rpc import status_pb2
 
 from service.auth import TokenAuth
-from service.batcher import Batcher, ControlJob, Done, StepJob, StepOutcome, defer_wakeup
+from service.batcher import Batcher, defer_wakeup
 from service.config import ServiceConfig
 from service.engine import ModelSpec
 from service.errors import ServiceError, internal, invalid, not_found
+from service.jobs import ControlJob, StepJob, StepOutcome
 from service.metrics import Metrics
 from service.proto_gen.ntm.v1 import ntm_pb2, ntm_pb2_grpc
-from service.sessions import MAX_ID_CHARS, SessionRecord, SessionRegistry, init_action, read_action
+from service.sessions import MAX_ID_CHARS, Done, SessionRecord, SessionRegistry, init_action, read_action
 from service.tensors import state_tensors, step_inputs, to_tensor
 from service.wire import Malformed
 

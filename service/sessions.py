@@ -13,18 +13,16 @@ import math
 import secrets
 import threading
 import time
-from collections import Counter, OrderedDict, deque
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
 
 import grpc
 
-from service.batcher import ControlJob, Done, Job
 from service.errors import ServiceError, exhausted, invalid, not_found
 
 if TYPE_CHECKING:
-    from service.batcher import Batcher
     from service.engine import Engine
     from service.metrics import Metrics
 
@@ -33,6 +31,8 @@ log = logging.getLogger(__name__)
 ID_BYTES = 16  # 128 random bits (the contract asks for at least 122)
 TOMBSTONES = 100_000  # remembered ids of ended sessions, for a helpful NOT_FOUND message
 MAX_ID_CHARS = 128  # longer session ids are refused before any lookup (ours have 22 characters)
+
+Done = Callable[[Any], None]  # a job's answer: called once, on the batcher thread, with a result or a ServiceError
 
 
 @dataclass(eq=False)
@@ -46,8 +46,6 @@ class SessionRecord:
     slot: int = -1  # row in the model's state pool; -1 until created, and after it is freed
     steps: int = 0  # time steps applied (written by the batcher thread only)
     inflight: int = 0  # jobs accepted and not finished (under the registry lock)
-    jobs: deque[Job] = field(default_factory=deque)  # under the batcher lock
-    scheduled: bool = False  # under the batcher lock
     ended: bool = False  # deleted, expired or discarded (set under the registry lock)
     saved_steps: int = -1  # step count in its snapshot file; -1: none yet (the snapshotter's bookkeeping)
     saved_used: float = math.nan  # last_used when that snapshot was taken
@@ -55,6 +53,18 @@ class SessionRecord:
     def expires_wall(self, now_mono: float, now_wall: float) -> float:
         """When the session expires if nothing uses it from now on (wall clock, seconds)."""
         return now_wall + max(0.0, self.last_used + self.ttl_s - now_mono)
+
+
+Action = Callable[["Engine", SessionRecord], Any]  # a control job's work, run on the model's batcher thread
+MakeJob = Callable[[SessionRecord, Done], Any]  # builds the job (service/jobs.py) for a session and its answer
+
+
+class JobQueue(Protocol):
+    """A model's batcher, as the registry sees it (service/batcher.py; this module does not import it)."""
+
+    def submit(self, job: Any, force: bool = False) -> None: ...
+
+    def submit_control(self, session: SessionRecord, action: Action, done: Done, force: bool = False) -> None: ...
 
 
 def new_session_id() -> str:
@@ -83,7 +93,7 @@ def free_action(engine: Engine, session: SessionRecord) -> None:
 
 
 class SessionRegistry:
-    def __init__(self, batchers: Mapping[str, Batcher], metrics: Metrics, *, max_sessions: int,
+    def __init__(self, batchers: Mapping[str, JobQueue], metrics: Metrics, *, max_sessions: int,
                  max_sessions_per_owner: int, default_ttl_s: float, max_ttl_s: float,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._batchers = batchers
@@ -175,7 +185,7 @@ class SessionRegistry:
 
     # --- handing jobs to the batchers -----------------------------------------------------------------
 
-    def submit(self, session_id: str, owner: str, make_job: Callable[[SessionRecord, Done], Job],
+    def submit(self, session_id: str, owner: str, make_job: MakeJob,
                done: Done) -> SessionRecord:
         """Look the session up and queue a job for it, atomically with respect to eviction and delete."""
         with self._lock:
@@ -183,12 +193,12 @@ class SessionRegistry:
             self._enqueue(session, make_job, done)
             return session
 
-    def submit_to(self, session: SessionRecord, make_job: Callable[[SessionRecord, Done], Job], done: Done) -> None:
+    def submit_to(self, session: SessionRecord, make_job: MakeJob, done: Done) -> None:
         """Queue a job for a record already in hand (its create)."""
         with self._lock:
             self._enqueue(session, make_job, done)
 
-    def submit_internal(self, session: SessionRecord, make_job: Callable[[SessionRecord, Done], Job],
+    def submit_internal(self, session: SessionRecord, make_job: MakeJob,
                         done: Done) -> bool:
         """Queue a server-side job (a snapshot read) for a live session: it neither refreshes the session's
         idle clock nor counts against the queue limit. False when the session has ended."""
@@ -198,7 +208,7 @@ class SessionRegistry:
             self._enqueue(session, make_job, done, touch=False, force=True)
             return True
 
-    def _enqueue(self, session: SessionRecord, make_job: Callable[[SessionRecord, Done], Job], done: Done,
+    def _enqueue(self, session: SessionRecord, make_job: MakeJob, done: Done,
                  touch: bool = True, force: bool = False) -> None:
         def finished(result: Any) -> None:
             with self._lock:
@@ -272,4 +282,4 @@ class SessionRegistry:
                 log.exception("on_end listener failed for session %s", session.id)
 
     def _free(self, session: SessionRecord, done: Done) -> None:
-        self._batchers[session.model].submit(ControlJob(session, free_action, done), force=True)
+        self._batchers[session.model].submit_control(session, free_action, done, force=True)

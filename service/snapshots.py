@@ -37,8 +37,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from service.batcher import ControlJob
 from service.errors import ServiceError
+from service.jobs import ControlJob
 from service.sessions import SessionRecord
 from service.snapshot_format import SessionSnapshot, SnapshotError, decode, encode
 

@@ -25,6 +25,23 @@ SEED = 31_337  # not a training seed, not training.train.EVAL_SEED, not training
 needs_models = pytest.mark.skipif(not FOLDERS, reason=f"no shipped models yet: no {MODELS}/*/checkpoint.pt")
 folders = pytest.mark.parametrize("folder", FOLDERS or [None], ids=[p.name for p in FOLDERS] or ["none"])
 
+# Folders the evaluation sets no target for (training.evaluate.TARGETS covers the NTMs that learned their
+# task): each must stay at what its eval.md reports for the training range, with a small margin for the
+# fresh sequences here. Figures of the shipped weights: eval.md over 1000 sequences / this test's 300.
+REPORTED: dict[str, float] = {
+    "priority_sort": 36.0,  # 34.07 / 34.35 bit errors per sequence of 128 bits (not learned well; chance is 64)
+    "copy_lstm_baseline": 6.0,  # 5.50 / 4.78
+    "associative_recall_lstm_baseline": 4.5,  # 3.89 / 4.16
+}
+
+
+def _target(folder: Path, task: str, kind: str) -> tuple[str, str, float] | None:
+    """(point, op, bound) this folder's model must meet on its training range, or None for an unknown folder."""
+    if kind == "ntm" and task in TARGETS:
+        return TARGETS[task][0]
+    if folder.name in REPORTED:
+        return (get_task(task).eval_points[0][0], "<=", REPORTED[folder.name])
+    return None
 
 
 @needs_models
@@ -35,17 +52,22 @@ def test_loads_and_meets_its_training_range_target(folder: Path, capsys: pytest.
     kind = model_kind(model)
     assert kind == ("lstm_baseline" if folder.name.endswith("_lstm_baseline") else "ntm"), folder.name
     assert (meta["input_size"], meta["output_size"]) == (task.input_size, task.output_size)
+    target = _target(folder, task.name, kind)
+    assert target is not None, f"{folder.name}: no target; add its reported figure to REPORTED"
     name, sample = task.eval_points[0]
     result = evaluate_point(model, task, name, sample, SEQUENCES, SEED)
-    target = TARGETS.get(task.name, ())[:1] if kind == "ntm" else ()
-    wanted = f"{target[0][1]} {target[0][2]:g}" if target else "none"
-    with capsys.disabled():  # the figure is the report for folders without a target (priority sort, baselines)
+    point, op, bound = target
+    with capsys.disabled():
         print(f"\n  {folder.name}: {result.bit_errors:.4f} bit errors/seq over {result.sequences} fresh sequences "
-              f"({name}), {100 * result.perfect:.1f}% perfect, target {wanted}")
-    for point, op, bound in target:
-        assert point == name
-        assert (result.bit_errors < bound) if op == "<" else (result.bit_errors <= bound), (
-            f"{folder.name}: {result.bit_errors:.4f} bit errors/seq at {name}, target {op} {bound}")
+              f"({name}), {100 * result.perfect:.1f}% perfect, target {op} {bound:g}")
+    assert point == name
+    assert (result.bit_errors < bound) if op == "<" else (result.bit_errors <= bound), (
+        f"{folder.name}: {result.bit_errors:.4f} bit errors/seq at {name}, target {op} {bound}")
+    if kind == "lstm_baseline" and task.name in TARGETS:  # the README's comparison: the NTM's target is out of reach
+        ntm_point, _, ntm_bound = TARGETS[task.name][0]
+        assert ntm_point == name and result.bit_errors >= ntm_bound, (
+            f"{folder.name}: the LSTM baseline meets the NTM's target ({result.bit_errors:.4f} < {ntm_bound}): "
+            "README and docs/training.md say it does not")
 
 
 @needs_models
