@@ -28,7 +28,7 @@ from training.device import DEVICES, resolve_device
 from training.metrics import bit_errors
 from training.model import NTM
 from training.plots import attention_figure
-from training.tasks import Batch, Sampler, TaskSpec, get_task
+from training.tasks import Batch, Sampler, TaskSpec, task_of
 
 log = logging.getLogger("training.evaluate")  # not "__main__" under `python -m`
 
@@ -44,7 +44,6 @@ TARGETS: dict[str, tuple[tuple[str, str, float], ...]] = {
     "repeat_copy": (("L,R in [1,10]", "<", 0.1),),
     "associative_recall": (("K in [2,6]", "<", 0.1), ("K=12", "<=", 0.5),
                            ("K in [2,6], wrap", "<", 0.1), ("K=12, wrap", "<=", 0.5)),
-    "priority_sort": (("20 -> 16", "<=", 2.0),),
 }
 
 
@@ -184,8 +183,7 @@ def evaluate_folder(
         folder = folder.parent
     model, meta = load_model(folder)
     model.to(device)
-    train_config = meta.get("train_config", {})
-    task = get_task(meta["task"], train_config.get("wrap", False), train_config.get("max_length", 0))
+    task = task_of(meta)
     kind = model_kind(model)
     chosen = [(n, s) for n, s in task.eval_points if points is None or n in points]
     if points is not None and len(chosen) != len(points):

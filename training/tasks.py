@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -175,6 +175,12 @@ def get_task(name: str, wrap: bool = False, max_length: int = 0) -> TaskSpec:
             raise ValueError(f"max_length applies to copy only, not {name!r}")
         spec = _longer_copy(spec, max_length)
     return spec
+
+
+def task_of(meta: dict[str, Any]) -> TaskSpec:
+    """The task a checkpoint was trained on, variant included (its metadata's task and training config)."""
+    train_config = meta.get("train_config", {})
+    return get_task(meta["task"], train_config.get("wrap", False), train_config.get("max_length", 0))
 
 
 def _wrapped_recall(spec: TaskSpec) -> TaskSpec:
