@@ -197,8 +197,8 @@ class Engine:
     """A model's onnxruntime sessions and the device-resident states of its sessions."""
 
     def __init__(self, folder: Path, provider: str, device_id: int = 0, threads: int = 1,
-                 initial_capacity: int = 64, lanes: int = 64) -> None:
-        self.folder = folder
+                 initial_capacity: int = 64, lanes: int = 64, name: str | None = None) -> None:
+        self.folder = folder  # `name`: the model's name when the folder is a version folder (models/<name>/<version>)
         self.provider = CUDA if provider == "cuda" else CPU
         self.device = Device("cuda" if provider == "cuda" else "cpu", device_id)
         paths = {graph: folder / file for graph, file in GRAPH_FILES.items()}
@@ -218,7 +218,7 @@ class Engine:
         hashes = {p["ntm.checkpoint_sha256"] for p in props.values()}
         if len(hashes) != 1:
             raise ModelLoadError(f"{folder}: the three graphs come from different checkpoints (re-export it)")
-        self.spec = read_spec(folder.name, props["step"])
+        self.spec = read_spec(name or folder.name, props["step"])
         # The initial state, kept on the host: a new session's row is written from it once.
         values = initial.run(None, {})
         self.initial_state = {s: np.ascontiguousarray(v[0]) for s, v in zip(STATE_NAMES, values, strict=True)}
