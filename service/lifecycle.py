@@ -175,9 +175,10 @@ class Lifecycle:
         batcher = Batcher(engine, self.metrics, batching=c.batching, max_batch=c.max_batch,
                           max_wait_s=c.max_wait_ms / 1000, max_queue=c.max_queue)
         model = ServedModel(engine.spec, engine.provider, batcher, folder.version)
-        self.models.add(model)  # visible now; jobs queue until the batcher starts below
-        if self._snapshotter is not None:
+        self.models.stage(model)
+        if self._snapshotter is not None:  # its sessions are back before it is listed (jobs queue until it runs)
             self._snapshotter.restore(only=model.key)  # before the batcher runs: the engine is used directly
+        self.models.publish(model)
         if self._running:
             batcher.start()
         self._failed.pop((folder.name, folder.version), None)

@@ -84,14 +84,23 @@ class ModelSet(Mapping[str, "ServedModel"]):
                     return f"its weights are served already as {model.label} (checkpoint_sha256 {short(digest)})"
         return None
 
-    def add(self, model: ServedModel) -> None:
+    def stage(self, model: ServedModel) -> None:
+        """Make a version's engine and batcher reachable by key (for restoring its sessions) before it is
+        served: not listed, takes no new sessions until `publish`."""
         problem = self.conflict(model.spec.name, model.version, model.spec.checkpoint_sha256)
         if problem is not None:
             raise ValueError(problem)
         with self._lock:
-            self._served[model.key] = model
             self.engines[model.key] = model.batcher.engine
             self.batchers[model.key] = model.batcher
+
+    def publish(self, model: ServedModel) -> None:
+        with self._lock:
+            self._served[model.key] = model
+
+    def add(self, model: ServedModel) -> None:
+        self.stage(model)
+        self.publish(model)
 
     def begin_unload(self, key: Key) -> None:
         with self._lock:
