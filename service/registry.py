@@ -52,8 +52,9 @@ def weights_missing(name: str, digest: str, retryable: bool = False) -> ServiceE
     """The refusal of a session (restored, imported or taken over) whose weights this server does not serve.
     `retryable` (UNAVAILABLE) is for a replica of a cluster: another replica, or this one a poll later, may
     serve them; a single server says FAILED_PRECONDITION. Either way the message names the full digest."""
-    text = (f"this server does not serve the weights the session needs: model {name!r} at checkpoint_sha256 "
-            f"{digest}; load that version (ModelAdmin.LoadModel, or put its folder under the models directory)")
+    text = (f"the session's state was made by other weights than this server serves: model {name!r} at "
+            f"checkpoint_sha256 {digest} is not loaded; load that version (ModelAdmin.LoadModel, or put its folder "
+            "under the models directory)")
     if retryable:
         return unavailable(text + "; retry: another replica may serve it")
     return ServiceError(grpc.StatusCode.FAILED_PRECONDITION, text)
@@ -180,6 +181,8 @@ class ModelSet(Mapping[str, "ServedModel"]):
 
     def weights(self, name: str, digest: str, retryable: bool = False) -> ServedModel:
         """The version of `name` with exactly these weights (any version number), else `weights_missing`."""
+        if not name:
+            raise invalid("model is required")
         model = self._served.get((name, digest))
         if model is None:
             if not any(m.spec.name == name for m in self.every()):
