@@ -23,6 +23,7 @@ from conftest import GRAPH_FILES, Offline, bits, service_config
 from service.admin_client import ModelAdminClient
 from service.client import NTMClient
 from service.proto_gen.ntm.v1 import ntm_pb2
+from service.registry import weights_missing
 from service.repository import scan, version_number
 from service.server import ServerThread
 
@@ -333,6 +334,13 @@ def test_admin_tokens(v1: Path, tmp_path: Path) -> None:
 
 
 # --- item 3: no silent change of weights: imports and restarts -----------------------------------------
+
+
+def test_missing_weights_are_refused_by_digest_retryably_in_a_cluster() -> None:
+    digest = "c0ffee" * 10 + "abcd"
+    alone, replica = weights_missing("copy", digest), weights_missing("copy", digest, retryable=True)
+    assert alone.code == grpc.StatusCode.FAILED_PRECONDITION and digest in alone.message
+    assert replica.code == grpc.StatusCode.UNAVAILABLE and digest in replica.message and "retry" in replica.message
 
 
 def test_import_runs_only_on_its_own_weights(v1: Path, v2: Path, offline: Offline, tmp_path: Path) -> None:
