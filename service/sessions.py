@@ -142,8 +142,8 @@ class SessionRegistry:
         session = self._sessions.get(session_id)
         if session is None:
             why = self._gone.get(session_id)
-            if isinstance(why, ServiceError):
-                raise why
+            if isinstance(why, ServiceError):  # a fresh one each time: a raised instance keeps its traceback
+                raise ServiceError(why.code, why.message)
             if why == "expired":
                 raise not_found(f"session {session_id} expired (idle longer than its TTL) and was evicted")
             if why == "deleted":
