@@ -81,6 +81,8 @@ class ServiceConfig:
     health_port: int = -1
     log_level: str = "INFO"
     log_format: str = "json"
+    model_poll_interval_s: float = 10.0
+    admin_tokens: tuple[str, ...] = field(default=(), repr=False)
 
     def __post_init__(self) -> None:
         positive = ("intra_op_threads", "max_batch", "max_sessions", "max_steps", "max_message_bytes",
@@ -88,7 +90,7 @@ class ServiceConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("max_wait_ms", "max_sessions_per_owner", "grace_s", "device_id"):
+        for name in ("max_wait_ms", "max_sessions_per_owner", "grace_s", "device_id", "model_poll_interval_s"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("default_ttl_s", "max_ttl_s", "reap_interval_s", "snapshot_interval_s"):
@@ -107,7 +109,8 @@ class ServiceConfig:
 
 
 SETTINGS: tuple[Setting, ...] = (
-    Setting("models", Path, "directory whose subfolders each hold step.onnx, sequence.onnx, initial_state.onnx"),
+    Setting("models", Path, "model folders: <name>/ (the three ONNX graphs: version 1) or <name>/<version>/ "
+            "(several versions side by side)"),
     Setting("host", str, "gRPC bind address"),
     Setting("port", int, "gRPC port (0 picks a free one, logged)"),
     Setting("metrics_host", str, "Prometheus metrics bind address"),
@@ -148,6 +151,10 @@ SETTINGS: tuple[Setting, ...] = (
             "(-1: off; health is always on the main port too)"),
     Setting("log_level", str, "DEBUG, INFO, WARNING or ERROR", choices=("DEBUG", "INFO", "WARNING", "ERROR")),
     Setting("log_format", str, "json (one JSON object per line) or text", choices=("json", "text")),
+    Setting("model_poll_interval_s", float, "seconds between looks at the models directory: new version folders "
+            "are loaded, removed ones unloaded once their sessions end (0: no polling; ModelAdmin calls only)"),
+    Setting("admin_tokens", _tokens, "comma-separated bearer tokens for the ModelAdmin service (load and unload "
+            "model versions); with auth_tokens set and this empty, ModelAdmin is refused (PERMISSION_DENIED)"),
 )
 
 _DEFAULTS = {f.name: f.default for f in fields(ServiceConfig)}

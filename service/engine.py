@@ -158,8 +158,8 @@ class Engine:
     """A model's onnxruntime sessions and the device-resident states of its sessions."""
 
     def __init__(self, folder: Path, provider: str, device_id: int = 0, threads: int = 1,
-                 initial_capacity: int = 64, lanes: int = 64) -> None:
-        self.folder = folder
+                 initial_capacity: int = 64, lanes: int = 64, name: str | None = None) -> None:
+        self.folder = folder  # `name`: the model's name when the folder is a version folder (models/<name>/<version>)
         self.provider = provider  # "cpu" or "cuda", as asked
         self.execution_provider = provider_name(provider)  # onnxruntime's name for it (what ListModels reports)
         self.device = Device(provider, device_id)
@@ -180,7 +180,7 @@ class Engine:
         hashes = {p[META_CHECKPOINT] for p in props.values()}
         if len(hashes) != 1:
             raise ModelLoadError(f"{folder}: the three graphs come from different checkpoints (re-export it)")
-        self.spec = read_spec(folder.name, props["step"])
+        self.spec = read_spec(name or folder.name, props["step"])
         # The initial state, kept on the host: a new session's row is written from it once.
         values = initial.run(None, {})
         self.initial_state = {s: np.ascontiguousarray(v[0]) for s, v in zip(STATE_NAMES, values, strict=True)}

@@ -49,6 +49,12 @@ class SessionRecord:
     ended: bool = False  # deleted, expired or discarded (set under the registry lock)
     saved_steps: int = -1  # step count in its snapshot file; -1: none yet (the snapshotter's bookkeeping)
     saved_used: float = math.nan  # last_used when that snapshot was taken
+    checkpoint_sha256: str = ""  # the weights (model version) it runs on, for life
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """Its served model version (service/registry.py): the model name and the weights."""
+        return self.model, self.checkpoint_sha256
 
     def expires_wall(self, now_mono: float, now_wall: float) -> float:
         """When the session expires if nothing uses it from now on (wall clock, seconds)."""
@@ -93,7 +99,7 @@ def free_action(engine: Engine, session: SessionRecord) -> None:
 
 
 class SessionRegistry:
-    def __init__(self, batchers: Mapping[str, JobQueue], metrics: Metrics, *, max_sessions: int,
+    def __init__(self, batchers: Mapping[tuple[str, str], JobQueue], metrics: Metrics, *, max_sessions: int,
                  max_sessions_per_owner: int, default_ttl_s: float, max_ttl_s: float,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._batchers = batchers
@@ -106,7 +112,7 @@ class SessionRegistry:
         self._lock = threading.Lock()
         self._sessions: dict[str, SessionRecord] = {}
         self._per_owner: Counter[str] = Counter()
-        self._gone: OrderedDict[str, str] = OrderedDict()  # id -> why it ended
+        self._gone: OrderedDict[str, str | ServiceError] = OrderedDict()  # id -> why it ended
         self.on_end: Callable[[SessionRecord], None] | None = None  # told (outside the lock) when a session ends
 
     # --- limits and lookups ---------------------------------------------------------------------------
@@ -116,11 +122,12 @@ class SessionRegistry:
             raise invalid(f"ttl_seconds must be >= 0 (0 takes the default), got {requested}")
         return self.default_ttl_s if requested == 0 else min(requested, self.max_ttl_s)
 
-    def open(self, model: str, ttl_s: float, owner: str) -> SessionRecord:
-        """A new session record, counted against the limits; its row comes from an init job."""
+    def open(self, model: str, ttl_s: float, owner: str, checkpoint_sha256: str = "") -> SessionRecord:
+        """A new session record on the model version with these weights, counted against the limits; its row
+        comes from an init job."""
         if not model:
             raise invalid("model is required")
-        if model not in self._batchers:
+        if (model, checkpoint_sha256) not in self._batchers:
             raise not_found(f"unknown model {model!r}; ListModels lists them")
         ttl = self.ttl_for(ttl_s)
         with self._lock:
@@ -129,7 +136,8 @@ class SessionRegistry:
                                 "wait for idle ones to expire")
             if self.max_sessions_per_owner and self._per_owner[owner] >= self.max_sessions_per_owner:
                 raise exhausted(f"per-client session limit reached ({self.max_sessions_per_owner})")
-            session = SessionRecord(new_session_id(), model, owner, ttl, time.time(), self.clock())
+            session = SessionRecord(new_session_id(), model, owner, ttl, time.time(), self.clock(),
+                                    checkpoint_sha256=checkpoint_sha256)
             self._sessions[session.id] = session
             self._per_owner[owner] += 1
         self._metrics.live_sessions.labels(model).inc()
@@ -144,6 +152,8 @@ class SessionRegistry:
         session = self._sessions.get(session_id)
         if session is None:
             why = self._gone.get(session_id)
+            if isinstance(why, ServiceError):  # a fresh one each time: a raised instance keeps its traceback
+                raise ServiceError(why.code, why.message)
             if why == "expired":
                 raise not_found(f"session {session_id} expired (idle longer than its TTL) and was evicted")
             if why == "deleted":
@@ -178,8 +188,9 @@ class SessionRegistry:
             self._gone.pop(session.id, None)
         self._metrics.live_sessions.labels(session.model).inc()
 
-    def remember_gone(self, session_id: str, why: str) -> None:
-        """Answer later calls naming `session_id` with NOT_FOUND and the reason (e.g. expired while down)."""
+    def remember_gone(self, session_id: str, why: str | ServiceError) -> None:
+        """Answer later calls naming `session_id` with NOT_FOUND and the reason (e.g. expired while down), or
+        with the error given (e.g. its weights are not served)."""
         with self._lock:
             self._remember(session_id, why)
 
@@ -218,7 +229,7 @@ class SessionRegistry:
             done(result)
 
         job = make_job(session, finished)
-        self._batchers[session.model].submit(job, force=force)  # RESOURCE_EXHAUSTED when the queue is full
+        self._batchers[session.key].submit(job, force=force)  # RESOURCE_EXHAUSTED when the queue is full
         session.inflight += 1
         if touch:
             session.last_used = self.clock()
@@ -240,6 +251,19 @@ class SessionRegistry:
                 self._forget(session, None)
         self._ended(session)
         self._free(session, lambda _: None)
+
+    def end(self, sessions: list[SessionRecord], why: ServiceError) -> list[SessionRecord]:
+        """End these sessions now (their model version is force-unloaded): later calls naming them get `why`;
+        requests already accepted finish first, then their rows are freed."""
+        with self._lock:
+            ended = [s for s in sessions if self._sessions.get(s.id) is s]
+            for session in ended:
+                self._forget(session, None)
+                self._remember(session.id, why)
+        for session in ended:
+            self._ended(session)
+            self._free(session, lambda _: None)
+        return ended
 
     def reap(self) -> list[SessionRecord]:
         """Evict every session idle for longer than its TTL (none with a request in progress)."""
@@ -267,7 +291,7 @@ class SessionRegistry:
             self._remember(session.id, why)
         self._metrics.live_sessions.labels(session.model).dec()
 
-    def _remember(self, session_id: str, why: str) -> None:
+    def _remember(self, session_id: str, why: str | ServiceError) -> None:
         """Under the lock."""
         self._gone[session_id] = why
         while len(self._gone) > TOMBSTONES:
@@ -282,4 +306,4 @@ class SessionRegistry:
                 log.exception("on_end listener failed for session %s", session.id)
 
     def _free(self, session: SessionRecord, done: Done) -> None:
-        self._batchers[session.model].submit_control(session, free_action, done, force=True)
+        self._batchers[session.key].submit_control(session, free_action, done, force=True)
