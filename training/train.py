@@ -267,10 +267,11 @@ def _last_eval(log_path: Path) -> float | None:
 
 
 def _identity(train_config: dict[str, Any]) -> dict[str, Any]:
-    """The parts of a training config that define the run; the budget and stop rule may change on resume."""
+    """The parts of a training config that define the run; the folder, budget, stop rule and device may change
+    on resume (a run moved to another folder or machine is the same run)."""
     defaults = asdict(TrainConfig(task="", out=""))  # fields added since an old resume file was written
     merged = {**defaults, **train_config}
-    return {k: v for k, v in merged.items() if k not in ("sequences", "stop_below", "device")}
+    return {k: v for k, v in merged.items() if k not in ("out", "sequences", "stop_below", "device")}
 
 
 def _save_resume(run: Run, cfg: TrainConfig, out: Path) -> None:
