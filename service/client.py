@@ -16,19 +16,27 @@ from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import sys
-from collections.abc import Iterable, Iterator, Sequence
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TypeVar
 
 import grpc
 import numpy as np
 
 from service import tasks_np
+from service.cluster.envoy import SESSION_HEADER
 from service.proto_gen.ntm.v1 import ntm_pb2, ntm_pb2_grpc
+from service.retry import DEFAULT_RETRY, RETRYABLE, STREAM_BREAKS, RetryPolicy, RetryStats
 from service.tensors import to_array, to_tensor
 from service.tls import TLSConfigError, channel_credentials
+
+R = TypeVar("R")
 
 
 class StepError(Exception):
@@ -126,12 +134,18 @@ Pem = str | Path | bytes
 class NTMClient:
     """`tls=True` (or any `tls_*`) speaks TLS, trusting `tls_ca` (default: the system's roots); `tls_cert` and
     `tls_key` present a client certificate (mutual TLS); `tls_server_name` overrides the name checked in the
-    server's certificate. `token` is sent as `authorization: Bearer <token>` on every call."""
+    server's certificate. `token` is sent as `authorization: Bearer <token>` on every call.
+
+    Session-scoped calls carry the `x-ntm-session` header (a cluster's proxy routes on it). `retry` is the
+    policy for steps given `expect_steps` and for `stream_session(..., start_steps=...)`: UNAVAILABLE and
+    ABORTED are retried (streams also resume after a break), never without `expect_steps`; `stats` counts
+    what happened."""
 
     def __init__(self, target: str = "localhost:50051", *, token: str | None = None, timeout: float | None = None,
                  max_message_bytes: int = 4 * 1024 * 1024, channel: grpc.Channel | None = None,
                  tls: bool = False, tls_ca: Pem | None = None, tls_cert: Pem | None = None,
-                 tls_key: Pem | None = None, tls_server_name: str | None = None) -> None:
+                 tls_key: Pem | None = None, tls_server_name: str | None = None,
+                 retry: RetryPolicy | None = DEFAULT_RETRY) -> None:
         options = [("grpc.max_receive_message_length", max_message_bytes),
                    ("grpc.max_send_message_length", max_message_bytes)]
         if tls_server_name:
@@ -144,7 +158,9 @@ class NTMClient:
             self.channel = grpc.insecure_channel(target, options=options)
         self.stub = ntm_pb2_grpc.NTMStub(self.channel)
         self.timeout = timeout
-        self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self.metadata: tuple[tuple[str, str], ...] = (("authorization", f"Bearer {token}"),) if token else ()
+        self.retry = retry
+        self.stats = RetryStats()
 
     def close(self) -> None:
         self.channel.close()
@@ -155,8 +171,31 @@ class NTMClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _call(self, method: str, request: object) -> object:
-        return getattr(self.stub, method)(request, timeout=self.timeout, metadata=self.metadata)
+    def _routed(self, session_id: str | None) -> tuple[tuple[str, str], ...]:
+        return (*self.metadata, (SESSION_HEADER, session_id)) if session_id else self.metadata
+
+    def _call(self, method: str, request: object, session_id: str | None = None) -> object:
+        return getattr(self.stub, method)(request, timeout=self.timeout, metadata=self._routed(session_id))
+
+    def _retrying(self, call: Callable[[], R]) -> R:
+        """`call` again after UNAVAILABLE / ABORTED, with backoff, up to the policy's attempts."""
+        assert self.retry is not None
+        since = None
+        for attempt in range(self.retry.attempts + 1):
+            try:
+                result = call()
+            except grpc.RpcError as err:
+                code = err.code()  # type: ignore[attr-defined]
+                if code not in RETRYABLE or attempt == self.retry.attempts:
+                    raise
+                since = time.monotonic() if since is None else since
+                self.stats.failed(code)
+                time.sleep(self.retry.delay(attempt))
+                continue
+            if since is not None:
+                self.stats.recovered(since)
+            return result
+        raise AssertionError("unreachable")
 
     def list_models(self) -> list[ntm_pb2.ModelInfo]:
         return list(self._call("ListModels", ntm_pb2.ListModelsRequest()).models)  # type: ignore[attr-defined]
@@ -167,32 +206,94 @@ class NTMClient:
 
     def get_session(self, session_id: str, include_state: bool = False) -> SessionInfo:
         request = ntm_pb2.GetSessionRequest(session_id=session_id, include_state=include_state)
-        return _session_info(self._call("GetSession", request))
+        return _session_info(self._call("GetSession", request, session_id))
 
     def delete_session(self, session_id: str) -> None:
-        self._call("DeleteSession", ntm_pb2.DeleteSessionRequest(session_id=session_id))
+        self._call("DeleteSession", ntm_pb2.DeleteSessionRequest(session_id=session_id), session_id)
 
     def step(self, session_id: str, inputs: np.ndarray, return_attention: bool = False,
              request_id: str = "", expect_steps: int | None = None) -> StepOutput:
         """Apply inputs (T, I) (or one step (I,)) to a session; raises grpc.RpcError when refused. With
-        `expect_steps`, only if the session stands at that many steps (FAILED_PRECONDITION otherwise)."""
-        response = self._call("Step", step_request(session_id, inputs, return_attention, request_id, expect_steps))
-        return _step_output(response)  # type: ignore[arg-type]
+        `expect_steps`, only if the session stands at that many steps (FAILED_PRECONDITION otherwise), and then
+        retried on UNAVAILABLE / ABORTED (a request id is made up when none is given: a retry of a request
+        whose answer was lost is answered again)."""
+        if expect_steps is None or self.retry is None:
+            request = step_request(session_id, inputs, return_attention, request_id, expect_steps)
+            return _step_output(self._call("Step", request, session_id))  # type: ignore[arg-type]
+        request = step_request(session_id, inputs, return_attention, request_id or secrets.token_hex(8), expect_steps)
+        return self._retrying(lambda: _step_output(self._call("Step", request, session_id)))  # type: ignore[arg-type]
 
-    def stream(self, requests: Iterable[ntm_pb2.StepRequest]) -> Iterator[StepOutput]:
-        """One bidirectional stream: requests may name any sessions; refused ones come back with `.error`."""
-        for response in self.stub.StreamSteps(iter(requests), timeout=self.timeout, metadata=self.metadata):
+    def stream(self, requests: Iterable[ntm_pb2.StepRequest], route: str | None = None) -> Iterator[StepOutput]:
+        """One bidirectional stream: requests may name any sessions; refused ones come back with `.error`.
+        In a cluster a stream lives on one replica (the one `route`, a session id, hashes to): sessions of a
+        multi-session stream are taken over by that replica; `stream_session` per session avoids the moves."""
+        for response in self.stub.StreamSteps(iter(requests), timeout=self.timeout, metadata=self._routed(route)):
             yield _step_output(response)
 
-    def stream_session(self, session_id: str, chunks: Iterable[np.ndarray],
-                       return_attention: bool = False) -> Iterator[StepOutput]:
-        """Stream chunks (T_i, I) of one session; raises StepError on the first refused chunk."""
-        requests = (step_request(session_id, c, return_attention, str(i)) for i, c in enumerate(chunks))
-        for output in self.stream(requests):
-            yield output.check()
+    def stream_session(self, session_id: str, chunks: Iterable[np.ndarray], return_attention: bool = False,
+                       start_steps: int | None = None) -> Iterator[StepOutput]:
+        """Stream chunks (T_i, I) of one session; raises StepError on the first refused chunk. With
+        `start_steps` (where the session stands), every request carries its expect_steps and the stream is
+        resumed after a break or a retryable refusal: unanswered requests are sent again, in order."""
+        if start_steps is None or self.retry is None:
+            requests = (step_request(session_id, c, return_attention, str(i)) for i, c in enumerate(chunks))
+            for output in self.stream(requests, route=session_id):
+                yield output.check()
+            return
+        yield from self._resumable(session_id, iter(chunks), return_attention, start_steps)
+
+    def _resumable(self, session_id: str, chunks: Iterator[np.ndarray], attention: bool,
+                   steps: int) -> Iterator[StepOutput]:
+        assert self.retry is not None
+        unanswered: deque[ntm_pb2.StepRequest] = deque()  # sent (or about to be), in order
+        made = {"next": steps, "index": 0}
+        attempt, since = 0, None
+
+        def requests(resend: list[ntm_pb2.StepRequest]) -> Iterator[ntm_pb2.StepRequest]:
+            yield from resend
+            for chunk in chunks:
+                request = step_request(session_id, chunk, attention, str(made["index"]), made["next"])
+                made["index"] += 1
+                made["next"] += int(request.inputs.shape[0])
+                unanswered.append(request)
+                yield request
+
+        while True:
+            call = self.stub.StreamSteps(requests(list(unanswered)), timeout=self.timeout,
+                                         metadata=self._routed(session_id))
+            failure: grpc.StatusCode | None = None
+            try:
+                for response in call:
+                    output = _step_output(response)
+                    if output.error is not None:
+                        if output.error.code not in RETRYABLE:
+                            raise output.error
+                        failure = output.error.code
+                        call.cancel()  # the requests behind it expect its steps: resend from it
+                        break
+                    unanswered.popleft()
+                    if since is not None:
+                        self.stats.recovered(since)
+                        attempt, since = 0, None
+                    yield output
+                else:
+                    if not unanswered:
+                        return
+                    failure = grpc.StatusCode.UNAVAILABLE  # ended early (a draining replica): resume
+            except grpc.RpcError as err:
+                failure = err.code()  # type: ignore[attr-defined]
+                if failure not in STREAM_BREAKS:
+                    raise
+            if attempt >= self.retry.attempts:
+                raise StepError(failure, f"session {session_id}: gave up after {attempt} retries")
+            since = time.monotonic() if since is None else since
+            self.stats.failed(failure)
+            time.sleep(self.retry.delay(attempt))
+            attempt += 1
 
     def export_session(self, session_id: str) -> SessionStateData:
-        return _state_data(self._call("ExportSession", ntm_pb2.ExportSessionRequest(session_id=session_id)))
+        request = ntm_pb2.ExportSessionRequest(session_id=session_id)
+        return _state_data(self._call("ExportSession", request, session_id))
 
     def import_session(self, state: SessionStateData, ttl_seconds: float = 0.0) -> SessionInfo:
         request = ntm_pb2.ImportSessionRequest(state=_state_message(state), ttl_seconds=ttl_seconds)

@@ -11,7 +11,9 @@ import asyncio
 import contextlib
 import functools
 import logging
+import os
 import signal
+import socket
 import threading
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,7 @@ from service.proto_gen.ntm.v1 import ntm_pb2
 from service.servicer import LoopInbox, NTMServicer, ServedModel
 from service.sessions import SessionRegistry
 from service.snapshots import SnapshotStore, Snapshotter, StateDirError
+from service.store import SessionStore, StoreError
 from service.tls import TLSConfigError, server_credentials
 from service.wire import add_ntm_servicer
 
@@ -37,8 +40,12 @@ log = logging.getLogger(__name__)
 
 NTM_SERVICE = ntm_pb2.DESCRIPTOR.services_by_name["NTM"].full_name  # "ntm.v1.NTM"
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
-STARTUP_ERRORS = (ModelLoadError, StateDirError, TLSConfigError)  # reported in one line, exit status 2
+STARTUP_ERRORS = (ModelLoadError, StateDirError, TLSConfigError, StoreError)  # reported in one line, exit status 2
 LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
+
+
+async def loop_run(function: Any) -> Any:
+    return await asyncio.get_running_loop().run_in_executor(None, function)
 
 
 def model_folders(root: Path) -> list[Path]:
@@ -83,10 +90,16 @@ class Server:
         self._metrics_http: Any = None
         self._reaper: asyncio.Task[None] | None = None
         self._batchers_started = False
+        self.servicer: NTMServicer | None = None
+        self.replica: Any = None  # service.cluster.replica.Replica in replica mode (--store-url)
 
     async def start(self) -> None:
         c = self.config
         credentials = server_credentials(c.tls_cert, c.tls_key, c.tls_client_ca) if c.tls_cert and c.tls_key else None
+        store = None
+        if c.store_url:  # fail fast, before loading models, when the store is not there
+            store = SessionStore(c.store_url)
+            await loop_run(store.check)
         self.models = load_models(c, self.metrics)
         self.registry = SessionRegistry(
             {name: m.batcher for name, m in self.models.items()}, self.metrics, max_sessions=c.max_sessions,
@@ -110,8 +123,16 @@ class Server:
         ]
         self._grpc = grpc.aio.server(interceptors=[AuthInterceptor(auth)] if auth.enabled else [], options=options,
                                      maximum_concurrent_rpcs=c.max_concurrent_rpcs)
-        servicer = NTMServicer(self.models, self.registry, c, self.metrics, auth,
-                               LoopInbox(asyncio.get_running_loop()))
+        self.servicer = servicer = NTMServicer(self.models, self.registry, c, self.metrics, auth,
+                                               LoopInbox(asyncio.get_running_loop()))
+        if store is not None:
+            from service.cluster.replica import Replica
+
+            self.replica = Replica(store, self.registry, self.models, self.metrics, servicer._control,
+                                   name=c.replica_name or f"{socket.gethostname()}:{os.getpid()}",
+                                   commit_every=c.commit_every)
+            self.replica.start()
+            servicer.cluster = self.replica
         add_ntm_servicer(servicer, self._grpc)
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
@@ -141,6 +162,7 @@ class Server:
                                    "max_batch": c.max_batch, "auth": auth.enabled, "tls": credentials is not None,
                                    "mtls": c.tls_client_ca is not None, "health_port": self.health_port,
                                    "state_dir": str(c.state_dir) if c.state_dir else None,
+                                   "store": c.store_url or None, "replica": self.replica.name if self.replica else None,
                                    "sessions": self.registry.count()})
 
     async def _reap(self) -> None:
@@ -159,6 +181,10 @@ class Server:
         log.info("shutting down", extra={"grace_s": grace})
         if self._health is not None:
             await self._health.enter_graceful_shutdown()
+        if self.replica is not None and self._grpc is not None:
+            await asyncio.sleep(self.config.drain_delay_s)  # still serving while the proxy notices NOT_SERVING
+            if self.servicer is not None:
+                self.servicer.drain()
         if self._reaper is not None:
             self._reaper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -173,6 +199,11 @@ class Server:
         if self._batchers_started:
             for model in self.models.values():
                 await loop.run_in_executor(None, model.batcher.stop)
+        if self.replica is not None:
+            flushed = await loop.run_in_executor(None, self.replica.flush)
+            self.replica.close()
+            await self.replica.store.aclose()
+            log.info("drained", extra={"flushed": flushed, "sessions": self.registry.count() if self.registry else 0})
         if self.snapshotter is not None and self._batchers_started:
             written = await loop.run_in_executor(None, functools.partial(self.snapshotter.run_pass, live=False))
             log.info("final snapshot", extra={"written": written, "sessions": self.registry.count()})
