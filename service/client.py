@@ -18,8 +18,8 @@ import argparse
 import os
 import secrets
 import sys
+import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -131,6 +131,68 @@ def step_request(session_id: str, inputs: np.ndarray, return_attention: bool = F
 Pem = str | Path | bytes
 
 
+class _Outbox:
+    """The requests of one resumable session stream, numbered: each (re)opened stream sends the unanswered
+    ones again, then new ones made from `chunks`, each with the expect_steps where it must apply. `chunks` is
+    read by one stream at a time (a superseded stream's reader may still be blocked in it: what it gets is
+    numbered and sent by the next stream)."""
+
+    def __init__(self, session_id: str, chunks: Iterator[np.ndarray], attention: bool, steps: int) -> None:
+        self._session_id, self._chunks, self._attention = session_id, chunks, attention
+        self._lock = threading.Lock()
+        self._source = threading.Lock()
+        self._requests: dict[int, ntm_pb2.StepRequest] = {}
+        self._made = 0  # requests numbered so far
+        self._acked = 0  # requests answered
+        self._next_steps = steps
+        self._exhausted = False
+        self._generation = 0
+
+    def stream(self) -> Iterator[ntm_pb2.StepRequest]:
+        """The requests of a new stream (supersedes the previous one)."""
+        with self._lock:
+            self._generation += 1
+            generation, index = self._generation, self._acked
+        while True:
+            with self._lock:
+                if generation != self._generation:
+                    return
+                request = self._requests.get(index) if index < self._made else None
+                if request is None and self._exhausted:
+                    return
+            if request is None:
+                self._pull(index)
+                continue
+            index += 1
+            yield request
+
+    def _pull(self, index: int) -> None:
+        """Number the chunk at `index` (one reader of `chunks` at a time; only that lock is held while it
+        blocks). Nothing to do when a superseded stream's reader numbered it meanwhile."""
+        with self._source:
+            with self._lock:
+                if self._exhausted or index < self._made:
+                    return
+            chunk = next(self._chunks, None)
+            with self._lock:
+                if chunk is None:
+                    self._exhausted = True
+                    return
+                request = step_request(self._session_id, chunk, self._attention, str(self._made), self._next_steps)
+                self._next_steps += int(request.inputs.shape[0])
+                self._requests[self._made] = request
+                self._made += 1
+
+    def answered(self) -> None:
+        with self._lock:
+            del self._requests[self._acked]
+            self._acked += 1
+
+    def done(self) -> bool:
+        with self._lock:
+            return self._exhausted and self._acked == self._made
+
+
 class NTMClient:
     """`tls=True` (or any `tls_*`) speaks TLS, trusting `tls_ca` (default: the system's roots); `tls_cert` and
     `tls_key` present a client certificate (mutual TLS); `tls_server_name` overrides the name checked in the
@@ -177,7 +239,7 @@ class NTMClient:
     def _call(self, method: str, request: object, session_id: str | None = None) -> object:
         return getattr(self.stub, method)(request, timeout=self.timeout, metadata=self._routed(session_id))
 
-    def _retrying(self, call: Callable[[], R]) -> R:
+    def _retrying(self, call: Callable[[], R], session_id: str) -> R:
         """`call` again after UNAVAILABLE / ABORTED, with backoff, up to the policy's attempts."""
         assert self.retry is not None
         since = None
@@ -189,7 +251,7 @@ class NTMClient:
                 if code not in RETRYABLE or attempt == self.retry.attempts:
                     raise
                 since = time.monotonic() if since is None else since
-                self.stats.failed(code)
+                self.stats.failed(code, (err.details() or "").replace(session_id, "<session>"))  # type: ignore[attr-defined]
                 time.sleep(self.retry.delay(attempt))
                 continue
             if since is not None:
@@ -221,7 +283,8 @@ class NTMClient:
             request = step_request(session_id, inputs, return_attention, request_id, expect_steps)
             return _step_output(self._call("Step", request, session_id))  # type: ignore[arg-type]
         request = step_request(session_id, inputs, return_attention, request_id or secrets.token_hex(8), expect_steps)
-        return self._retrying(lambda: _step_output(self._call("Step", request, session_id)))  # type: ignore[arg-type]
+        return self._retrying(lambda: _step_output(self._call("Step", request, session_id)),  # type: ignore[arg-type]
+                              session_id)
 
     def stream(self, requests: Iterable[ntm_pb2.StepRequest], route: str | None = None) -> Iterator[StepOutput]:
         """One bidirectional stream: requests may name any sessions; refused ones come back with `.error`.
@@ -245,49 +308,36 @@ class NTMClient:
     def _resumable(self, session_id: str, chunks: Iterator[np.ndarray], attention: bool,
                    steps: int) -> Iterator[StepOutput]:
         assert self.retry is not None
-        unanswered: deque[ntm_pb2.StepRequest] = deque()  # sent (or about to be), in order
-        made = {"next": steps, "index": 0}
+        outbox = _Outbox(session_id, chunks, attention, steps)
         attempt, since = 0, None
-
-        def requests(resend: list[ntm_pb2.StepRequest]) -> Iterator[ntm_pb2.StepRequest]:
-            yield from resend
-            for chunk in chunks:
-                request = step_request(session_id, chunk, attention, str(made["index"]), made["next"])
-                made["index"] += 1
-                made["next"] += int(request.inputs.shape[0])
-                unanswered.append(request)
-                yield request
-
         while True:
-            call = self.stub.StreamSteps(requests(list(unanswered)), timeout=self.timeout,
-                                         metadata=self._routed(session_id))
-            failure: grpc.StatusCode | None = None
+            call = self.stub.StreamSteps(outbox.stream(), timeout=self.timeout, metadata=self._routed(session_id))
+            failure, detail = grpc.StatusCode.UNAVAILABLE, "stream ended early"  # (a draining replica): resume
             try:
                 for response in call:
                     output = _step_output(response)
                     if output.error is not None:
                         if output.error.code not in RETRYABLE:
                             raise output.error
-                        failure = output.error.code
+                        failure, detail = output.error.code, output.error.message
                         call.cancel()  # the requests behind it expect its steps: resend from it
                         break
-                    unanswered.popleft()
+                    outbox.answered()
                     if since is not None:
                         self.stats.recovered(since)
                         attempt, since = 0, None
                     yield output
                 else:
-                    if not unanswered:
+                    if outbox.done():
                         return
-                    failure = grpc.StatusCode.UNAVAILABLE  # ended early (a draining replica): resume
             except grpc.RpcError as err:
-                failure = err.code()  # type: ignore[attr-defined]
+                failure, detail = err.code(), err.details() or ""  # type: ignore[attr-defined]
                 if failure not in STREAM_BREAKS:
                     raise
             if attempt >= self.retry.attempts:
-                raise StepError(failure, f"session {session_id}: gave up after {attempt} retries")
+                raise StepError(failure, f"session {session_id}: gave up after {attempt} retries ({detail})")
             since = time.monotonic() if since is None else since
-            self.stats.failed(failure)
+            self.stats.failed(failure, detail.replace(session_id, "<session>"))
             time.sleep(self.retry.delay(attempt))
             attempt += 1
 

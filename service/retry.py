@@ -45,12 +45,15 @@ class RetryStats:
     retries: int = 0
     outages: list[float] = field(default_factory=list)  # seconds from the first failure to the next success
     codes: dict[str, int] = field(default_factory=dict)
+    reasons: dict[str, int] = field(default_factory=dict)  # "CODE: the start of the message" -> count
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def failed(self, code: grpc.StatusCode) -> None:
+    def failed(self, code: grpc.StatusCode, detail: str = "") -> None:
+        reason = f"{code.name}: {detail[:72]}"
         with self._lock:
             self.retries += 1
             self.codes[code.name] = self.codes.get(code.name, 0) + 1
+            self.reasons[reason] = self.reasons.get(reason, 0) + 1
 
     def recovered(self, since: float) -> None:
         with self._lock:

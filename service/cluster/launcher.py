@@ -68,6 +68,16 @@ def envoy_binary() -> str:
     return found
 
 
+def _die_with_parent() -> None:
+    """In the child: SIGKILL when the thread that started it ends (Linux), so a launcher killed without its
+    clean-up (kill -9, a test timeout) leaves no store, replica or proxy behind. Start and restart processes
+    from a thread that lives as long as the cluster (the main thread)."""
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
 @dataclass
 class Proc:
     name: str
@@ -80,7 +90,7 @@ class Proc:
     def start(self) -> None:
         with self.log.open("ab") as log:
             self.popen = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, env=self.env,
-                                          start_new_session=True)
+                                          start_new_session=True, preexec_fn=_die_with_parent)
 
     @property
     def pid(self) -> int:
