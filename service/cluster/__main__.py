@@ -1,7 +1,8 @@
 """`python -m service.cluster up --replicas 3`: store, replicas and proxy on loopback; one JSON line with the
 proxy address and every process's pid and port; everything stopped on Ctrl-C / SIGTERM.
 
-`python -m service.cluster envoy-config`: the proxy config of deploy/kubernetes (what is committed there)."""
+`python -m service.cluster envoy-config --for kubernetes|compose`: the proxy config committed in
+deploy/kubernetes/proxy.yaml and deploy/compose/envoy.json."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import sys
 import threading
 from pathlib import Path
 
-from service.cluster.envoy import kubernetes_config
+from service.cluster.envoy import deployment_config
 from service.cluster.launcher import ClusterError, LocalCluster
 
 
@@ -36,10 +37,11 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--workdir", type=Path, default=Path(env["NTM_CLUSTER_WORKDIR"])
                     if env.get("NTM_CLUSTER_WORKDIR") else None,
                     help="store data and logs [env NTM_CLUSTER_WORKDIR; default a temporary directory]")
-    sub.add_parser("envoy-config", help="print the Kubernetes proxy config (deploy/kubernetes/envoy.json)")
+    config = sub.add_parser("envoy-config", help="print the proxy config of a deployment")
+    config.add_argument("--for", dest="target", choices=("kubernetes", "compose"), default="kubernetes")
     args = parser.parse_args(argv)
     if args.command == "envoy-config":
-        sys.stdout.write(kubernetes_config())
+        sys.stdout.write(deployment_config(args.target))
         return 0
     if args.replicas < 1:
         parser.error("--replicas must be >= 1")

@@ -84,8 +84,14 @@ def envoy_config(listen: tuple[str, int], admin: tuple[str, int], upstreams: lis
     }
 
 
-def kubernetes_config() -> str:
-    """The proxy config of deploy/kubernetes (the headless service `ntm-replicas`), as committed there."""
-    config = envoy_config(("0.0.0.0", 8080), ("127.0.0.1", 9901), [("ntm-replicas", 50051)], dns=True,
-                          health_interval_s=1.0)
+COMPOSE_REPLICAS = ("ntm-replica-1", "ntm-replica-2")  # the replica services of docker-compose.yml's cluster profile
+
+
+def deployment_config(target: str) -> str:
+    """The proxy config committed for a deployment: "kubernetes" (deploy/kubernetes/proxy.yaml: the headless
+    service `ntm-replicas`, every ready pod) or "compose" (deploy/compose/envoy.json: the replica services)."""
+    upstreams = {"kubernetes": [("ntm-replicas", 50051)], "compose": [(name, 50051) for name in COMPOSE_REPLICAS]}
+    if target not in upstreams:
+        raise ValueError(f"target must be kubernetes or compose, got {target!r}")
+    config = envoy_config(("0.0.0.0", 8080), ("127.0.0.1", 9901), upstreams[target], dns=True, health_interval_s=1.0)
     return json.dumps(config, indent=2, sort_keys=True) + "\n"
