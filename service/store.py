@@ -1,7 +1,7 @@
 """The shared session store of a cluster (Redis-compatible, e.g. Valkey): the last committed state of every
 session, and the fencing that makes one replica at a time its only writer.
 
-One hash per session, `<prefix>s:<id>`:
+One hash per session, `<prefix>s:{<id>}`:
 
     model, version, digest   the weights the state belongs to (ntm.checkpoint_sha256; version: issue 14)
     owner, ttl_s, created    as in a snapshot; the key expires after ttl_s without a commit or takeover
@@ -12,7 +12,7 @@ One hash per session, `<prefix>s:<id>`:
                              a request whose answer was lost is answered again instead of refused
     holder                   the replica that took it over last (for people reading the store)
 
-A deleted session leaves `<prefix>gone:<id>` = "deleted" for a day (NOT_FOUND says why). Every write is a
+A deleted session leaves `<prefix>gone:{<id>}` = "deleted" for a day (NOT_FOUND says why). Every write is a
 Lua script, atomic in the store: `create` (only if new), `claim` (a takeover: check owner and weights, raise
 the epoch, return the record), `commit` (compare-and-set on epoch and steps; idempotent, so a commit retried
 after a lost reply is recognised), `delete`.
@@ -178,11 +178,13 @@ class SessionStore:
         self.sync = redis.Redis.from_url(url, **kwargs)
         self.aio = aioredis.Redis.from_url(url, **kwargs)
 
+    # The id in braces is a hash tag: a session's two keys land in one slot of a sharded store (Valkey Cluster),
+    # so every script touches one shard.
     def key(self, session_id: str) -> str:
-        return f"{self.prefix}s:{session_id}"
+        return f"{self.prefix}s:{{{session_id}}}"
 
     def gone_key(self, session_id: str) -> str:
-        return f"{self.prefix}gone:{session_id}"
+        return f"{self.prefix}gone:{{{session_id}}}"
 
     def check(self) -> None:
         """Fail fast at start-up: the store answers, and runs Lua scripts."""

@@ -31,9 +31,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="execution provider of the replicas [env NTM_PROVIDER; default auto]")
     up.add_argument("--commit-every", type=int, default=int(env.get("NTM_COMMIT_EVERY", "1")),
                     help="see python -m service --help [env NTM_COMMIT_EVERY; default 1]")
-    up.add_argument("--lb-policy", default=env.get("NTM_CLUSTER_LB_POLICY", "RING_HASH"),
+    up.add_argument("--lb-policy", default=env.get("NTM_CLUSTER_LB_POLICY", "MAGLEV"),
                     choices=("RING_HASH", "MAGLEV"),
-                    help="the proxy's consistent hash [env NTM_CLUSTER_LB_POLICY; default RING_HASH]")
+                    help="the proxy's consistent hash [env NTM_CLUSTER_LB_POLICY; default MAGLEV]")
     up.add_argument("--workdir", type=Path, default=Path(env["NTM_CLUSTER_WORKDIR"])
                     if env.get("NTM_CLUSTER_WORKDIR") else None,
                     help="store data and logs [env NTM_CLUSTER_WORKDIR; default a temporary directory]")

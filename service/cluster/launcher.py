@@ -146,7 +146,7 @@ class LocalCluster:
     provider: str = "cpu"
     commit_every: int = 1
     workdir: Path | None = None
-    lb_policy: str = "RING_HASH"
+    lb_policy: str = "MAGLEV"
     replica_args: list[str] = field(default_factory=list)
     start_timeout_s: float = 180.0
     _tmp: tempfile.TemporaryDirectory[str] | None = None
