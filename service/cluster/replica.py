@@ -394,11 +394,14 @@ class Replica:
                           "last committed step", item.session_id, error.message)
 
     def _drop(self, session: SessionRecord, reason: str) -> None:
-        """Forget the local copy; the store's last commit stays the truth."""
-        if self._held.pop(session, None) is not None:
-            self._metrics.dropped.labels(reason).inc()
-            self.registry.discard(session)
-            log.info("session dropped", extra={"session": session.id, "reason": reason})
+        """Forget the local copy; the store's last commit stays the truth. Out of the registry first, so a
+        call arriving meanwhile takes the session over afresh instead of finding a half-dropped copy."""
+        if session not in self._held:
+            return
+        self.registry.discard(session)  # idempotent; tells _ended, which forgets the Held
+        self._held.pop(session, None)
+        self._metrics.dropped.labels(reason).inc()
+        log.info("session dropped", extra={"session": session.id, "reason": reason})
 
     def _ended(self, session: SessionRecord) -> None:
         """Expired here or deleted: this replica no longer holds it (the store keeps its own TTL)."""
