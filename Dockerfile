@@ -27,6 +27,7 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
     && pip install -r /tmp/requirements.txt \
     && rm /tmp/requirements.txt
 COPY README.md ./
+COPY onnx_contract ./onnx_contract
 COPY service ./service
 RUN pip install --no-deps . \
     && python -c "import service.server, sys; assert 'torch' not in sys.modules" \

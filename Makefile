@@ -1,5 +1,10 @@
 # The two Quickstart commands: `make serve` and `make test`. Each sets up its own virtual environment.
-PYTHON ?= python3.11
+# Python: the first of these that is >= 3.11 (3.11 is what CI runs), unless given: make PYTHON=/path/to/python
+PYTHON_CANDIDATES := python3.11 python3.12 python3.13 python3.14 python3 python
+ifeq ($(origin PYTHON),undefined)
+PYTHON := $(firstword $(foreach p,$(PYTHON_CANDIDATES),$(shell command -v $(p) >/dev/null 2>&1 && \
+	$(p) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null && echo $(p))))
+endif
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PORT ?= 50051
@@ -8,7 +13,10 @@ METRICS_PORT ?= 9090
 .PHONY: serve test lint setup-serve setup-dev export train-all evaluate-all bench bench-quick soak clean proto cluster cluster-faults
 
 $(VENV)/bin/activate:
-	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) (or run make PYTHON=python3)"; exit 1; }
+	@test -n "$(PYTHON)" || { echo "need Python >= 3.11: none of $(PYTHON_CANDIDATES) is (or run make PYTHON=...)"; \
+		exit 1; }
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "$(PYTHON) is older than 3.11"; exit 1; }
+	@echo "using $(PYTHON): $$($(PYTHON) -c 'import sys; print(sys.executable, sys.version.split()[0])')"
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 

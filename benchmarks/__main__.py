@@ -18,7 +18,6 @@ from benchmarks import machine
 from benchmarks.models import find_model
 
 BENCHMARKS = ("engine", "shapes", "service", "memory", "gpu")
-DEFAULT_ONLY = ("engine", "shapes", "service", "memory", "gpu")
 
 
 def _names(text: str) -> tuple[str, ...]:
@@ -54,7 +53,7 @@ def write_summary(out: Path, names: tuple[str, ...], info: dict, model: dict, qu
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny counts: checks the scripts, not the figures")
-    parser.add_argument("--only", type=_names, default=DEFAULT_ONLY,
+    parser.add_argument("--only", type=_names, default=BENCHMARKS,
                         help=f"comma-separated subset of {','.join(BENCHMARKS)} (default: all)")
     parser.add_argument("--out", type=Path, default=None,
                         help="output folder (default benchmarks/results; with --quick, a folder under the system temp "

@@ -22,9 +22,7 @@ from benchmarks import machine
 from benchmarks.models import ModelFolder, load_torch_model
 from benchmarks.ort_engine import (
     DEFAULT,
-    TUNED,
     BoundStep,
-    Options,
     RunStep,
     SequenceRun,
     copy_task_inputs,
@@ -34,6 +32,7 @@ from benchmarks.ort_engine import (
 from benchmarks.profiling import node_counts, profile_step
 from benchmarks.report import Table, fmt_rate, fmt_us, write_result
 from benchmarks.timing import FULL, QUICK, Contender, Timing, TimingPlan, measure
+from service.ort_session import SessionSettings
 
 log = logging.getLogger(__name__)
 
@@ -98,11 +97,11 @@ def build_contenders(model: ModelFolder, torch_model: Any, batch: int, cfg: Engi
             if compiled is not None:
                 contenders.append(Contender(f"torch.compile, {label}", TorchStep(compiled, torch_state(
                     torch_model, batch), steps), batch, set_threads))
-        step_default = make_session(model.graph("step"), DEFAULT.with_threads(threads))
-        step_bound = make_session(model.graph("step"), TUNED.with_threads(threads))
-        seq_session = make_session(model.graph("sequence"), TUNED.with_threads(threads))
+        step_run = make_session(model.graph("step"), DEFAULT.with_threads(threads))
+        step_bound = make_session(model.graph("step"), DEFAULT.with_threads(threads))  # a session per runner
+        seq_session = make_session(model.graph("sequence"), DEFAULT.with_threads(threads))
         contenders.append(Contender(f"onnxruntime step, run(), default options, {label}",
-                                    RunStep(step_default, state, steps), batch))
+                                    RunStep(step_run, state, steps), batch))
         contenders.append(Contender(f"onnxruntime step, IOBinding, {label}",
                                     BoundStep(step_bound, state, steps), batch))
         contenders.append(Contender(f"onnxruntime sequence T={cfg.seq_len}, {label}",
@@ -133,7 +132,7 @@ def measure_engine(model: ModelFolder, torch_model: Any, cfg: EngineConfig
     return results, compile_notes
 
 
-SWEEP: tuple[tuple[str, Callable[[Options], Options]], ...] = (
+SWEEP: tuple[tuple[str, Callable[[SessionSettings], SessionSettings]], ...] = (
     ("onnxruntime defaults (graph optimisation: all)", lambda o: o),
     ("graph optimisation: extended", lambda o: replace(o, level="extended")),
     ("graph optimisation: basic", lambda o: replace(o, level="basic")),
@@ -267,13 +266,13 @@ def run(model: ModelFolder, out_dir: Path, quick: bool, batches: tuple[int, ...]
 
     results, compile_notes = measure_engine(model, torch_model, cfg)
     sweep = sweep_options(model, cfg) if cfg.sweep_batches else {}
-    counts = {"step": node_counts(model.graph("step"), TUNED), "sequence (Scan body included)":
-              node_counts(model.graph("sequence"), TUNED)}
+    counts = {"step": node_counts(model.graph("step"), DEFAULT), "sequence (Scan body included)":
+              node_counts(model.graph("sequence"), DEFAULT)}
     profiles = {}
     for batch in cfg.profile_batches:
         rng = np.random.default_rng(batch)
         profiles[batch] = profile_step(model.graph("step"), initial_state(model.path, batch), copy_task_inputs(
-            rng, INPUT_ROWS, batch, model.config["input_size"]), TUNED, cfg.profile_calls)
+            rng, INPUT_ROWS, batch, model.config["input_size"]), DEFAULT, cfg.profile_calls)
     load_after = machine.load_average()
     note = machine.load_note(load_before, load_after)
 
@@ -306,7 +305,8 @@ def run(model: ModelFolder, out_dir: Path, quick: bool, batches: tuple[int, ...]
         "load_note": note,
         "model": {**model.describe(), "torch_checkpoint_sha256": torch_sha},
         "config": {"batches": list(cfg.batches), "seq_len": cfg.seq_len, "rounds": cfg.plan.rounds,
-                   "round_s": cfg.plan.round_s, "threads": list(thread_counts(cfg)), "iobinding_options": repr(TUNED)},
+                   "round_s": cfg.plan.round_s, "threads": list(thread_counts(cfg)),
+                   "iobinding_options": repr(DEFAULT)},
         "results": {name: {str(b): t.to_json() for b, t in row.items()} for name, row in results.items()},
         "torch_compile": {"tried": cfg.compile, "batches": compile_notes, "summary": compile_text},
         "targets": target_results,

@@ -53,16 +53,6 @@ def shift_roll(weights: Tensor, shift: Tensor, index: Tensor) -> Tensor:
     return out
 
 
-def shift_matmul(weights: Tensor, shift: Tensor, index: Tensor) -> Tensor:
-    """training.addressing.shift with the weighted sum over the S shifts as a MatMul with the shift vector.
-
-    Same gather; the (B, H, N, S) product and ReduceSum become one batched (N, S) @ (S, 1) MatMul.
-    weights (B, H, N), shift (B, H, S), index (N, S) -> (B, H, N)
-    """
-    gathered = weights[..., index]  # (B, H, N, S)
-    return (gathered @ shift.unsqueeze(-1)).squeeze(-1)  # (B, H, N)
-
-
 def sharpen_exp_log(weights: Tensor, gamma: Tensor) -> Tensor:
     """training.addressing.sharpen with w^γ computed as exp(γ log w) (w is clamped to >= 1e-30 first).
 
@@ -96,12 +86,10 @@ CONTENT = "training.addressing.content_weighting"
 VARIANTS: dict[str, dict[str, object]] = {
     "shipped (training/ as is)": {},
     "write: heads unrolled": {WRITE: write_per_head},
-    "shift: gather + MatMul": {SHIFT: shift_matmul},
     "shift: sum of rolls": {SHIFT: shift_roll},
     "sharpen: exp(γ log w)": {SHARPEN: sharpen_exp_log},
     "content: sqrt(sum x²) norms": {CONTENT: content_sum_squares},
     "shift (rolls) + sharpen + content": {SHIFT: shift_roll, SHARPEN: sharpen_exp_log, CONTENT: content_sum_squares},
-    "shift (MatMul) + sharpen + content": {SHIFT: shift_matmul, SHARPEN: sharpen_exp_log,
-                                           CONTENT: content_sum_squares},
+    "shift (shipped) + sharpen + content": {SHARPEN: sharpen_exp_log, CONTENT: content_sum_squares},
 }
 QUICK_VARIANTS = ("shipped (training/ as is)", "shift (rolls) + sharpen + content")

@@ -23,7 +23,7 @@ import onnxruntime as ort
 from benchmarks import machine
 from benchmarks.models import ModelFolder, single_model_dir
 from benchmarks.ort_engine import (
-    TUNED,
+    DEFAULT,
     BoundStep,
     RunStep,
     SequenceRun,
@@ -47,7 +47,7 @@ def cuda_unavailable(model: ModelFolder) -> str | None:
         return "no NVIDIA GPU here (nvidia-smi finds none)"
     ort.set_default_logger_severity(3)  # the provider bridge logs its own load failure; we report it below
     try:
-        sess = make_session(model.graph("step"), TUNED, "cuda")
+        sess = make_session(model.graph("step"), DEFAULT, "cuda")
         state = initial_state(model.path, 1)
         BoundStep(sess, state, copy_task_inputs(np.random.default_rng(0), 2, 1, model.config["input_size"]),
                   "cuda")()
@@ -76,7 +76,7 @@ def accel_label(device: str) -> str:
 
 def _graph_runner(path: Path, state: list[np.ndarray], steps: np.ndarray, graph_ids: tuple[int, int]) -> BoundStep:
     """IOBinding under CUDA graphs: a session of its own (captured graphs belong to a session)."""
-    return BoundStep(make_session(path, TUNED, "cuda", cuda_graph=True), state, steps, "cuda", graph_ids=graph_ids)
+    return BoundStep(make_session(path, DEFAULT, "cuda", cuda_graph=True), state, steps, "cuda", graph_ids=graph_ids)
 
 
 def engine(model: ModelFolder, batches: tuple[int, ...], quick: bool, device: str = "cuda"
@@ -86,9 +86,9 @@ def engine(model: ModelFolder, batches: tuple[int, ...], quick: bool, device: st
     seq_len = 10 if quick else SEQ_LEN
     cores = os.cpu_count() or 1
     path = model.graph("step")
-    sessions = {"cuda": make_session(path, TUNED, device), "cpu1": make_session(path, TUNED),
-                "cpuN": make_session(path, TUNED.with_threads(cores)),
-                "seq": make_session(model.graph("sequence"), TUNED, device)}
+    sessions = {"cuda": make_session(path, DEFAULT, device), "cpu1": make_session(path, DEFAULT),
+                "cpuN": make_session(path, DEFAULT.with_threads(cores)),
+                "seq": make_session(model.graph("sequence"), DEFAULT, device)}
     results: dict[str, dict[int, Timing]] = {}
     errors: dict[str, str] = {}
     acc = accel_label(device)

@@ -15,11 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import onnxruntime as ort
+from onnx_contract import GRAPH_FILES, META_CHECKPOINT, META_CONFIG, META_TASK
+from service.ort_session import open_session
 
 log = logging.getLogger(__name__)
 
-GRAPHS = ("step.onnx", "sequence.onnx", "initial_state.onnx")
+GRAPHS = tuple(GRAPH_FILES.values())
 PREFERRED = ("copy", "repeat_copy", "associative_recall", "priority_sort")
 
 
@@ -52,10 +53,10 @@ def has_graphs(folder: Path) -> bool:
 
 def read_folder(folder: Path, source: str) -> ModelFolder:
     """Read the task, sizes and checkpoint hash from the step graph's metadata (docs/onnx-contract.md)."""
-    meta = ort.InferenceSession(str(folder / "step.onnx"), providers=["CPUExecutionProvider"]).get_modelmeta()
+    meta = open_session(folder / GRAPH_FILES["step"], "cpu").get_modelmeta()
     props = meta.custom_metadata_map
-    return ModelFolder(folder, props["ntm.task"], json.loads(props["ntm.config"]),
-                       props.get("ntm.checkpoint_sha256", ""), source)
+    return ModelFolder(folder, props[META_TASK], json.loads(props[META_CONFIG]),
+                       props.get(META_CHECKPOINT, ""), source)
 
 
 def find_model(models_dir: Path = Path("models"), explicit: Path | None = None) -> ModelFolder:

@@ -11,9 +11,9 @@ from typing import Any
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 
-from benchmarks.ort_engine import BoundStep, Options
+from benchmarks.ort_engine import BoundStep
+from service.ort_session import SessionSettings, open_session
 
 
 def _nodes(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
@@ -27,14 +27,14 @@ def _nodes(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
     return out
 
 
-def node_counts(path: Path, options: Options) -> dict[str, Any]:
+def node_counts(path: Path, settings: SessionSettings) -> dict[str, Any]:
     """Nodes (and op types) of the graph as exported and as onnxruntime runs it after optimisation."""
     exported = _nodes(onnx.load(str(path)).graph)
     with tempfile.TemporaryDirectory() as tmp:
         optimised_path = Path(tmp) / "optimised.onnx"
-        so = options.session_options()
+        so = settings.options()
         so.optimized_model_filepath = str(optimised_path)
-        ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        open_session(path, "cpu", options=so)
         optimised = _nodes(onnx.load(str(optimised_path)).graph)
     return {
         "exported": len(exported),
@@ -44,7 +44,7 @@ def node_counts(path: Path, options: Options) -> dict[str, Any]:
     }
 
 
-def profile_step(step_path: Path, state: list[np.ndarray], inputs: np.ndarray, options: Options,
+def profile_step(step_path: Path, state: list[np.ndarray], inputs: np.ndarray, settings: SessionSettings,
                  calls: int, warmup: int = 10) -> dict[str, Any]:
     """Run the step graph `warmup + calls` times under onnxruntime's profiler; time per call by op type
     over the last `calls` runs.
@@ -53,10 +53,10 @@ def profile_step(step_path: Path, state: list[np.ndarray], inputs: np.ndarray, o
     inside any kernel: the executor's own overhead per node and per call (the profiler adds some).
     """
     with tempfile.TemporaryDirectory() as tmp:
-        so = options.session_options()
+        so = settings.options()
         so.enable_profiling = True
         so.profile_file_prefix = str(Path(tmp) / "ort_profile")
-        sess = ort.InferenceSession(str(step_path), so, providers=["CPUExecutionProvider"])
+        sess = open_session(step_path, "cpu", options=so)
         runner = BoundStep(sess, state, inputs)
         for _ in range(warmup + calls):
             runner()

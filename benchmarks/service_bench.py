@@ -20,16 +20,16 @@ import numpy as np
 from benchmarks import machine
 from benchmarks.loadgen import LoadResult, LoadSpec, run_load
 from benchmarks.models import ModelFolder, single_model_dir
-from benchmarks.ort_engine import BoundStep, Options, copy_task_inputs, initial_state, make_session
+from benchmarks.ort_engine import BoundStep, copy_task_inputs, initial_state, make_session
 from benchmarks.procstat import cpu_seconds
 from benchmarks.report import Table, fmt_rate, write_result
 from benchmarks.server import ServerProcess, metric_sum, running_server, scrape
 from benchmarks.timing import FULL, QUICK, Contender, TimingPlan, measure
+from service.ort_session import SERVER
 
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 256  # the server's --max-batch here, so 256 sessions can share one call
-SERVICE_OPTIONS = Options(threads=1, spinning=False)  # what service/engine.py sets (1 intra-op thread, no spin)
 
 
 @dataclass(frozen=True)
@@ -95,7 +95,7 @@ def run_grid(model: ModelFolder, models_dir: Path, cfg: ServiceConfig, batching:
 def raw_engine(model: ModelFolder, batches: tuple[int, ...], plan: TimingPlan, device: str = "cpu") -> dict[int, float]:
     """Session-steps/s of the bare step graph (IOBinding, the service's session options) per batch size."""
     out = {}
-    sess = make_session(model.graph("step"), SERVICE_OPTIONS, device)
+    sess = make_session(model.graph("step"), SERVER, device)
     for batch in batches:
         steps = copy_task_inputs(np.random.default_rng(batch), 64, batch, model.config["input_size"])
         runner = BoundStep(sess, initial_state(model.path, batch), steps, device)

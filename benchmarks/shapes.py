@@ -21,7 +21,7 @@ import numpy as np
 from benchmarks import machine
 from benchmarks.export_variants import QUICK_VARIANTS, VARIANTS
 from benchmarks.models import ModelFolder, load_torch_model
-from benchmarks.ort_engine import TUNED, BoundStep, copy_task_inputs, initial_state, make_session
+from benchmarks.ort_engine import DEFAULT, BoundStep, copy_task_inputs, initial_state, make_session
 from benchmarks.profiling import node_counts
 from benchmarks.report import Table, fmt_us, write_result
 from benchmarks.timing import FULL, QUICK, Contender, measure
@@ -53,7 +53,7 @@ def parity(graphs: dict[str, bytes], folder: Path, input_size: int, steps: int, 
     state = initial_state(folder, batch)
     finals: dict[str, list[np.ndarray]] = {}
     for name, graph in graphs.items():
-        runner = BoundStep(make_session(graph, TUNED), state, inputs)
+        runner = BoundStep(make_session(graph, DEFAULT), state, inputs)
         outputs = []
         for _ in range(steps):
             runner()
@@ -83,13 +83,13 @@ def run(model: ModelFolder, out_dir: Path, quick: bool) -> dict[str, Any]:
         for i, (name, graph) in enumerate(graphs.items()):
             path = Path(tmp) / f"variant{i}.onnx"
             path.write_bytes(graph)
-            counts[name] = node_counts(path, TUNED)
+            counts[name] = node_counts(path, DEFAULT)
     timings: dict[str, dict[int, Any]] = {}
     for batch in batches:
         rng = np.random.default_rng(batch)
         inputs = copy_task_inputs(rng, 64, batch, model.config["input_size"])
         state = initial_state(model.path, batch)
-        contenders = [Contender(name, BoundStep(make_session(g, TUNED), state, inputs), batch)
+        contenders = [Contender(name, BoundStep(make_session(g, DEFAULT), state, inputs), batch)
                       for name, g in graphs.items()]
         for name, t in measure(contenders, plan).items():
             timings.setdefault(name, {})[batch] = t

@@ -14,9 +14,9 @@ from training.state import NTMState
 
 
 def torch_state(model: NTM, batch: int) -> NTMState:
-    """The initial state as contiguous tensors of their own (expand() views would alias across rows)."""
+    """The initial state as tensors of their own (expand() views would alias across rows)."""
     with torch.no_grad():
-        return NTMState(*(t.detach().clone().contiguous() for t in model.initial_state(batch)))
+        return model.initial_state(batch).owned()
 
 
 class TorchStep:

@@ -7,18 +7,18 @@ from pathlib import Path
 
 import onnx
 
-from export.graphs import (
+from export.graphs import initial_state_graph, sequence_graph, step_graph
+from export.metadata import Shape, graph_metadata, set_metadata, state_shapes
+from export.model_files import Checkpoint, load_checkpoint, model_bytes, write_atomically
+from onnx_contract import (
+    GRAPH_FILES,
+    INITIAL_STATE_OUTPUTS,
     SEQUENCE_INPUTS,
     SEQUENCE_OUTPUTS,
     STEP_INPUTS,
     STEP_OUTPUTS,
-    initial_state_graph,
-    sequence_graph,
-    step_graph,
+    next_name,
 )
-from export.metadata import Shape, graph_metadata, set_metadata, state_shapes
-from export.model_files import GRAPH_FILES, Checkpoint, load_checkpoint, model_bytes, write_atomically
-from training.state import STATE_NAMES
 
 log = logging.getLogger(__name__)
 
@@ -40,13 +40,13 @@ def build_graphs(ckpt: Checkpoint) -> dict[str, onnx.ModelProto]:
         "read_attention": ["T", "B", c.read_heads, c.memory_rows],
         "write_attention": ["T", "B", c.write_heads, c.memory_rows],
         **state,
-        **{f"next_{name}": shape for name, shape in state.items()},
+        **{next_name(name): shape for name, shape in state.items()},
     }
     initial_shapes = {name: [1, *shape[1:]] for name, shape in state.items()}
     specs = {
         "step": (STEP_INPUTS, STEP_OUTPUTS, io_shapes),
         "sequence": (SEQUENCE_INPUTS, SEQUENCE_OUTPUTS, io_shapes),
-        "initial_state": ((), STATE_NAMES, initial_shapes),
+        "initial_state": ((), INITIAL_STATE_OUTPUTS, initial_shapes),
     }
     graphs = {"step": step, "sequence": sequence, "initial_state": initial}
     for name, graph in graphs.items():

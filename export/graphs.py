@@ -9,14 +9,18 @@ from onnx import TensorProto, helper, numpy_helper
 from torch import Tensor, nn
 
 from export.torch_onnx import OPSET, torch_to_onnx
+from onnx_contract import (
+    ATTENTION,
+    ATTENTION_OF,
+    NEXT_STATE,
+    STATE_NAMES,
+    STEP_INPUTS,
+    STEP_OUTPUTS,
+    next_name,
+)
 from training.model import NTM
-from training.state import STATE_NAMES, NTMState
+from training.state import NTMState
 
-STEP_INPUTS: tuple[str, ...] = ("input", *STATE_NAMES)
-NEXT_STATE: tuple[str, ...] = tuple(f"next_{name}" for name in STATE_NAMES)
-STEP_OUTPUTS: tuple[str, ...] = ("output", *NEXT_STATE)
-SEQUENCE_INPUTS: tuple[str, ...] = ("inputs", *STATE_NAMES)
-SEQUENCE_OUTPUTS: tuple[str, ...] = ("outputs", "read_attention", "write_attention", *NEXT_STATE)
 EXAMPLE_BATCH = 2  # any size > 1 works: the batch axis is declared dynamic, never specialised
 
 
@@ -45,7 +49,7 @@ class StepModule(nn.Module):
 def example_state(model: NTM, batch: int) -> NTMState:
     """The initial state as contiguous tensors of their own (expand() views cannot be traced as inputs)."""
     with torch.no_grad():
-        return NTMState(*(t.detach().clone().contiguous() for t in model.initial_state(batch)))
+        return model.initial_state(batch).owned()
 
 
 def step_graph(model: NTM) -> onnx.ModelProto:
@@ -81,7 +85,8 @@ def sequence_graph(step: onnx.ModelProto) -> onnx.ModelProto:
     del body.output[:]
     body.output.extend(_renamed(outputs[name], renames[name]) for name in NEXT_STATE)
     body.output.append(_renamed(outputs["output"], renames["output"]))
-    for scan_name, state_name in (("read_attention", "next_read_weights"), ("write_attention", "next_write_weights")):
+    attention_of = {scan_name: next_name(state) for scan_name, state in ATTENTION_OF.items()}
+    for scan_name, state_name in attention_of.items():
         body.node.append(helper.make_node("Identity", [renames[state_name]], [f"body_out.{scan_name}"]))
         body.output.append(_renamed(outputs[state_name], f"body_out.{scan_name}"))
 
@@ -89,7 +94,7 @@ def sequence_graph(step: onnx.ModelProto) -> onnx.ModelProto:
     scan = helper.make_node(
         "Scan",
         inputs=[*STATE_NAMES, "inputs"],
-        outputs=[*NEXT_STATE, "outputs", "read_attention", "write_attention"],
+        outputs=[*NEXT_STATE, "outputs", *ATTENTION],
         name="ntm_time_scan",
         body=body,
         num_scan_inputs=1,
@@ -98,8 +103,7 @@ def sequence_graph(step: onnx.ModelProto) -> onnx.ModelProto:
     graph_inputs += [_value(name, config_dims[name]) for name in STATE_NAMES]
     graph_outputs = [
         _value("outputs", ["T", *config_dims["output"]]),
-        _value("read_attention", ["T", *config_dims["next_read_weights"]]),
-        _value("write_attention", ["T", *config_dims["next_write_weights"]]),
+        *(_value(scan_name, ["T", *config_dims[state_name]]) for scan_name, state_name in attention_of.items()),
     ]
     graph_outputs += [_value(name, config_dims[name]) for name in NEXT_STATE]
     graph = helper.make_graph([scan], "ntm_sequence", graph_inputs, graph_outputs, initializer=outer_initializers)

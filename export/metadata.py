@@ -7,8 +7,19 @@ from typing import Any
 
 import onnx
 
+from onnx_contract import (
+    JSON_KEYS,
+    META_CHECKPOINT,
+    META_CONFIG,
+    META_ENCODING,
+    META_GRAPH,
+    META_INPUTS,
+    META_OUTPUTS,
+    META_STATE,
+    META_TASK,
+    STATE_NAMES,
+)
 from training.config import NTMConfig
-from training.state import STATE_NAMES
 
 Shape = list[int | str]  # "B" (batch) and "T" (time) are the symbolic dimensions
 
@@ -43,14 +54,14 @@ def graph_metadata(
 ) -> dict[str, str]:
     """All contract keys, JSON with sorted keys so the bytes are stable."""
     return {
-        "ntm.task": task,
-        "ntm.graph": graph,
-        "ntm.config": json.dumps(config.to_dict(), sort_keys=True),
-        "ntm.state": _spec(list(state_shapes(config).items())),
-        "ntm.inputs": _spec(inputs),
-        "ntm.outputs": _spec(outputs),
-        "ntm.encoding": encoding,
-        "ntm.checkpoint_sha256": checkpoint_sha256,
+        META_TASK: task,
+        META_GRAPH: graph,
+        META_CONFIG: json.dumps(config.to_dict(), sort_keys=True),
+        META_STATE: _spec(list(state_shapes(config).items())),
+        META_INPUTS: _spec(inputs),
+        META_OUTPUTS: _spec(outputs),
+        META_ENCODING: encoding,
+        META_CHECKPOINT: checkpoint_sha256,
     }
 
 
@@ -64,5 +75,5 @@ def read_metadata(model: onnx.ModelProto) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for prop in model.metadata_props:
         key, value = prop.key, prop.value
-        out[key] = json.loads(value) if key in ("ntm.config", "ntm.state", "ntm.inputs", "ntm.outputs") else value
+        out[key] = json.loads(value) if key in JSON_KEYS else value
     return out

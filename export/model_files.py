@@ -15,8 +15,6 @@ from training.checkpoint import MODEL_FILE, load_model
 from training.model import NTM
 from training.tasks import get_task
 
-GRAPH_FILES = {"step": "step.onnx", "sequence": "sequence.onnx", "initial_state": "initial_state.onnx"}
-
 
 @dataclass(frozen=True)
 class Checkpoint:

@@ -23,16 +23,15 @@ import onnxruntime as ort
 import torch
 
 from export.compare import DRIFT_TOLERANCE, OP_TOLERANCE, Row, markdown, row
-from export.graphs import STEP_INPUTS
 from export.metadata import read_metadata
-from export.model_files import GRAPH_FILES, Checkpoint, load_checkpoint
+from export.model_files import Checkpoint, load_checkpoint
 from export.ops import PURE_OPS, OpSpec, edge_cases, export_controller, export_pure_op, random_inputs
 from export.runtime import ProviderUnavailable, session
+from onnx_contract import ATTENTION, ATTENTION_OF, GRAPH_FILES, META_CHECKPOINT, STATE_NAMES, STEP_INPUTS
 from training import tasks
 from training.model import NTM
-from training.state import STATE_NAMES, NTMState
+from training.state import NTMState
 
-ATTENTION = {"read_attention": "read_weights", "write_attention": "write_weights"}
 CHUNKS = (7, 13, 1)  # sequence calls cycle through these lengths in the chunked check
 
 
@@ -127,60 +126,91 @@ def model_rows(model: NTM, sess: Sessions, task: str, steps: int = 1000, batch: 
     model in float64 runs alongside, to show the float32 floor of each row (see `Row`).
     """
     inputs = long_inputs(task, model.config.input_size, steps, batch, seed)  # (T, B, I)
-    exact_model = copy.deepcopy(model).double()
+    start = onnx_initial_state(sess.initial_state, batch)
+    rows = _initial_state_rows(model, start)
+    trace = _step_loop(model, sess.step, inputs, start, f"{steps} steps, B={batch}")
+    rows += trace.rows()
+    seq, final = onnx_sequence(sess.sequence, inputs, start)
+    rows += _sequence_rows(trace, seq, final, steps)
+    rows += _chunked_rows(sess.sequence, inputs, start, seq, final)
+    return rows
+
+
+def _initial_state_rows(model: NTM, start: dict[str, np.ndarray]) -> list[Row]:
+    """initial_state.onnx holds exactly the model's initial state."""
     with torch.no_grad():
         initial = {n: t.detach().numpy() for n, t in zip(STATE_NAMES, model.initial_state(1), strict=True)}
-    start = onnx_initial_state(sess.initial_state, batch)
-    rows = [row(f"initial_state: {name}", start[name][:1], initial[name], 0.0) for name in STATE_NAMES]
+    return [row(f"initial_state: {name}", start[name][:1], initial[name], 0.0) for name in STATE_NAMES]
 
-    worst: dict[str, Row] = {}
-    torch_state, onnx_state = dict(start), dict(start)
-    exact_state = {n: v.astype(np.float64) for n, v in start.items()}
-    torch_out, loop_out, exact_out = [], [], []
-    torch_attention: dict[str, list[np.ndarray]] = {k: [] for k in ATTENTION}
-    exact_attention: dict[str, list[np.ndarray]] = {k: [] for k in ATTENTION}
+
+@dataclass
+class _Trace:
+    """The step loop run three ways side by side: torch float32, torch float64 (`exact`) and the ONNX step graph."""
+
+    torch_out: list[np.ndarray]  # per step (B, O)
+    exact_out: list[np.ndarray]
+    loop_out: list[np.ndarray]
+    torch_attention: dict[str, list[np.ndarray]]  # ATTENTION name -> per step (B, R|W, N)
+    exact_attention: dict[str, list[np.ndarray]]
+    torch_state: dict[str, np.ndarray]  # after the last step
+    exact_state: dict[str, np.ndarray]
+    worst: dict[str, Row]  # output and state names -> the worst step's row
+
+    def rows(self) -> list[Row]:
+        """The worst step of every output and state tensor, then the rounded output bits."""
+        expected = np.stack(self.torch_out)  # (T, B, O)
+        differing = int(np.count_nonzero((np.stack(self.loop_out) > 0.5) != (expected > 0.5)))
+        return [*self.worst.values(), _bits_row("step loop vs torch: rounded output bits", differing, expected.size)]
+
+
+def _step_loop(model: NTM, step: ort.InferenceSession, inputs: np.ndarray, start: dict[str, np.ndarray],
+               label: str) -> _Trace:
+    exact_model = copy.deepcopy(model).double()
+    trace = _Trace([], [], [], {k: [] for k in ATTENTION}, {k: [] for k in ATTENTION}, dict(start),
+                   {n: v.astype(np.float64) for n, v in start.items()}, {})
+    onnx_state = dict(start)
     for x in inputs:
-        p_torch, torch_state = torch_step(model, x, torch_state)
-        p_exact, exact_state = torch_step(exact_model, x.astype(np.float64), exact_state)
-        p_onnx, onnx_state = onnx_step(sess.step, x, onnx_state)
-        torch_out.append(p_torch)
-        loop_out.append(p_onnx)
-        exact_out.append(p_exact)
-        for key, state_name in ATTENTION.items():
-            torch_attention[key].append(torch_state[state_name])
-            exact_attention[key].append(exact_state[state_name])
-        for name in ("output", *STATE_NAMES):
-            if name == "output":
-                actual, expected, exact = p_onnx, p_torch, p_exact
-            else:
-                actual, expected, exact = onnx_state[name], torch_state[name], exact_state[name]
-            r = row(f"step loop vs torch: {name}", actual, expected, DRIFT_TOLERANCE, f"{steps} steps, B={batch}",
-                    exact)
-            worst[name] = worst[name].merge(r) if name in worst else r
-    rows += list(worst.values())
+        p_torch, trace.torch_state = torch_step(model, x, trace.torch_state)
+        p_exact, trace.exact_state = torch_step(exact_model, x.astype(np.float64), trace.exact_state)
+        p_onnx, onnx_state = onnx_step(step, x, onnx_state)
+        trace.torch_out.append(p_torch)
+        trace.loop_out.append(p_onnx)
+        trace.exact_out.append(p_exact)
+        for key, state_name in ATTENTION_OF.items():
+            trace.torch_attention[key].append(trace.torch_state[state_name])
+            trace.exact_attention[key].append(trace.exact_state[state_name])
+        compared = {"output": (p_onnx, p_torch, p_exact)}
+        compared.update({n: (onnx_state[n], trace.torch_state[n], trace.exact_state[n]) for n in STATE_NAMES})
+        for name, (actual, expected, exact) in compared.items():
+            r = row(f"step loop vs torch: {name}", actual, expected, DRIFT_TOLERANCE, label, exact)
+            trace.worst[name] = trace.worst[name].merge(r) if name in trace.worst else r
+    return trace
 
-    expected_out = np.stack(torch_out)  # (T, B, O)
-    loop_bits = int(np.count_nonzero((np.stack(loop_out) > 0.5) != (expected_out > 0.5)))
-    rows.append(_bits_row("step loop vs torch: rounded output bits", loop_bits, expected_out.size))
 
-    seq, final = onnx_sequence(sess.sequence, inputs, start)
-    rows.append(row("sequence vs torch: outputs", seq["outputs"], expected_out, DRIFT_TOLERANCE, f"T={steps}",
-                    np.stack(exact_out)))
+def _sequence_rows(trace: _Trace, seq: dict[str, np.ndarray], final: dict[str, np.ndarray], steps: int) -> list[Row]:
+    """The sequence graph against torch: outputs, per-step attention, final state, rounded output bits."""
+    expected_out = np.stack(trace.torch_out)  # (T, B, O)
+    rows = [row("sequence vs torch: outputs", seq["outputs"], expected_out, DRIFT_TOLERANCE, f"T={steps}",
+                np.stack(trace.exact_out))]
     for key in ATTENTION:
-        rows.append(row(f"sequence vs torch: {key}", seq[key], np.stack(torch_attention[key]), DRIFT_TOLERANCE,
-                        exact=np.stack(exact_attention[key])))
+        rows.append(row(f"sequence vs torch: {key}", seq[key], np.stack(trace.torch_attention[key]), DRIFT_TOLERANCE,
+                        exact=np.stack(trace.exact_attention[key])))
     for name in STATE_NAMES:
-        rows.append(row(f"sequence vs torch: final {name}", final[name], torch_state[name], DRIFT_TOLERANCE,
-                        exact=exact_state[name]))
+        rows.append(row(f"sequence vs torch: final {name}", final[name], trace.torch_state[name], DRIFT_TOLERANCE,
+                        exact=trace.exact_state[name]))
     seq_bits = int(np.count_nonzero((seq["outputs"] > 0.5) != (expected_out > 0.5)))
     rows.append(_bits_row("sequence vs torch: rounded output bits", seq_bits, expected_out.size))
+    return rows
 
-    chunked, chunked_final = onnx_sequence_chunked(sess.sequence, inputs, start)
+
+def _chunked_rows(sequence: ort.InferenceSession, inputs: np.ndarray, start: dict[str, np.ndarray],
+                  seq: dict[str, np.ndarray], final: dict[str, np.ndarray]) -> list[Row]:
+    """Chunked sequence calls, each from the state the last one ended in, equal one call exactly."""
+    chunked, chunked_final = onnx_sequence_chunked(sequence, inputs, start)
     label = "+".join(map(str, CHUNKS)) + "+…"
-    for key in seq:
-        rows.append(row(f"sequence chunked {label} vs one call: {key}", chunked[key], seq[key], 0.0))
-    for name in STATE_NAMES:
-        rows.append(row(f"sequence chunked {label} vs one call: final {name}", chunked_final[name], final[name], 0.0))
+    rows = [row(f"sequence chunked {label} vs one call: {key}", chunked[key], seq[key], 0.0) for key in seq]
+    rows += [row(f"sequence chunked {label} vs one call: final {name}", chunked_final[name], final[name], 0.0)
+             for name in STATE_NAMES]
     return rows
 
 
@@ -289,7 +319,7 @@ def check_folder(folder: Path, provider: str, steps: int, batch: int, ops: bool 
     if missing:
         raise FileNotFoundError(f"missing ONNX files {missing}: run `python -m export {folder}`")
     for path in paths.values():
-        recorded = read_metadata(onnx.load(str(path), load_external_data=False)).get("ntm.checkpoint_sha256")
+        recorded = read_metadata(onnx.load(str(path), load_external_data=False)).get(META_CHECKPOINT)
         if recorded != ckpt.sha256:
             raise ValueError(f"{path} was exported from checkpoint {recorded}, but {folder}/checkpoint.pt is "
                              f"{ckpt.sha256}: re-export with `python -m export {folder}`")

@@ -13,7 +13,8 @@ import onnx
 import torch
 
 from export.exporter import build_graphs
-from export.model_files import GRAPH_FILES, load_checkpoint, model_bytes, write_atomically
+from export.model_files import load_checkpoint, model_bytes, write_atomically
+from onnx_contract import GRAPH_FILES
 from training.checkpoint import save_model
 from training.config import NTMConfig
 from training.model import NTM
@@ -63,4 +64,4 @@ def load_graphs(folder: Path) -> dict[str, onnx.ModelProto]:
 
 def shipped_folders(root: Path = Path("models")) -> list[Path]:
     """Model folders that ship ONNX graphs next to an NTM checkpoint (`models/*/step.onnx`)."""
-    return sorted(p.parent for p in root.glob("*/step.onnx") if (p.parent / "checkpoint.pt").is_file())
+    return sorted(p.parent for p in root.glob(f"*/{GRAPH_FILES['step']}") if (p.parent / "checkpoint.pt").is_file())

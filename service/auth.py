@@ -3,6 +3,10 @@
 With no tokens configured every caller is `ANONYMOUS` and owns every session. With tokens, every call
 except health checks needs `authorization: Bearer <token>` (UNAUTHENTICATED otherwise), and the owner
 is a digest of the token, so a session can only be used by the token that created it.
+
+The ModelAdmin service (loading and unloading model versions) has its own tokens (`--admin-tokens`):
+with them set, its calls need one (and session tokens do not do); with session tokens set and no admin
+tokens, it is refused (PERMISSION_DENIED); with no tokens at all it is as open as everything else.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import grpc
 
 ANONYMOUS = "anonymous"
 EXEMPT_PREFIXES = ("/grpc.health.v1.Health/",)
+ADMIN_PREFIX = "/ntm.v1.ModelAdmin/"
 
 
 def owner_of(token: str) -> str:
@@ -44,9 +49,9 @@ class TokenAuth:
         return None
 
 
-def _deny(message: str) -> Callable[..., Awaitable[Any]]:
+def _deny(code: grpc.StatusCode, message: str) -> Callable[..., Awaitable[Any]]:
     async def deny(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+        await context.abort(code, message)
 
     return deny
 
@@ -54,17 +59,34 @@ def _deny(message: str) -> Callable[..., Awaitable[Any]]:
 class AuthInterceptor(grpc.aio.ServerInterceptor):
     """Refuses calls without a valid bearer token before they reach a handler."""
 
-    def __init__(self, auth: TokenAuth) -> None:
+    def __init__(self, auth: TokenAuth, admin: TokenAuth | None = None) -> None:
         self._auth = auth
+        self._admin = admin or TokenAuth(())
+
+    def _refusal(self, method: str, metadata: Sequence[tuple[str, Any]] | None) -> tuple[grpc.StatusCode, str] | None:
+        """Why this call is refused, or None."""
+        if method.startswith(EXEMPT_PREFIXES):
+            return None
+        if method.startswith(ADMIN_PREFIX):
+            if self._admin.enabled:
+                if self._admin.owner(metadata) is None:
+                    return grpc.StatusCode.UNAUTHENTICATED, "ModelAdmin needs an admin bearer token (--admin-tokens)"
+                return None
+            if self._auth.enabled:
+                return grpc.StatusCode.PERMISSION_DENIED, "ModelAdmin is off: the server has no --admin-tokens"
+            return None
+        if self._auth.owner(metadata) is not None:
+            return None
+        return (grpc.StatusCode.UNAUTHENTICATED,
+                "missing or invalid bearer token (metadata 'authorization: Bearer <token>')")
 
     async def intercept_service(self, continuation: Callable[[Any], Awaitable[Any]],
                                 details: grpc.HandlerCallDetails) -> Any:
         handler = await continuation(details)
-        if handler is None or details.method.startswith(EXEMPT_PREFIXES):
+        refusal = None if handler is None else self._refusal(details.method, details.invocation_metadata)
+        if refusal is None:
             return handler
-        if self._auth.owner(details.invocation_metadata) is not None:
-            return handler
-        deny = _deny("missing or invalid bearer token (metadata 'authorization: Bearer <token>')")
+        deny = _deny(*refusal)
         kwargs = {"request_deserializer": handler.request_deserializer,
                   "response_serializer": handler.response_serializer}
         if handler.unary_unary:

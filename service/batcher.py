@@ -1,24 +1,6 @@
-"""Continuous batching: one thread per model applies the queued requests of all its sessions.
-
-Every session has a FIFO of jobs: step requests and control actions (create, read, delete). Jobs of one
-session run strictly in order; a session is in at most one place at a time (waiting, or in the batch).
-
-With batching on, each onnxruntime call steps every session in the batch by one time step. A request
-of T steps keeps its session in the batch for T calls; sessions join (new requests) and leave (finished
-requests) between calls; sessions in the middle of a request always keep their place, so at most
-`max_batch` requests are in progress. A new batch (nothing in progress) waits up to `max_wait` for
-more sessions: until the batch is full, or every session of the previous batch is back.
-
-With batching off, each request runs alone: T = 1 through `step.onnx`, T > 1 in one `sequence.onnx`
-call. That is the baseline the benchmarks compare against.
-
-A request may name the step count it expects its session to stand at (`expect_steps`); it is checked when
-the request's turn comes, and a mismatch refuses it (FAILED_PRECONDITION) without touching the session.
-
-Atomicity: a request is applied whole or not at all. Once started it runs to its end even if its
-caller has gone (cancel, deadline, disconnect). If onnxruntime fails in the middle of a multi-step
-request, the session's row is restored from a copy taken before its first step ("lanes": `max_batch`
-device rows, one per request in progress), and every request of that batch fails with INTERNAL.
+"""Continuous batching, the doing half: one thread per model runs the scheduler's plans on the engine and
+delivers the results. What runs next is decided in service/scheduler.py; the design (batching on and off,
+atomicity, backup lanes, deferred wake-ups) is in docs/service.md ("Continuous batching").
 """
 
 from __future__ import annotations
@@ -26,24 +8,22 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import grpc
 import numpy as np
 
-from service.errors import ServiceError, exhausted, internal, unavailable
+from service.engine import SequenceResult, StepResult
+from service.errors import ServiceError, internal
+from service.jobs import ControlJob, Job, Progress, StepJob, StepOutcome
+from service.scheduler import Scheduler
+from service.sessions import Action, Done, SessionRecord
 
 if TYPE_CHECKING:
     from service.engine import Engine
     from service.metrics import Metrics
-    from service.sessions import SessionRecord
 
 log = logging.getLogger(__name__)
-
-Done = Callable[[Any], None]  # called once, on the batcher thread, with a result or a ServiceError
 
 _thread_state = threading.local()
 
@@ -62,79 +42,23 @@ def defer_wakeup(wake: Callable[[], None]) -> bool:
     return True
 
 
-@dataclass(eq=False)
-class StepJob:
-    """A request: inputs (T, I) for one session."""
-
-    session: SessionRecord
-    inputs: np.ndarray  # (T, I) float32
-    attention: bool
-    done: Done
-    expect_steps: int | None = None  # apply only if the session stands at exactly this many steps
-    submitted: float = field(default_factory=time.perf_counter)
-    t: int = 0  # steps applied so far
-    lane: int | None = None
-    outputs: np.ndarray | None = None  # (T, O)
-    read_weights: np.ndarray | None = None  # (T, R, N)
-    write_weights: np.ndarray | None = None  # (T, W, N)
-
-
-@dataclass(eq=False)
-class ControlJob:
-    """Anything else that touches a session's row (create, read, free), run in the session's order."""
-
-    session: SessionRecord
-    action: Callable[[Engine, SessionRecord], Any]
-    done: Done
-
-
-@dataclass(frozen=True)
-class StepOutcome:
-    outputs: np.ndarray  # (T, O)
-    steps: int  # the session's total after this request
-    read_weights: np.ndarray | None
-    write_weights: np.ndarray | None
-
-
-Job = StepJob | ControlJob
-
-
-def _no_row(engine: Engine, session: SessionRecord) -> None:
-    raise internal(f"session {session.id} has no state row")
-
-
-def _stale(expected: int) -> Callable[[Engine, SessionRecord], None]:
-    def refuse(engine: Engine, session: SessionRecord) -> None:
-        raise ServiceError(grpc.StatusCode.FAILED_PRECONDITION,
-                           f"session {session.id} stands at {session.steps} steps, the request expects {expected}: "
-                           "nothing was applied (GetSession says where it stands)")
-
-    return refuse
-
-
 class Batcher:
+    """A model's thread: runs plans (control jobs, one step call of a batch) and answers every job once."""
+
     def __init__(self, engine: Engine, metrics: Metrics, *, batching: bool = True, max_batch: int = 64,
                  max_wait_s: float = 0.001, max_queue: int = 10_000) -> None:
         self.engine = engine
         self.model = engine.spec.name
-        self.metrics = metrics
         # This model's metric children, looked up once: labels() costs microseconds on every message.
-        self._queue_depth = metrics.queue_depth.labels(self.model)
         self._engine_seconds = metrics.engine_seconds.labels(self.model)
         self._batch_size = metrics.batch_size.labels(self.model)
         self._steps = metrics.steps.labels(self.model)
         self.batching = batching
-        self.max_batch = max_batch if batching else 1
-        self.max_wait_s = max_wait_s
-        self.max_queue = max_queue
-        self._cond = threading.Condition()
-        self._ready: deque[SessionRecord] = deque()  # sessions with a job waiting, in arrival order
-        self._active: list[SessionRecord] = []  # sessions in the middle of a step request
-        self._queued = 0  # jobs waiting or running
-        self._previous: set[str] = set()  # session ids of the last batch
-        self._returned = 0  # how many of them are in _ready again
-        self._free_lanes = list(range(max_batch - 1, -1, -1))
-        self._stopping = False
+        self.scheduler = Scheduler(self.model, batching=batching, max_batch=max_batch if batching else 1,
+                                   max_wait_s=max_wait_s, max_queue=max_queue,
+                                   on_depth=metrics.queue_depth.labels(self.model).set)
+        self._progress: dict[StepJob, Progress] = {}  # requests started and not finished (batching on)
+        self._free_lanes = list(range(max_batch - 1, -1, -1))  # backup rows, one per request in progress
         self._thread = threading.Thread(target=self._loop, name=f"batcher-{self.model}", daemon=True)
 
     # --- called from other threads --------------------------------------------------------------------
@@ -143,35 +67,20 @@ class Batcher:
         self._thread.start()
 
     def submit(self, job: Job, force: bool = False) -> None:
-        """Queue a job behind the session's earlier ones. RESOURCE_EXHAUSTED when the queue is full
-        and UNAVAILABLE once stopping; `force` skips both (jobs that free resources, snapshot reads)."""
-        with self._cond:
-            if self._stopping and not force:
-                raise unavailable("server is shutting down")
-            if self._queued >= self.max_queue and not force:
-                raise exhausted(f"model {self.model}: {self._queued} requests queued (limit {self.max_queue}); "
-                                "retry later")
-            self._queued += 1
-            session = job.session
-            session.jobs.append(job)
-            if not session.scheduled:
-                session.scheduled = True
-                self._ready.append(session)
-                if session.id in self._previous:
-                    self._returned += 1
-                self._cond.notify()
-        self._queue_depth.set(self._queued)
+        """Queue a job behind the session's earlier ones (see Scheduler.submit)."""
+        self.scheduler.submit(job, force)
+
+    def submit_control(self, session: SessionRecord, action: Action, done: Done, force: bool = False) -> None:
+        self.scheduler.submit(ControlJob(session, action, done), force)
 
     def stop(self, timeout: float | None = None) -> None:
         """Finish every queued job, then end the thread."""
-        with self._cond:
-            self._stopping = True
-            self._cond.notify()
+        self.scheduler.stop()
         self._thread.join(timeout)
 
     @property
     def queued(self) -> int:
-        return self._queued
+        return self.scheduler.queued
 
     # --- the batcher thread ---------------------------------------------------------------------------
 
@@ -188,67 +97,18 @@ class Batcher:
     def _loop(self) -> None:
         _thread_state.wakeups = []
         while True:
-            if not self._active:  # about to wait or to start a new batch: answer first (else: before the step)
+            if not self._progress:  # about to wait or to start a new batch: answer first (else: before the step)
                 self._wake_callers()
-            with self._cond:
-                while not self._ready and not self._active:
-                    if self._stopping:
-                        return
-                    self._cond.wait()
-                if self.batching and not self._active:
-                    self._wait_for_batch()
-                controls, batch = self._take()
-            for job in controls:
+            plan = self.scheduler.next_plan()
+            if plan is None:
+                return
+            for job in plan.controls:
                 self._run_control(job)
-            if batch:
+            if plan.batch:
                 if self.batching:
-                    self._iterate(batch)
+                    self._iterate(plan.batch)
                 else:
-                    self._run_alone(batch[0])
-
-    def _wait_for_batch(self) -> None:
-        """Let a new batch fill: until full, every session of the last batch is back, or max_wait."""
-        deadline = time.monotonic() + self.max_wait_s
-        while not self._stopping and len(self._ready) < self.max_batch:
-            if self._previous and self._returned >= len(self._previous):
-                return
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return
-            self._cond.wait(remaining)
-
-    def _take(self) -> tuple[list[ControlJob], list[SessionRecord]]:
-        """Under the lock: control jobs to run now, and the sessions of the next step call."""
-        controls: list[ControlJob] = []
-        batch = list(self._active)
-        while self._ready and len(batch) < self.max_batch:
-            session = self._ready.popleft()
-            job = session.jobs[0]
-            if isinstance(job, ControlJob):
-                controls.append(job)  # the session comes back to _ready after it, if it has more jobs
-            elif session.slot < 0:  # no row (never happens: ids are handed out after the row exists)
-                controls.append(ControlJob(session, _no_row, job.done))
-            elif job.expect_steps is not None and job.expect_steps != session.steps:  # checked when its turn comes
-                controls.append(ControlJob(session, _stale(job.expect_steps), job.done))
-            else:
-                batch.append(session)
-        if batch:
-            self._previous = {s.id for s in batch}
-            self._returned = 0  # none of them is in _ready now: a session is in one place at a time
-        return controls, batch
-
-    def _finish(self, session: SessionRecord, count: int = 1) -> None:
-        """A session's head job is done: back to _ready if it has more (at the end: fairness)."""
-        with self._cond:
-            session.jobs.popleft()
-            self._queued -= count
-            if session.jobs:
-                self._ready.append(session)
-                if session.id in self._previous:
-                    self._returned += 1
-            else:
-                session.scheduled = False
-        self._queue_depth.set(self._queued)
+                    self._run_alone(plan.batch[0])
 
     def _run_control(self, job: ControlJob) -> None:
         try:
@@ -258,103 +118,100 @@ class Batcher:
         except Exception as err:
             log.exception("model %s: control action failed", self.model)
             result = internal(f"engine failure: {err}")
-        self._finish(job.session)
+        self.scheduler.finish(job.session)
         self._deliver(job, result)
 
-    def _start(self, job: StepJob) -> None:
-        t, out = len(job.inputs), self.engine.spec.output_size
-        job.outputs = np.empty((t, out), dtype=np.float32)  # (T, O)
-        if job.attention:
-            shapes = self.engine.spec.state_shapes
-            job.read_weights = np.empty((t, *shapes["read_weights"]), dtype=np.float32)  # (T, R, N)
-            job.write_weights = np.empty((t, *shapes["write_weights"]), dtype=np.float32)  # (T, W, N)
+    def _started(self, job: StepJob) -> Progress:
+        progress = self._progress.get(job)
+        if progress is None:
+            progress = Progress.start(job, self.engine.spec.output_size, self.engine.spec.state_shapes)
+            self._progress[job] = progress
+        return progress
 
-    def _iterate(self, batch: list[SessionRecord]) -> None:
-        """One onnxruntime step for every session in the batch."""
-        jobs: list[StepJob] = [s.jobs[0] for s in batch]  # type: ignore[misc]
-        starting = [j for j in jobs if j.t == 0]
-        for job in starting:
-            self._start(job)
-        saving = [j for j in starting if len(j.inputs) > 1]
-        slots = np.fromiter((s.slot for s in batch), dtype=np.int64, count=len(batch))  # (B,)
-        x = np.stack([j.inputs[j.t] for j in jobs])  # (B, I)
-        attention = any(j.attention for j in jobs)
+    def _iterate(self, batch: list[StepJob]) -> None:
+        """One onnxruntime step for every request in the batch."""
+        progress = [self._started(job) for job in batch]
+        saving = [p for p in progress if p.t == 0 and p.job.steps > 1]  # multi-step requests, before step 1
+        slots = np.fromiter((job.session.slot for job in batch), dtype=np.int64, count=len(batch))  # (B,)
+        x = np.stack([p.job.inputs[p.t] for p in progress])  # (B, I)
+        attention = any(job.attention for job in batch)
         self._wake_callers()  # the event loop answers the finished requests while onnxruntime runs
         began = time.perf_counter()
         try:
             if saving:
-                for job in saving:
-                    job.lane = self._free_lanes.pop()
-                self.engine.save_rows([j.session.slot for j in saving], [j.lane for j in saving])  # type: ignore[misc]
+                for p in saving:
+                    p.lane = self._free_lanes.pop()
+                self.engine.save_rows([p.job.session.slot for p in saving], [p.lane for p in saving])
             result = self.engine.step(slots, x, attention)
         except Exception as err:
             log.exception("model %s: step of %d sessions failed", self.model, len(batch))
-            self._fail_batch(jobs, err)
+            self._fail(batch, err)
             return
-        self._engine_seconds.observe(time.perf_counter() - began)
-        self._batch_size.observe(len(batch))
-        self._steps.inc(len(batch))
-        for b, job in enumerate(jobs):
-            job.outputs[job.t] = result.outputs[b]  # type: ignore[index]
-            if job.attention:
-                job.read_weights[job.t] = result.read_weights[b]  # type: ignore[index]
-                job.write_weights[job.t] = result.write_weights[b]  # type: ignore[index]
-            job.t += 1
-        with self._cond:
-            self._active = [j.session for j in jobs if j.t < len(j.inputs)]
-        for job in jobs:
-            if job.t == len(job.inputs):
-                self._complete(job)
+        self._observe(began, len(batch), len(batch))
+        for b, p in enumerate(progress):
+            p.record(result.outputs[b],
+                     None if result.read_weights is None else result.read_weights[b],
+                     None if result.write_weights is None else result.write_weights[b])
+        self.scheduler.carry([p.job for p in progress if not p.finished])
+        for p in progress:
+            if p.finished:
+                self._release(p)
+                self._complete(p.job, p.outputs, p.read_weights, p.write_weights)
 
-    def _run_alone(self, session: SessionRecord) -> None:
+    def _run_alone(self, job: StepJob) -> None:
         """Batching off: the whole request in one call."""
-        job: StepJob = session.jobs[0]  # type: ignore[assignment]
-        self._start(job)
         self._wake_callers()
         began = time.perf_counter()
+        slot = job.session.slot
         try:
-            if len(job.inputs) == 1:
-                r = self.engine.step(np.array([session.slot], dtype=np.int64), job.inputs, job.attention)
+            result: StepResult | SequenceResult
+            if job.steps == 1:
+                result = self.engine.step(np.array([slot], dtype=np.int64), job.inputs, job.attention)
             else:
-                r = self.engine.sequence(session.slot, job.inputs, job.attention)  # type: ignore[assignment]
+                result = self.engine.sequence(slot, job.inputs, job.attention)
         except Exception as err:
-            log.exception("model %s: request of session %s failed", self.model, session.id)
-            self._fail_batch([job], err)
+            log.exception("model %s: request of session %s failed", self.model, job.session.id)
+            self._fail([job], err)
             return
-        self._engine_seconds.observe(time.perf_counter() - began)
-        self._batch_size.observe(1)
-        self._steps.inc(len(job.inputs))
-        job.outputs, job.read_weights, job.write_weights = r.outputs, r.read_weights, r.write_weights
-        job.t = len(job.inputs)
-        self._complete(job)
+        self._observe(began, 1, job.steps)
+        self._complete(job, result.outputs, result.read_weights, result.write_weights)
 
-    def _complete(self, job: StepJob) -> None:
+    def _observe(self, began: float, batch: int, steps: int) -> None:
+        self._engine_seconds.observe(time.perf_counter() - began)
+        self._batch_size.observe(batch)
+        self._steps.inc(steps)
+
+    def _release(self, progress: Progress) -> None:
+        """Forget a request's progress and give its backup lane back."""
+        del self._progress[progress.job]
+        if progress.lane is not None:
+            self._free_lanes.append(progress.lane)
+            progress.lane = None
+
+    def _complete(self, job: StepJob, outputs: np.ndarray, read_weights: np.ndarray | None,
+                  write_weights: np.ndarray | None) -> None:
         session = job.session
-        session.steps += len(job.inputs)
-        if job.lane is not None:
-            self._free_lanes.append(job.lane)
-            job.lane = None
-        outcome = StepOutcome(job.outputs, session.steps, job.read_weights, job.write_weights)  # type: ignore[arg-type]
-        self._finish(session)
+        session.steps += job.steps
+        outcome = StepOutcome(outputs, session.steps, read_weights, write_weights)
+        self.scheduler.finish(session)
         self._deliver(job, outcome)
 
-    def _fail_batch(self, jobs: list[StepJob], err: Exception) -> None:
+    def _fail(self, jobs: list[StepJob], err: Exception) -> None:
         """Undo the steps already applied by the batch's requests, then fail them all."""
-        undo = [j for j in jobs if j.t > 0 and j.lane is not None]
+        started = [p for job in jobs if (p := self._progress.get(job)) is not None]
+        undo = [p for p in started if p.t > 0 and p.lane is not None]
         if undo:
             try:
-                self.engine.restore_rows([j.lane for j in undo], [j.session.slot for j in undo])  # type: ignore[misc]
+                self.engine.restore_rows([p.lane for p in undo if p.lane is not None],
+                                         [p.job.session.slot for p in undo])
             except Exception:
                 log.exception("model %s: could not restore %d sessions after a failed step", self.model, len(undo))
-        with self._cond:
-            self._active = []
+        for p in started:
+            self._release(p)
+        self.scheduler.carry([])
         error = internal(f"engine failure, request not applied: {err}")
         for job in jobs:
-            if job.lane is not None:
-                self._free_lanes.append(job.lane)
-                job.lane = None
-            job.t = 0
-            self._finish(job.session)
+            self.scheduler.finish(job.session)
             self._deliver(job, error)
 
     def _deliver(self, job: Job, result: Any) -> None:

@@ -57,6 +57,8 @@ class SessionInfo:
     expires_at: datetime
     ttl_seconds: float
     state: SessionStateData | None = None
+    version: int = 0  # the model version it runs on, for life
+    checkpoint_sha256: str = ""  # that version's weights
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,7 @@ class SessionStateData:
     steps: int
     tensors: dict[str, np.ndarray]
     checkpoint_sha256: str = ""
+    version: int = 0
 
 
 @dataclass(frozen=True)
@@ -92,11 +95,12 @@ _CODES = {code.value[0]: code for code in grpc.StatusCode}
 def _state_data(message: ntm_pb2.SessionState) -> SessionStateData:
     return SessionStateData(message.model, message.steps,
                             {name: to_array(t, name) for name, t in message.tensors.items()},
-                            message.checkpoint_sha256)
+                            message.checkpoint_sha256, message.version)
 
 
 def _state_message(state: SessionStateData) -> ntm_pb2.SessionState:
-    message = ntm_pb2.SessionState(model=state.model, steps=state.steps, checkpoint_sha256=state.checkpoint_sha256)
+    message = ntm_pb2.SessionState(model=state.model, steps=state.steps, checkpoint_sha256=state.checkpoint_sha256,
+                                   version=state.version)
     for name, array in state.tensors.items():
         message.tensors[name].CopyFrom(to_tensor(array))
     return message
@@ -105,7 +109,7 @@ def _state_message(state: SessionStateData) -> ntm_pb2.SessionState:
 def _session_info(message: ntm_pb2.Session) -> SessionInfo:
     state = _state_data(message.state) if message.HasField("state") else None
     return SessionInfo(message.session_id, message.model, message.steps, message.expires_at.ToDatetime(tzinfo=UTC),
-                       message.ttl_seconds, state)
+                       message.ttl_seconds, state, message.version, message.checkpoint_sha256)
 
 
 def _step_output(response: ntm_pb2.StepResponse) -> StepOutput:
@@ -262,9 +266,10 @@ class NTMClient:
     def list_models(self) -> list[ntm_pb2.ModelInfo]:
         return list(self._call("ListModels", ntm_pb2.ListModelsRequest()).models)  # type: ignore[attr-defined]
 
-    def create_session(self, model: str, ttl_seconds: float = 0.0) -> SessionInfo:
-        return _session_info(self._call("CreateSession", ntm_pb2.CreateSessionRequest(model=model,
-                                                                                    ttl_seconds=ttl_seconds)))
+    def create_session(self, model: str, ttl_seconds: float = 0.0, version: int | None = None) -> SessionInfo:
+        """A new session on `version` of the model (default: the newest); it stays on that version."""
+        request = ntm_pb2.CreateSessionRequest(model=model, ttl_seconds=ttl_seconds, version=version)
+        return _session_info(self._call("CreateSession", request))
 
     def get_session(self, session_id: str, include_state: bool = False) -> SessionInfo:
         request = ntm_pb2.GetSessionRequest(session_id=session_id, include_state=include_state)
@@ -435,11 +440,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(table)
     print(f"bit errors: {errors} of {example.targets.size}")
     if args.plot:
-        from training.plots import attention_figure  # matplotlib only (no torch); the [train] extra
+        from training.plots import attention_figure, used_rows  # matplotlib only (no torch); the [train] extra
 
         memory = final.tensors["memory"] if final else None
+        heads = [w for w in (out.read_weights, out.write_weights) if w is not None]  # (T, R|W, N) each
+        rows = used_rows(np.concatenate(heads, axis=1)) if heads else None  # the heads' path, not all N rows
         attention_figure(example.inputs, example.targets, out.outputs, out.read_weights, out.write_weights,  # type: ignore[arg-type]
-                         memory, args.plot, f"{args.task} via the NTM service ({errors} bit errors)")
+                         memory, args.plot, f"{args.task} via the NTM service ({errors} bit errors)", rows)
         print(f"wrote {args.plot}")
     return 0
 

@@ -81,6 +81,8 @@ class ServiceConfig:
     health_port: int = -1
     log_level: str = "INFO"
     log_format: str = "json"
+    model_poll_interval_s: float = 10.0
+    admin_tokens: tuple[str, ...] = field(default=(), repr=False)
     store_url: str = ""
     replica_name: str = ""
     commit_every: int = 1
@@ -92,7 +94,8 @@ class ServiceConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("max_wait_ms", "max_sessions_per_owner", "grace_s", "device_id", "drain_delay_s"):
+        for name in ("max_wait_ms", "max_sessions_per_owner", "grace_s", "device_id", "model_poll_interval_s",
+                     "drain_delay_s"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("default_ttl_s", "max_ttl_s", "reap_interval_s", "snapshot_interval_s"):
@@ -119,7 +122,8 @@ class ServiceConfig:
 
 
 SETTINGS: tuple[Setting, ...] = (
-    Setting("models", Path, "directory whose subfolders each hold step.onnx, sequence.onnx, initial_state.onnx"),
+    Setting("models", Path, "model folders: <name>/ (the three ONNX graphs: version 1) or <name>/<version>/ "
+            "(several versions side by side)"),
     Setting("host", str, "gRPC bind address"),
     Setting("port", int, "gRPC port (0 picks a free one, logged)"),
     Setting("metrics_host", str, "Prometheus metrics bind address"),
@@ -160,6 +164,10 @@ SETTINGS: tuple[Setting, ...] = (
             "(-1: off; health is always on the main port too)"),
     Setting("log_level", str, "DEBUG, INFO, WARNING or ERROR", choices=("DEBUG", "INFO", "WARNING", "ERROR")),
     Setting("log_format", str, "json (one JSON object per line) or text", choices=("json", "text")),
+    Setting("model_poll_interval_s", float, "seconds between looks at the models directory: new version folders "
+            "are loaded, removed ones unloaded once their sessions end (0: no polling; ModelAdmin calls only)"),
+    Setting("admin_tokens", _tokens, "comma-separated bearer tokens for the ModelAdmin service (load and unload "
+            "model versions); with auth_tokens set and this empty, ModelAdmin is refused (PERMISSION_DENIED)"),
     Setting("store_url", str, "replica mode: URL of the shared Redis-compatible session store (redis://host:port); "
             "sessions live there and any replica can take one over (empty: single process, sessions in memory)"),
     Setting("replica_name", str, "this replica's name in the store and logs (empty: host:pid)"),

@@ -1,29 +1,8 @@
-"""One served model: its three ONNX graphs in onnxruntime, on one execution provider, over IOBinding.
+"""One served model: its three ONNX graphs in onnxruntime on one provider, and its sessions' device states.
 
-The state of every session lives in the model's `StatePool` (device tensors, see service/state_pool.py).
-A step of a batch of sessions is three onnxruntime calls on the same provider and never copies state to
-the host: gather the sessions' rows, run `step.onnx` on them, scatter the next state back in place. Only
-the inputs (B, I) go in and the outputs (B, O) (and, when asked, the head weightings) come out.
-
-Batch invariance: every call runs on a multiple of `ROW_MULTIPLE` rows, padding with scratch rows of
-the pool. onnxruntime's CPU Softplus and Log kernels (Eigen, 4-float SSE packets) round an element
-differently in the vector body and in the scalar tail of a tensor, so without padding a session's
-numbers would depend on how many sessions share its call (a tail row differs by ~1 ulp per step, which
-a trained NTM amplifies to 1e-4 within a few hundred steps on random inputs). With the batch a multiple
-of 4 every row takes the vector path: a session's outputs are bit-for-bit the same in any batch, at any
-row, batched or not (tests/test_service_batching.py).
-
-Resident batch: streaming keeps mostly the same sessions in consecutive calls (a request of T steps keeps
-its session in the batch for T calls). Their state stays in two batch-contiguous buffer sets stepped in
-turn (A -> B, then B -> A, outputs bound to the spare set): no gather, no scatter, no allocation per step.
-Each session keeps its position in the buffers while it stays; between calls only the sessions that leave
-are copied back to their pool rows and only those that join are copied in, into free positions. Free
-positions (holes) are padding: they run blank steps whose results are dropped. The buffers are rebuilt
-compactly when the batch outgrows them or shrinks below 3/4 of them, and written back whole (`flush`)
-before anything else touches the pool (create, read, free, restore, a sequence call). A row's numbers do
-not depend on its position or its neighbours (the buffers are a multiple of `ROW_MULTIPLE` rows), so
-they are bit for bit those of a gather/step/scatter call.
-
+A step of a batch touches only device tensors (the pool, the resident batch's buffers) and brings just the
+inputs in and the outputs out. Why every call runs on a multiple of `ROW_MULTIPLE` rows, and how the
+resident batch moves sessions in and out: docs/service.md ("State on the device", "Batch invariance").
 An `Engine` is used by one thread only (its model's batcher); it is not thread-safe.
 """
 
@@ -38,19 +17,33 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from service.graphs import STATE_NAMES
+from onnx_contract import (
+    ATTENTION,
+    GRAPH_FILES,
+    INITIAL_STATE_OUTPUTS,
+    META_CHECKPOINT,
+    META_CONFIG,
+    META_ENCODING,
+    META_STATE,
+    META_TASK,
+    SEQUENCE_INPUTS,
+    SEQUENCE_OUTPUTS,
+    SERVED_KEYS,
+    STATE_NAMES,
+    STEP_INPUTS,
+    STEP_OUTPUTS,
+    next_name,
+)
+from service.ort_session import CUDA, ProviderUnavailable, SessionSettings, open_session, provider_name
 from service.state_pool import Device, PoolGraphs, StatePool
+from service.stepping import PingPong
 
 log = logging.getLogger(__name__)
 
-GRAPH_FILES = {"step": "step.onnx", "sequence": "sequence.onnx", "initial_state": "initial_state.onnx"}
-STEP_INPUTS = ("input", *STATE_NAMES)
-STEP_OUTPUTS = ("output", *(f"next_{s}" for s in STATE_NAMES))
-SEQUENCE_INPUTS = ("inputs", *STATE_NAMES)
-SEQUENCE_OUTPUTS = ("outputs", "read_attention", "write_attention", *(f"next_{s}" for s in STATE_NAMES))
-CUDA = "CUDAExecutionProvider"
-CPU = "CPUExecutionProvider"
-ROW_MULTIPLE = 4  # every onnxruntime call runs on a multiple of this many rows (see the module docstring)
+# Every onnxruntime call runs on a multiple of this many rows: onnxruntime's CPU Softplus and Log kernels round
+# an element differently in the vector body and the scalar tail, so padding keeps a session's numbers
+# independent of how many sessions share its call (docs/service.md, "Batch invariance").
+ROW_MULTIPLE = 4
 
 
 class ModelLoadError(RuntimeError):
@@ -83,18 +76,11 @@ class _Resident:
 
     where: dict[int, int]  # pool row -> its position in the buffers
     free: list[int]  # positions holding no session (padding)
-    state: list[ort.OrtValue]  # six (P, ...) tensors: the current state, P a multiple of ROW_MULTIPLE
-    spare: list[ort.OrtValue]  # six (P, ...) tensors: where the next step writes
-    binding: ort.IOBinding  # state -> spare bound; input and output are rebound each call
-    next_binding: ort.IOBinding  # spare -> state bound: the binding of the following call
+    buffers: PingPong  # P rows, P a multiple of ROW_MULTIPLE; `buffers.state` is the current state
 
     @property
     def size(self) -> int:
         return len(self.where) + len(self.free)
-
-    def swap(self) -> None:
-        self.state, self.spare = self.spare, self.state
-        self.binding, self.next_binding = self.next_binding, self.binding
 
 
 @dataclass(frozen=True)
@@ -111,50 +97,25 @@ class SequenceResult:
     write_weights: np.ndarray | None  # (T, W, N) when asked
 
 
-def provider_options(provider: str, device_id: int) -> list[Any]:
-    """onnxruntime's provider list for a request: CUDA with TF32 off (exact float32 matmuls), or CPU."""
-    if provider == "cpu":
-        return [CPU]
-    return [(CUDA, {"device_id": str(device_id), "use_tf32": "0"}), CPU]
-
-
-def session_options(threads: int) -> ort.SessionOptions:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # don't burn idle cores
-    options.log_severity_level = 3
-    return options
-
-
-def open_session(model: str | bytes, provider: str, device_id: int, threads: int) -> ort.InferenceSession:
-    """An InferenceSession on exactly the provider asked for; CUDA is checked to have really loaded.
-
-    onnxruntime-gpu lists CUDA as available even when its libraries are missing and then silently runs
-    on CPU, so the session's own `get_providers()` is the truth.
-    """
-    if provider == "cuda" and CUDA not in ort.get_available_providers():
-        raise ModelLoadError("provider cuda asked for, but this onnxruntime build has no CUDAExecutionProvider")
-    session = ort.InferenceSession(model, session_options(threads), providers=provider_options(provider, device_id))
-    got = session.get_providers()
-    if provider == "cuda" and got[0] != CUDA:
-        raise ModelLoadError(f"provider cuda asked for, but CUDAExecutionProvider did not load (running {got})")
-    return session
+def _open(model: str | Path | bytes, provider: str, device_id: int, threads: int) -> ort.InferenceSession:
+    """A session with the server's settings; a provider that does not load is a ModelLoadError."""
+    try:
+        return open_session(model, provider, SessionSettings(threads=threads), device_id)
+    except ProviderUnavailable as err:
+        raise ModelLoadError(str(err)) from err
 
 
 def resolve_provider(choice: str, device_id: int, probe: Path) -> str:
     """'auto' -> 'cuda' when a real CUDA session loads `probe`, else 'cpu'; 'cuda' fails loudly; 'cpu' is cpu."""
     if choice != "auto":
         if choice == "cuda":
-            open_session(str(probe), "cuda", device_id, 1)
+            _open(probe, "cuda", device_id, 1)
         return choice
     if CUDA not in ort.get_available_providers():
         log.info("provider auto: this onnxruntime has no CUDA provider; using CPU")
         return "cpu"
     try:
-        open_session(str(probe), "cuda", device_id, 1)
+        _open(probe, "cuda", device_id, 1)
     except Exception as err:  # any failure to bring CUDA up means: run on CPU
         log.warning("provider auto: CUDA did not load (%s); using CPU", err)
         return "cpu"
@@ -163,7 +124,7 @@ def resolve_provider(choice: str, device_id: int, probe: Path) -> str:
 
 def _metadata(session: ort.InferenceSession, path: Path) -> dict[str, str]:
     props = dict(session.get_modelmeta().custom_metadata_map)
-    for key in ("ntm.task", "ntm.config", "ntm.state", "ntm.graph", "ntm.checkpoint_sha256"):
+    for key in SERVED_KEYS:
         if key not in props:
             raise ModelLoadError(f"{path}: metadata key {key!r} missing (docs/onnx-contract.md)")
     return props
@@ -177,18 +138,18 @@ def _check_names(session: ort.InferenceSession, path: Path, inputs: tuple[str, .
 
 
 def read_spec(name: str, props: dict[str, str]) -> ModelSpec:
-    config = json.loads(props["ntm.config"])
-    state = json.loads(props["ntm.state"])
+    config = json.loads(props[META_CONFIG])
+    state = json.loads(props[META_STATE])
     names = tuple(entry["name"] for entry in state)
     if names != STATE_NAMES:
         raise ModelLoadError(f"model {name}: state tensors {names}, the contract says {STATE_NAMES}")
     shapes = {entry["name"]: tuple(int(d) for d in entry["shape"][1:]) for entry in state}
     return ModelSpec(
         name=name,
-        task=props["ntm.task"],
+        task=props[META_TASK],
         config=config,
-        encoding=props.get("ntm.encoding", ""),
-        checkpoint_sha256=props["ntm.checkpoint_sha256"],
+        encoding=props.get(META_ENCODING, ""),
+        checkpoint_sha256=props[META_CHECKPOINT],
         state_shapes=shapes,
     )
 
@@ -197,28 +158,29 @@ class Engine:
     """A model's onnxruntime sessions and the device-resident states of its sessions."""
 
     def __init__(self, folder: Path, provider: str, device_id: int = 0, threads: int = 1,
-                 initial_capacity: int = 64, lanes: int = 64) -> None:
-        self.folder = folder
-        self.provider = CUDA if provider == "cuda" else CPU
-        self.device = Device("cuda" if provider == "cuda" else "cpu", device_id)
+                 initial_capacity: int = 64, lanes: int = 64, name: str | None = None) -> None:
+        self.folder = folder  # `name`: the model's name when the folder is a version folder (models/<name>/<version>)
+        self.provider = provider  # "cpu" or "cuda", as asked
+        self.execution_provider = provider_name(provider)  # onnxruntime's name for it (what ListModels reports)
+        self.device = Device(provider, device_id)
         paths = {graph: folder / file for graph, file in GRAPH_FILES.items()}
         for path in paths.values():
             if not path.is_file():
                 raise ModelLoadError(f"{folder}: {path.name} missing")
         # Read each file once: a re-export (atomic renames) between two reads could mix checkpoints.
         data = {graph: path.read_bytes() for graph, path in paths.items()}
-        self._step = open_session(data["step"], provider, device_id, threads)
-        self._sequence = open_session(data["sequence"], provider, device_id, threads)
-        initial = open_session(data["initial_state"], provider, device_id, threads)
+        self._step = _open(data["step"], provider, device_id, threads)
+        self._sequence = _open(data["sequence"], provider, device_id, threads)
+        initial = _open(data["initial_state"], provider, device_id, threads)
         _check_names(self._step, paths["step"], STEP_INPUTS, STEP_OUTPUTS)
         _check_names(self._sequence, paths["sequence"], SEQUENCE_INPUTS, SEQUENCE_OUTPUTS)
-        _check_names(initial, paths["initial_state"], (), STATE_NAMES)
+        _check_names(initial, paths["initial_state"], (), INITIAL_STATE_OUTPUTS)
         props = {graph: _metadata(s, paths[graph]) for graph, s in
                  (("step", self._step), ("sequence", self._sequence), ("initial_state", initial))}
-        hashes = {p["ntm.checkpoint_sha256"] for p in props.values()}
+        hashes = {p[META_CHECKPOINT] for p in props.values()}
         if len(hashes) != 1:
             raise ModelLoadError(f"{folder}: the three graphs come from different checkpoints (re-export it)")
-        self.spec = read_spec(folder.name, props["step"])
+        self.spec = read_spec(name or folder.name, props["step"])
         # The initial state, kept on the host: a new session's row is written from it once.
         values = initial.run(None, {})
         self.initial_state = {s: np.ascontiguousarray(v[0]) for s, v in zip(STATE_NAMES, values, strict=True)}
@@ -226,12 +188,12 @@ class Engine:
             if self.initial_state[s].shape != shape:
                 got = self.initial_state[s].shape
                 raise ModelLoadError(f"{folder}: initial {s} has shape {got}, metadata says {shape}")
-        graphs = PoolGraphs(lambda model: open_session(model, provider, device_id, 1))
+        graphs = PoolGraphs(lambda model: _open(model, provider, device_id, 1))
         self.pool = StatePool(self.spec.state_shapes, self.device, graphs, initial_capacity)
         self.backup = StatePool(self.spec.state_shapes, self.device, graphs, lanes, growable=False)
         # Rows that pad a batch to a multiple of ROW_MULTIPLE: they run blank steps, their results unused.
         self._resident: _Resident | None = None
-        self._buffers: tuple[list[ort.OrtValue], list[ort.OrtValue]] | None = None  # reused while B' is unchanged
+        self._buffers: PingPong | None = None  # reused while the padded batch size is unchanged
         self._scratch = np.array([self.new_row() for _ in range(ROW_MULTIPLE - 1)], dtype=np.int64)
 
     # --- sessions' rows -------------------------------------------------------------------------------
@@ -260,7 +222,8 @@ class Engine:
         held = [(where[s], lane) for s, lane in zip(slots, lanes, strict=True) if s in where]
         rest = [(s, lane) for s, lane in zip(slots, lanes, strict=True) if s not in where]
         if held and resident is not None:
-            self.pool.copy_rows(resident.state, self.backup.tensors, [p for p, _ in held], [lane for _, lane in held])
+            self.pool.copy_rows(resident.buffers.state, self.backup.tensors, [p for p, _ in held],
+                                [lane for _, lane in held])
         if rest:
             self.backup.copy_rows_from(self.pool, [s for s, _ in rest], [lane for _, lane in rest])
 
@@ -272,7 +235,7 @@ class Engine:
         """Write the resident sessions' state back to their pool rows; the pool is then the whole truth."""
         resident, self._resident = self._resident, None
         if resident is not None and resident.where:
-            self.pool.copy_rows(resident.state, self.pool.tensors, list(resident.where.values()),
+            self.pool.copy_rows(resident.buffers.state, self.pool.tensors, list(resident.where.values()),
                                 list(resident.where))
 
     # --- running --------------------------------------------------------------------------------------
@@ -282,29 +245,18 @@ class Engine:
         pad = -len(slots) % ROW_MULTIPLE
         return np.concatenate([slots, self._scratch[:pad]]).astype(np.int64) if pad else slots
 
-    def _bind(self, state: list[ort.OrtValue], spare: list[ort.OrtValue]) -> ort.IOBinding:
-        """A step binding reading `state` and writing the next state into `spare`; "output" is bound
-        first so it is get_outputs()[0]."""
-        io = self._step.io_binding()
-        io.bind_output("output", "cpu")
-        for name, now, after in zip(STATE_NAMES, state, spare, strict=True):
-            io.bind_ortvalue_input(name, now)
-            io.bind_ortvalue_output(f"next_{name}", after)
-        return io
-
     def _rebuild(self, slots: list[int]) -> _Resident:
         """Write the old resident batch back and gather `slots` into positions 0..B-1 of (reused) buffers
         of B padded to ROW_MULTIPLE rows; the padding positions start from scratch rows."""
         self.flush()
         size = len(slots) + (-len(slots) % ROW_MULTIPLE)
-        if self._buffers is None or self._buffers[0][0].shape()[0] != size:
-            self._buffers = (self.pool.buffers(size), self.pool.buffers(size))
-        current, spare = self._buffers
+        if self._buffers is None or self._buffers.rows != size:
+            self._buffers = PingPong(self._step, self.pool.buffers(size), self.pool.buffers(size),
+                                     self.device.type, self.device.id)
         rows = np.concatenate([np.asarray(slots, dtype=np.int64), self._scratch[:size - len(slots)]])
-        self.pool.gather(rows, out=current)
+        self.pool.gather(rows, out=self._buffers.state)
         self._resident = _Resident(dict(zip(slots, range(len(slots)), strict=True)),
-                                   list(range(size - 1, len(slots) - 1, -1)), current, spare,
-                                   self._bind(current, spare), self._bind(spare, current))
+                                   list(range(size - 1, len(slots) - 1, -1)), self._buffers)
         return self._resident
 
     def _place(self, slots: list[int]) -> _Resident:
@@ -318,12 +270,12 @@ class Engine:
         leaving = [s for s in resident.where if s not in members]
         if leaving:
             positions = [resident.where.pop(s) for s in leaving]
-            self.pool.copy_rows(resident.state, self.pool.tensors, positions, leaving)
+            self.pool.copy_rows(resident.buffers.state, self.pool.tensors, positions, leaving)
             resident.free.extend(positions)  # the stale rows stay there as padding
         joining = [s for s in slots if s not in resident.where]
         if joining:
             positions = [resident.free.pop() for _ in joining]
-            self.pool.copy_rows(self.pool.tensors, resident.state, joining, positions)
+            self.pool.copy_rows(self.pool.tensors, resident.buffers.state, joining, positions)
             resident.where.update(zip(joining, positions, strict=True))
         return resident
 
@@ -335,17 +287,13 @@ class Engine:
         positions = np.fromiter((where[s] for s in rows), dtype=np.int64, count=len(rows))  # (B,)
         padded = np.zeros((resident.size, x.shape[1]), dtype=np.float32)  # (P, I): holes step on zeros
         padded[positions] = x
-        io = resident.binding
-        io.bind_cpu_input("input", padded)
-        io.bind_output("output", "cpu")  # rebound: a fresh (P, O) tensor for this call
-        self._step.run_with_iobinding(io)  # on failure the current state is untouched: nothing was applied
-        outputs = io.get_outputs()[0]
-        resident.swap()
+        buffers = resident.buffers
+        outputs = buffers.step(padded)  # on failure the current state is untouched: nothing was applied
         # Fancy indexing copies: the buffers are overwritten by later steps.
         return StepResult(
             outputs.numpy()[positions],  # (B, O)
-            resident.state[4].numpy()[positions] if attention else None,  # (B, R, N)
-            resident.state[5].numpy()[positions] if attention else None,  # (B, W, N)
+            buffers.tensor("read_weights").numpy()[positions] if attention else None,  # (B, R, N)
+            buffers.tensor("write_weights").numpy()[positions] if attention else None,  # (B, W, N)
         )
 
     def sequence(self, slot: int, xs: np.ndarray, attention: bool = False) -> SequenceResult:
@@ -360,13 +308,13 @@ class Engine:
         for name, value in zip(STATE_NAMES, state, strict=True):
             io.bind_ortvalue_input(name, value)
         io.bind_output("outputs", "cpu")
-        for name in ("read_attention", "write_attention"):
+        for name in ATTENTION:
             if attention:
                 io.bind_output(name, "cpu")
             else:
                 io.bind_output(name, self.device.type, self.device.id)
         for name in STATE_NAMES:
-            io.bind_output(f"next_{name}", self.device.type, self.device.id)
+            io.bind_output(next_name(name), self.device.type, self.device.id)
         self._sequence.run_with_iobinding(io)
         outputs, reads, writes, *next_state = io.get_outputs()
         result = SequenceResult(

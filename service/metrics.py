@@ -38,6 +38,14 @@ class Metrics:
         self.snapshot_errors = Counter("ntm_snapshot_errors", "Snapshot files not loaded or not written, by reason "
                                        "(truncated, magic, version, checksum, format, model, checkpoint, state, "
                                        "unreadable, write).", ["reason"], registry=r)
+        self.model_loads = Counter("ntm_model_loads", "Model versions loaded (at start, by the poller or by an admin "
+                                   "call).", ["model"], registry=r)
+        self.model_load_failures = Counter("ntm_model_load_failures", "Model version folders refused, by reason "
+                                           "(missing, contract, corrupt, conflict).", ["model", "reason"], registry=r)
+        self.model_unloads = Counter("ntm_model_unloads", "Model versions unloaded (how: drained or forced).",
+                                     ["model", "how"], registry=r)
+        self.model_versions = Gauge("ntm_model_versions", "Model versions served (also those being unloaded).",
+                                    ["model"], registry=r)
 
     def serve(self, host: str, port: int) -> tuple[object, int]:
         """Start the /metrics HTTP endpoint; returns the server (for shutdown) and its port."""

@@ -1,5 +1,6 @@
-"""Assembling and running the server: models, batchers, sessions, gRPC (with health and reflection),
-metrics, the TTL reaper, and a graceful stop (health NOT_SERVING, in-flight calls finish, queues drain).
+"""Assembling and running the server: models (versions loaded and unloaded at run time), batchers, sessions,
+gRPC (with health and reflection), metrics, the TTL reaper, and a graceful stop (health NOT_SERVING,
+in-flight calls finish, queues drain).
 
 `run(config)` is `python -m service`; `ServerThread` runs the same server in a background thread for
 tests and benchmarks (a real server on a real port, in-process).
@@ -15,21 +16,22 @@ import os
 import signal
 import socket
 import threading
-from pathlib import Path
 from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from service.admin import ModelAdminServicer
 from service.auth import AuthInterceptor, TokenAuth
-from service.batcher import Batcher
 from service.config import ServiceConfig
-from service.engine import Engine, ModelLoadError, resolve_provider
+from service.engine import ModelLoadError
+from service.lifecycle import Lifecycle
 from service.logs import setup_logging
 from service.metrics import Metrics
 from service.proto_gen.ntm.v1 import ntm_pb2
-from service.servicer import LoopInbox, NTMServicer, ServedModel
+from service.registry import ModelSet
+from service.servicer import LoopInbox, NTMServicer
 from service.sessions import SessionRegistry
 from service.snapshots import SnapshotStore, Snapshotter, StateDirError
 from service.store import SessionStore, StoreError
@@ -39,6 +41,7 @@ from service.wire import add_ntm_servicer
 log = logging.getLogger(__name__)
 
 NTM_SERVICE = ntm_pb2.DESCRIPTOR.services_by_name["NTM"].full_name  # "ntm.v1.NTM"
+ADMIN_SERVICE = ntm_pb2.DESCRIPTOR.services_by_name["ModelAdmin"].full_name  # "ntm.v1.ModelAdmin"
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 STARTUP_ERRORS = (ModelLoadError, StateDirError, TLSConfigError, StoreError)  # reported in one line, exit status 2
 LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
@@ -48,36 +51,12 @@ async def loop_run(function: Any) -> Any:
     return await asyncio.get_running_loop().run_in_executor(None, function)
 
 
-def model_folders(root: Path) -> list[Path]:
-    """Subfolders holding a step graph; the others (e.g. LSTM baselines, no ONNX) are not served."""
-    if not root.is_dir():
-        raise ModelLoadError(f"models directory {root} does not exist")
-    folders = sorted(p for p in root.iterdir() if p.is_dir() and (p / "step.onnx").is_file())
-    if not folders:
-        raise ModelLoadError(f"no models under {root}: expected {root}/<name>/step.onnx (run `make export`)")
-    return folders
-
-
-def load_models(config: ServiceConfig, metrics: Metrics) -> dict[str, ServedModel]:
-    folders = model_folders(config.models)
-    provider = resolve_provider(config.provider, config.device_id, folders[0] / "step.onnx")
-    models = {}
-    for folder in folders:
-        engine = Engine(folder, provider, config.device_id, config.intra_op_threads,
-                        initial_capacity=config.max_batch, lanes=config.max_batch)
-        batcher = Batcher(engine, metrics, batching=config.batching, max_batch=config.max_batch,
-                          max_wait_s=config.max_wait_ms / 1000, max_queue=config.max_queue)
-        models[engine.spec.name] = ServedModel(engine.spec, engine.provider, batcher)
-        log.info("model loaded", extra={"model": engine.spec.name, "task": engine.spec.task,
-                                        "provider": engine.provider, "checkpoint": engine.spec.checkpoint_sha256[:12]})
-    return models
-
-
 class Server:
     def __init__(self, config: ServiceConfig) -> None:
         self.config = config
         self.metrics = Metrics()
-        self.models: dict[str, ServedModel] = {}
+        self.models = ModelSet()  # as a Mapping: the newest version of each model name
+        self.lifecycle = Lifecycle(config, self.metrics, self.models)
         self.registry: SessionRegistry | None = None
         self.port = 0
         self.metrics_port: int | None = None
@@ -92,27 +71,52 @@ class Server:
         self._batchers_started = False
         self.servicer: NTMServicer | None = None
         self.replica: Any = None  # service.cluster.replica.Replica in replica mode (--store-url)
+        self._session_store: SessionStore | None = None
 
     async def start(self) -> None:
+        """Models and sessions first (restored ones included), then the batchers, then the ports; health says
+        SERVING only when everything answers."""
         c = self.config
         credentials = server_credentials(c.tls_cert, c.tls_key, c.tls_client_ca) if c.tls_cert and c.tls_key else None
-        store = None
+        auth, admin = TokenAuth(c.auth_tokens), TokenAuth(c.admin_tokens)
         if c.store_url:  # fail fast, before loading models, when the store is not there
-            store = SessionStore(c.store_url)
-            await loop_run(store.check)
-        self.models = load_models(c, self.metrics)
+            self._session_store = SessionStore(c.store_url)
+            await loop_run(self._session_store.check)
+        self._load_models_and_sessions()
+        self._start_batchers()
+        await self._start_grpc(auth, admin, credentials)
+        await self._start_health_port()
+        if c.metrics_port >= 0:
+            self._metrics_http, self.metrics_port = self.metrics.serve(c.metrics_host, c.metrics_port)
+        for service in ("", NTM_SERVICE):
+            await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        self._reaper = asyncio.create_task(self._reap())
+        if self.snapshotter is not None:
+            self.snapshotter.start()
+        self._log_serving(auth, admin, credentials is not None)
+
+    def _load_models_and_sessions(self) -> None:
+        """Every version's engine and batcher (not started), the session registry, and the restored sessions."""
+        c = self.config
+        self.lifecycle.load_all()
         self.registry = SessionRegistry(
-            {name: m.batcher for name, m in self.models.items()}, self.metrics, max_sessions=c.max_sessions,
+            self.models.batchers, self.metrics, max_sessions=c.max_sessions,
             max_sessions_per_owner=c.max_sessions_per_owner, default_ttl_s=c.default_ttl_s, max_ttl_s=c.max_ttl_s)
         if c.state_dir is not None:  # restore before the batchers run: the engines are used directly
             self._store = SnapshotStore(c.state_dir)
-            engines = {name: m.batcher.engine for name, m in self.models.items()}
-            self.snapshotter = Snapshotter(self._store, self.registry, engines, self.metrics, c.snapshot_interval_s)
+            self.snapshotter = Snapshotter(self._store, self.registry, self.models.engines, self.metrics,
+                                           c.snapshot_interval_s)
             self.snapshotter.restore()
-        for model in self.models.values():
-            model.batcher.start()
+        self.lifecycle.attach(self.registry, self.snapshotter)
+
+    def _start_batchers(self) -> None:
+        self.lifecycle.start()  # the batchers, then polling
         self._batchers_started = True
-        auth = TokenAuth(c.auth_tokens)
+
+    async def _start_grpc(self, auth: TokenAuth, admin: TokenAuth, credentials: grpc.ServerCredentials | None) -> None:
+        """The main port: the NTM and admin services, health checking and reflection, plaintext or TLS."""
+        c = self.config
+        assert self.registry is not None
         options = [
             ("grpc.max_receive_message_length", c.max_message_bytes),
             ("grpc.max_send_message_length", c.max_message_bytes),
@@ -121,49 +125,55 @@ class Server:
             # stream the server has stopped reading (--stream-window) buffers at most that much in the transport.
             ("grpc.http2.bdp_probe", 0),
         ]
-        self._grpc = grpc.aio.server(interceptors=[AuthInterceptor(auth)] if auth.enabled else [], options=options,
+        interceptors = [AuthInterceptor(auth, admin)] if auth.enabled or admin.enabled else []
+        self._grpc = grpc.aio.server(interceptors=interceptors, options=options,
                                      maximum_concurrent_rpcs=c.max_concurrent_rpcs)
         self.servicer = servicer = NTMServicer(self.models, self.registry, c, self.metrics, auth,
                                                LoopInbox(asyncio.get_running_loop()))
-        if store is not None:
+        if self._session_store is not None:
             from service.cluster.replica import Replica
 
-            self.replica = Replica(store, self.registry, self.models, self.metrics, servicer._control,
+            self.replica = Replica(self._session_store, self.registry, self.models, self.metrics, servicer._control,
                                    name=c.replica_name or f"{socket.gethostname()}:{os.getpid()}",
                                    commit_every=c.commit_every)
             self.replica.start()
             servicer.cluster = self.replica
         add_ntm_servicer(servicer, self._grpc)
+        add_ntm_servicer(ModelAdminServicer(self.lifecycle, self.metrics), self._grpc, "ModelAdmin")
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
-        reflection.enable_server_reflection((NTM_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME), self._grpc)
+        reflection.enable_server_reflection((NTM_SERVICE, ADMIN_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME),
+                                            self._grpc)
         address = f"{c.host}:{c.port}"
         if credentials is not None:
             self.port = self._grpc.add_secure_port(address, credentials)
         else:
             self.port = self._grpc.add_insecure_port(address)
         await self._grpc.start()
-        if c.health_port >= 0:  # plaintext, health only: for probes that cannot speak (m)TLS
+
+    async def _start_health_port(self) -> None:
+        """Plaintext, health only: for probes that cannot speak (m)TLS (off unless --health-port is set)."""
+        c = self.config
+        if c.health_port >= 0:
             self._health_grpc = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
             health_pb2_grpc.add_HealthServicer_to_server(self._health, self._health_grpc)
             self.health_port = self._health_grpc.add_insecure_port(f"{c.health_host}:{c.health_port}")
             await self._health_grpc.start()
-        if c.metrics_port >= 0:
-            self._metrics_http, self.metrics_port = self.metrics.serve(c.metrics_host, c.metrics_port)
-        for service in ("", NTM_SERVICE):
-            await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
-        self._reaper = asyncio.create_task(self._reap())
-        if self.snapshotter is not None:
-            self.snapshotter.start()
-        if auth.enabled and credentials is None and c.host not in LOOPBACK:
+
+    def _log_serving(self, auth: TokenAuth, admin: TokenAuth, tls: bool) -> None:
+        c = self.config
+        assert self.registry is not None
+        if (auth.enabled or admin.enabled) and not tls and c.host not in LOOPBACK:
             log.warning("bearer tokens travel in plaintext: serve with --tls-cert/--tls-key off loopback")
         log.info("serving", extra={"port": self.port, "metrics_port": self.metrics_port, "models": sorted(self.models),
-                                   "provider": next(iter(self.models.values())).provider, "batching": c.batching,
-                                   "max_batch": c.max_batch, "auth": auth.enabled, "tls": credentials is not None,
+                                   "versions": [f"{m.spec.name}/{m.version}" for m in self.models.every()],
+                                   "provider": self.lifecycle.provider, "batching": c.batching,
+                                   "max_batch": c.max_batch, "auth": auth.enabled, "tls": tls,
                                    "mtls": c.tls_client_ca is not None, "health_port": self.health_port,
                                    "state_dir": str(c.state_dir) if c.state_dir else None,
-                                   "store": c.store_url or None, "replica": self.replica.name if self.replica else None,
-                                   "sessions": self.registry.count()})
+                                   "sessions": self.registry.count(), "poll_s": c.model_poll_interval_s,
+                                   "admin_auth": admin.enabled, "store": c.store_url or None,
+                                   "replica": self.replica.name if self.replica else None})
 
     async def _reap(self) -> None:
         assert self.registry is not None
@@ -194,10 +204,11 @@ class Server:
         if self._health_grpc is not None:
             await self._health_grpc.stop(0)
         loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, self.lifecycle.stop)  # no loads or unloads from here on
         if self.snapshotter is not None:  # the periodic thread reads through the batchers: end it first
             await loop.run_in_executor(None, self.snapshotter.stop)
         if self._batchers_started:
-            for model in self.models.values():
+            for model in self.models.every():
                 await loop.run_in_executor(None, model.batcher.stop)
         if self.replica is not None:
             flushed = await loop.run_in_executor(None, self.replica.flush)

@@ -15,20 +15,20 @@ import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 from google.rpc import status_pb2
 
 from service.auth import TokenAuth
-from service.batcher import Batcher, ControlJob, Done, StepJob, StepOutcome, defer_wakeup
+from service.batcher import defer_wakeup
 from service.config import ServiceConfig
-from service.engine import ModelSpec
 from service.errors import ServiceError, internal, invalid, not_found
+from service.jobs import ControlJob, StepJob, StepOutcome
 from service.metrics import Metrics
 from service.proto_gen.ntm.v1 import ntm_pb2, ntm_pb2_grpc
-from service.sessions import MAX_ID_CHARS, SessionRecord, SessionRegistry, init_action, read_action
+from service.registry import ModelSet, ServedModel
+from service.sessions import MAX_ID_CHARS, Done, SessionRecord, SessionRegistry, init_action, read_action
 from service.tensors import state_tensors, step_inputs, to_tensor
 from service.wire import Malformed
 
@@ -40,13 +40,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 MAX_TOTAL_STEPS = 2**62  # an imported step count must leave room to go on (Session.steps is an int64)
 MAX_REQUEST_ID_CHARS = 256  # request ids are echoed back and held while a request waits: keep them small
-
-
-@dataclass(frozen=True)
-class ServedModel:
-    spec: ModelSpec
-    provider: str
-    batcher: Batcher
 
 
 def _settle(future: asyncio.Future[Any], result: Any) -> None:
@@ -93,7 +86,7 @@ class LoopInbox:
             _settle(future, result)
 
 
-def model_info(model: ServedModel) -> ntm_pb2.ModelInfo:
+def model_info(model: ServedModel, unloading: bool = False) -> ntm_pb2.ModelInfo:
     c = model.spec.config
     return ntm_pb2.ModelInfo(
         name=model.spec.name, task=model.spec.task, input_size=c["input_size"], output_size=c["output_size"],
@@ -102,6 +95,7 @@ def model_info(model: ServedModel) -> ntm_pb2.ModelInfo:
         controller=c.get("controller", ""), shift_range=c.get("shift_range", 0), encoding=model.spec.encoding,
         checkpoint_sha256=model.spec.checkpoint_sha256,
         state=[ntm_pb2.StateSpec(name=n, shape=s) for n, s in model.spec.state_shapes.items()],
+        version=model.version, unloading=unloading,
     )
 
 
@@ -155,7 +149,7 @@ class _StreamOrder:
 
 
 class NTMServicer(ntm_pb2_grpc.NTMServicer):
-    def __init__(self, models: dict[str, ServedModel], registry: SessionRegistry, config: ServiceConfig,
+    def __init__(self, models: ModelSet, registry: SessionRegistry, config: ServiceConfig,
                  metrics: Metrics, auth: TokenAuth, inbox: LoopInbox) -> None:
         self.inbox = inbox
         self.models = models
@@ -194,12 +188,11 @@ class NTMServicer(ntm_pb2_grpc.NTMServicer):
         for reader in list(self._streams):
             reader.cancel()
 
-    def _model(self, name: str) -> ServedModel:
-        if not name:
-            raise invalid("model is required")
-        model = self.models.get(name)
-        if model is None:
-            raise not_found(f"unknown model {name!r}; ListModels lists them")
+    def _served(self, session: SessionRecord) -> ServedModel:
+        """The model version a live session runs on."""
+        model = self.models.get_key(session.key)
+        if model is None:  # its version was removed between the lookup and now (a forced unload)
+            raise not_found(f"session {session.id} has ended: its model version was unloaded")
         return model
 
     async def _control(self, session: SessionRecord, action: Callable[..., T]) -> T:
@@ -215,17 +208,20 @@ class NTMServicer(ntm_pb2_grpc.NTMServicer):
     def _session_message(self, session: SessionRecord, state: dict[str, Any] | None = None,
                          steps: int | None = None) -> ntm_pb2.Session:
         steps = session.steps if steps is None else steps
-        message = ntm_pb2.Session(session_id=session.id, model=session.model, steps=steps, ttl_seconds=session.ttl_s)
+        model = self.models.get_key(session.key)
+        message = ntm_pb2.Session(session_id=session.id, model=session.model, steps=steps, ttl_seconds=session.ttl_s,
+                                  checkpoint_sha256=session.checkpoint_sha256, version=model.version if model else 0)
         expires = session.expires_wall(self.registry.clock(), time.time())
         message.expires_at.FromNanoseconds(int(expires * 1e9))
         message.created_at.FromNanoseconds(int(session.created_wall * 1e9))
         if state is not None:
-            message.state.CopyFrom(self._state_message(session.model, steps, state))
+            message.state.CopyFrom(self._state_message(session, steps, state))
         return message
 
-    def _state_message(self, model: str, steps: int, state: dict[str, Any]) -> ntm_pb2.SessionState:
-        message = ntm_pb2.SessionState(model=model, steps=steps,
-                                       checkpoint_sha256=self.models[model].spec.checkpoint_sha256)
+    def _state_message(self, session: SessionRecord, steps: int, state: dict[str, Any]) -> ntm_pb2.SessionState:
+        model = self.models.get_key(session.key)
+        message = ntm_pb2.SessionState(model=session.model, steps=steps, checkpoint_sha256=session.checkpoint_sha256,
+                                       version=model.version if model else 0)
         for name, array in state.items():
             message.tensors[name].CopyFrom(to_tensor(array))
         return message
@@ -243,7 +239,7 @@ class NTMServicer(ntm_pb2_grpc.NTMServicer):
 
     def _queue_step(self, request: ntm_pb2.StepRequest, owner: str, rpc: str) -> asyncio.Future[Any]:
         session = self.registry.get(request.session_id, owner)
-        model = self.models[session.model]
+        model = self._served(session)
         if not request.HasField("inputs"):
             raise invalid(f"inputs is required: a tensor of shape [T, {model.spec.input_size}]")
         inputs = step_inputs(request.inputs, model.spec.input_size, self.config.max_steps)
@@ -287,22 +283,24 @@ class NTMServicer(ntm_pb2_grpc.NTMServicer):
     @_unary
     async def ListModels(self, request: ntm_pb2.ListModelsRequest, context: Any) -> ntm_pb2.ListModelsResponse:
         self._owner(context)
-        return ntm_pb2.ListModelsResponse(models=[model_info(m) for m in self.models.values()])
+        return ntm_pb2.ListModelsResponse(models=[model_info(m, self.models.unloading(m.key))
+                                                  for m in self.models.every()])
 
     @_unary
     async def CreateSession(self, request: ntm_pb2.CreateSessionRequest, context: Any) -> ntm_pb2.Session:
         owner = self._owner(context)
-        self._model(request.model)
+        model = self.models.resolve(request.model, request.version if request.HasField("version") else None)
         if self.cluster is not None:
-            return self._session_message(await self.cluster.create(request.model, request.ttl_seconds, owner))
-        session = self.registry.open(request.model, request.ttl_seconds, owner)
+            return self._session_message(await self.cluster.create(model, request.ttl_seconds, owner))
+        session = self.registry.open(request.model, request.ttl_seconds, owner, model.spec.checkpoint_sha256)
         try:
             await self._control(session, init_action(None))
         except BaseException:  # includes the caller cancelling: nobody knows the id, so drop it
             self.registry.discard(session)
             raise
         self.metrics.sessions_created.labels(session.model, "create").inc()
-        log.info("session created", extra={"session": session.id, "model": session.model, "ttl_s": session.ttl_s})
+        log.info("session created", extra={"session": session.id, "model": session.model, "version": model.version,
+                                           "ttl_s": session.ttl_s})
         return self._session_message(session)
 
     @_unary
@@ -424,7 +422,7 @@ class NTMServicer(ntm_pb2_grpc.NTMServicer):
             await self.cluster.ensure_local(request.session_id, owner, verify=True)
         session = self.registry.get(request.session_id, owner)
         state, steps = await self._control_by_id(request.session_id, owner, read_action)
-        return self._state_message(session.model, steps, state)
+        return self._state_message(session, steps, state)
 
     @_unary
     async def ImportSession(self, request: ntm_pb2.ImportSessionRequest, context: Any) -> ntm_pb2.Session:
@@ -432,18 +430,21 @@ class NTMServicer(ntm_pb2_grpc.NTMServicer):
         if not request.HasField("state"):
             raise invalid("state is required (a SessionState from ExportSession)")
         state = request.state
-        model = self._model(state.model)
-        if state.checkpoint_sha256 and state.checkpoint_sha256 != model.spec.checkpoint_sha256:
-            raise ServiceError(grpc.StatusCode.FAILED_PRECONDITION,
-                               f"state was made by other weights (checkpoint {state.checkpoint_sha256[:12]}…) than "
-                               f"model {state.model} serves ({model.spec.checkpoint_sha256[:12]}…)")
+        if state.checkpoint_sha256:  # exactly its own weights, whatever version number they have here
+            model = self.models.weights(state.model, state.checkpoint_sha256)
+            if self.models.unloading(model.key):
+                raise ServiceError(grpc.StatusCode.FAILED_PRECONDITION,
+                                   f"{model.label} (checkpoint_sha256 {state.checkpoint_sha256}) is being unloaded: "
+                                   "no new sessions")
+        else:  # an old client's state without a digest: the version it names, or the newest
+            model = self.models.resolve(state.model, state.version or None)
         if not 0 <= state.steps <= MAX_TOTAL_STEPS:
             raise invalid(f"steps must be >= 0 and <= 2**62, got {state.steps}")
         tensors = state_tensors(state.tensors, model.spec.state_shapes)
         if self.cluster is not None:
-            return self._session_message(await self.cluster.create(state.model, request.ttl_seconds, owner, tensors,
+            return self._session_message(await self.cluster.create(model, request.ttl_seconds, owner, tensors,
                                                                    state.steps))
-        session = self.registry.open(state.model, request.ttl_seconds, owner)
+        session = self.registry.open(state.model, request.ttl_seconds, owner, model.spec.checkpoint_sha256)
         session.steps = state.steps
         try:
             await self._control(session, init_action(tensors))

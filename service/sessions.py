@@ -13,18 +13,16 @@ import math
 import secrets
 import threading
 import time
-from collections import Counter, OrderedDict, deque
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
 
 import grpc
 
-from service.batcher import ControlJob, Done, Job
 from service.errors import ServiceError, exhausted, invalid, not_found
 
 if TYPE_CHECKING:
-    from service.batcher import Batcher
     from service.engine import Engine
     from service.metrics import Metrics
 
@@ -33,6 +31,8 @@ log = logging.getLogger(__name__)
 ID_BYTES = 16  # 128 random bits (the contract asks for at least 122)
 TOMBSTONES = 100_000  # remembered ids of ended sessions, for a helpful NOT_FOUND message
 MAX_ID_CHARS = 128  # longer session ids are refused before any lookup (ours have 22 characters)
+
+Done = Callable[[Any], None]  # a job's answer: called once, on the batcher thread, with a result or a ServiceError
 
 
 @dataclass(eq=False)
@@ -46,15 +46,31 @@ class SessionRecord:
     slot: int = -1  # row in the model's state pool; -1 until created, and after it is freed
     steps: int = 0  # time steps applied (written by the batcher thread only)
     inflight: int = 0  # jobs accepted and not finished (under the registry lock)
-    jobs: deque[Job] = field(default_factory=deque)  # under the batcher lock
-    scheduled: bool = False  # under the batcher lock
     ended: bool = False  # deleted, expired or discarded (set under the registry lock)
     saved_steps: int = -1  # step count in its snapshot file; -1: none yet (the snapshotter's bookkeeping)
     saved_used: float = math.nan  # last_used when that snapshot was taken
+    checkpoint_sha256: str = ""  # the weights (model version) it runs on, for life
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """Its served model version (service/registry.py): the model name and the weights."""
+        return self.model, self.checkpoint_sha256
 
     def expires_wall(self, now_mono: float, now_wall: float) -> float:
         """When the session expires if nothing uses it from now on (wall clock, seconds)."""
         return now_wall + max(0.0, self.last_used + self.ttl_s - now_mono)
+
+
+Action = Callable[["Engine", SessionRecord], Any]  # a control job's work, run on the model's batcher thread
+MakeJob = Callable[[SessionRecord, Done], Any]  # builds the job (service/jobs.py) for a session and its answer
+
+
+class JobQueue(Protocol):
+    """A model's batcher, as the registry sees it (service/batcher.py; this module does not import it)."""
+
+    def submit(self, job: Any, force: bool = False) -> None: ...
+
+    def submit_control(self, session: SessionRecord, action: Action, done: Done, force: bool = False) -> None: ...
 
 
 def new_session_id() -> str:
@@ -83,7 +99,7 @@ def free_action(engine: Engine, session: SessionRecord) -> None:
 
 
 class SessionRegistry:
-    def __init__(self, batchers: Mapping[str, Batcher], metrics: Metrics, *, max_sessions: int,
+    def __init__(self, batchers: Mapping[tuple[str, str], JobQueue], metrics: Metrics, *, max_sessions: int,
                  max_sessions_per_owner: int, default_ttl_s: float, max_ttl_s: float,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._batchers = batchers
@@ -96,7 +112,7 @@ class SessionRegistry:
         self._lock = threading.Lock()
         self._sessions: dict[str, SessionRecord] = {}
         self._per_owner: Counter[str] = Counter()
-        self._gone: OrderedDict[str, str] = OrderedDict()  # id -> why it ended
+        self._gone: OrderedDict[str, str | ServiceError] = OrderedDict()  # id -> why it ended
         self.on_end: Callable[[SessionRecord], None] | None = None  # told (outside the lock) when a session ends
 
     # --- limits and lookups ---------------------------------------------------------------------------
@@ -106,11 +122,12 @@ class SessionRegistry:
             raise invalid(f"ttl_seconds must be >= 0 (0 takes the default), got {requested}")
         return self.default_ttl_s if requested == 0 else min(requested, self.max_ttl_s)
 
-    def open(self, model: str, ttl_s: float, owner: str) -> SessionRecord:
-        """A new session record, counted against the limits; its row comes from an init job."""
+    def open(self, model: str, ttl_s: float, owner: str, checkpoint_sha256: str = "") -> SessionRecord:
+        """A new session record on the model version with these weights, counted against the limits; its row
+        comes from an init job."""
         if not model:
             raise invalid("model is required")
-        if model not in self._batchers:
+        if (model, checkpoint_sha256) not in self._batchers:
             raise not_found(f"unknown model {model!r}; ListModels lists them")
         ttl = self.ttl_for(ttl_s)
         with self._lock:
@@ -119,7 +136,8 @@ class SessionRegistry:
                                 "wait for idle ones to expire")
             if self.max_sessions_per_owner and self._per_owner[owner] >= self.max_sessions_per_owner:
                 raise exhausted(f"per-client session limit reached ({self.max_sessions_per_owner})")
-            session = SessionRecord(new_session_id(), model, owner, ttl, time.time(), self.clock())
+            session = SessionRecord(new_session_id(), model, owner, ttl, time.time(), self.clock(),
+                                    checkpoint_sha256=checkpoint_sha256)
             self._sessions[session.id] = session
             self._per_owner[owner] += 1
         self._metrics.live_sessions.labels(model).inc()
@@ -134,6 +152,8 @@ class SessionRegistry:
         session = self._sessions.get(session_id)
         if session is None:
             why = self._gone.get(session_id)
+            if isinstance(why, ServiceError):  # a fresh one each time: a raised instance keeps its traceback
+                raise ServiceError(why.code, why.message)
             if why == "expired":
                 raise not_found(f"session {session_id} expired (idle longer than its TTL) and was evicted")
             if why == "deleted":
@@ -168,14 +188,15 @@ class SessionRegistry:
             self._gone.pop(session.id, None)
         self._metrics.live_sessions.labels(session.model).inc()
 
-    def remember_gone(self, session_id: str, why: str) -> None:
-        """Answer later calls naming `session_id` with NOT_FOUND and the reason (e.g. expired while down)."""
+    def remember_gone(self, session_id: str, why: str | ServiceError) -> None:
+        """Answer later calls naming `session_id` with NOT_FOUND and the reason (e.g. expired while down), or
+        with the error given (e.g. its weights are not served)."""
         with self._lock:
             self._remember(session_id, why)
 
     # --- handing jobs to the batchers -----------------------------------------------------------------
 
-    def submit(self, session_id: str, owner: str, make_job: Callable[[SessionRecord, Done], Job],
+    def submit(self, session_id: str, owner: str, make_job: MakeJob,
                done: Done) -> SessionRecord:
         """Look the session up and queue a job for it, atomically with respect to eviction and delete."""
         with self._lock:
@@ -183,12 +204,12 @@ class SessionRegistry:
             self._enqueue(session, make_job, done)
             return session
 
-    def submit_to(self, session: SessionRecord, make_job: Callable[[SessionRecord, Done], Job], done: Done) -> None:
+    def submit_to(self, session: SessionRecord, make_job: MakeJob, done: Done) -> None:
         """Queue a job for a record already in hand (its create)."""
         with self._lock:
             self._enqueue(session, make_job, done)
 
-    def submit_internal(self, session: SessionRecord, make_job: Callable[[SessionRecord, Done], Job],
+    def submit_internal(self, session: SessionRecord, make_job: MakeJob,
                         done: Done) -> bool:
         """Queue a server-side job (a snapshot read) for a live session: it neither refreshes the session's
         idle clock nor counts against the queue limit. False when the session has ended."""
@@ -198,7 +219,7 @@ class SessionRegistry:
             self._enqueue(session, make_job, done, touch=False, force=True)
             return True
 
-    def _enqueue(self, session: SessionRecord, make_job: Callable[[SessionRecord, Done], Job], done: Done,
+    def _enqueue(self, session: SessionRecord, make_job: MakeJob, done: Done,
                  touch: bool = True, force: bool = False) -> None:
         def finished(result: Any) -> None:
             with self._lock:
@@ -208,7 +229,7 @@ class SessionRegistry:
             done(result)
 
         job = make_job(session, finished)
-        self._batchers[session.model].submit(job, force=force)  # RESOURCE_EXHAUSTED when the queue is full
+        self._batchers[session.key].submit(job, force=force)  # RESOURCE_EXHAUSTED when the queue is full
         session.inflight += 1
         if touch:
             session.last_used = self.clock()
@@ -230,6 +251,19 @@ class SessionRegistry:
                 self._forget(session, None)
         self._ended(session)
         self._free(session, lambda _: None)
+
+    def end(self, sessions: list[SessionRecord], why: ServiceError) -> list[SessionRecord]:
+        """End these sessions now (their model version is force-unloaded): later calls naming them get `why`;
+        requests already accepted finish first, then their rows are freed."""
+        with self._lock:
+            ended = [s for s in sessions if self._sessions.get(s.id) is s]
+            for session in ended:
+                self._forget(session, None)
+                self._remember(session.id, why)
+        for session in ended:
+            self._ended(session)
+            self._free(session, lambda _: None)
+        return ended
 
     def reap(self) -> list[SessionRecord]:
         """Evict every session idle for longer than its TTL (none with a request in progress)."""
@@ -257,7 +291,7 @@ class SessionRegistry:
             self._remember(session.id, why)
         self._metrics.live_sessions.labels(session.model).dec()
 
-    def _remember(self, session_id: str, why: str) -> None:
+    def _remember(self, session_id: str, why: str | ServiceError) -> None:
         """Under the lock."""
         self._gone[session_id] = why
         while len(self._gone) > TOMBSTONES:
@@ -272,4 +306,4 @@ class SessionRegistry:
                 log.exception("on_end listener failed for session %s", session.id)
 
     def _free(self, session: SessionRecord, done: Done) -> None:
-        self._batchers[session.model].submit(ControlJob(session, free_action, done), force=True)
+        self._batchers[session.key].submit_control(session, free_action, done, force=True)

@@ -11,7 +11,10 @@ directory is fsynced once per batch of renames. A deleted or expired session's f
 once (so a restart cannot bring it back). `.tmp` files left by a crash are removed at start-up; a file
 that fails its checks is renamed to `<name>.snap.corrupt`, counted in `ntm_snapshot_errors_total` and
 logged, and never loaded. Files of a model that is not served now, or of other weights, are skipped and
-left in place. A lock (`flock` on `.lock`) keeps a second server off the same directory.
+left in place: their sessions answer FAILED_PRECONDITION naming the weights they need, and come back when
+that model version is loaded (at run time too: `restore(only=key)`). Engines are keyed by model version,
+`(name, checkpoint_sha256)` (service/registry.py): a session is restored onto exactly its own weights.
+A lock (`flock` on `.lock`) keeps a second server off the same directory.
 
 Periodic passes run in their own thread every `--snapshot-interval-s`. Each session's state is read by a
 control job on its model's batcher, i.e. between two of its requests (a request is applied whole or
@@ -37,8 +40,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from service.batcher import ControlJob
 from service.errors import ServiceError
+from service.jobs import ControlJob
+from service.registry import weights_missing
 from service.sessions import SessionRecord
 from service.snapshot_format import SessionSnapshot, SnapshotError, decode, encode
 
@@ -188,7 +192,7 @@ class RestoreReport:
 class Snapshotter:
     """Periodic and final snapshots of a registry's sessions into a store; restore at start-up."""
 
-    def __init__(self, store: SnapshotStore, registry: SessionRegistry, engines: Mapping[str, Engine],
+    def __init__(self, store: SnapshotStore, registry: SessionRegistry, engines: Mapping[tuple[str, str], Engine],
                  metrics: Metrics, interval_s: float, wall: Callable[[], float] = time.time) -> None:
         self.store = store
         self.registry = registry
@@ -202,12 +206,15 @@ class Snapshotter:
 
     # --- start-up -------------------------------------------------------------------------------------
 
-    def restore(self) -> RestoreReport:
-        """Load every snapshot into the registry and the engines' pools. Call before the batchers start
-        (the engines are used directly)."""
-        temps = self.store.clear_temps()
+    def restore(self, only: tuple[str, str] | None = None) -> RestoreReport:
+        """Load every snapshot into the registry and the engines' pools; with `only`, the snapshots of that
+        model version (just loaded at run time). Call before the batchers of the engines filled start (the
+        engines are used directly)."""
+        temps = self.store.clear_temps() if only is None else 0
         restored = expired = skipped = corrupt = 0
         for path, item in self.store.scan():
+            if only is not None and (isinstance(item, SnapshotError) or (item.model, item.checkpoint_sha256) != only):
+                continue
             if isinstance(item, SnapshotError):
                 corrupt += 1
                 self._reject(path, item.reason, item.message, quarantine=True)
@@ -218,6 +225,9 @@ class Snapshotter:
                 corrupt += bad
                 skipped += not bad
                 self._reject(path, reason, message, quarantine=bad)
+                if not bad:  # kept: the session comes back when its weights are loaded
+                    self.registry.remember_gone(item.session_id,
+                                                weights_missing(item.model, item.checkpoint_sha256))
                 continue
             idle = max(0.0, self.wall() - item.idle_wall)
             if idle > item.ttl_s:
@@ -228,10 +238,11 @@ class Snapshotter:
                 log.info("session expired while the server was down", extra={"session": item.session_id,
                                                                             "model": item.model, "idle_s": idle})
                 continue
-            engine = self.engines[item.model]
+            engine = self.engines[(item.model, item.checkpoint_sha256)]
             now = self.registry.clock()
             session = SessionRecord(item.session_id, item.model, item.owner, item.ttl_s, item.created_wall,
-                                    now - idle, slot=engine.new_row(item.state), steps=item.steps)
+                                    now - idle, slot=engine.new_row(item.state), steps=item.steps,
+                                    checkpoint_sha256=item.checkpoint_sha256)
             session.saved_steps, session.saved_used = session.steps, session.last_used
             try:
                 self.registry.adopt(session)
@@ -244,17 +255,19 @@ class Snapshotter:
             self.metrics.sessions_created.labels(item.model, "restore").inc()
         self.store.sync()
         report = RestoreReport(restored, expired, skipped, corrupt, temps)
-        log.info("sessions restored", extra={"state_dir": str(self.store.directory), **vars(report)})
+        log.info("sessions restored", extra={"state_dir": str(self.store.directory), **vars(report),
+                                             "model": only[0] if only else None,
+                                             "checkpoint": only[1] if only else None})
         return report
 
     def _unservable(self, snapshot: SessionSnapshot) -> tuple[str, str, bool] | None:
         """(reason, message, corrupt?) when this server cannot continue the session."""
-        engine = self.engines.get(snapshot.model)
+        engine = self.engines.get((snapshot.model, snapshot.checkpoint_sha256))
         if engine is None:
-            return "model", f"model {snapshot.model!r} is not served now", False
-        if snapshot.checkpoint_sha256 != engine.spec.checkpoint_sha256:
-            return "checkpoint", (f"made with checkpoint {snapshot.checkpoint_sha256[:12]}…, model {snapshot.model} "
-                                  f"now serves {engine.spec.checkpoint_sha256[:12]}…"), False
+            if not any(name == snapshot.model for name, _ in self.engines):
+                return "model", f"model {snapshot.model!r} is not served now", False
+            return "checkpoint", (f"made with checkpoint {snapshot.checkpoint_sha256}, which no served version of "
+                                  f"model {snapshot.model} has"), False
         shapes = {name: tuple(a.shape) for name, a in snapshot.state.items()}
         if shapes != engine.spec.state_shapes:
             return "state", f"state tensors {shapes}, model {snapshot.model} needs {engine.spec.state_shapes}", True
@@ -326,7 +339,7 @@ class Snapshotter:
                   steps: int) -> SessionSnapshot:
         idle_wall = self.wall() - max(0.0, self.registry.clock() - used)
         return SessionSnapshot(session.id, session.model, session.owner, session.ttl_s, session.created_wall,
-                               idle_wall, steps, self.engines[session.model].spec.checkpoint_sha256, state)
+                               idle_wall, steps, session.checkpoint_sha256, state)
 
     def _read_live(self, sessions: list[SessionRecord]) -> list[tuple[SessionRecord, dict[str, Any], int]]:
         waiting = []
@@ -345,4 +358,4 @@ class Snapshotter:
         return reads
 
     def _read_direct(self, sessions: list[SessionRecord]) -> list[tuple[SessionRecord, dict[str, Any], int]]:
-        return [(s, self.engines[s.model].read_row(s.slot), s.steps) for s in sessions if s.slot >= 0 and not s.ended]
+        return [(s, self.engines[s.key].read_row(s.slot), s.steps) for s in sessions if s.slot >= 0 and not s.ended]

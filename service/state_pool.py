@@ -1,13 +1,7 @@
-"""Per-model state pool: one device tensor per state name, one row per session.
-
-Design (docs/service.md, "State on the device"): every session of a model owns a row `slot` of six
-pool tensors `pool_<s>` of shape (C, ...). A batch step gathers the rows of its B sessions into (B, ...)
-tensors, runs the model on them and scatters the next state back in place. Gather, scatter and row
-copies are tiny committed ONNX graphs (service/graphs) run by onnxruntime on the model's own provider,
-so on CUDA the state never leaves the device and on CPU the very same code runs on CPU OrtValues.
-
-The pool grows by doubling (rows copied device to device) and never shrinks; freed rows are reused.
-A `StatePool` is used by one thread only (its model's batcher).
+"""Per-model state pool: one device tensor per state name, one row (`slot`) per session, and the device-side
+row moves (gather, scatter, copy) as onnxruntime calls of the committed helper graphs (service/graphs).
+Why a pool, and how it grows: docs/service.md ("State on the device"). Used by one thread only (its model's
+batcher).
 """
 
 from __future__ import annotations
@@ -18,7 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 import onnxruntime as ort
 
-from service.graphs import STATE_NAMES, graph_bytes
+from onnx_contract import STATE_NAMES
+from service.graphs import graph_bytes
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from onnx_contract import STATE_NAMES
 from service.errors import invalid
-from service.graphs import STATE_NAMES
 from service.proto_gen.ntm.v1 import ntm_pb2
 
 

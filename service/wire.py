@@ -42,10 +42,12 @@ def tolerant(message_type: type[Message]) -> Callable[[bytes], Message | Malform
     return parse
 
 
-def add_ntm_servicer(servicer: Any, server: grpc.aio.Server) -> None:
-    """Like `ntm_pb2_grpc.add_NTMServicer_to_server`, with tolerant request decoding."""
+def add_ntm_servicer(servicer: Any, server: grpc.aio.Server, name: str = "NTM") -> None:
+    """Like `ntm_pb2_grpc.add_NTMServicer_to_server` (or of service `name` of the proto, e.g. ModelAdmin),
+    with tolerant request decoding."""
+    service = ntm_pb2.DESCRIPTOR.services_by_name[name]
     handlers = {}
-    for method in SERVICE.methods:
+    for method in service.methods:
         request = getattr(ntm_pb2, method.input_type.name)
         response = getattr(ntm_pb2, method.output_type.name)
         kind = {(False, False): grpc.unary_unary_rpc_method_handler,
@@ -54,5 +56,5 @@ def add_ntm_servicer(servicer: Any, server: grpc.aio.Server) -> None:
                 (True, True): grpc.stream_stream_rpc_method_handler}[(method.client_streaming, method.server_streaming)]
         handlers[method.name] = kind(getattr(servicer, method.name), request_deserializer=tolerant(request),
                                      response_serializer=response.SerializeToString)
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE.full_name, handlers),))
-    server.add_registered_method_handlers(SERVICE.full_name, handlers)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
+    server.add_registered_method_handlers(service.full_name, handlers)

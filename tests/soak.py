@@ -41,13 +41,15 @@ from pathlib import Path
 import grpc
 import numpy as np
 
+from onnx_contract import GRAPH_FILES, META_CHECKPOINT, STATE_NAMES
 from service.client import NTMClient, step_request
+from service.engine import ROW_MULTIPLE  # the server's row layout
 from service.healthcheck import check
+from service.ort_session import open_session
 
 log = logging.getLogger("soak")
 ROOT = Path(__file__).resolve().parent.parent
-GRAPHS = ("step.onnx", "sequence.onnx", "initial_state.onnx")
-ROW_MULTIPLE = 4  # the server's row layout (service/engine.py)
+GRAPHS = tuple(GRAPH_FILES.values())
 RETRY = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED)
 STALE = grpc.StatusCode.FAILED_PRECONDITION  # the session is not where the request expects it: a kill took steps back
 
@@ -76,14 +78,12 @@ class SoakConfig:
 
 def snapshot_model(source: Path, target: Path) -> Path:
     """Copy a model's three graphs (training may rewrite them meanwhile); retry until they are one export."""
-    import onnxruntime as ort
-
     for _ in range(20):
         target.mkdir(parents=True, exist_ok=True)
         for name in GRAPHS:
             shutil.copy2(source / name, target / name)
-        hashes = {ort.InferenceSession(str(target / name), providers=["CPUExecutionProvider"]).get_modelmeta()
-                  .custom_metadata_map.get("ntm.checkpoint_sha256") for name in GRAPHS}
+        hashes = {open_session(target / name).get_modelmeta().custom_metadata_map.get(META_CHECKPOINT)
+                  for name in GRAPHS}
         if len(hashes) == 1:
             return target
         time.sleep(1.0)
@@ -95,13 +95,9 @@ def offline_reference(folder: Path, inputs: np.ndarray, group: int = 64,
     """`sequence.onnx` on every session's whole input: inputs (S, T, I) -> outputs (S, T, O) and the final state
     {name: (S, ...)}. Sessions share calls in groups padded to a multiple of 4 rows with initial-state rows, and
     time runs in windows of `window` steps (the state carried over), to bound memory."""
-    import onnxruntime as ort
-
-    cpu = ["CPUExecutionProvider"]
-    sequence = ort.InferenceSession(str(folder / "sequence.onnx"), providers=cpu)
-    names = [i.name for i in sequence.get_inputs()][1:]
-    initial = dict(zip(names, ort.InferenceSession(str(folder / "initial_state.onnx"), providers=cpu).run(None, {}),
-                       strict=True))  # batch 1
+    sequence = open_session(folder / GRAPH_FILES["sequence"])
+    names = list(STATE_NAMES)
+    initial = dict(zip(names, open_session(folder / GRAPH_FILES["initial_state"]).run(None, {}), strict=True))  # B=1
     outputs, finals = [], {n: [] for n in names}
     for first in range(0, len(inputs), group):
         x = inputs[first:first + group]  # (B, T, I)
@@ -460,9 +456,7 @@ def _lifetimes(samples: list[tuple[int, float, int]]) -> list[dict[str, float]]:
 def run_soak(config: SoakConfig, work_dir: Path) -> SoakReport:
     rng = np.random.default_rng(config.seed)
     model_dir = snapshot_model(config.models / config.model, work_dir / "models" / config.model)
-    import onnxruntime as ort
-
-    width = ort.InferenceSession(str(model_dir / "step.onnx"), providers=["CPUExecutionProvider"]).get_inputs()[0]
+    width = open_session(model_dir / GRAPH_FILES["step"]).get_inputs()[0]
     inputs = rng.integers(0, 2, (config.sessions, config.steps, int(width.shape[1]))).astype(np.float32)
     began = time.perf_counter()
     ref_outputs, ref_state = offline_reference(model_dir, inputs)

@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import json
 import os
+import resource
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from benchmarks import engine, procstat
-from benchmarks.models import find_model, has_graphs
-from benchmarks.ort_engine import DEFAULT, TUNED, BoundStep, RunStep, copy_task_inputs, initial_state, make_session
+from benchmarks.models import ModelFolder, find_model, has_graphs
+from benchmarks.ort_engine import DEFAULT, BoundStep, RunStep, copy_task_inputs, initial_state, make_session
 from benchmarks.timing import TimingPlan
 
 TINY = TimingPlan(rounds=1, round_s=0.002, warmup_calls=1, max_calls=20)
@@ -30,7 +32,7 @@ def model(tmp_path_factory: pytest.TempPathFactory):
     return dev_export(tmp_path_factory.mktemp("model"))
 
 
-def test_engine_quick_writes_tables_and_json(model, tmp_path: Path) -> None:
+def test_engine_quick_writes_tables_and_json(model: ModelFolder, tmp_path: Path) -> None:
     payload = engine.run(model, tmp_path, quick=True, batches=(1, 8), compile_torch=False, plan=TINY)
     written = json.loads((tmp_path / "engine.json").read_text())
     assert written["benchmark"] == "engine" and written["mode"] == "quick"
@@ -53,13 +55,13 @@ def test_engine_quick_writes_tables_and_json(model, tmp_path: Path) -> None:
     assert payload["results"].keys() == written["results"].keys()
 
 
-def test_bound_step_computes_what_run_computes(model) -> None:
+def test_bound_step_computes_what_run_computes(model: ModelFolder) -> None:
     """The IOBinding ping-pong runner the figures come from steps the same state as plain session.run."""
     batch, steps = 3, 7
     inputs = copy_task_inputs(np.random.default_rng(0), steps, batch, model.config["input_size"])
     state = initial_state(model.path, batch)
     plain = RunStep(make_session(model.graph("step"), DEFAULT), state, inputs)
-    bound = BoundStep(make_session(model.graph("step"), TUNED), state, inputs)
+    bound = BoundStep(make_session(model.graph("step"), DEFAULT), state, inputs)
     for _ in range(steps):
         plain()
         bound()
@@ -68,8 +70,18 @@ def test_bound_step_computes_what_run_computes(model) -> None:
     assert not np.allclose(plain.state[3], state[3]), "seven steps must change the memory"
 
 
-def test_procstat_reads_this_process() -> None:
-    before = procstat.cpu_seconds(os.getpid())
-    sum(i * i for i in range(300_000))  # burn a little CPU
-    assert procstat.cpu_seconds(os.getpid()) >= before
-    assert procstat.rss_bytes(os.getpid()) > 10 * 2**20
+def test_procstat_agrees_with_the_kernels_other_counters() -> None:
+    """/proc's CPU time moves with this process's own CPU clock, and its RSS with memory really touched."""
+    pid = os.getpid()
+    cpu_before, clock_before = procstat.cpu_seconds(pid), time.process_time()
+    while time.process_time() - clock_before < 0.3:  # burn CPU until this process's own clock says 0.3 s
+        sum(i * i for i in range(10_000))
+    used, clock = procstat.cpu_seconds(pid) - cpu_before, time.process_time() - clock_before
+    assert abs(used - clock) <= 0.05 + 2 / os.sysconf("SC_CLK_TCK"), (used, clock)
+
+    rss_before = procstat.rss_bytes(pid)
+    block = np.ones(64 * 2**20, dtype=np.uint8)  # 64 MiB, every page written
+    grown = procstat.rss_bytes(pid) - rss_before
+    assert grown >= 48 * 2**20, f"RSS grew by {grown / 2**20:.1f} MiB after touching 64 MiB"
+    assert procstat.rss_bytes(pid) <= resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 + 2**20
+    del block

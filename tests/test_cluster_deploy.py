@@ -11,10 +11,10 @@ import subprocess
 import kubernetes_validate
 import pytest
 import yaml
+from helpers import ROOT
 
 from service.cluster.envoy import COMPOSE_REPLICAS, SESSION_HEADER, deployment_config
 from service.cluster.launcher import envoy_binary
-from tests.conftest import ROOT
 from tests.test_service_ops import _compose_tool
 
 K8S = ROOT / "deploy" / "kubernetes"

@@ -13,10 +13,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from helpers import ROOT, Offline, bits
 
 from service.client import NTMClient
 from tests.cluster_faults import FaultConfig, run_faults
-from tests.conftest import ROOT, Offline, bits
 
 
 def _alive(pid: int) -> bool:

@@ -14,12 +14,12 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+from helpers import ROOT, Offline, bits, service_config
 
 from service.client import NTMClient
 from service.cluster.launcher import LOCAL, Proc, _ping, free_port, store_binary
 from service.server import ServerThread
 from service.store import SessionStore, StoreError
-from tests.conftest import ROOT, Offline, bits, service_config
 
 
 @pytest.fixture(scope="module")

@@ -13,11 +13,12 @@ import numpy as np
 import onnx
 import pytest
 
-from export.model_files import GRAPH_FILES, load_checkpoint
+from export.model_files import load_checkpoint
 from export.parity import main as parity_main
 from export.parity import model_rows, sessions
 from export.runtime import cuda_unavailable_reason
 from export.testing import DEV_CONFIGS, dev_folder, make_dev_checkpoint, shipped_folders
+from onnx_contract import GRAPH_FILES
 
 REPO = Path(__file__).resolve().parent.parent
 STEPS = 1000

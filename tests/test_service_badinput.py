@@ -14,13 +14,13 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from conftest import bits, service_config
 from google.protobuf.message import DecodeError
+from helpers import Offline, bits, service_config
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from onnx_contract import STATE_NAMES
 from service.client import NTMClient, SessionStateData, step_request
-from service.graphs import STATE_NAMES
 from service.proto_gen.ntm.v1 import ntm_pb2
 from service.server import ServerThread
 from service.tensors import to_tensor
@@ -69,14 +69,15 @@ def _settled_steps(client: NTMClient, session_id: str, quiet_s: float = 0.3, lim
 
 
 @pytest.mark.parametrize("method", sorted(UNARY))
-def test_a_message_that_does_not_parse_is_invalid_argument(server, method: str) -> None:
+def test_a_message_that_does_not_parse_is_invalid_argument(server: ServerThread, method: str) -> None:
     with grpc.insecure_channel(server.target) as channel, pytest.raises(grpc.RpcError) as err:
         _raw_unary(channel, method)(GARBAGE, timeout=30)
     assert err.value.code() == INVALID
     assert f"not a valid ntm.v1.{REQUEST_TYPES[method]} message" in err.value.details()
 
 
-def test_garbage_in_a_stream_after_good_steps(server, client: NTMClient, offline, rng) -> None:
+def test_garbage_in_a_stream_after_good_steps(server: ServerThread, client: NTMClient, offline: Offline,
+                                              rng: np.random.Generator) -> None:
     """Good steps, then bytes that are no message, a refused request and an unknown session: each gets its error
     response and the stream goes on; the good steps before and after are exact."""
     session = client.create_session("copy").session_id
@@ -102,7 +103,8 @@ def test_garbage_in_a_stream_after_good_steps(server, client: NTMClient, offline
     client.delete_session(session)
 
 
-def test_overlong_ids_and_step_counts_are_refused(client: NTMClient, offline, rng) -> None:
+def test_overlong_ids_and_step_counts_are_refused(client: NTMClient, offline: Offline,
+                                                  rng: np.random.Generator) -> None:
     session = client.create_session("copy").session_id
     with pytest.raises(grpc.RpcError) as err:
         client.step(session, bits(rng, 1), request_id="r" * 257)
@@ -121,7 +123,7 @@ def test_overlong_ids_and_step_counts_are_refused(client: NTMClient, offline, rn
 # --- oversized messages ---------------------------------------------------------------------------------
 
 
-def test_oversized_messages(copy_dir: Path, offline, rng) -> None:
+def test_oversized_messages(copy_dir: Path, offline: Offline, rng: np.random.Generator) -> None:
     """Over --max-message-bytes: a unary call or an import gets RESOURCE_EXHAUSTED and changes nothing; in a stream
     (after good steps) it ends the stream, and the steps already accepted are applied whole."""
     config = service_config(copy_dir, max_steps=3000, max_message_bytes=64 * 1024)
@@ -157,7 +159,8 @@ def test_oversized_messages(copy_dir: Path, offline, rng) -> None:
 # --- malformed states -----------------------------------------------------------------------------------
 
 
-def test_every_malformed_state_tensor_is_refused(client: NTMClient, server, rng) -> None:
+def test_every_malformed_state_tensor_is_refused(client: NTMClient, server: ServerThread,
+                                                 rng: np.random.Generator) -> None:
     session = client.create_session("copy").session_id
     client.step(session, bits(rng, 5))
     good = client.export_session(session)
@@ -187,7 +190,7 @@ def test_every_malformed_state_tensor_is_refused(client: NTMClient, server, rng)
     client.delete_session(session)
 
 
-def test_a_state_from_another_model_is_refused(client: NTMClient, server) -> None:
+def test_a_state_from_another_model_is_refused(client: NTMClient, server: ServerThread) -> None:
     others = [m.name for m in client.list_models() if m.name != "copy"]
     if not others:
         pytest.skip("only the copy model is served here; test_service_errors checks foreign weights by checksum")
@@ -202,7 +205,7 @@ def test_a_state_from_another_model_is_refused(client: NTMClient, server) -> Non
     client.delete_session(session)
 
 
-def test_expired_sessions_say_so_on_every_rpc(copy_dir: Path, rng) -> None:
+def test_expired_sessions_say_so_on_every_rpc(copy_dir: Path, rng: np.random.Generator) -> None:
     with ServerThread(service_config(copy_dir, reap_interval_s=0.05)) as server, NTMClient(server.target) as client:
         session = client.create_session("copy", ttl_seconds=0.2).session_id
         time.sleep(0.6)
@@ -388,7 +391,8 @@ def fuzz_sessions(client: NTMClient) -> dict[str, str]:
         client.delete_session(ids[key])
 
 
-def test_fuzzed_step_requests(server, client: NTMClient, offline, fuzz_sessions: dict[str, str]) -> None:
+def test_fuzzed_step_requests(server: ServerThread, client: NTMClient, offline: Offline, fuzz_sessions: dict[str,
+                              str]) -> None:
     target, bystander = fuzz_sessions["target"], fuzz_sessions["bystander"]
     ids = [target, "", "no-such-session", fuzz_sessions["deleted"], bystander.swapcase()]
     live = {target, bystander}
@@ -491,7 +495,8 @@ def session_states(draw: st.DrawFn, shapes: dict[str, tuple[int, ...]], checkpoi
     return state
 
 
-def test_fuzzed_session_states(server, client: NTMClient, offline, fuzz_sessions: dict[str, str]) -> None:
+def test_fuzzed_session_states(server: ServerThread, client: NTMClient, offline: Offline, fuzz_sessions: dict[str,
+                               str]) -> None:
     bystander = fuzz_sessions["bystander"]
     spec = next(m for m in client.list_models() if m.name == "copy")
     shapes = {s.name: tuple(s.shape) for s in spec.state}

@@ -6,11 +6,12 @@ from __future__ import annotations
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
-from conftest import bits, service_config
+from helpers import Offline, bits, service_config
 
 from service.client import NTMClient, step_request
 from service.server import ServerThread
@@ -40,7 +41,7 @@ def _drive(target: str, inputs: np.ndarray, seed: int) -> tuple[str, np.ndarray]
     return session, np.concatenate(outputs)
 
 
-def test_64_concurrent_sessions_batch_without_cross_talk(server, offline) -> None:
+def test_64_concurrent_sessions_batch_without_cross_talk(server: ServerThread, offline: Offline) -> None:
     rng = np.random.default_rng(64)
     inputs = [bits(rng, 24) for _ in range(64)]
     calls_before, sessions_before = _histogram(server, "ntm_batch_size")
@@ -61,7 +62,7 @@ def test_64_concurrent_sessions_batch_without_cross_talk(server, offline) -> Non
     assert sessions / calls > 2, f"mean batch size {sessions / calls:.2f}: steps were not batched"
 
 
-def test_batching_off_gives_the_same_numbers(copy_dir, offline, rng) -> None:
+def test_batching_off_gives_the_same_numbers(copy_dir: Path, offline: Offline, rng: np.random.Generator) -> None:
     inputs = [bits(rng, 20) for _ in range(8)]
     with ServerThread(service_config(copy_dir, batching=False)) as server:
         with ThreadPoolExecutor(8) as pool:
@@ -72,7 +73,8 @@ def test_batching_off_gives_the_same_numbers(copy_dir, offline, rng) -> None:
     assert calls == sessions  # one session per onnxruntime call
 
 
-def test_a_request_is_applied_whole_even_when_its_caller_leaves(copy_dir, offline, rng) -> None:
+def test_a_request_is_applied_whole_even_when_its_caller_leaves(copy_dir: Path, offline: Offline,
+                                                                rng: np.random.Generator) -> None:
     inputs = bits(rng, 1000)
     with ServerThread(service_config(copy_dir)) as server, NTMClient(server.target) as client:
         session = client.create_session("copy").session_id
@@ -88,7 +90,8 @@ def test_a_request_is_applied_whole_even_when_its_caller_leaves(copy_dir, offlin
                                rtol=0, atol=EXACT)
 
 
-def test_an_engine_failure_mid_request_leaves_the_session_as_it_was(copy_dir, offline, rng) -> None:
+def test_an_engine_failure_mid_request_leaves_the_session_as_it_was(copy_dir: Path, offline: Offline,
+                                                                    rng: np.random.Generator) -> None:
     """Fault injection: the engine raises on its 4th step call, in the middle of a 10-step request."""
     inputs = bits(rng, 20)
     with ServerThread(service_config(copy_dir)) as server, NTMClient(server.target) as client:

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
+from helpers import Offline
 
 from service import tasks_np
 from service.client import main, render
+from service.server import ServerThread
+from training.plots import used_rows
 
 
 def test_render_counts_bit_errors() -> None:
@@ -23,7 +28,8 @@ def test_render_counts_bit_errors() -> None:
 
 
 @pytest.mark.parametrize(("task", "args"), [("copy", ["--length", "6"]), ("priority_sort", [])])
-def test_demo_against_the_server(server, offline, capsys, task: str, args: list[str]) -> None:
+def test_demo_against_the_server(server: ServerThread, offline: Offline, capsys: pytest.CaptureFixture[str],
+                                 task: str, args: list[str]) -> None:
     models = {"copy": "copy", "priority_sort": "priority_sort"}
     if task != "copy" and not (offline.folder.parent / task / "step.onnx").is_file():
         pytest.skip(f"no {task} model among the test models")
@@ -36,6 +42,24 @@ def test_demo_against_the_server(server, offline, capsys, task: str, args: list[
     assert len(printed.splitlines()) == 2 + len(example.inputs) + 1
 
 
-def test_demo_reports_server_errors(server, capsys) -> None:
+def test_demo_reports_server_errors(server: ServerThread, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["copy", "--target", server.target, "--model", "no-such-model"]) == 1
     assert "NOT_FOUND" in capsys.readouterr().err
+
+
+def test_plot_rows_are_the_heads_path() -> None:
+    """--plot crops the memory to the rows the heads visited, as one piece even across the wrap from N-1 to 0."""
+    weights = np.zeros((5, 2, 128), np.float32)  # (T, H, N)
+    weights[0, 0, 40], weights[3, 1, 44], weights[4, 0, 41] = 1.0, 0.6, 0.3
+    np.testing.assert_array_equal(used_rows(weights, margin=2), np.arange(38, 47))
+    weights[:] = 0.0
+    weights[1, 0, 126], weights[2, 1, 1] = 1.0, 0.9  # a path over 126, 127, 0, 1
+    np.testing.assert_array_equal(used_rows(weights, margin=0), [126, 127, 0, 1])
+    np.testing.assert_array_equal(used_rows(np.zeros((2, 1, 8)), margin=1), np.arange(8))  # none visited: all rows
+    np.testing.assert_array_equal(used_rows(np.full((1, 1, 8), 0.125), margin=1), np.arange(8))  # never wider than N
+
+
+def test_demo_plot_draws_the_used_rows(server: ServerThread, tmp_path: Path) -> None:
+    out = tmp_path / "copy.png"
+    assert main(["copy", "--target", server.target, "--length", "5", "--seed", "1", "--plot", str(out)]) == 0
+    assert out.stat().st_size > 0

@@ -16,7 +16,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from conftest import ROOT, bits, free_port, service_config
+from helpers import ROOT, Offline, bits, free_port, service_config
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -88,7 +88,8 @@ def _restored(server: ServerThread) -> float:
         "ntm_sessions_created_total", {"model": "copy", "how": "restore"}) or 0.0
 
 
-def test_graceful_restart_restores_sessions_with_owners_and_ttls(copy_dir: Path, tmp_path: Path, offline, rng) -> None:
+def test_graceful_restart_restores_sessions_with_owners_and_ttls(copy_dir: Path, tmp_path: Path, offline: Offline,
+                                                                 rng: np.random.Generator) -> None:
     tokens = ("alpha-token", "beta-token")
     config = service_config(copy_dir, state_dir=tmp_path / "state", snapshot_interval_s=3600.0, reap_interval_s=3600.0,
                             auth_tokens=tokens)
@@ -137,7 +138,8 @@ def test_graceful_restart_restores_sessions_with_owners_and_ttls(copy_dir: Path,
     np.testing.assert_array_equal(b_rest, offline.run(b_inputs)["outputs"][7:])
 
 
-def test_corrupt_truncated_and_foreign_snapshots_are_skipped(copy_dir: Path, tmp_path: Path, offline, rng,
+def test_corrupt_truncated_and_foreign_snapshots_are_skipped(copy_dir: Path, tmp_path: Path, offline: Offline,
+                                                             rng: np.random.Generator,
                                                            caplog: pytest.LogCaptureFixture) -> None:
     state_dir = tmp_path / "state"
     config = service_config(copy_dir, state_dir=state_dir, snapshot_interval_s=3600.0)
@@ -187,7 +189,7 @@ def test_corrupt_truncated_and_foreign_snapshots_are_skipped(copy_dir: Path, tmp
 
 
 def test_state_dir_has_one_server_and_write_failures_do_not_stop_serving(copy_dir: Path, tmp_path: Path,
-                                                                         rng) -> None:
+                                                                         rng: np.random.Generator) -> None:
     config = service_config(copy_dir, state_dir=tmp_path / "state", snapshot_interval_s=3600.0)
     with ServerThread(config) as server, NTMClient(server.target) as client:
         with pytest.raises(StateDirError, match="in use by another server"):
@@ -235,8 +237,8 @@ def _start(copy_dir: Path, state_dir: Path, log_path: Path) -> tuple[subprocess.
     return process, port, metrics_port
 
 
-def test_kill_9_loses_at_most_the_steps_since_the_last_snapshot(copy_dir: Path, tmp_path: Path, offline,
-                                                               rng) -> None:
+def test_kill_9_loses_at_most_the_steps_since_the_last_snapshot(copy_dir: Path, tmp_path: Path, offline: Offline,
+                                                               rng: np.random.Generator) -> None:
     state_dir, log_path = tmp_path / "state", tmp_path / "server.log"
     inputs = [bits(rng, 60) for _ in range(3)]
     saved, sent = 25, 45  # steps certainly snapshotted; steps sent before the kill

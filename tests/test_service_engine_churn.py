@@ -10,11 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from helpers import Offline
 
 from service.engine import Engine
 
 
-def test_random_joins_and_leaves_match_each_sessions_offline_run(models_dir: Path, offline,
+def test_random_joins_and_leaves_match_each_sessions_offline_run(models_dir: Path, offline: Offline,
                                                                  rng: np.random.Generator) -> None:
     engine = Engine(models_dir / "copy", "cpu")
     width = engine.spec.input_size

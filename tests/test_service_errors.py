@@ -4,11 +4,12 @@ limits (session count, TTL, steps per request, message size, tokens) hold."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
-from conftest import bits, service_config
+from helpers import Offline, bits, service_config
 
 from service.client import NTMClient, SessionStateData, step_request
 from service.proto_gen.ntm.v1 import ntm_pb2
@@ -43,7 +44,7 @@ BAD_INPUTS = [
 
 
 @pytest.fixture
-def session(client: NTMClient, rng) -> str:
+def session(client: NTMClient, rng: np.random.Generator) -> str:
     """A session with some history, so 'unchanged' means something."""
     session_id = client.create_session("copy").session_id
     client.step(session_id, bits(rng, 7))
@@ -90,7 +91,7 @@ def test_bad_session_ids(client: NTMClient) -> None:
             assert words in err.value.details(), (rpc, err.value.details())
 
 
-def test_bad_create_requests(client: NTMClient, server) -> None:
+def test_bad_create_requests(client: NTMClient, server: ServerThread) -> None:
     live = server.server.registry.count()
     cases = [({"model": "no-such-model"}, NOT_FOUND, "unknown model"), ({"model": ""}, INVALID, "model is required"),
              ({"model": "copy", "ttl_seconds": -1}, INVALID, "ttl_seconds"),
@@ -102,7 +103,7 @@ def test_bad_create_requests(client: NTMClient, server) -> None:
     assert server.server.registry.count() == live
 
 
-def test_malformed_imports_are_refused(client: NTMClient, server, session: str) -> None:
+def test_malformed_imports_are_refused(client: NTMClient, server: ServerThread, session: str) -> None:
     good = client.export_session(session)
     live = server.server.registry.count()
 
@@ -139,7 +140,8 @@ def test_malformed_imports_are_refused(client: NTMClient, server, session: str) 
     assert server.server.registry.count() == live  # nothing was created
 
 
-def test_stream_answers_bad_requests_and_goes_on(client: NTMClient, session: str, offline, rng) -> None:
+def test_stream_answers_bad_requests_and_goes_on(client: NTMClient, session: str, offline: Offline,
+                                                 rng: np.random.Generator) -> None:
     """Bad requests between good ones: each gets its error response; the good ones are exact."""
     before = _snapshot(client, session)
     other = client.create_session("copy").session_id
@@ -166,7 +168,7 @@ def test_stream_answers_bad_requests_and_goes_on(client: NTMClient, session: str
 # --- limits, on servers with small settings -------------------------------------------------------------
 
 
-def test_session_limit(copy_dir) -> None:
+def test_session_limit(copy_dir: Path) -> None:
     with ServerThread(service_config(copy_dir, max_sessions=3)) as server, NTMClient(server.target) as client:
         ids = [client.create_session("copy").session_id for _ in range(3)]
         with pytest.raises(grpc.RpcError) as err:
@@ -179,7 +181,7 @@ def test_session_limit(copy_dir) -> None:
         client.create_session("copy")  # room again
 
 
-def test_idle_sessions_expire_and_say_so(copy_dir, rng) -> None:
+def test_idle_sessions_expire_and_say_so(copy_dir: Path, rng: np.random.Generator) -> None:
     config = service_config(copy_dir, reap_interval_s=0.05)
     with ServerThread(config) as server, NTMClient(server.target) as client:
         idle = client.create_session("copy", ttl_seconds=0.3).session_id
@@ -196,7 +198,7 @@ def test_idle_sessions_expire_and_say_so(copy_dir, rng) -> None:
         assert evictions == 1
 
 
-def test_steps_per_request_and_message_size_limits(copy_dir, rng) -> None:
+def test_steps_per_request_and_message_size_limits(copy_dir: Path, rng: np.random.Generator) -> None:
     config = service_config(copy_dir, max_steps=3000, max_message_bytes=64 * 1024)
     with ServerThread(config) as server, NTMClient(server.target, max_message_bytes=1 << 22) as client:
         session = client.create_session("copy").session_id
@@ -212,7 +214,7 @@ def test_steps_per_request_and_message_size_limits(copy_dir, rng) -> None:
         assert client.step(session, bits(rng, 1000)).steps == 1003  # 36 kB is fine
 
 
-def test_tokens_and_ownership(copy_dir, rng) -> None:
+def test_tokens_and_ownership(copy_dir: Path, rng: np.random.Generator) -> None:
     config = service_config(copy_dir, auth_tokens=("alpha-token", "beta-token"), max_sessions_per_owner=2)
     with ServerThread(config) as server:
         with NTMClient(server.target) as anonymous, pytest.raises(grpc.RpcError) as err:

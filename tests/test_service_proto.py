@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import ROOT
+from helpers import ROOT
 
 from service.graphs import GRAPHS
 from service.proto_gen.ntm.v1 import ntm_pb2

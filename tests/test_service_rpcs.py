@@ -1,26 +1,28 @@
 """Every RPC against a live server, and the served numbers against offline runs of the same model.
 
 Exactness (≤ 1e-6; in fact bit for bit) is against onnxruntime running the same graph files offline in
-the server's row layout (conftest.Offline). Against a plain batch-1 run and against the PyTorch checkpoint
+the server's row layout (helpers.Offline). Against a plain batch-1 run and against the PyTorch checkpoint
 the graphs came from (other kernels, other rounding) the bound is 1e-5, on task inputs: on random inputs a
 trained NTM amplifies rounding differences (see docs/service.md, "Batch invariance")."""
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
-from conftest import bits
+from helpers import Offline, bits
 
 from service import tasks_np
 from service.client import NTMClient, SessionStateData, step_request
+from service.server import ServerThread
 
 EXACT = 1e-6
 
 
-def test_list_models_describes_each_served_model(client: NTMClient, models_dir) -> None:
+def test_list_models_describes_each_served_model(client: NTMClient, models_dir: Path) -> None:
     models = {m.name: m for m in client.list_models()}
     assert set(models) == {p.name for p in models_dir.iterdir() if (p / "step.onnx").is_file()}
     copy = models["copy"]
@@ -54,7 +56,8 @@ def test_session_ids_are_unique_and_random(client: NTMClient) -> None:
         client.delete_session(i)
 
 
-def test_step_equals_offline_onnxruntime_and_torch(client: NTMClient, offline, rng) -> None:
+def test_step_equals_offline_onnxruntime_and_torch(client: NTMClient, offline: Offline,
+                                                   rng: np.random.Generator) -> None:
     inputs = bits(rng, 40)
     session = client.create_session("copy")
     out = client.step(session.session_id, inputs, return_attention=True, request_id="r1")
@@ -70,7 +73,7 @@ def test_step_equals_offline_onnxruntime_and_torch(client: NTMClient, offline, r
     client.delete_session(session.session_id)
 
 
-def test_task_example_matches_batch_one_and_torch(client: NTMClient, offline) -> None:
+def test_task_example_matches_batch_one_and_torch(client: NTMClient, offline: Offline) -> None:
     example = tasks_np.copy(np.random.default_rng(11), length=20)
     session = client.create_session("copy")
     got = client.step(session.session_id, example.inputs).outputs
@@ -79,7 +82,8 @@ def test_task_example_matches_batch_one_and_torch(client: NTMClient, offline) ->
     client.delete_session(session.session_id)
 
 
-def test_outputs_do_not_depend_on_how_the_sequence_is_cut(client: NTMClient, offline, rng) -> None:
+def test_outputs_do_not_depend_on_how_the_sequence_is_cut(client: NTMClient, offline: Offline,
+                                                          rng: np.random.Generator) -> None:
     inputs = bits(rng, 37)
     ref = offline.run(inputs)["outputs"]
     cuts = [[37], [1] * 37, [5, 1, 20, 11], [2, 3, 5, 7, 11, 9]]
@@ -95,7 +99,8 @@ def test_outputs_do_not_depend_on_how_the_sequence_is_cut(client: NTMClient, off
         client.delete_session(session.session_id)
 
 
-def test_a_session_outlives_its_streams(client: NTMClient, server, offline, rng) -> None:
+def test_a_session_outlives_its_streams(client: NTMClient, server: ServerThread, offline: Offline,
+                                        rng: np.random.Generator) -> None:
     inputs = bits(rng, 30)
     session = client.create_session("copy")
     first = [o.outputs for o in client.stream_session(session.session_id, np.split(inputs[:12], 4))]
@@ -107,7 +112,8 @@ def test_a_session_outlives_its_streams(client: NTMClient, server, offline, rng)
     client.delete_session(session.session_id)
 
 
-def test_one_stream_drives_many_sessions_in_order(client: NTMClient, offline, rng) -> None:
+def test_one_stream_drives_many_sessions_in_order(client: NTMClient, offline: Offline,
+                                                  rng: np.random.Generator) -> None:
     sessions = [client.create_session("copy").session_id for _ in range(6)]
     inputs = {s: bits(rng, 12) for s in sessions}
     requests = []
@@ -124,7 +130,8 @@ def test_one_stream_drives_many_sessions_in_order(client: NTMClient, offline, rn
         client.delete_session(s)
 
 
-def test_export_then_import_continues_identically(client: NTMClient, offline, rng) -> None:
+def test_export_then_import_continues_identically(client: NTMClient, offline: Offline,
+                                                  rng: np.random.Generator) -> None:
     inputs = bits(rng, 30)
     original = client.create_session("copy")
     client.step(original.session_id, inputs[:18])
@@ -147,8 +154,7 @@ def test_export_then_import_continues_identically(client: NTMClient, offline, rn
         client.delete_session(s)
 
 
-def test_every_served_model_steps_like_its_graph(client: NTMClient, models_dir, rng) -> None:
-    from conftest import Offline
+def test_every_served_model_steps_like_its_graph(client: NTMClient, models_dir: Path, rng: np.random.Generator) -> None:
 
     for model in client.list_models():
         inputs = bits(rng, 9, model.input_size)

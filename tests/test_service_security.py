@@ -13,12 +13,12 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from conftest import bits, service_config
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from helpers import Offline, bits, service_config
 
 from service import client as client_cli
 from service import healthcheck
@@ -115,8 +115,8 @@ def _refused_connection(call: object) -> None:
 # --- TLS ------------------------------------------------------------------------------------------------
 
 
-def test_tls_serves_exactly_and_refuses_plaintext_and_strangers(tls_server: ServerThread, pki: Pki, offline,
-                                                                rng) -> None:
+def test_tls_serves_exactly_and_refuses_plaintext_and_strangers(tls_server: ServerThread, pki: Pki, offline: Offline,
+                                                                rng: np.random.Generator) -> None:
     x = bits(rng, 12)
     with NTMClient(tls_server.target, token=ALPHA, tls_ca=pki.ca, timeout=30) as alpha:
         session = alpha.create_session("copy").session_id
@@ -141,7 +141,8 @@ def test_mutual_tls_needs_a_client_certificate_from_the_ca(mtls_server: ServerTh
         _refused_connection(rogue.list_models)
 
 
-def test_demo_cli_over_mutual_tls_with_a_token(mtls_server: ServerThread, pki: Pki, capsys) -> None:
+def test_demo_cli_over_mutual_tls_with_a_token(mtls_server: ServerThread, pki: Pki,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["copy", "--length", "4", "--target", mtls_server.target, "--tls-ca", str(pki.ca), "--tls-cert",
             str(pki.client_cert), "--tls-key", str(pki.client_key)]
     assert client_cli.main([*argv, "--token", ALPHA]) == 0
@@ -153,7 +154,7 @@ def test_demo_cli_over_mutual_tls_with_a_token(mtls_server: ServerThread, pki: P
 
 
 def test_health_port_answers_probes_in_plaintext_and_nothing_else(mtls_server: ServerThread, monkeypatch,
-                                                                  capsys) -> None:
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
     port = mtls_server.server.health_port
     assert port
     monkeypatch.setenv("NTM_HEALTH_PORT", str(port))
@@ -214,7 +215,8 @@ def test_every_rpc_needs_a_valid_token(tls_server: ServerThread, pki: Pki, metad
         assert health.status == health_pb2.HealthCheckResponse.SERVING  # exempt: probes carry no token
 
 
-def test_sessions_belong_to_their_token(tls_server: ServerThread, pki: Pki, offline, rng) -> None:
+def test_sessions_belong_to_their_token(tls_server: ServerThread, pki: Pki, offline: Offline,
+                                        rng: np.random.Generator) -> None:
     x = bits(rng, 9)
     with NTMClient(tls_server.target, token=ALPHA, tls_ca=pki.ca, timeout=30) as alpha, \
             NTMClient(tls_server.target, token=BETA, tls_ca=pki.ca, timeout=30) as beta:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from conftest import Offline
+from helpers import Offline
 from soak import SoakConfig, offline_reference, run_soak
 
 

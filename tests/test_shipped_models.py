@@ -15,7 +15,7 @@ import pytest
 
 from training.checkpoint import checkpoint_hash, load_model
 from training.evaluate import TARGETS, evaluate_point, model_kind
-from training.tasks import get_task
+from training.tasks import TaskSpec, task_of
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
 FOLDERS = sorted(p.parent for p in MODELS.glob("*/checkpoint.pt"))
@@ -25,27 +25,52 @@ SEED = 31_337  # not a training seed, not training.train.EVAL_SEED, not training
 needs_models = pytest.mark.skipif(not FOLDERS, reason=f"no shipped models yet: no {MODELS}/*/checkpoint.pt")
 folders = pytest.mark.parametrize("folder", FOLDERS or [None], ids=[p.name for p in FOLDERS] or ["none"])
 
+# Folders the evaluation sets no target for (training.evaluate.TARGETS covers the NTMs that learned their
+# task): each must stay at what its eval.md reports for the training range, with a small margin for the
+# fresh sequences here. Figures of the shipped weights: eval.md over 1000 sequences / this test's 300.
+REPORTED: dict[str, float] = {
+    "priority_sort": 36.0,  # 34.07 / 34.35 bit errors per sequence of 128 bits (not learned well; chance is 64)
+    "copy_lstm_baseline": 6.0,  # 5.50 / 4.78
+    "associative_recall_lstm_baseline": 4.5,  # 3.89 / 4.16
+}
+
+
+def _target(folder: Path, task: TaskSpec, kind: str) -> tuple[str, str, float] | None:
+    """(point, op, bound) this folder's model must meet on its training range, or None for an unknown folder."""
+    training_range = task.eval_points[0][0]
+    if kind == "ntm":
+        for target in TARGETS.get(task.name, ()):
+            if target[0] == training_range:
+                return target
+    if folder.name in REPORTED:
+        return (training_range, "<=", REPORTED[folder.name])
+    return None
 
 
 @needs_models
 @folders
 def test_loads_and_meets_its_training_range_target(folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
     model, meta = load_model(folder)
-    task = get_task(meta["task"])
+    task = task_of(meta)
     kind = model_kind(model)
     assert kind == ("lstm_baseline" if folder.name.endswith("_lstm_baseline") else "ntm"), folder.name
     assert (meta["input_size"], meta["output_size"]) == (task.input_size, task.output_size)
+    target = _target(folder, task, kind)
+    assert target is not None, f"{folder.name}: no target; add its reported figure to REPORTED"
     name, sample = task.eval_points[0]
     result = evaluate_point(model, task, name, sample, SEQUENCES, SEED)
-    target = TARGETS.get(task.name, ())[:1] if kind == "ntm" else ()
-    wanted = f"{target[0][1]} {target[0][2]:g}" if target else "none"
-    with capsys.disabled():  # the figure is the report for folders without a target (priority sort, baselines)
+    point, op, bound = target
+    with capsys.disabled():
         print(f"\n  {folder.name}: {result.bit_errors:.4f} bit errors/seq over {result.sequences} fresh sequences "
-              f"({name}), {100 * result.perfect:.1f}% perfect, target {wanted}")
-    for point, op, bound in target:
-        assert point == name
-        assert (result.bit_errors < bound) if op == "<" else (result.bit_errors <= bound), (
-            f"{folder.name}: {result.bit_errors:.4f} bit errors/seq at {name}, target {op} {bound}")
+              f"({name}), {100 * result.perfect:.1f}% perfect, target {op} {bound:g}")
+    assert point == name
+    assert (result.bit_errors < bound) if op == "<" else (result.bit_errors <= bound), (
+        f"{folder.name}: {result.bit_errors:.4f} bit errors/seq at {name}, target {op} {bound}")
+    if kind == "lstm_baseline" and task.name in TARGETS:  # the README's comparison: the NTM's target is out of reach
+        ntm_point, _, ntm_bound = TARGETS[task.name][0]
+        assert ntm_point == name and result.bit_errors >= ntm_bound, (
+            f"{folder.name}: the LSTM baseline meets the NTM's target ({result.bit_errors:.4f} < {ntm_bound}): "
+            "README and docs/training.md say it does not")
 
 
 @needs_models
@@ -61,4 +86,5 @@ def test_folder_carries_report_curve_and_command(folder: Path) -> None:
     assert report["checkpoint_sha256"] == checkpoint_hash(folder), (
         f"{folder.name}: eval.json describes other weights; rerun python -m training.evaluate {folder}")
     assert report["sequences"] >= 1000
-    assert [p["name"] for p in report["points"]] == [n for n, _ in get_task(report["task"]).eval_points]
+    meta = json.loads((folder / "config.json").read_text())
+    assert [p["name"] for p in report["points"]] == [n for n, _ in task_of(meta).eval_points]

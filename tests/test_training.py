@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -15,10 +16,12 @@ from training import addressing
 from training.__main__ import parse
 from training.checkpoint import MODEL_FILE, RESUME_FILE, load_model, save_model
 from training.config import NTMConfig
+from training.device import resolve_device
 from training.evaluate import TARGETS, evaluate_folder, sequences_to_reach
 from training.evaluate import main as evaluate_main
 from training.metrics import bit_errors, sequence_loss
 from training.model import NTM, LSTMBaseline
+from training.progress import Progress
 from training.state import STATE_NAMES, NTMState
 from training.tasks import get_task
 from training.train import TrainConfig, build_model, train
@@ -244,7 +247,7 @@ def test_interrupted_and_resumed_run_ends_where_the_uninterrupted_run_ends(
         return real.sample(gen, batch)
 
     crashing = dataclasses.replace(real, sample=crashing_sample)
-    monkeypatch.setattr(train_module, "get_task", lambda name, wrap=False: crashing)
+    monkeypatch.setattr(train_module, "get_task", lambda name, wrap=False, max_length=0: crashing)
     with pytest.raises(KeyboardInterrupt):
         train(cfg, progress=False)
     monkeypatch.undo()
@@ -360,9 +363,11 @@ def test_evaluate_cli_rejects_a_folder_without_checkpoint(tmp_path: Path) -> Non
 
 def test_targets_name_real_eval_points() -> None:
     for task, targets in TARGETS.items():
-        names = [n for n, _ in get_task(task).eval_points]
+        names = {n for n, _ in get_task(task).eval_points}
+        if task == "associative_recall":
+            names |= {n for n, _ in get_task(task, wrap=True).eval_points}
         assert all(point in names for point, _, _ in targets)
-        assert targets[0][0] == names[0]  # the training-range target comes first
+        assert targets[0][0] == get_task(task).eval_points[0][0]  # the training-range target comes first
 
 
 def test_sequences_to_reach_reads_the_training_log(tmp_path: Path) -> None:
@@ -396,3 +401,54 @@ def test_transplant_copies_shared_channels_and_keeps_new_ones_fresh() -> None:
     assert torch.equal(dst["memory0"], src["memory0"]) and torch.equal(dst["r0"], src["r0"])
     with pytest.raises(ValueError, match="cannot transplant"):
         transplant(NTM(NTMConfig(9, 8, memory_width=10)), NTM(NTMConfig(9, 8)))
+
+
+def test_wrap_variant_queries_every_item_at_every_point() -> None:
+    """The seed's recall variant: at every point some queries are the last item, whose answer is item 1."""
+    for name, sample in get_task("associative_recall", wrap=True).eval_points:
+        batch = sample(torch.Generator().manual_seed(0), 256)
+        items = (batch.inputs.shape[0] - 8) // 4
+        first_item = batch.inputs[1:4]  # (3, B, 8): item 1's three rows
+        wrapped = (batch.targets == first_item[:, :, :6]).all(dim=(0, 2))  # (B,)
+        assert wrapped.float().mean() > 0.5 / items, name  # about 1/K of the queries wrap
+
+
+def test_copy_max_length_trains_longer_and_still_reports_the_usual_points() -> None:
+    task = get_task("copy", max_length=50)
+    names = [n for n, _ in task.eval_points]
+    assert names[:2] == ["L in [1,50]", "L in [1,20]"] and "L=120" in names
+    lengths = {task.sample(torch.Generator().manual_seed(s), 1).targets.shape[0] for s in range(200)}
+    assert max(lengths) > 20 and max(lengths) <= 50
+    with pytest.raises(ValueError, match="copy only"):
+        get_task("associative_recall", max_length=50)
+
+
+def test_select_on_picks_the_checkpoint_by_that_point(tmp_path: Path) -> None:
+    cfg = dataclasses.replace(small_config(tmp_path / "sel"), select_on="L=40")
+    train(cfg, progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "sel" / "train_log.jsonl").read_text().splitlines()]
+    best = min(rows, key=lambda r: (r["select_bit_errors"], -r["sequences"]))
+    meta = json.loads((tmp_path / "sel" / "config.json").read_text())
+    assert meta["sequences_trained"] == best["sequences"] and meta["select_bit_errors"] == best["select_bit_errors"]
+    with pytest.raises(ValueError, match="not an eval point"):
+        train(dataclasses.replace(cfg, out=str(tmp_path / "bad"), select_on="L=999"), progress=False)
+
+
+def test_device_option_resolves_and_refuses_cuda_without_a_gpu() -> None:
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ValueError, match="device must be one of"):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA device"):
+            resolve_device("cuda")
+
+
+def test_progress_off_a_terminal_writes_periodic_plain_lines(caplog: pytest.LogCaptureFixture) -> None:
+    bar = Progress(total=100, initial=0, interval_s=0.0, terminal=False)
+    with caplog.at_level(logging.INFO, logger="training"):
+        for _ in range(3):
+            bar.update(10, loss="0.5")
+    bar.close()
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 3 and "\r" not in "".join(lines) and lines[-1].startswith("30/100 sequences")

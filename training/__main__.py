@@ -9,6 +9,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from training.device import DEVICES
 from training.tasks import TASKS
 from training.train import TrainConfig, train
 
@@ -38,13 +39,20 @@ def parse(argv: list[str]) -> TrainConfig:
                    help="warm start from a trained NTM folder of another task (e.g. models/copy for repeat_copy)")
     p.add_argument("--wrap", action="store_true",
                    help="associative_recall only: the query may be the last item (its answer wraps to item 1)")
+    p.add_argument("--max-length", type=int, default=d.max_length,
+                   help="copy only: train on L in [1, max_length] (default: the task's 1..20)")
+    p.add_argument("--select-on", default=d.select_on,
+                   help='eval point whose held-out figure picks the shipped checkpoint, e.g. "L=80" '
+                        '(default: the training range)')
+    p.add_argument("--device", choices=DEVICES, default=d.device, help="auto: CUDA when torch sees one, else CPU")
     a = p.parse_args(argv)
     suffix = "" if a.model == "ntm" else "_lstm_baseline"
     return TrainConfig(
         task=a.task, out=a.out or f"models/{a.task}{suffix}", model=a.model, seed=a.seed, batch_size=a.batch_size,
         sequences=a.sequences, optimizer=a.optimizer, lr=a.lr, momentum=a.momentum, clip=a.clip,
         eval_every=a.eval_every, eval_sequences=a.eval_sequences, stop_below=a.stop_below, threads=a.threads,
-        ntm=a.ntm, baseline=a.baseline, wrap=a.wrap, init_from=a.init_from,
+        ntm=a.ntm, baseline=a.baseline, wrap=a.wrap, init_from=a.init_from, max_length=a.max_length,
+        select_on=a.select_on, device=a.device,
     )
 
 

@@ -1,4 +1,4 @@
-"""NTM addressing (Graves et al. 2014, section 3.3), one pure function per stage.
+"""NTM addressing (Graves et al. 2014, section 3.3, equations (5)-(9)), one pure function per stage.
 
 Every function is vectorised over the batch and over heads, has no state, and uses only ops
 that export to ONNX with a dynamic batch size (no grouped convolution, no Python loops over
@@ -15,7 +15,8 @@ SHARPEN_FLOOR = 1e-30  # keeps log/pow finite at w == 0 in the backward pass
 
 
 def content_weighting(memory: Tensor, key: Tensor, beta: Tensor) -> Tensor:
-    """Softmax over rows of beta * cosine(key, row). beta = 0 gives the uniform weighting.
+    """Softmax over rows of beta * cosine(key, row) (eq. 5, the cosine K[u, v] of eq. 6). beta = 0 gives the
+    uniform weighting.
 
     memory (B, N, M), key (B, H, M), beta (B, H) -> (B, H, N)
     """
@@ -27,7 +28,7 @@ def content_weighting(memory: Tensor, key: Tensor, beta: Tensor) -> Tensor:
 
 
 def interpolate(content: Tensor, previous: Tensor, gate: Tensor) -> Tensor:
-    """gate * content + (1 - gate) * previous. gate = 0 keeps the previous weighting.
+    """gate * content + (1 - gate) * previous (eq. 7). gate = 0 keeps the previous weighting.
 
     content (B, H, N), previous (B, H, N), gate (B, H) -> (B, H, N)
     """
@@ -49,7 +50,7 @@ def shift_index(rows: int, shift_range: int) -> Tensor:
 
 
 def shift(weights: Tensor, shift: Tensor, index: Tensor) -> Tensor:
-    """Circular convolution of each weighting with its shift distribution, as gather + weighted sum.
+    """Circular convolution of each weighting with its shift distribution (eq. 8), as gather + weighted sum.
 
     A gather keeps the batch size dynamic (a grouped conv1d would bake it in) and costs a few ONNX
     nodes whatever S is (benchmarks/shapes.py measured the alternatives).
@@ -60,7 +61,7 @@ def shift(weights: Tensor, shift: Tensor, index: Tensor) -> Tensor:
 
 
 def sharpen(weights: Tensor, gamma: Tensor) -> Tensor:
-    """w^gamma renormalised. gamma = 1 changes nothing; one-hot stays one-hot.
+    """w^gamma renormalised (eq. 9). gamma = 1 changes nothing; one-hot stays one-hot.
 
     Dividing by the row maximum first is mathematically a no-op but keeps the largest term at 1,
     so huge gamma cannot underflow every entry to zero.
@@ -82,7 +83,8 @@ def address(
     gamma: Tensor,
     index: Tensor,
 ) -> Tensor:
-    """The whole addressing pipeline: content -> interpolate -> shift -> sharpen.
+    """The whole addressing pipeline (Figure 2 of the paper): content (5, 6) -> interpolate (7) -> shift (8)
+    -> sharpen (9).
 
     memory (B, N, M), previous (B, H, N), key (B, H, M), beta/gate/gamma (B, H),
     shift_weights (B, H, S), index (N, S) -> (B, H, N)

@@ -1,4 +1,4 @@
-"""Memory read and erase/add write (Graves et al. 2014, sections 3.1-3.2), pure functions."""
+"""Memory read and erase/add write (Graves et al. 2014, sections 3.1-3.2, equations (2)-(4)), pure functions."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from torch import Tensor
 
 
 def read(memory: Tensor, weights: Tensor) -> Tensor:
-    """r = w^T M for every read head.
+    """r = w^T M for every read head (eq. 2).
 
     memory (B, N, M), weights (B, R, N) -> (B, R, M)
     """
@@ -14,7 +14,7 @@ def read(memory: Tensor, weights: Tensor) -> Tensor:
 
 
 def write(memory: Tensor, weights: Tensor, erase: Tensor, add: Tensor) -> Tensor:
-    """M <- M * prod_h(1 - w_h e_h^T) + sum_h w_h a_h^T.
+    """M <- M * prod_h(1 - w_h e_h^T) + sum_h w_h a_h^T (erase, eq. 3, then add, eq. 4).
 
     With several write heads the erases multiply and the adds sum, so the result does not depend
     on the order of the heads.

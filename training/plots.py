@@ -27,6 +27,21 @@ def learning_curve(log_path: Path, out: Path, title: str) -> None:
     plt.close(fig)
 
 
+def used_rows(weights: np.ndarray, threshold: float = 0.01, margin: int = 2) -> np.ndarray:
+    """The memory rows the heads visited (weighting above `threshold` at some step), as the shortest circular
+    window holding them all plus `margin` rows either side: shifts wrap around, so a path over rows N-1, 0, 1
+    stays in one piece. All rows when none is visited. weights (T, H, N) -> (K,) row indices, in order."""
+    rows = weights.shape[-1]
+    hit = np.flatnonzero((weights > threshold).any(axis=(0, 1)))  # (V,) visited rows, ascending
+    if hit.size == 0:
+        return np.arange(rows)
+    gaps = np.diff(np.concatenate([hit, hit[:1] + rows]))  # (V,) distance from each visited row to the next
+    largest = int(np.argmax(gaps))  # the window is everything but the largest gap
+    start, end = int(hit[(largest + 1) % hit.size]), int(hit[largest])
+    length = min(rows, (end - start) % rows + 1 + 2 * margin)
+    return (start - margin + np.arange(length)) % rows
+
+
 def attention_figure(
     inputs: np.ndarray,  # (T, I)
     targets: np.ndarray,  # (T_out, O)
@@ -36,13 +51,17 @@ def attention_figure(
     memory: np.ndarray | None,  # (N, M)
     out: Path,
     title: str,
+    rows: np.ndarray | None = None,  # (K,) the memory rows to draw (e.g. `used_rows`); None: all N
 ) -> None:
     """Inputs, targets, outputs, read/write weightings over time and the final memory."""
     padded = np.zeros_like(outputs)
     padded[-targets.shape[0] :] = targets
     panels = [("inputs", inputs.T), ("targets", padded.T), ("outputs", outputs.T)]
+    shown = slice(None) if rows is None else rows
+    which = "" if rows is None else f"\nrows {rows[0]}..{rows[-1]}"
     if write_weights is not None and read_weights is not None:
-        panels += [("write weightings", write_weights[:, 0].T), ("read weightings", read_weights[:, 0].T)]
+        panels += [(f"write weightings{which}", write_weights[:, 0][:, shown].T),
+                   (f"read weightings{which}", read_weights[:, 0][:, shown].T)]
     fig, axes = plt.subplots(len(panels) + (memory is not None), 1, figsize=(9, 1.6 * len(panels) + 3))
     for ax, (name, image) in zip(axes, panels, strict=False):  # the memory panel, if any, comes after
         # Fixed 0..1 colour scale: a 0.5 output must not look like a confident bit.
@@ -52,9 +71,9 @@ def attention_figure(
         ax.set_xticks([])
     axes[len(panels) - 1].set_xlabel("time step")
     if memory is not None:
-        axes[-1].imshow(memory.T, aspect="auto", cmap="RdBu", interpolation="nearest")
+        axes[-1].imshow(memory[shown].T, aspect="auto", cmap="RdBu", interpolation="nearest")
         axes[-1].set_ylabel("final memory\n(M x N)", fontsize=8)
-        axes[-1].set_xlabel("memory row")
+        axes[-1].set_xlabel("memory row" if rows is None else f"memory rows {rows[0]}..{rows[-1]} (the heads' path)")
     axes[0].set_title(title)
     fig.tight_layout()
     fig.savefig(out, dpi=110)

@@ -6,15 +6,9 @@ from typing import NamedTuple
 
 from torch import Tensor
 
-# Order matters: it is the order of the state inputs and outputs of the exported graphs.
-STATE_NAMES: tuple[str, ...] = (
-    "controller_h",
-    "controller_c",
-    "read_vectors",
-    "memory",
-    "read_weights",
-    "write_weights",
-)
+from onnx_contract import STATE_NAMES  # the field order below; the order of the graphs' state inputs and outputs
+
+__all__ = ["STATE_NAMES", "NTMState"]
 
 
 class NTMState(NamedTuple):
@@ -29,3 +23,8 @@ class NTMState(NamedTuple):
 
     def detach(self) -> NTMState:
         return NTMState(*(t.detach() for t in self))
+
+    def owned(self) -> NTMState:
+        """Detached contiguous copies: `NTM.initial_state` returns expand() views, which alias across rows
+        and cannot be traced as graph inputs."""
+        return NTMState(*(t.detach().clone().contiguous() for t in self))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -19,6 +19,9 @@ from torch import Tensor
 class Batch(NamedTuple):
     inputs: Tensor  # (T, B, I)
     targets: Tensor  # (T_out, B, O)
+
+
+Sampler = Callable[[torch.Generator, int], Batch]  # (generator, batch size) -> a batch
 
 
 def _bits(gen: torch.Generator, *shape: int) -> Tensor:
@@ -96,8 +99,8 @@ class TaskSpec:
     name: str
     input_size: int
     output_size: int
-    sample: Callable[[torch.Generator, int], Batch]  # a training batch with random length parameters
-    eval_points: tuple[tuple[str, Callable[[torch.Generator, int], Batch]], ...]
+    sample: Sampler  # a training batch with random length parameters
+    eval_points: tuple[tuple[str, Sampler], ...]
     encoding: str
 
 
@@ -117,7 +120,7 @@ def _sort_train(gen: torch.Generator, batch: int) -> Batch:
     return priority_sort_batch(gen, batch)
 
 
-def _fixed(fn: Callable[..., Batch], *args: int) -> Callable[[torch.Generator, int], Batch]:
+def _fixed(fn: Callable[..., Batch], *args: int) -> Sampler:
     return lambda gen, batch: fn(gen, batch, *args)
 
 
@@ -155,19 +158,44 @@ TASKS: dict[str, TaskSpec] = {
 }
 
 
-def get_task(name: str, wrap: bool = False) -> TaskSpec:
-    """The task by name; `wrap` selects the seed's associative-recall variant (the query may be the last item,
-    whose answer wraps around to item 1)."""
+def get_task(name: str, wrap: bool = False, max_length: int = 0) -> TaskSpec:
+    """The task by name. `wrap` selects the seed's associative-recall variant (the query may be the last item,
+    whose answer wraps around to item 1); `max_length` trains copy on L in [1, max_length] (0: 1..20), with the
+    usual points still reported."""
     try:
         spec = TASKS[name]
     except KeyError:
         raise ValueError(f"unknown task {name!r}; choose from {sorted(TASKS)}") from None
-    if not wrap:
-        return spec
-    if name != "associative_recall":
-        raise ValueError(f"wrap applies to associative_recall only, not {name!r}")
+    if wrap:
+        if name != "associative_recall":
+            raise ValueError(f"wrap applies to associative_recall only, not {name!r}")
+        spec = _wrapped_recall(spec)
+    if max_length:
+        if name != "copy":
+            raise ValueError(f"max_length applies to copy only, not {name!r}")
+        spec = _longer_copy(spec, max_length)
+    return spec
 
+
+def task_of(meta: dict[str, Any]) -> TaskSpec:
+    """The task a checkpoint was trained on, variant included (its metadata's task and training config)."""
+    train_config = meta.get("train_config", {})
+    return get_task(meta["task"], train_config.get("wrap", False), train_config.get("max_length", 0))
+
+
+def _wrapped_recall(spec: TaskSpec) -> TaskSpec:
     def sample(gen: torch.Generator, batch: int) -> Batch:
         return _recall_train(gen, batch, wrap=True)
 
-    return replace(spec, sample=sample, eval_points=(("K in [2,6], wrap", sample), *spec.eval_points[1:]))
+    points = tuple((f"K={k}, wrap", _fixed(associative_recall_batch, k, True)) for k in (6, 8, 10, 12, 15))
+    return replace(spec, sample=sample, eval_points=(("K in [2,6], wrap", sample), *points))
+
+
+def _longer_copy(spec: TaskSpec, max_length: int) -> TaskSpec:
+    if max_length < 1:
+        raise ValueError(f"max_length must be >= 1, got {max_length}")
+
+    def sample(gen: torch.Generator, batch: int) -> Batch:
+        return copy_batch(gen, batch, _uniform_int(gen, 1, max_length))
+
+    return replace(spec, sample=sample, eval_points=((f"L in [1,{max_length}]", sample), *spec.eval_points))

@@ -1,4 +1,4 @@
-"""Training loop: batched, seeded, resumable, logged to JSONL, with a tqdm progress bar.
+"""Training loop: batched, seeded, resumable, logged to JSONL, on any device.
 
 A run is fully determined by its TrainConfig: the model init comes from `seed`, training batches
 from a generator seeded with `seed`, held-out evaluation from a separate fixed seed. The resume
@@ -21,14 +21,15 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from training.checkpoint import MODEL_FILE, RESUME_FILE, load_model, save_model
 from training.config import NTMConfig
+from training.device import resolve_device
 from training.metrics import bit_errors, sequence_loss
 from training.model import NTM, LSTMBaseline
 from training.plots import learning_curve
-from training.tasks import TaskSpec, get_task
+from training.progress import Progress
+from training.tasks import Sampler, TaskSpec, get_task
 
 log = logging.getLogger(__name__)
 EVAL_SEED = 1_000_003  # held-out sequences come from their own stream, never the training one
@@ -54,6 +55,9 @@ class TrainConfig:
     baseline: dict[str, Any] = field(default_factory=dict)  # LSTMBaseline overrides
     wrap: bool = False  # associative recall: the seed's variant where the query may be the last item
     init_from: str = ""  # warm start: an NTM checkpoint folder whose weights seed this run (see transplant)
+    max_length: int = 0  # copy only: train on L in [1, max_length] (0: the task's 1..20)
+    select_on: str = ""  # eval point whose held-out figure picks the shipped checkpoint ("": the training range)
+    device: str = "auto"  # auto (CUDA when torch sees one), cpu, cuda; not part of the run's identity
 
 
 def build_model(cfg: TrainConfig, task: TaskSpec) -> nn.Module:
@@ -101,92 +105,158 @@ def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer
 
 
 @torch.no_grad()
-def evaluate_point(model: nn.Module, sample: Any, sequences: int, seed: int, batch_size: int = 64) -> float:
+def evaluate_point(model: nn.Module, sample: Sampler, sequences: int, seed: int, batch_size: int = 64,
+                   device: torch.device | str = "cpu") -> float:
     """Mean bit errors per sequence over `sequences` held-out sequences from `sample`."""
     gen = torch.Generator().manual_seed(seed)
     total, count = 0.0, 0
     while count < sequences:
         batch = sample(gen, min(batch_size, sequences - count))
-        logits = model(batch.inputs)[0]
-        total += float(bit_errors(logits, batch.targets).sum())
+        logits = model(batch.inputs.to(device))[0]  # (T, B, O)
+        total += float(bit_errors(logits, batch.targets.to(device)).sum())
         count += batch.inputs.shape[1]
     return total / count
+
+
+@dataclass
+class Run:
+    """The live state of one training run: what a resume file restores."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    gen: torch.Generator  # the training batches' stream; always on the CPU, so a run is the same on any device
+    seen: int = 0  # sequences trained on
+    best: float = float("inf")  # best held-out figure so far (the shipped checkpoint's)
+    last_eval: float | None = None  # latest held-out bit errors on the training distribution
+    started: float = field(default_factory=time.monotonic)  # the log's "seconds" count from here
 
 
 def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
     """Train (or resume) a model; writes checkpoint, resume file, JSONL log and learning curve to cfg.out."""
     torch.set_num_threads(cfg.threads)
-    task = get_task(cfg.task, cfg.wrap)
+    device = resolve_device(cfg.device)
+    task = get_task(cfg.task, cfg.wrap, cfg.max_length)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
+    run = _start_or_resume(cfg, task, out, device)
+    select = _selection_sampler(cfg, task)
+    meta = _checkpoint_meta(cfg, task)
+    bar = Progress(cfg.sequences, run.seen, enabled=progress)
+    window = _Window()
+    run.model.train()
+    while run.seen < cfg.sequences and not (run.last_eval is not None and run.last_eval < cfg.stop_below):
+        window.add(*_train_step(run, task, cfg, device))
+        bar.update(cfg.batch_size, loss=f"{window.loss:.4f}", bits=f"{window.bits:.2f}",
+                   eval=f"{run.last_eval:.3f}" if run.last_eval is not None else "-")
+        if run.seen % cfg.eval_every < cfg.batch_size or run.seen >= cfg.sequences:
+            _evaluate_and_checkpoint(run, task, select, cfg, out, meta, window, device)
+            window = _Window()
+    bar.close()
+    run.model.eval()
+    if not (out / MODEL_FILE).exists():  # a budget shorter than one evaluation period
+        save_model(run.model, out, {**meta, "sequences_trained": run.seen, "eval_bit_errors": run.last_eval})
+    _save_resume(run, cfg, out)
+    learning_curve(out / "train_log.jsonl", out / "learning_curve.png", f"{cfg.model} on {task.name}")
+    return {"sequences": run.seen, "eval_bit_errors": run.last_eval}
+
+
+def _start_or_resume(cfg: TrainConfig, task: TaskSpec, out: Path, device: torch.device) -> Run:
+    """A fresh run (seeded init, optional warm start) or the one `resume.pt` holds; the log is cut to match."""
     model = build_model(cfg, task)
     if cfg.init_from:
         source, _ = load_model(cfg.init_from)
         transplant(source, model)
-    optimizer = build_optimizer(cfg, model)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    seen, started, best = 0, time.monotonic(), float("inf")
-    log_path = out / "train_log.jsonl"
-    resume_path = out / RESUME_FILE
+    model.to(device)
+    run = Run(model, build_optimizer(cfg, model), torch.Generator().manual_seed(cfg.seed))
+    log_path, resume_path = out / "train_log.jsonl", out / RESUME_FILE
+    if not resume_path.exists():
+        log_path.unlink(missing_ok=True)
+        return run
+    state = torch.load(resume_path, map_location="cpu", weights_only=False)  # CPU: the generator state must stay there
+    if _identity(state["train_config"]) != _identity(asdict(cfg)):
+        raise ValueError(f"{resume_path} was written by a different training config; use another --out")
+    model.load_state_dict(state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])  # moves the moments to the parameters' device
+    run.gen.set_state(state["generator"])
+    run.seen, run.best = state["sequences"], state.get("best_eval", run.best)
+    lines = log_path.read_text().splitlines() if log_path.exists() else []
+    log_path.write_text("".join(line + "\n" for line in lines if json.loads(line)["sequences"] <= run.seen))
+    run.last_eval = _last_eval(log_path)
+    log.info("resumed %s at %d sequences", out, run.seen)
+    return run
 
-    if resume_path.exists():
-        state = torch.load(resume_path, map_location="cpu", weights_only=False)
-        if _identity(state["train_config"]) != _identity(asdict(cfg)):
-            raise ValueError(f"{resume_path} was written by a different training config; use another --out")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        gen.set_state(state["generator"])
-        seen = state["sequences"]
-        best = state.get("best_eval", best)
-        lines = log_path.read_text().splitlines() if log_path.exists() else []
-        log_path.write_text("".join(line + "\n" for line in lines if json.loads(line)["sequences"] <= seen))
-        log.info("resumed %s at %d sequences", out, seen)
-    elif log_path.exists():
-        log_path.unlink()
 
+def _checkpoint_meta(cfg: TrainConfig, task: TaskSpec) -> dict[str, Any]:
     meta = {"task": task.name, "input_size": task.input_size, "output_size": task.output_size,
             "train_config": asdict(cfg), "encoding": task.encoding}
     if cfg.model == "lstm_baseline":
         meta["baseline"] = cfg.baseline
-    last_eval = _last_eval(log_path)
-    bar = tqdm(total=cfg.sequences, initial=seen, disable=not progress, unit="seq", dynamic_ncols=True)
-    loss_sum, err_sum, n_batches = 0.0, 0.0, 0
-    model.train()
-    while seen < cfg.sequences and not (last_eval is not None and last_eval < cfg.stop_below):
-        batch = task.sample(gen, cfg.batch_size)
-        logits = model(batch.inputs)[0]
-        loss = sequence_loss(logits, batch.targets)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
-        optimizer.step()
-        seen += cfg.batch_size
-        loss_sum += float(loss.detach())
-        err_sum += float(bit_errors(logits.detach(), batch.targets).mean())
-        n_batches += 1
-        bar.update(cfg.batch_size)
-        bar.set_postfix(loss=f"{loss_sum / n_batches:.4f}", bits=f"{err_sum / n_batches:.2f}",
-                        eval=f"{last_eval:.3f}" if last_eval is not None else "-")
-        if seen % cfg.eval_every < cfg.batch_size or seen >= cfg.sequences:
-            model.eval()
-            last_eval = evaluate_point(model, task.sample, cfg.eval_sequences, EVAL_SEED)
-            model.train()
-            row = {"sequences": seen, "loss": loss_sum / n_batches, "bit_errors": err_sum / n_batches,
-                   "eval_bit_errors": last_eval, "seconds": round(time.monotonic() - started, 1)}
-            with log_path.open("a") as f:
-                f.write(json.dumps(row) + "\n")
-            loss_sum, err_sum, n_batches = 0.0, 0.0, 0
-            if last_eval <= best:
-                best = last_eval
-                save_model(model, out, {**meta, "sequences_trained": seen, "eval_bit_errors": last_eval})
-            _save_resume(model, optimizer, gen, seen, best, cfg, out)
-    bar.close()
-    model.eval()
-    if not (out / MODEL_FILE).exists():  # a budget shorter than one evaluation period
-        save_model(model, out, {**meta, "sequences_trained": seen, "eval_bit_errors": last_eval})
-    _save_resume(model, optimizer, gen, seen, best, cfg, out)
-    learning_curve(log_path, out / "learning_curve.png", f"{cfg.model} on {task.name}")
-    return {"sequences": seen, "eval_bit_errors": last_eval}
+    return meta
+
+
+def _selection_sampler(cfg: TrainConfig, task: TaskSpec) -> Sampler | None:
+    """The eval point that picks the shipped checkpoint (None: the training distribution's held-out set)."""
+    if not cfg.select_on:
+        return None
+    points = dict(task.eval_points)
+    if cfg.select_on not in points:
+        raise ValueError(f"select_on {cfg.select_on!r} is not an eval point of {task.name}: {sorted(points)}")
+    return points[cfg.select_on]
+
+
+class _Window:
+    """Training loss and bit errors averaged since the last evaluation."""
+
+    def __init__(self) -> None:
+        self.loss_sum, self.bits_sum, self.batches = 0.0, 0.0, 0
+
+    def add(self, loss: float, bits: float) -> None:
+        self.loss_sum, self.bits_sum, self.batches = self.loss_sum + loss, self.bits_sum + bits, self.batches + 1
+
+    @property
+    def loss(self) -> float:
+        return self.loss_sum / max(self.batches, 1)
+
+    @property
+    def bits(self) -> float:
+        return self.bits_sum / max(self.batches, 1)
+
+
+def _train_step(run: Run, task: TaskSpec, cfg: TrainConfig, device: torch.device) -> tuple[float, float]:
+    """One optimiser step on a fresh batch. -> (loss, mean bit errors per sequence)."""
+    batch = task.sample(run.gen, cfg.batch_size)
+    inputs, targets = batch.inputs.to(device), batch.targets.to(device)  # (T, B, I), (T_out, B, O)
+    logits = run.model(inputs)[0]  # (T, B, O)
+    loss = sequence_loss(logits, targets)
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    nn.utils.clip_grad_norm_(run.model.parameters(), cfg.clip)
+    run.optimizer.step()
+    run.seen += cfg.batch_size
+    return float(loss.detach()), float(bit_errors(logits.detach(), targets).mean())
+
+
+def _evaluate_and_checkpoint(run: Run, task: TaskSpec, select: Sampler | None, cfg: TrainConfig, out: Path,
+                             meta: dict[str, Any], window: _Window, device: torch.device) -> None:
+    """Held-out evaluation, a log row, the shipped checkpoint when the selection figure is the best so far,
+    and the resume file."""
+    run.model.eval()
+    run.last_eval = evaluate_point(run.model, task.sample, cfg.eval_sequences, EVAL_SEED, device=device)
+    row: dict[str, Any] = {"sequences": run.seen, "loss": window.loss, "bit_errors": window.bits,
+                           "eval_bit_errors": run.last_eval}
+    figure = run.last_eval
+    if select is not None:
+        figure = evaluate_point(run.model, select, cfg.eval_sequences, EVAL_SEED, device=device)
+        row["select_bit_errors"] = figure
+    run.model.train()
+    row["seconds"] = round(time.monotonic() - run.started, 1)
+    with (out / "train_log.jsonl").open("a") as f:
+        f.write(json.dumps(row) + "\n")
+    if figure <= run.best:
+        run.best = figure
+        save_model(run.model, out, {**meta, "sequences_trained": run.seen, "eval_bit_errors": run.last_eval,
+                                    **({"select_bit_errors": figure} if select is not None else {})})
+    _save_resume(run, cfg, out)
 
 
 def _last_eval(log_path: Path) -> float | None:
@@ -200,12 +270,12 @@ def _identity(train_config: dict[str, Any]) -> dict[str, Any]:
     """The parts of a training config that define the run; the budget and stop rule may change on resume."""
     defaults = asdict(TrainConfig(task="", out=""))  # fields added since an old resume file was written
     merged = {**defaults, **train_config}
-    return {k: v for k, v in merged.items() if k not in ("sequences", "stop_below")}
+    return {k: v for k, v in merged.items() if k not in ("sequences", "stop_below", "device")}
 
 
-def _save_resume(model: nn.Module, optimizer: torch.optim.Optimizer, gen: torch.Generator, seen: int,
-                 best: float, cfg: TrainConfig, out: Path) -> None:
+def _save_resume(run: Run, cfg: TrainConfig, out: Path) -> None:
     tmp = out / (RESUME_FILE + ".tmp")
-    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "generator": gen.get_state(),
-                "sequences": seen, "best_eval": best, "train_config": asdict(cfg)}, tmp)
+    torch.save({"model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
+                "generator": run.gen.get_state(), "sequences": run.seen, "best_eval": run.best,
+                "train_config": asdict(cfg)}, tmp)
     tmp.replace(out / RESUME_FILE)

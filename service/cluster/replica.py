@@ -23,7 +23,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -31,16 +31,18 @@ import grpc
 import numpy as np
 from prometheus_client import Counter, Histogram
 
-from service.batcher import Done, Job, StepOutcome, defer_wakeup
+from service.batcher import defer_wakeup
 from service.errors import ServiceError, exhausted, invalid, not_found, unavailable
+from service.jobs import Job, StepOutcome
 from service.metrics import BATCH_BUCKETS, LATENCY_BUCKETS
-from service.sessions import MAX_ID_CHARS, SessionRecord, init_action, new_session_id
+from service.registry import weights_missing
+from service.sessions import MAX_ID_CHARS, Done, SessionRecord, init_action, new_session_id
 from service.store import STORE_ERRORS, CommitItem, SessionStore, StoreError, state_blob
 
 if TYPE_CHECKING:
     from service.metrics import Metrics
     from service.proto_gen.ntm.v1 import ntm_pb2
-    from service.servicer import ServedModel
+    from service.registry import ModelSet, ServedModel
     from service.sessions import SessionRegistry
 
 log = logging.getLogger(__name__)
@@ -55,8 +57,8 @@ def aborted(message: str) -> ServiceError:
 
 
 def model_version(model: ServedModel) -> str:
-    """The served version of a model ("" until model versions exist, issue 14)."""
-    return str(getattr(model.spec, "version", "") or "")
+    """The served version number of a model, as the store keeps it (a string: any version label fits)."""
+    return str(model.version)
 
 
 @dataclass(eq=False)
@@ -154,7 +156,7 @@ class Committer:
 
 
 class Replica:
-    def __init__(self, store: SessionStore, registry: SessionRegistry, models: Mapping[str, ServedModel],
+    def __init__(self, store: SessionStore, registry: SessionRegistry, models: ModelSet,
                  metrics: Metrics, control: Control, *, name: str, commit_every: int = 1) -> None:
         self.store = store
         self.registry = registry
@@ -165,7 +167,6 @@ class Replica:
         self._metrics = ClusterMetrics(metrics)
         self._held: dict[SessionRecord, Held] = {}
         self._adopting: dict[str, asyncio.Task[None]] = {}
-        self._digests = sorted({m.spec.checkpoint_sha256 for m in models.values()})
         self.committer = Committer(store, self._committed, self._metrics)
         registry.on_end = self._ended
 
@@ -174,14 +175,13 @@ class Replica:
 
     # --- create, take over, delete (event loop) -------------------------------------------------------
 
-    async def create(self, model: str, ttl_seconds: float, owner: str, state: dict[str, np.ndarray] | None = None,
-                     steps: int = 0) -> SessionRecord:
+    async def create(self, served: ServedModel, ttl_seconds: float, owner: str,
+                     state: dict[str, np.ndarray] | None = None, steps: int = 0) -> SessionRecord:
         """A new session written to the store only: whichever replica its calls hash to takes it over."""
-        served = self.models[model]
+        model, digest = served.spec.name, served.spec.checkpoint_sha256
         session = SessionRecord(new_session_id(), model, owner, self.registry.ttl_for(ttl_seconds), time.time(),
-                                self.registry.clock(), steps=steps)
+                                self.registry.clock(), steps=steps, checkpoint_sha256=digest)
         tensors = served.batcher.engine.initial_state if state is None else state
-        digest = served.spec.checkpoint_sha256
         blob = state_blob(session.id, model, owner, session.ttl_s, session.created_wall, steps, digest, tensors)
         try:
             created = await self.store.create(session.id, model=model, version=model_version(served), digest=digest,
@@ -279,7 +279,8 @@ class Replica:
 
     async def _claim_and_load(self, session_id: str, owner: str) -> None:
         try:
-            claim = await self.store.claim(session_id, owner, self._digests, self.name)
+            digests = sorted({m.spec.checkpoint_sha256 for m in self.models.every()})  # versions come and go
+            claim = await self.store.claim(session_id, owner, digests, self.name)
         except STORE_ERRORS as err:
             raise unavailable(f"session store unreachable, session {session_id} not loaded: {err}") from err
         except StoreError as err:
@@ -288,21 +289,16 @@ class Replica:
             raise await self._missing(session_id)
         if claim.outcome == "owner":
             raise ServiceError(grpc.StatusCode.PERMISSION_DENIED, f"session {session_id} belongs to another client")
-        if claim.outcome == "digest":
-            version = f" version {claim.version}" if claim.version else ""
-            raise unavailable(f"replica {self.name} does not serve the weights session {session_id} was made by "
-                              f"(model {claim.model}{version}, checkpoint {claim.digest}): retry, the proxy routes "
-                              "to a replica that does")
+        if claim.outcome == "digest":  # refused before the claim: the holder is not fenced out for nothing
+            raise weights_missing(claim.model, claim.digest, retryable=True)
         stored = claim.session
         assert stored is not None
-        served = self.models.get(stored.model)
-        if served is None or served.spec.checkpoint_sha256 != stored.digest:
-            raise unavailable(f"replica {self.name} serves no model {stored.model!r} with checkpoint "
-                              f"{stored.digest}: retry")
+        if self.models.get_key((stored.model, stored.digest)) is None:  # unloaded between claim and now
+            raise weights_missing(stored.model, stored.digest, retryable=True)
         if self.registry.count() >= self.registry.max_sessions:
             raise exhausted(f"replica {self.name} holds {self.registry.count()} sessions (its limit); retry later")
         session = SessionRecord(session_id, stored.model, owner, stored.ttl_s, stored.created_wall,
-                                self.registry.clock(), steps=stored.steps)
+                                self.registry.clock(), steps=stored.steps, checkpoint_sha256=stored.digest)
         self._held[session] = Held(stored.epoch, stored.steps, stored.steps, stored.last_rid, stored.last_t,
                                    stored.last_out)
         self.registry.adopt(session)
@@ -360,10 +356,12 @@ class Replica:
     def _commit_item(self, session: SessionRecord, held: Held, steps: int, request_id: str,
                      outputs: np.ndarray) -> CommitItem:
         """On the batcher thread (or after it stopped): the session's row is its state after `steps`."""
-        served = self.models[session.model]
+        served = self.models.get_key(session.key)
+        if served is None:
+            raise RuntimeError(f"session {session.id}: its model version was unloaded")
         state = served.batcher.engine.read_row(session.slot)
         blob = state_blob(session.id, session.model, session.owner, session.ttl_s, session.created_wall, steps,
-                          served.spec.checkpoint_sha256, state)
+                          session.checkpoint_sha256, state)
         item = CommitItem(session.id, held.epoch, held.queued_to, steps, blob, request_id, len(outputs),
                           np.ascontiguousarray(outputs, OUT_DTYPE).tobytes(), session.ttl_s)
         held.queued_to = steps
@@ -412,8 +410,8 @@ class Replica:
     def flush(self) -> int:
         """After the batchers stopped: commit every answered request not committed yet (commit_every > 1),
         wait for the commit thread, and return how many sessions were written."""
-        items = [Pending(s, h, self._commit_item(s, h, s.steps, "", _no_outputs(s, self.models)), None)
-                 for s, h in list(self._held.items()) if h.uncommitted > 0]
+        items = [Pending(s, h, self._commit_item(s, h, s.steps, "", np.zeros((0, 1), np.float32)), None)
+                 for s, h in list(self._held.items()) if h.uncommitted > 0 and self.models.get_key(s.key)]
         for pending in items:
             self.committer.put(pending)
         self.committer.stop()
@@ -421,10 +419,6 @@ class Replica:
 
     def close(self) -> None:
         self.store.close()
-
-
-def _no_outputs(session: SessionRecord, models: Mapping[str, ServedModel]) -> np.ndarray:
-    return np.zeros((0, models[session.model].spec.output_size), np.float32)
 
 
 def _check_id(session_id: str) -> None:

@@ -17,25 +17,6 @@ from __future__ import annotations
 
 from importlib.resources import files
 
-STATE_NAMES: tuple[str, ...] = (
-    "controller_h",
-    "controller_c",
-    "read_vectors",
-    "memory",
-    "read_weights",
-    "write_weights",
-)  # the contract's order (docs/onnx-contract.md); the service never imports training (torch)
-
-# Rank of each state tensor with its batch (or pool-row) dimension, fixed by the contract.
-STATE_RANKS: dict[str, int] = {
-    "controller_h": 2,
-    "controller_c": 2,
-    "read_vectors": 3,
-    "memory": 3,
-    "read_weights": 3,
-    "write_weights": 3,
-}
-
 GRAPHS = ("gather", "scatter", "copy_rows")
 OPSET = 18
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import onnx
 from onnx import TensorProto, helper
 
-from service.graphs import GRAPHS, OPSET, STATE_NAMES, STATE_RANKS
+from onnx_contract import STATE_NAMES, STATE_RANKS
+from service.graphs import GRAPHS, OPSET
 
 HERE = Path(__file__).resolve().parent
 

@@ -4,6 +4,7 @@ import datetime
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.rpc import status_pb2 as _status_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
@@ -30,7 +31,7 @@ class ListModelsResponse(_message.Message):
     def __init__(self, models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "task", "input_size", "output_size", "memory_rows", "memory_width", "read_heads", "write_heads", "provider", "controller_size", "controller", "shift_range", "encoding", "checkpoint_sha256", "state")
+    __slots__ = ("name", "task", "input_size", "output_size", "memory_rows", "memory_width", "read_heads", "write_heads", "provider", "controller_size", "controller", "shift_range", "encoding", "checkpoint_sha256", "state", "version", "unloading")
     NAME_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
     INPUT_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -46,6 +47,8 @@ class ModelInfo(_message.Message):
     ENCODING_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_SHA256_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    UNLOADING_FIELD_NUMBER: _ClassVar[int]
     name: str
     task: str
     input_size: int
@@ -61,7 +64,9 @@ class ModelInfo(_message.Message):
     encoding: str
     checkpoint_sha256: str
     state: _containers.RepeatedCompositeFieldContainer[StateSpec]
-    def __init__(self, name: _Optional[str] = ..., task: _Optional[str] = ..., input_size: _Optional[int] = ..., output_size: _Optional[int] = ..., memory_rows: _Optional[int] = ..., memory_width: _Optional[int] = ..., read_heads: _Optional[int] = ..., write_heads: _Optional[int] = ..., provider: _Optional[str] = ..., controller_size: _Optional[int] = ..., controller: _Optional[str] = ..., shift_range: _Optional[int] = ..., encoding: _Optional[str] = ..., checkpoint_sha256: _Optional[str] = ..., state: _Optional[_Iterable[_Union[StateSpec, _Mapping]]] = ...) -> None: ...
+    version: int
+    unloading: bool
+    def __init__(self, name: _Optional[str] = ..., task: _Optional[str] = ..., input_size: _Optional[int] = ..., output_size: _Optional[int] = ..., memory_rows: _Optional[int] = ..., memory_width: _Optional[int] = ..., read_heads: _Optional[int] = ..., write_heads: _Optional[int] = ..., provider: _Optional[str] = ..., controller_size: _Optional[int] = ..., controller: _Optional[str] = ..., shift_range: _Optional[int] = ..., encoding: _Optional[str] = ..., checkpoint_sha256: _Optional[str] = ..., state: _Optional[_Iterable[_Union[StateSpec, _Mapping]]] = ..., version: _Optional[int] = ..., unloading: _Optional[bool] = ...) -> None: ...
 
 class StateSpec(_message.Message):
     __slots__ = ("name", "shape")
@@ -72,15 +77,17 @@ class StateSpec(_message.Message):
     def __init__(self, name: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class CreateSessionRequest(_message.Message):
-    __slots__ = ("model", "ttl_seconds")
+    __slots__ = ("model", "ttl_seconds", "version")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
     model: str
     ttl_seconds: float
-    def __init__(self, model: _Optional[str] = ..., ttl_seconds: _Optional[float] = ...) -> None: ...
+    version: int
+    def __init__(self, model: _Optional[str] = ..., ttl_seconds: _Optional[float] = ..., version: _Optional[int] = ...) -> None: ...
 
 class Session(_message.Message):
-    __slots__ = ("session_id", "model", "steps", "expires_at", "state", "created_at", "ttl_seconds")
+    __slots__ = ("session_id", "model", "steps", "expires_at", "state", "created_at", "ttl_seconds", "version", "checkpoint_sha256")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     STEPS_FIELD_NUMBER: _ClassVar[int]
@@ -88,6 +95,8 @@ class Session(_message.Message):
     STATE_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_SHA256_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     model: str
     steps: int
@@ -95,7 +104,9 @@ class Session(_message.Message):
     state: SessionState
     created_at: _timestamp_pb2.Timestamp
     ttl_seconds: float
-    def __init__(self, session_id: _Optional[str] = ..., model: _Optional[str] = ..., steps: _Optional[int] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., state: _Optional[_Union[SessionState, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ttl_seconds: _Optional[float] = ...) -> None: ...
+    version: int
+    checkpoint_sha256: str
+    def __init__(self, session_id: _Optional[str] = ..., model: _Optional[str] = ..., steps: _Optional[int] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., state: _Optional[_Union[SessionState, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ttl_seconds: _Optional[float] = ..., version: _Optional[int] = ..., checkpoint_sha256: _Optional[str] = ...) -> None: ...
 
 class GetSessionRequest(_message.Message):
     __slots__ = ("session_id", "include_state")
@@ -160,7 +171,7 @@ class ExportSessionRequest(_message.Message):
     def __init__(self, session_id: _Optional[str] = ...) -> None: ...
 
 class SessionState(_message.Message):
-    __slots__ = ("model", "steps", "tensors", "checkpoint_sha256")
+    __slots__ = ("model", "steps", "tensors", "checkpoint_sha256", "version")
     class TensorsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -172,11 +183,13 @@ class SessionState(_message.Message):
     STEPS_FIELD_NUMBER: _ClassVar[int]
     TENSORS_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_SHA256_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
     model: str
     steps: int
     tensors: _containers.MessageMap[str, Tensor]
     checkpoint_sha256: str
-    def __init__(self, model: _Optional[str] = ..., steps: _Optional[int] = ..., tensors: _Optional[_Mapping[str, Tensor]] = ..., checkpoint_sha256: _Optional[str] = ...) -> None: ...
+    version: int
+    def __init__(self, model: _Optional[str] = ..., steps: _Optional[int] = ..., tensors: _Optional[_Mapping[str, Tensor]] = ..., checkpoint_sha256: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
 
 class ImportSessionRequest(_message.Message):
     __slots__ = ("state", "ttl_seconds")
@@ -185,3 +198,61 @@ class ImportSessionRequest(_message.Message):
     state: SessionState
     ttl_seconds: float
     def __init__(self, state: _Optional[_Union[SessionState, _Mapping]] = ..., ttl_seconds: _Optional[float] = ...) -> None: ...
+
+class LoadModelRequest(_message.Message):
+    __slots__ = ("model", "version")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    version: int
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
+
+class UnloadModelRequest(_message.Message):
+    __slots__ = ("model", "version", "force")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    version: int
+    force: bool
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., force: _Optional[bool] = ...) -> None: ...
+
+class ModelStatusRequest(_message.Message):
+    __slots__ = ("model",)
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    def __init__(self, model: _Optional[str] = ...) -> None: ...
+
+class ModelStatusResponse(_message.Message):
+    __slots__ = ("versions",)
+    VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    versions: _containers.RepeatedCompositeFieldContainer[VersionStatus]
+    def __init__(self, versions: _Optional[_Iterable[_Union[VersionStatus, _Mapping]]] = ...) -> None: ...
+
+class VersionStatus(_message.Message):
+    __slots__ = ("model", "version", "checkpoint_sha256", "state", "live_sessions", "message")
+    class State(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        STATE_UNSPECIFIED: _ClassVar[VersionStatus.State]
+        LOADED: _ClassVar[VersionStatus.State]
+        UNLOADING: _ClassVar[VersionStatus.State]
+        UNLOADED: _ClassVar[VersionStatus.State]
+        FAILED: _ClassVar[VersionStatus.State]
+    STATE_UNSPECIFIED: VersionStatus.State
+    LOADED: VersionStatus.State
+    UNLOADING: VersionStatus.State
+    UNLOADED: VersionStatus.State
+    FAILED: VersionStatus.State
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_SHA256_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    LIVE_SESSIONS_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    version: int
+    checkpoint_sha256: str
+    state: VersionStatus.State
+    live_sessions: int
+    message: str
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., checkpoint_sha256: _Optional[str] = ..., state: _Optional[_Union[VersionStatus.State, str]] = ..., live_sessions: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...

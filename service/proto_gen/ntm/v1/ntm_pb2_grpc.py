@@ -409,3 +409,173 @@ class NTM:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class ModelAdminStub:
+    """Model lifecycle at run time (docs/service.md, "Model versions"): load and unload model versions without a restart.
+    When the server runs with bearer tokens, these calls need one of the admin tokens (--admin-tokens).
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.LoadModel = channel.unary_unary(
+                '/ntm.v1.ModelAdmin/LoadModel',
+                request_serializer=ntm_dot_v1_dot_ntm__pb2.LoadModelRequest.SerializeToString,
+                response_deserializer=ntm_dot_v1_dot_ntm__pb2.ModelStatusResponse.FromString,
+                _registered_method=True)
+        self.UnloadModel = channel.unary_unary(
+                '/ntm.v1.ModelAdmin/UnloadModel',
+                request_serializer=ntm_dot_v1_dot_ntm__pb2.UnloadModelRequest.SerializeToString,
+                response_deserializer=ntm_dot_v1_dot_ntm__pb2.ModelStatusResponse.FromString,
+                _registered_method=True)
+        self.ModelStatus = channel.unary_unary(
+                '/ntm.v1.ModelAdmin/ModelStatus',
+                request_serializer=ntm_dot_v1_dot_ntm__pb2.ModelStatusRequest.SerializeToString,
+                response_deserializer=ntm_dot_v1_dot_ntm__pb2.ModelStatusResponse.FromString,
+                _registered_method=True)
+
+
+class ModelAdminServicer:
+    """Model lifecycle at run time (docs/service.md, "Model versions"): load and unload model versions without a restart.
+    When the server runs with bearer tokens, these calls need one of the admin tokens (--admin-tokens).
+    """
+
+    def LoadModel(self, request, context):
+        """Loads versions from the server's models directory: one version, or every version folder of the model that is
+        not loaded yet. NOT_FOUND when there is no such folder; FAILED_PRECONDITION, with the reason, when a folder
+        cannot be served (missing or corrupt graph, a graph breaking the ONNX contract, weights already served).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UnloadModel(self, request, context):
+        """Unloads a version: it takes no new sessions at once and goes when its last session ends (deleted or expired);
+        with force, its sessions end now and later calls naming them get NOT_FOUND saying why.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ModelStatus(self, request, context):
+        """Every version known to the server: loaded, unloading, or refused (with the reason).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_ModelAdminServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'LoadModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.LoadModel,
+                    request_deserializer=ntm_dot_v1_dot_ntm__pb2.LoadModelRequest.FromString,
+                    response_serializer=ntm_dot_v1_dot_ntm__pb2.ModelStatusResponse.SerializeToString,
+            ),
+            'UnloadModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnloadModel,
+                    request_deserializer=ntm_dot_v1_dot_ntm__pb2.UnloadModelRequest.FromString,
+                    response_serializer=ntm_dot_v1_dot_ntm__pb2.ModelStatusResponse.SerializeToString,
+            ),
+            'ModelStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.ModelStatus,
+                    request_deserializer=ntm_dot_v1_dot_ntm__pb2.ModelStatusRequest.FromString,
+                    response_serializer=ntm_dot_v1_dot_ntm__pb2.ModelStatusResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'ntm.v1.ModelAdmin', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('ntm.v1.ModelAdmin', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class ModelAdmin:
+    """Model lifecycle at run time (docs/service.md, "Model versions"): load and unload model versions without a restart.
+    When the server runs with bearer tokens, these calls need one of the admin tokens (--admin-tokens).
+    """
+
+    @staticmethod
+    def LoadModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ntm.v1.ModelAdmin/LoadModel',
+            ntm_dot_v1_dot_ntm__pb2.LoadModelRequest.SerializeToString,
+            ntm_dot_v1_dot_ntm__pb2.ModelStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnloadModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ntm.v1.ModelAdmin/UnloadModel',
+            ntm_dot_v1_dot_ntm__pb2.UnloadModelRequest.SerializeToString,
+            ntm_dot_v1_dot_ntm__pb2.ModelStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ModelStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ntm.v1.ModelAdmin/ModelStatus',
+            ntm_dot_v1_dot_ntm__pb2.ModelStatusRequest.SerializeToString,
+            ntm_dot_v1_dot_ntm__pb2.ModelStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
