@@ -210,6 +210,9 @@ class Server:
         if self._batchers_started:
             for model in self.models.every():
                 await loop.run_in_executor(None, model.batcher.stop)
+        if self.replica is None and self._session_store is not None:  # start failed before replica mode began
+            self._session_store.close()
+            await self._session_store.aclose()
         if self.replica is not None:
             flushed = await loop.run_in_executor(None, self.replica.flush)
             self.replica.close()
