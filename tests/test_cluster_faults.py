@@ -57,3 +57,16 @@ def test_sessions_survive_kill_drain_and_store_restart(copy_dir: Path, tmp_path:
     assert [what for what, _ in report.faults] == ["kill -9 replica 0", "SIGTERM replica 1 (drain), start it again",
                                                    "start replica 0 again", "restart the store"]
     assert report.retries > 0  # the faults were felt (and retried), not dodged
+
+
+def test_maglev_moves_only_the_leavers_sessions(copy_dir: Path, tmp_path: Path) -> None:
+    """Counts, not timings: a replica leaves (drained) and rejoins; through the real Envoy, only the sessions it
+    held move, and all of them come back (benchmarks/cluster_bench.py reports the same on 150 sessions)."""
+    from benchmarks.cluster_bench import sessions_moved
+    from service.cluster.launcher import LocalCluster
+
+    with LocalCluster(copy_dir, 3, "cpu", workdir=tmp_path / "cluster") as cluster:
+        moved = sessions_moved(cluster, 30)
+    assert 0 < moved["held_by_leaver"] < 30
+    assert moved["moved_on_leave"] == moved["held_by_leaver"] == moved["moved_on_join"]
+    assert moved["back_where_they_were"] == 30
