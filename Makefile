@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 PORT ?= 50051
 METRICS_PORT ?= 9090
 
-.PHONY: serve test lint setup-serve setup-dev export train-all evaluate-all bench bench-quick soak clean proto
+.PHONY: serve test lint setup-serve setup-dev export train-all evaluate-all bench bench-quick soak clean proto cluster cluster-faults
 
 $(VENV)/bin/activate:
 	@test -n "$(PYTHON)" || { echo "need Python >= 3.11: none of $(PYTHON_CANDIDATES) is (or run make PYTHON=...)"; \
@@ -70,6 +70,14 @@ bench: setup-dev
 ## (a few minutes; docs/reliability.md). The CI runs a short one (tests/test_service_soak.py).
 soak: setup-dev
 	$(PY) -m tests.soak
+
+## Scale-out on loopback: Valkey + 3 replicas + Envoy (docs/scale-out.md); one JSON line, Ctrl-C stops all.
+cluster: setup-dev
+	$(PY) -m service.cluster up --replicas 3 --models models
+
+## 64 sessions streaming through kill -9, SIGTERM drain + restart and a store restart; every output checked.
+cluster-faults: setup-dev
+	$(PY) -m tests.cluster_faults
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

@@ -19,6 +19,7 @@ from typing import Any
 import grpc
 import numpy as np
 
+from service.cluster.envoy import SESSION_HEADER
 from service.proto_gen.ntm.v1 import ntm_pb2, ntm_pb2_grpc
 from service.tensors import to_tensor
 
@@ -84,7 +85,7 @@ def copy_task_messages(rng: np.random.Generator, input_size: int, steps_per_mess
 
 async def _session(stub: ntm_pb2_grpc.NTMStub, requests: list[ntm_pb2.StepRequest], spec: LoadSpec,
                    window: tuple[float, float], result: LoadResult) -> None:
-    call = stub.StreamSteps()
+    call = stub.StreamSteps(metadata=((SESSION_HEADER, requests[0].session_id),))  # a cluster's proxy routes on it
     start, end = window
     try:
         for i in range(spec.max_messages_per_session):

@@ -16,19 +16,27 @@ from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import sys
-from collections.abc import Iterable, Iterator, Sequence
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TypeVar
 
 import grpc
 import numpy as np
 
 from service import tasks_np
+from service.cluster.envoy import SESSION_HEADER
 from service.proto_gen.ntm.v1 import ntm_pb2, ntm_pb2_grpc
+from service.retry import DEFAULT_RETRY, RETRYABLE, STREAM_BREAKS, RetryPolicy, RetryStats
 from service.tensors import to_array, to_tensor
 from service.tls import TLSConfigError, channel_credentials
+
+R = TypeVar("R")
 
 
 class StepError(Exception):
@@ -127,15 +135,83 @@ def step_request(session_id: str, inputs: np.ndarray, return_attention: bool = F
 Pem = str | Path | bytes
 
 
+class _Outbox:
+    """The requests of one resumable session stream, numbered: each (re)opened stream sends the unanswered
+    ones again, then new ones made from `chunks`, each with the expect_steps where it must apply. `chunks` is
+    read by one stream at a time (a superseded stream's reader may still be blocked in it: what it gets is
+    numbered and sent by the next stream)."""
+
+    def __init__(self, session_id: str, chunks: Iterator[np.ndarray], attention: bool, steps: int) -> None:
+        self._session_id, self._chunks, self._attention = session_id, chunks, attention
+        self._lock = threading.Lock()
+        self._source = threading.Lock()
+        self._requests: dict[int, ntm_pb2.StepRequest] = {}
+        self._made = 0  # requests numbered so far
+        self._acked = 0  # requests answered
+        self._next_steps = steps
+        self._exhausted = False
+        self._generation = 0
+
+    def stream(self) -> Iterator[ntm_pb2.StepRequest]:
+        """The requests of a new stream (supersedes the previous one)."""
+        with self._lock:
+            self._generation += 1
+            generation, index = self._generation, self._acked
+        while True:
+            with self._lock:
+                if generation != self._generation:
+                    return
+                request = self._requests.get(index) if index < self._made else None
+                if request is None and self._exhausted:
+                    return
+            if request is None:
+                self._pull(index)
+                continue
+            index += 1
+            yield request
+
+    def _pull(self, index: int) -> None:
+        """Number the chunk at `index` (one reader of `chunks` at a time; only that lock is held while it
+        blocks). Nothing to do when a superseded stream's reader numbered it meanwhile."""
+        with self._source:
+            with self._lock:
+                if self._exhausted or index < self._made:
+                    return
+            chunk = next(self._chunks, None)
+            with self._lock:
+                if chunk is None:
+                    self._exhausted = True
+                    return
+                request = step_request(self._session_id, chunk, self._attention, str(self._made), self._next_steps)
+                self._next_steps += int(request.inputs.shape[0])
+                self._requests[self._made] = request
+                self._made += 1
+
+    def answered(self) -> None:
+        with self._lock:
+            del self._requests[self._acked]
+            self._acked += 1
+
+    def done(self) -> bool:
+        with self._lock:
+            return self._exhausted and self._acked == self._made
+
+
 class NTMClient:
     """`tls=True` (or any `tls_*`) speaks TLS, trusting `tls_ca` (default: the system's roots); `tls_cert` and
     `tls_key` present a client certificate (mutual TLS); `tls_server_name` overrides the name checked in the
-    server's certificate. `token` is sent as `authorization: Bearer <token>` on every call."""
+    server's certificate. `token` is sent as `authorization: Bearer <token>` on every call.
+
+    Session-scoped calls carry the `x-ntm-session` header (a cluster's proxy routes on it). `retry` is the
+    policy for steps given `expect_steps` and for `stream_session(..., start_steps=...)`: UNAVAILABLE and
+    ABORTED are retried (streams also resume after a break), never without `expect_steps`; `stats` counts
+    what happened."""
 
     def __init__(self, target: str = "localhost:50051", *, token: str | None = None, timeout: float | None = None,
                  max_message_bytes: int = 4 * 1024 * 1024, channel: grpc.Channel | None = None,
                  tls: bool = False, tls_ca: Pem | None = None, tls_cert: Pem | None = None,
-                 tls_key: Pem | None = None, tls_server_name: str | None = None) -> None:
+                 tls_key: Pem | None = None, tls_server_name: str | None = None,
+                 retry: RetryPolicy | None = DEFAULT_RETRY) -> None:
         options = [("grpc.max_receive_message_length", max_message_bytes),
                    ("grpc.max_send_message_length", max_message_bytes)]
         if tls_server_name:
@@ -148,7 +224,9 @@ class NTMClient:
             self.channel = grpc.insecure_channel(target, options=options)
         self.stub = ntm_pb2_grpc.NTMStub(self.channel)
         self.timeout = timeout
-        self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self.metadata: tuple[tuple[str, str], ...] = (("authorization", f"Bearer {token}"),) if token else ()
+        self.retry = retry
+        self.stats = RetryStats()
 
     def close(self) -> None:
         self.channel.close()
@@ -159,8 +237,31 @@ class NTMClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _call(self, method: str, request: object) -> object:
-        return getattr(self.stub, method)(request, timeout=self.timeout, metadata=self.metadata)
+    def _routed(self, session_id: str | None) -> tuple[tuple[str, str], ...]:
+        return (*self.metadata, (SESSION_HEADER, session_id)) if session_id else self.metadata
+
+    def _call(self, method: str, request: object, session_id: str | None = None) -> object:
+        return getattr(self.stub, method)(request, timeout=self.timeout, metadata=self._routed(session_id))
+
+    def _retrying(self, call: Callable[[], R], session_id: str) -> R:
+        """`call` again after UNAVAILABLE / ABORTED, with backoff, up to the policy's attempts."""
+        assert self.retry is not None
+        since = None
+        for attempt in range(self.retry.attempts + 1):
+            try:
+                result = call()
+            except grpc.RpcError as err:
+                code = err.code()  # type: ignore[attr-defined]
+                if code not in RETRYABLE or attempt == self.retry.attempts:
+                    raise
+                since = time.monotonic() if since is None else since
+                self.stats.failed(code, (err.details() or "").replace(session_id, "<session>"))  # type: ignore[attr-defined]
+                time.sleep(self.retry.delay(attempt))
+                continue
+            if since is not None:
+                self.stats.recovered(since)
+            return result
+        raise AssertionError("unreachable")
 
     def list_models(self) -> list[ntm_pb2.ModelInfo]:
         return list(self._call("ListModels", ntm_pb2.ListModelsRequest()).models)  # type: ignore[attr-defined]
@@ -172,32 +273,82 @@ class NTMClient:
 
     def get_session(self, session_id: str, include_state: bool = False) -> SessionInfo:
         request = ntm_pb2.GetSessionRequest(session_id=session_id, include_state=include_state)
-        return _session_info(self._call("GetSession", request))
+        return _session_info(self._call("GetSession", request, session_id))
 
     def delete_session(self, session_id: str) -> None:
-        self._call("DeleteSession", ntm_pb2.DeleteSessionRequest(session_id=session_id))
+        self._call("DeleteSession", ntm_pb2.DeleteSessionRequest(session_id=session_id), session_id)
 
     def step(self, session_id: str, inputs: np.ndarray, return_attention: bool = False,
              request_id: str = "", expect_steps: int | None = None) -> StepOutput:
         """Apply inputs (T, I) (or one step (I,)) to a session; raises grpc.RpcError when refused. With
-        `expect_steps`, only if the session stands at that many steps (FAILED_PRECONDITION otherwise)."""
-        response = self._call("Step", step_request(session_id, inputs, return_attention, request_id, expect_steps))
-        return _step_output(response)  # type: ignore[arg-type]
+        `expect_steps`, only if the session stands at that many steps (FAILED_PRECONDITION otherwise), and then
+        retried on UNAVAILABLE / ABORTED (a request id is made up when none is given: a retry of a request
+        whose answer was lost is answered again)."""
+        if expect_steps is None or self.retry is None:
+            request = step_request(session_id, inputs, return_attention, request_id, expect_steps)
+            return _step_output(self._call("Step", request, session_id))  # type: ignore[arg-type]
+        request = step_request(session_id, inputs, return_attention, request_id or secrets.token_hex(8), expect_steps)
+        return self._retrying(lambda: _step_output(self._call("Step", request, session_id)),  # type: ignore[arg-type]
+                              session_id)
 
-    def stream(self, requests: Iterable[ntm_pb2.StepRequest]) -> Iterator[StepOutput]:
-        """One bidirectional stream: requests may name any sessions; refused ones come back with `.error`."""
-        for response in self.stub.StreamSteps(iter(requests), timeout=self.timeout, metadata=self.metadata):
+    def stream(self, requests: Iterable[ntm_pb2.StepRequest], route: str | None = None) -> Iterator[StepOutput]:
+        """One bidirectional stream: requests may name any sessions; refused ones come back with `.error`.
+        In a cluster a stream lives on one replica (the one `route`, a session id, hashes to): sessions of a
+        multi-session stream are taken over by that replica; `stream_session` per session avoids the moves."""
+        for response in self.stub.StreamSteps(iter(requests), timeout=self.timeout, metadata=self._routed(route)):
             yield _step_output(response)
 
-    def stream_session(self, session_id: str, chunks: Iterable[np.ndarray],
-                       return_attention: bool = False) -> Iterator[StepOutput]:
-        """Stream chunks (T_i, I) of one session; raises StepError on the first refused chunk."""
-        requests = (step_request(session_id, c, return_attention, str(i)) for i, c in enumerate(chunks))
-        for output in self.stream(requests):
-            yield output.check()
+    def stream_session(self, session_id: str, chunks: Iterable[np.ndarray], return_attention: bool = False,
+                       start_steps: int | None = None) -> Iterator[StepOutput]:
+        """Stream chunks (T_i, I) of one session; raises StepError on the first refused chunk. With
+        `start_steps` (where the session stands), every request carries its expect_steps and the stream is
+        resumed after a break or a retryable refusal: unanswered requests are sent again, in order."""
+        if start_steps is None or self.retry is None:
+            requests = (step_request(session_id, c, return_attention, str(i)) for i, c in enumerate(chunks))
+            for output in self.stream(requests, route=session_id):
+                yield output.check()
+            return
+        yield from self._resumable(session_id, iter(chunks), return_attention, start_steps)
+
+    def _resumable(self, session_id: str, chunks: Iterator[np.ndarray], attention: bool,
+                   steps: int) -> Iterator[StepOutput]:
+        assert self.retry is not None
+        outbox = _Outbox(session_id, chunks, attention, steps)
+        attempt, since = 0, None
+        while True:
+            call = self.stub.StreamSteps(outbox.stream(), timeout=self.timeout, metadata=self._routed(session_id))
+            failure, detail = grpc.StatusCode.UNAVAILABLE, "stream ended early"  # (a draining replica): resume
+            try:
+                for response in call:
+                    output = _step_output(response)
+                    if output.error is not None:
+                        if output.error.code not in RETRYABLE:
+                            raise output.error
+                        failure, detail = output.error.code, output.error.message
+                        call.cancel()  # the requests behind it expect its steps: resend from it
+                        break
+                    outbox.answered()
+                    if since is not None:
+                        self.stats.recovered(since)
+                        attempt, since = 0, None
+                    yield output
+                else:
+                    if outbox.done():
+                        return
+            except grpc.RpcError as err:
+                failure, detail = err.code(), err.details() or ""  # type: ignore[attr-defined]
+                if failure not in STREAM_BREAKS:
+                    raise
+            if attempt >= self.retry.attempts:
+                raise StepError(failure, f"session {session_id}: gave up after {attempt} retries ({detail})")
+            since = time.monotonic() if since is None else since
+            self.stats.failed(failure, detail.replace(session_id, "<session>"))
+            time.sleep(self.retry.delay(attempt))
+            attempt += 1
 
     def export_session(self, session_id: str) -> SessionStateData:
-        return _state_data(self._call("ExportSession", ntm_pb2.ExportSessionRequest(session_id=session_id)))
+        request = ntm_pb2.ExportSessionRequest(session_id=session_id)
+        return _state_data(self._call("ExportSession", request, session_id))
 
     def import_session(self, state: SessionStateData, ttl_seconds: float = 0.0) -> SessionInfo:
         request = ntm_pb2.ImportSessionRequest(state=_state_message(state), ttl_seconds=ttl_seconds)

@@ -83,6 +83,10 @@ class ServiceConfig:
     log_format: str = "json"
     model_poll_interval_s: float = 10.0
     admin_tokens: tuple[str, ...] = field(default=(), repr=False)
+    store_url: str = ""
+    replica_name: str = ""
+    commit_every: int = 1
+    drain_delay_s: float = 0.0
 
     def __post_init__(self) -> None:
         positive = ("intra_op_threads", "max_batch", "max_sessions", "max_steps", "max_message_bytes",
@@ -90,7 +94,8 @@ class ServiceConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("max_wait_ms", "max_sessions_per_owner", "grace_s", "device_id", "model_poll_interval_s"):
+        for name in ("max_wait_ms", "max_sessions_per_owner", "grace_s", "device_id", "model_poll_interval_s",
+                     "drain_delay_s"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("default_ttl_s", "max_ttl_s", "reap_interval_s", "snapshot_interval_s"):
@@ -106,6 +111,14 @@ class ServiceConfig:
             raise ValueError(f"provider must be auto, cuda or cpu, got {self.provider!r}")
         if self.log_format not in ("json", "text"):
             raise ValueError(f"log_format must be json or text, got {self.log_format!r}")
+        if self.commit_every < 1:
+            raise ValueError(f"commit_every must be >= 1, got {self.commit_every}")
+        if self.store_url and self.state_dir is not None:
+            raise ValueError("store_url (replica mode: sessions in the shared store) and state_dir (snapshots on this "
+                             "machine) exclude each other: give one")
+        if self.store_url and not self.store_url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"store_url must be redis://host:port[/db], rediss://... or unix://path, "
+                             f"got {self.store_url!r}")
 
 
 SETTINGS: tuple[Setting, ...] = (
@@ -155,6 +168,13 @@ SETTINGS: tuple[Setting, ...] = (
             "are loaded, removed ones unloaded once their sessions end (0: no polling; ModelAdmin calls only)"),
     Setting("admin_tokens", _tokens, "comma-separated bearer tokens for the ModelAdmin service (load and unload "
             "model versions); with auth_tokens set and this empty, ModelAdmin is refused (PERMISSION_DENIED)"),
+    Setting("store_url", str, "replica mode: URL of the shared Redis-compatible session store (redis://host:port); "
+            "sessions live there and any replica can take one over (empty: single process, sessions in memory)"),
+    Setting("replica_name", str, "this replica's name in the store and logs (empty: host:pid)"),
+    Setting("commit_every", int, "replica mode: commit a session's state every N-th request (1: every request, "
+            "before its response; N > 1 answers at once and a crash loses up to N-1 answered requests per session)"),
+    Setting("drain_delay_s", float, "on SIGTERM, how long to keep serving while health says NOT_SERVING, so a "
+            "proxy stops routing here before calls are refused"),
 )
 
 _DEFAULTS = {f.name: f.default for f in fields(ServiceConfig)}
@@ -167,7 +187,7 @@ def default_text(setting: Setting) -> str:
         return str(value).lower()
     if isinstance(value, tuple):
         return ",".join(value) or "(none)"
-    if value is None:
+    if value is None or value == "":
         return "(none)"
     return str(value)
 

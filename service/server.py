@@ -12,7 +12,9 @@ import asyncio
 import contextlib
 import functools
 import logging
+import os
 import signal
+import socket
 import threading
 from typing import Any
 
@@ -32,6 +34,7 @@ from service.registry import ModelSet
 from service.servicer import LoopInbox, NTMServicer
 from service.sessions import SessionRegistry
 from service.snapshots import SnapshotStore, Snapshotter, StateDirError
+from service.store import SessionStore, StoreError
 from service.tls import TLSConfigError, server_credentials
 from service.wire import add_ntm_servicer
 
@@ -40,8 +43,12 @@ log = logging.getLogger(__name__)
 NTM_SERVICE = ntm_pb2.DESCRIPTOR.services_by_name["NTM"].full_name  # "ntm.v1.NTM"
 ADMIN_SERVICE = ntm_pb2.DESCRIPTOR.services_by_name["ModelAdmin"].full_name  # "ntm.v1.ModelAdmin"
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
-STARTUP_ERRORS = (ModelLoadError, StateDirError, TLSConfigError)  # reported in one line, exit status 2
+STARTUP_ERRORS = (ModelLoadError, StateDirError, TLSConfigError, StoreError)  # reported in one line, exit status 2
 LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
+
+
+async def loop_run(function: Any) -> Any:
+    return await asyncio.get_running_loop().run_in_executor(None, function)
 
 
 class Server:
@@ -62,6 +69,9 @@ class Server:
         self._metrics_http: Any = None
         self._reaper: asyncio.Task[None] | None = None
         self._batchers_started = False
+        self.servicer: NTMServicer | None = None
+        self.replica: Any = None  # service.cluster.replica.Replica in replica mode (--store-url)
+        self._session_store: SessionStore | None = None
 
     async def start(self) -> None:
         """Models and sessions first (restored ones included), then the batchers, then the ports; health says
@@ -69,6 +79,9 @@ class Server:
         c = self.config
         credentials = server_credentials(c.tls_cert, c.tls_key, c.tls_client_ca) if c.tls_cert and c.tls_key else None
         auth, admin = TokenAuth(c.auth_tokens), TokenAuth(c.admin_tokens)
+        if c.store_url:  # fail fast, before loading models, when the store is not there
+            self._session_store = SessionStore(c.store_url)
+            await loop_run(self._session_store.check)
         self._load_models_and_sessions()
         self._start_batchers()
         await self._start_grpc(auth, admin, credentials)
@@ -115,8 +128,16 @@ class Server:
         interceptors = [AuthInterceptor(auth, admin)] if auth.enabled or admin.enabled else []
         self._grpc = grpc.aio.server(interceptors=interceptors, options=options,
                                      maximum_concurrent_rpcs=c.max_concurrent_rpcs)
-        servicer = NTMServicer(self.models, self.registry, c, self.metrics, auth,
-                               LoopInbox(asyncio.get_running_loop()))
+        self.servicer = servicer = NTMServicer(self.models, self.registry, c, self.metrics, auth,
+                                               LoopInbox(asyncio.get_running_loop()))
+        if self._session_store is not None:
+            from service.cluster.replica import Replica
+
+            self.replica = Replica(self._session_store, self.registry, self.models, self.metrics, servicer._control,
+                                   name=c.replica_name or f"{socket.gethostname()}:{os.getpid()}",
+                                   commit_every=c.commit_every)
+            self.replica.start()
+            servicer.cluster = self.replica
         add_ntm_servicer(servicer, self._grpc)
         add_ntm_servicer(ModelAdminServicer(self.lifecycle, self.metrics), self._grpc, "ModelAdmin")
         self._health = health.aio.HealthServicer()
@@ -151,7 +172,8 @@ class Server:
                                    "mtls": c.tls_client_ca is not None, "health_port": self.health_port,
                                    "state_dir": str(c.state_dir) if c.state_dir else None,
                                    "sessions": self.registry.count(), "poll_s": c.model_poll_interval_s,
-                                   "admin_auth": admin.enabled})
+                                   "admin_auth": admin.enabled, "store": c.store_url or None,
+                                   "replica": self.replica.name if self.replica else None})
 
     async def _reap(self) -> None:
         assert self.registry is not None
@@ -169,6 +191,10 @@ class Server:
         log.info("shutting down", extra={"grace_s": grace})
         if self._health is not None:
             await self._health.enter_graceful_shutdown()
+        if self.replica is not None and self._grpc is not None:
+            await asyncio.sleep(self.config.drain_delay_s)  # still serving while the proxy notices NOT_SERVING
+            if self.servicer is not None:
+                self.servicer.drain()
         if self._reaper is not None:
             self._reaper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -184,6 +210,14 @@ class Server:
         if self._batchers_started:
             for model in self.models.every():
                 await loop.run_in_executor(None, model.batcher.stop)
+        if self.replica is None and self._session_store is not None:  # start failed before replica mode began
+            self._session_store.close()
+            await self._session_store.aclose()
+        if self.replica is not None:
+            flushed = await loop.run_in_executor(None, self.replica.flush)
+            self.replica.close()
+            await self.replica.store.aclose()
+            log.info("drained", extra={"flushed": flushed, "sessions": self.registry.count() if self.registry else 0})
         if self.snapshotter is not None and self._batchers_started:
             written = await loop.run_in_executor(None, functools.partial(self.snapshotter.run_pass, live=False))
             log.info("final snapshot", extra={"written": written, "sessions": self.registry.count()})

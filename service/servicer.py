@@ -15,7 +15,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 from google.rpc import status_pb2
@@ -31,6 +31,9 @@ from service.registry import ModelSet, ServedModel
 from service.sessions import MAX_ID_CHARS, Done, SessionRecord, SessionRegistry, init_action, read_action
 from service.tensors import state_tensors, step_inputs, to_tensor
 from service.wire import Malformed
+
+if TYPE_CHECKING:
+    from service.cluster.replica import Replica
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +158,8 @@ class NTMServicer(ntm_pb2_grpc.NTMServicer):
         self.metrics = metrics
         self.auth = auth
         self._metric_children: dict[tuple[str, str], tuple[Any, Any]] = {}
+        self.cluster: Replica | None = None  # replica mode (--store-url): sessions live in the shared store
+        self._streams: set[asyncio.Task[None]] = set()  # stream readers, stopped by drain() (replica mode)
 
     # --- helpers --------------------------------------------------------------------------------------
 
@@ -176,6 +181,12 @@ class NTMServicer(ntm_pb2_grpc.NTMServicer):
     def _count_error(self, method: str, err: ServiceError) -> None:
         self.metrics.errors.labels(method, err.code.name).inc()
         log.debug("refused", extra={"method": method, "code": err.code.name, "detail": err.message})
+
+    def drain(self) -> None:
+        """Replica mode, on SIGTERM: stop reading every open stream; each answers what it read, then ends with
+        UNAVAILABLE so its client reopens it through the proxy on another replica."""
+        for reader in list(self._streams):
+            reader.cancel()
 
     def _served(self, session: SessionRecord) -> ServedModel:
         """The model version a live session runs on."""
@@ -219,6 +230,14 @@ class NTMServicer(ntm_pb2_grpc.NTMServicer):
         """Validate a step request and queue it; the future settles with a StepOutcome or a ServiceError."""
         if len(request.request_id) > MAX_REQUEST_ID_CHARS:
             raise invalid(f"request_id has {len(request.request_id)} characters, more than {MAX_REQUEST_ID_CHARS}")
+        try:
+            return self._queue_step(request, owner, rpc)
+        except ServiceError as err:  # replica mode: dropped between its take-over and now (a failed commit)
+            if self.cluster is not None and err.code == grpc.StatusCode.NOT_FOUND:
+                raise self.cluster.moved(request.session_id) from err
+            raise
+
+    def _queue_step(self, request: ntm_pb2.StepRequest, owner: str, rpc: str) -> asyncio.Future[Any]:
         session = self.registry.get(request.session_id, owner)
         model = self._served(session)
         if not request.HasField("inputs"):
@@ -236,8 +255,12 @@ class NTMServicer(ntm_pb2_grpc.NTMServicer):
             requests.inc()
             settle(result)
 
-        self.registry.submit(request.session_id, owner,
-                             lambda s, d: StepJob(s, inputs, request.return_attention, d, expect), done)
+        def make(s: SessionRecord, d: Done) -> StepJob:
+            return StepJob(s, inputs, request.return_attention, d, expect)
+
+        if self.cluster is not None:
+            make = self.cluster.committing(make, request.request_id)  # type: ignore[assignment]
+        self.registry.submit(request.session_id, owner, make, done)
         return future
 
     @staticmethod
@@ -267,6 +290,8 @@ class NTMServicer(ntm_pb2_grpc.NTMServicer):
     async def CreateSession(self, request: ntm_pb2.CreateSessionRequest, context: Any) -> ntm_pb2.Session:
         owner = self._owner(context)
         model = self.models.resolve(request.model, request.version if request.HasField("version") else None)
+        if self.cluster is not None:
+            return self._session_message(await self.cluster.create(model, request.ttl_seconds, owner))
         session = self.registry.open(request.model, request.ttl_seconds, owner, model.spec.checkpoint_sha256)
         try:
             await self._control(session, init_action(None))
@@ -281,6 +306,8 @@ class NTMServicer(ntm_pb2_grpc.NTMServicer):
     @_unary
     async def GetSession(self, request: ntm_pb2.GetSessionRequest, context: Any) -> ntm_pb2.Session:
         owner = self._owner(context)
+        if self.cluster is not None:
+            await self.cluster.ensure_local(request.session_id, owner, verify=True)
         session = self.registry.get(request.session_id, owner)
         if not request.include_state:
             return self._session_message(session)
@@ -290,6 +317,9 @@ class NTMServicer(ntm_pb2_grpc.NTMServicer):
     @_unary
     async def DeleteSession(self, request: ntm_pb2.DeleteSessionRequest, context: Any) -> ntm_pb2.DeleteSessionResponse:
         owner = self._owner(context)
+        if self.cluster is not None:
+            await self.cluster.delete(request.session_id, owner)
+            return ntm_pb2.DeleteSessionResponse()
         future, done = self.inbox.future()
         self.registry.close(request.session_id, owner, done)
         await future
@@ -298,6 +328,10 @@ class NTMServicer(ntm_pb2_grpc.NTMServicer):
     @_unary
     async def Step(self, request: ntm_pb2.StepRequest, context: Any) -> ntm_pb2.StepResponse:
         owner = self._owner(context)
+        if self.cluster is not None:
+            replay = await self.cluster.prepare_step(request, owner)
+            if replay is not None:
+                return self._step_response(request, replay)
         outcome = await self._submit_step(request, owner, "Step")
         return self._step_response(request, outcome)
 
@@ -311,6 +345,8 @@ class NTMServicer(ntm_pb2_grpc.NTMServicer):
         order = _StreamOrder()
         window = asyncio.Semaphore(self.config.stream_window)
         reader = asyncio.create_task(self._read_stream(request_iterator, owner, order, window))
+        self._streams.add(reader)
+        reader.add_done_callback(self._streams.discard)
         reading = True
         try:
             while reading or order.outstanding:
@@ -321,6 +357,9 @@ class NTMServicer(ntm_pb2_grpc.NTMServicer):
                 order.outstanding -= 1
                 window.release()
                 yield item
+            if reader.cancelled() and self.cluster is not None:  # drain(): answered all it read; go elsewhere
+                await context.abort(grpc.StatusCode.UNAVAILABLE, "replica draining: reopen the stream (the proxy "
+                                    "routes it to another replica) and resend the unanswered requests")
             await reader  # re-raises what ended the reading, if anything did
         finally:
             reader.cancel()
@@ -336,7 +375,20 @@ class NTMServicer(ntm_pb2_grpc.NTMServicer):
                     order.fill("", order.reserve(""), ntm_pb2.StepResponse(
                         error=status_pb2.Status(code=err.code.value[0], message=err.message)))
                     continue
+                replay: Any = None
+                if self.cluster is not None:
+                    try:
+                        replay = await self.cluster.prepare_step(request, owner)
+                    except ServiceError as err:
+                        replay = err
                 cell = order.reserve(request.session_id)
+                if isinstance(replay, ServiceError):
+                    self._count_error("StreamSteps", replay)
+                    order.fill(request.session_id, cell, self._error_response(request, replay))
+                    continue
+                if replay is not None:
+                    order.fill(request.session_id, cell, self._step_response(request, replay))
+                    continue
                 try:
                     future = self._submit_step(request, owner, "StreamSteps")
                 except ServiceError as err:
@@ -366,6 +418,8 @@ class NTMServicer(ntm_pb2_grpc.NTMServicer):
     @_unary
     async def ExportSession(self, request: ntm_pb2.ExportSessionRequest, context: Any) -> ntm_pb2.SessionState:
         owner = self._owner(context)
+        if self.cluster is not None:
+            await self.cluster.ensure_local(request.session_id, owner, verify=True)
         session = self.registry.get(request.session_id, owner)
         state, steps = await self._control_by_id(request.session_id, owner, read_action)
         return self._state_message(session, steps, state)
@@ -387,6 +441,9 @@ class NTMServicer(ntm_pb2_grpc.NTMServicer):
         if not 0 <= state.steps <= MAX_TOTAL_STEPS:
             raise invalid(f"steps must be >= 0 and <= 2**62, got {state.steps}")
         tensors = state_tensors(state.tensors, model.spec.state_shapes)
+        if self.cluster is not None:
+            return self._session_message(await self.cluster.create(model, request.ttl_seconds, owner, tensors,
+                                                                   state.steps))
         session = self.registry.open(state.model, request.ttl_seconds, owner, model.spec.checkpoint_sha256)
         session.steps = state.steps
         try:

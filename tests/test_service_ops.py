@@ -242,7 +242,9 @@ def _compose_tool() -> list[str] | None:
 def _check_compose(config: dict, profiles: tuple[str, ...]) -> None:
     """A compose configuration as rendered with `profiles` on: exactly the services those profiles select."""
     services = config["services"]
-    assert set(services) == {"ntm", *(["ntm-cpu"] if "cpu" in profiles else [])}, sorted(services)
+    cluster = {"ntm-store", "ntm-replica-1", "ntm-replica-2", "ntm-proxy"}  # tests/test_cluster_deploy.py checks them
+    expected = {"ntm", *(["ntm-cpu"] if "cpu" in profiles else []), *(cluster if "cluster" in profiles else [])}
+    assert set(services) == expected, sorted(services)
     gpu = services["ntm"]
     devices = gpu["deploy"]["resources"]["reservations"]["devices"]
     assert devices[0]["driver"] == "nvidia" and devices[0]["capabilities"] == ["gpu"]
@@ -251,7 +253,9 @@ def _check_compose(config: dict, profiles: tuple[str, ...]) -> None:
         cpu = services["ntm-cpu"]
         assert "deploy" not in cpu and cpu["profiles"] == ["cpu"]
         assert cpu["environment"]["NTM_PROVIDER"] == "cpu"
-    for service in services.values():
+    for name, service in services.items():
+        if name in cluster:
+            continue
         assert service["healthcheck"]["test"][:4] == ["CMD", "python", "-m", "service.healthcheck"]
         volume = service["volumes"][0]
         target = volume["target"] if isinstance(volume, dict) else volume.split(":")[1]
@@ -261,10 +265,10 @@ def _check_compose(config: dict, profiles: tuple[str, ...]) -> None:
 
 
 def test_compose_file_structure() -> None:
-    _check_compose(_compose(), ("cpu",))  # the file itself holds every service
+    _check_compose(_compose(), ("cpu", "cluster"))  # the file itself holds every service
 
 
-@pytest.mark.parametrize("profiles", [(), ("cpu",)], ids=["default", "cpu"])
+@pytest.mark.parametrize("profiles", [(), ("cpu",), ("cluster",)], ids=["default", "cpu", "cluster"])
 def test_compose_file_validates_with_docker_compose(profiles: tuple[str, ...]) -> None:
     """Every profile the file has, rendered by Docker Compose itself, and each rendering checked."""
     tool = _compose_tool()

