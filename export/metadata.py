@@ -20,7 +20,7 @@ def state_shapes(config: NTMConfig) -> dict[str, Shape]:
         "controller_h": ["B", c.controller_size],
         "controller_c": ["B", c.controller_size],
         "read_vectors": ["B", c.read_heads, c.memory_width],
-        "memory": ["B", c.memory_rows, c.memory_width],
+        "memory": ["B", c.memory_rows, c.memory_columns],  # LRU heads: + 1 usage column
         "read_weights": ["B", c.read_heads, c.memory_rows],
         "write_weights": ["B", c.write_heads, c.memory_rows],
     }
@@ -40,8 +40,16 @@ def graph_metadata(
     checkpoint_sha256: str,
     inputs: list[tuple[str, Shape]],
     outputs: list[tuple[str, Shape]],
+    output_activation: str = "sigmoid",
+    task_metadata: dict[str, Any] | None = None,
 ) -> dict[str, str]:
-    """All contract keys, JSON with sorted keys so the bytes are stable."""
+    """All contract keys, JSON with sorted keys so the bytes are stable. The optional keys appear only when they
+    differ from the default (sigmoid outputs, no task metadata), so the bit tasks' graphs keep their bytes."""
+    optional = {}
+    if output_activation != "sigmoid":
+        optional["ntm.output_activation"] = output_activation
+    if task_metadata:
+        optional["ntm.task_metadata"] = json.dumps(task_metadata, sort_keys=True)
     return {
         "ntm.task": task,
         "ntm.graph": graph,
@@ -51,6 +59,7 @@ def graph_metadata(
         "ntm.outputs": _spec(outputs),
         "ntm.encoding": encoding,
         "ntm.checkpoint_sha256": checkpoint_sha256,
+        **optional,
     }
 
 
@@ -64,5 +73,6 @@ def read_metadata(model: onnx.ModelProto) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for prop in model.metadata_props:
         key, value = prop.key, prop.value
-        out[key] = json.loads(value) if key in ("ntm.config", "ntm.state", "ntm.inputs", "ntm.outputs") else value
+        json_keys = ("ntm.config", "ntm.state", "ntm.inputs", "ntm.outputs", "ntm.task_metadata")
+        out[key] = json.loads(value) if key in json_keys else value
     return out

@@ -23,7 +23,7 @@ import onnxruntime as ort
 import torch
 
 from export.compare import DRIFT_TOLERANCE, OP_TOLERANCE, Row, markdown, row
-from export.graphs import STEP_INPUTS
+from export.graphs import STEP_INPUTS, probabilities
 from export.metadata import read_metadata
 from export.model_files import GRAPH_FILES, Checkpoint, load_checkpoint
 from export.ops import PURE_OPS, OpSpec, edge_cases, export_controller, export_pure_op, random_inputs
@@ -80,11 +80,12 @@ def onnx_initial_state(sess: ort.InferenceSession, batch: int) -> dict[str, np.n
 # ------------------------------------------------------------------------------------------ rollouts
 
 
-def torch_step(model: NTM, x: np.ndarray, state: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+def torch_step(model: NTM, x: np.ndarray, state: dict[str, np.ndarray], activation: str = "sigmoid"
+               ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """One `NTM.step` in torch, probabilities out (as the step graph)."""
     with torch.no_grad():
         logits, nxt = model.step(torch.from_numpy(x), NTMState(*(torch.from_numpy(state[n]) for n in STATE_NAMES)))
-    return torch.sigmoid(logits).numpy(), {n: t.numpy() for n, t in zip(STATE_NAMES, nxt, strict=True)}
+    return probabilities(logits, activation).numpy(), {n: t.numpy() for n, t in zip(STATE_NAMES, nxt, strict=True)}
 
 
 def onnx_step(sess: ort.InferenceSession, x: np.ndarray, state: dict[str, np.ndarray]
@@ -123,10 +124,12 @@ def model_rows(model: NTM, sess: Sessions, task: str, steps: int = 1000, batch: 
 
     The ONNX step loop feeds back its own state (so drift accumulates honestly). Rows: every output
     and state tensor (the step loop at every step, the sequence's final state and per-step attention),
-    identical rounded output bits, the initial state, and chunked sequence calls vs one call. The same
-    model in float64 runs alongside, to show the float32 floor of each row (see `Row`).
+    identical rounded output bits (arg-max labels for softmax outputs), the initial state, and chunked
+    sequence calls vs one call. The same model in float64 runs alongside, to show the float32 floor of each
+    row (see `Row`).
     """
     inputs = long_inputs(task, model.config.input_size, steps, batch, seed)  # (T, B, I)
+    activation = tasks.get_task(task).output_activation
     exact_model = copy.deepcopy(model).double()
     with torch.no_grad():
         initial = {n: t.detach().numpy() for n, t in zip(STATE_NAMES, model.initial_state(1), strict=True)}
@@ -140,8 +143,8 @@ def model_rows(model: NTM, sess: Sessions, task: str, steps: int = 1000, batch: 
     torch_attention: dict[str, list[np.ndarray]] = {k: [] for k in ATTENTION}
     exact_attention: dict[str, list[np.ndarray]] = {k: [] for k in ATTENTION}
     for x in inputs:
-        p_torch, torch_state = torch_step(model, x, torch_state)
-        p_exact, exact_state = torch_step(exact_model, x.astype(np.float64), exact_state)
+        p_torch, torch_state = torch_step(model, x, torch_state, activation)
+        p_exact, exact_state = torch_step(exact_model, x.astype(np.float64), exact_state, activation)
         p_onnx, onnx_state = onnx_step(sess.step, x, onnx_state)
         torch_out.append(p_torch)
         loop_out.append(p_onnx)
@@ -160,8 +163,7 @@ def model_rows(model: NTM, sess: Sessions, task: str, steps: int = 1000, batch: 
     rows += list(worst.values())
 
     expected_out = np.stack(torch_out)  # (T, B, O)
-    loop_bits = int(np.count_nonzero((np.stack(loop_out) > 0.5) != (expected_out > 0.5)))
-    rows.append(_bits_row("step loop vs torch: rounded output bits", loop_bits, expected_out.size))
+    rows.append(_decision_row("step loop vs torch", np.stack(loop_out), expected_out, activation))
 
     seq, final = onnx_sequence(sess.sequence, inputs, start)
     rows.append(row("sequence vs torch: outputs", seq["outputs"], expected_out, DRIFT_TOLERANCE, f"T={steps}",
@@ -172,8 +174,7 @@ def model_rows(model: NTM, sess: Sessions, task: str, steps: int = 1000, batch: 
     for name in STATE_NAMES:
         rows.append(row(f"sequence vs torch: final {name}", final[name], torch_state[name], DRIFT_TOLERANCE,
                         exact=exact_state[name]))
-    seq_bits = int(np.count_nonzero((seq["outputs"] > 0.5) != (expected_out > 0.5)))
-    rows.append(_bits_row("sequence vs torch: rounded output bits", seq_bits, expected_out.size))
+    rows.append(_decision_row("sequence vs torch", seq["outputs"], expected_out, activation))
 
     chunked, chunked_final = onnx_sequence_chunked(sess.sequence, inputs, start)
     label = "+".join(map(str, CHUNKS)) + "+…"
@@ -184,8 +185,15 @@ def model_rows(model: NTM, sess: Sessions, task: str, steps: int = 1000, batch: 
     return rows
 
 
-def _bits_row(check: str, differing: int, total: int) -> Row:
-    return Row(check, float(differing), float(differing) / max(total, 1), 0.0, f"differing bits of {total}")
+def _decision_row(check: str, actual: np.ndarray, expected: np.ndarray, activation: str) -> Row:
+    """What a client decides from the outputs must agree exactly: rounded bits (sigmoid) or arg-max labels (softmax).
+    actual, expected (T, B, O)"""
+    if activation == "softmax":
+        name, unit, differ = "arg-max label", "labels", actual.argmax(-1) != expected.argmax(-1)  # (T, B)
+    else:
+        name, unit, differ = "rounded output bits", "bits", (actual > 0.5) != (expected > 0.5)  # (T, B, O)
+    differing, total = int(np.count_nonzero(differ)), differ.size
+    return Row(f"{check}: {name}", float(differing), differing / max(total, 1), 0.0, f"differing {unit} of {total}")
 
 
 # ---------------------------------------------------------------------------------------- op parity
@@ -233,7 +241,8 @@ def controller_row(model: NTM, sess: ort.InferenceSession, seed: int = 0) -> Row
     return result
 
 
-def step_row(model: NTM, step: ort.InferenceSession, seed: int = 0, warmup: int = 20) -> Row:
+def step_row(model: NTM, step: ort.InferenceSession, seed: int = 0, warmup: int = 20, activation: str = "sigmoid"
+             ) -> Row:
     """The whole step graph vs `NTM.step`, one step from a state reached by `warmup` steps of random bits."""
     c = model.config
     exact_model = copy.deepcopy(model).double()
@@ -243,11 +252,11 @@ def step_row(model: NTM, step: ort.InferenceSession, seed: int = 0, warmup: int 
         with torch.no_grad():
             state = {n: t.detach().numpy().copy() for n, t in zip(STATE_NAMES, model.initial_state(b), strict=True)}
         for _ in range(warmup):
-            _, state = torch_step(model, (rng.random((b, c.input_size)) < 0.5).astype(np.float32), state)
+            _, state = torch_step(model, (rng.random((b, c.input_size)) < 0.5).astype(np.float32), state, activation)
         x = rng.normal(size=(b, c.input_size)).astype(np.float32)
-        p_torch, s_torch = torch_step(model, x, state)
+        p_torch, s_torch = torch_step(model, x, state, activation)
         p_exact, s_exact = torch_step(exact_model, x.astype(np.float64),
-                                      {n: v.astype(np.float64) for n, v in state.items()})
+                                      {n: v.astype(np.float64) for n, v in state.items()}, activation)
         p_onnx, s_onnx = onnx_step(step, x, state)
         for name in ("output", *STATE_NAMES):
             a, e, x64 = (p_onnx, p_torch, p_exact) if name == "output" else (s_onnx[name], s_torch[name],
@@ -258,7 +267,8 @@ def step_row(model: NTM, step: ort.InferenceSession, seed: int = 0, warmup: int 
     return result
 
 
-def op_rows(model: NTM, step: ort.InferenceSession, provider: str, seed: int = 0) -> list[Row]:
+def op_rows(model: NTM, step: ort.InferenceSession, provider: str, seed: int = 0, activation: str = "sigmoid"
+            ) -> list[Row]:
     """Every op of the step at this model's sizes (N, M, S, R and W), then the controller and whole step."""
     c = model.config
     rows = []
@@ -273,7 +283,7 @@ def op_rows(model: NTM, step: ort.InferenceSession, provider: str, seed: int = 0
         assert result is not None
         rows.append(result)
     rows.append(controller_row(model, session(export_controller(model), provider), seed))
-    rows.append(step_row(model, step, seed))
+    rows.append(step_row(model, step, seed, activation=activation))
     return rows
 
 
@@ -294,7 +304,7 @@ def check_folder(folder: Path, provider: str, steps: int, batch: int, ops: bool 
             raise ValueError(f"{path} was exported from checkpoint {recorded}, but {folder}/checkpoint.pt is "
                              f"{ckpt.sha256}: re-export with `python -m export {folder}`")
     sess = sessions({name: str(p) for name, p in paths.items()}, provider)
-    rows = op_rows(ckpt.model, sess.step, provider) if ops else []
+    rows = op_rows(ckpt.model, sess.step, provider, activation=ckpt.output_activation) if ops else []
     rows += model_rows(ckpt.model, sess, ckpt.task, steps, batch)
     return rows, ckpt
 

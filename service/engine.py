@@ -67,6 +67,8 @@ class ModelSpec:
     encoding: str
     checkpoint_sha256: str
     state_shapes: dict[str, tuple[int, ...]]  # per session, no batch dimension, in STATE_NAMES order
+    output_activation: str = "sigmoid"  # "softmax": the outputs are a distribution over labels (classification)
+    task_metadata: str = ""  # JSON, e.g. one_shot's class split; empty when none
 
     @property
     def input_size(self) -> int:
@@ -190,6 +192,8 @@ def read_spec(name: str, props: dict[str, str]) -> ModelSpec:
         encoding=props.get("ntm.encoding", ""),
         checkpoint_sha256=props["ntm.checkpoint_sha256"],
         state_shapes=shapes,
+        output_activation=props.get("ntm.output_activation", "sigmoid"),
+        task_metadata=props.get("ntm.task_metadata", ""),
     )
 
 

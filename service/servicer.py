@@ -99,6 +99,7 @@ def model_info(model: ServedModel) -> ntm_pb2.ModelInfo:
         controller=c.get("controller", ""), shift_range=c.get("shift_range", 0), encoding=model.spec.encoding,
         checkpoint_sha256=model.spec.checkpoint_sha256,
         state=[ntm_pb2.StateSpec(name=n, shape=s) for n, s in model.spec.state_shapes.items()],
+        output_activation=model.spec.output_activation, task_metadata=model.spec.task_metadata,
     )
 
 

@@ -59,3 +59,45 @@ def attention_figure(
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)
+
+
+def episode_figure(
+    images: np.ndarray,  # (T, 64) 8x8 samples, row-major
+    labels: np.ndarray,  # (T,) true labels
+    probabilities: np.ndarray,  # (T, C) predicted label distribution
+    read_weights: np.ndarray | None,  # (T, R, N)
+    write_weights: np.ndarray | None,  # (T, W, N)
+    out: Path,
+    title: str,
+) -> None:
+    """A one-shot episode: each step's image with its true label, the predicted distribution (true label
+    marked, wrong arg-max in red), and the rows the first write and read heads used."""
+    steps = len(labels)
+    side = round(np.sqrt(images.shape[1]))
+    strip = np.ones((side, steps * (side + 1)))
+    for t in range(steps):
+        strip[:, t * (side + 1) : t * (side + 1) + side] = images[t].reshape(side, side)
+    panels = 2 + (read_weights is not None and write_weights is not None)
+    fig, axes = plt.subplots(panels + (panels == 3), 1, figsize=(max(9, steps * 0.22), 2.2 * (panels + 1)),
+                             gridspec_kw={"height_ratios": [1.2] + [2] * (panels + (panels == 3) - 1)})
+    axes[0].imshow(strip, aspect="auto", cmap="gray_r", interpolation="nearest", vmin=0, vmax=1)
+    axes[0].set_xticks([t * (side + 1) + side / 2 for t in range(steps)], [str(int(v)) for v in labels], fontsize=6)
+    axes[0].set_yticks([])
+    axes[0].set_ylabel("sample\n(true label)", fontsize=8)
+    axes[0].set_title(title)
+    predicted = probabilities.argmax(-1)
+    axes[1].imshow(probabilities.T, aspect="auto", cmap="viridis", interpolation="nearest", vmin=0, vmax=1)
+    axes[1].scatter(np.arange(steps), labels, marker="o", facecolors="none", edgecolors="white", s=30)
+    wrong = predicted != labels
+    axes[1].scatter(np.arange(steps)[wrong], predicted[wrong], marker="x", color="red", s=25)
+    axes[1].set_ylabel("P(label)\n○ true, × wrong", fontsize=8)
+    if panels == 3:
+        assert read_weights is not None and write_weights is not None
+        axes[2].imshow(write_weights[:, 0].T, aspect="auto", cmap="viridis", interpolation="nearest", vmin=0, vmax=1)
+        axes[2].set_ylabel("write weighting\n(memory row)", fontsize=8)
+        axes[3].imshow(read_weights[:, 0].T, aspect="auto", cmap="viridis", interpolation="nearest", vmin=0, vmax=1)
+        axes[3].set_ylabel("read weighting\n(memory row)", fontsize=8)
+    axes[-1].set_xlabel("time step")
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)

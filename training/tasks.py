@@ -9,16 +9,15 @@ the values that vary per sequence (bits, query index, priorities) are drawn per 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
-from typing import NamedTuple
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import torch
 from torch import Tensor
 
-
-class Batch(NamedTuple):
-    inputs: Tensor  # (T, B, I)
-    targets: Tensor  # (T_out, B, O)
+from training import one_shot
+from training.batch import Batch
+from training.metrics import bit_errors, sequence_loss
 
 
 def _bits(gen: torch.Generator, *shape: int) -> Tensor:
@@ -99,6 +98,11 @@ class TaskSpec:
     sample: Callable[[torch.Generator, int], Batch]  # a training batch with random length parameters
     eval_points: tuple[tuple[str, Callable[[torch.Generator, int], Batch]], ...]
     encoding: str
+    # Classification tasks swap these; the defaults are the bit tasks' (BCE, bit errors, sigmoid outputs).
+    loss: Callable[[Tensor, Tensor], Tensor] = sequence_loss
+    errors: Callable[[Tensor, Tensor], Tensor] = bit_errors  # per sequence (B,): the trainer's held-out figure
+    output_activation: str = "sigmoid"  # what turns logits into the served outputs: "sigmoid" or "softmax"
+    metadata: dict[str, Any] = field(default_factory=dict)  # more task facts for config.json and the ONNX metadata
 
 
 def _copy_train(gen: torch.Generator, batch: int) -> Batch:
@@ -117,7 +121,7 @@ def _sort_train(gen: torch.Generator, batch: int) -> Batch:
     return priority_sort_batch(gen, batch)
 
 
-def _fixed(fn: Callable[..., Batch], *args: int) -> Callable[[torch.Generator, int], Batch]:
+def _fixed(fn: Callable[..., Batch], *args: Any) -> Callable[[torch.Generator, int], Batch]:
     return lambda gen, batch: fn(gen, batch, *args)
 
 
@@ -151,6 +155,20 @@ TASKS: dict[str, TaskSpec] = {
         "20 random 8-bit vectors, each step with its priority (uniform in [-1, 1]) on ch 8; a delimiter "
         "(only ch 9 = 1); 16 zero steps. Target over those 16 steps: the 16 highest-priority vectors, "
         "highest first.",
+    ),
+    "one_shot": TaskSpec(
+        "one_shot", one_shot.INPUT_SIZE, one_shot.CLASSES, _fixed(one_shot.digit_episodes, "train"),
+        (("training classes", _fixed(one_shot.digit_episodes, "train")),
+         ("held-out classes", _fixed(one_shot.digit_episodes, "test"))),
+        one_shot.ENCODING + " Classes: scikit-learn 8x8 digits turned by quarter turns; see class_split.",
+        one_shot.classification_loss, one_shot.misclassified, "softmax", {"class_split": one_shot.split_description()},
+    ),
+    "one_shot_synthetic": TaskSpec(
+        "one_shot_synthetic", one_shot.INPUT_SIZE, one_shot.CLASSES, one_shot.synthetic_episodes,
+        (("new classes", one_shot.synthetic_episodes),),
+        one_shot.ENCODING + f" Classes: a fresh random 64-bit prototype per class per episode, each sample with "
+        f"every bit flipped with probability {one_shot.SYNTHETIC_FLIP}.",
+        one_shot.classification_loss, one_shot.misclassified, "softmax",
     ),
 }
 

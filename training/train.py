@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from training.checkpoint import MODEL_FILE, RESUME_FILE, load_model, save_model
 from training.config import NTMConfig
-from training.metrics import bit_errors, sequence_loss
+from training.metrics import bit_errors
 from training.model import NTM, LSTMBaseline
 from training.plots import learning_curve
 from training.tasks import TaskSpec, get_task
@@ -101,14 +101,15 @@ def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer
 
 
 @torch.no_grad()
-def evaluate_point(model: nn.Module, sample: Any, sequences: int, seed: int, batch_size: int = 64) -> float:
-    """Mean bit errors per sequence over `sequences` held-out sequences from `sample`."""
+def evaluate_point(model: nn.Module, sample: Any, sequences: int, seed: int, batch_size: int = 64,
+                   errors: Any = bit_errors) -> float:
+    """Mean errors per sequence (bit errors, or the task's `errors`) over `sequences` held-out sequences."""
     gen = torch.Generator().manual_seed(seed)
     total, count = 0.0, 0
     while count < sequences:
         batch = sample(gen, min(batch_size, sequences - count))
         logits = model(batch.inputs)[0]
-        total += float(bit_errors(logits, batch.targets).sum())
+        total += float(errors(logits, batch.targets).sum())
         count += batch.inputs.shape[1]
     return total / count
 
@@ -145,7 +146,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
         log_path.unlink()
 
     meta = {"task": task.name, "input_size": task.input_size, "output_size": task.output_size,
-            "train_config": asdict(cfg), "encoding": task.encoding}
+            "train_config": asdict(cfg), "encoding": task.encoding, **task.metadata}
     if cfg.model == "lstm_baseline":
         meta["baseline"] = cfg.baseline
     last_eval = _last_eval(log_path)
@@ -155,21 +156,21 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
     while seen < cfg.sequences and not (last_eval is not None and last_eval < cfg.stop_below):
         batch = task.sample(gen, cfg.batch_size)
         logits = model(batch.inputs)[0]
-        loss = sequence_loss(logits, batch.targets)
+        loss = task.loss(logits, batch.targets)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
         optimizer.step()
         seen += cfg.batch_size
         loss_sum += float(loss.detach())
-        err_sum += float(bit_errors(logits.detach(), batch.targets).mean())
+        err_sum += float(task.errors(logits.detach(), batch.targets).mean())
         n_batches += 1
         bar.update(cfg.batch_size)
         bar.set_postfix(loss=f"{loss_sum / n_batches:.4f}", bits=f"{err_sum / n_batches:.2f}",
                         eval=f"{last_eval:.3f}" if last_eval is not None else "-")
         if seen % cfg.eval_every < cfg.batch_size or seen >= cfg.sequences:
             model.eval()
-            last_eval = evaluate_point(model, task.sample, cfg.eval_sequences, EVAL_SEED)
+            last_eval = evaluate_point(model, task.sample, cfg.eval_sequences, EVAL_SEED, errors=task.errors)
             model.train()
             row = {"sequences": seen, "loss": loss_sum / n_batches, "bit_errors": err_sum / n_batches,
                    "eval_bit_errors": last_eval, "seconds": round(time.monotonic() - started, 1)}

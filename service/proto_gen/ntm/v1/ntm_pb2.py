@@ -27,7 +27,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x10ntm/v1/ntm.proto\x12\x06ntm.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\"\'\n\x06Tensor\x12\r\n\x05shape\x18\x01 \x03(\x03\x12\x0e\n\x06values\x18\x02 \x03(\x02\"\x13\n\x11ListModelsRequest\"7\n\x12ListModelsResponse\x12!\n\x06models\x18\x01 \x03(\x0b\x32\x11.ntm.v1.ModelInfo\"\xc7\x02\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04task\x18\x02 \x01(\t\x12\x12\n\ninput_size\x18\x03 \x01(\x05\x12\x13\n\x0boutput_size\x18\x04 \x01(\x05\x12\x13\n\x0bmemory_rows\x18\x05 \x01(\x05\x12\x14\n\x0cmemory_width\x18\x06 \x01(\x05\x12\x12\n\nread_heads\x18\x07 \x01(\x05\x12\x13\n\x0bwrite_heads\x18\x08 \x01(\x05\x12\x10\n\x08provider\x18\t \x01(\t\x12\x17\n\x0f\x63ontroller_size\x18\n \x01(\x05\x12\x12\n\ncontroller\x18\x0b \x01(\t\x12\x13\n\x0bshift_range\x18\x0c \x01(\x05\x12\x10\n\x08\x65ncoding\x18\r \x01(\t\x12\x19\n\x11\x63heckpoint_sha256\x18\x0e \x01(\t\x12 \n\x05state\x18\x0f \x03(\x0b\x32\x11.ntm.v1.StateSpec\"(\n\tStateSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\":\n\x14\x43reateSessionRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x13\n\x0bttl_seconds\x18\x02 \x01(\x01\"\xd5\x01\n\x07Session\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\r\n\x05steps\x18\x03 \x01(\x03\x12.\n\nexpires_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12#\n\x05state\x18\x05 \x01(\x0b\x32\x14.ntm.v1.SessionState\x12.\n\ncreated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bttl_seconds\x18\x07 \x01(\x01\">\n\x11GetSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x15\n\rinclude_state\x18\x02 \x01(\x08\"*\n\x14\x44\x65leteSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\x17\n\x15\x44\x65leteSessionResponse\"\x9b\x01\n\x0bStepRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x1e\n\x06inputs\x18\x02 \x01(\x0b\x32\x0e.ntm.v1.Tensor\x12\x18\n\x10return_attention\x18\x03 \x01(\x08\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12\x19\n\x0c\x65xpect_steps\x18\x05 \x01(\x03H\x00\x88\x01\x01\x42\x0f\n\r_expect_steps\"X\n\tAttention\x12$\n\x0cread_weights\x18\x01 \x01(\x0b\x32\x0e.ntm.v1.Tensor\x12%\n\rwrite_weights\x18\x02 \x01(\x0b\x32\x0e.ntm.v1.Tensor\"\xaf\x01\n\x0cStepResponse\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x1f\n\x07outputs\x18\x02 \x01(\x0b\x32\x0e.ntm.v1.Tensor\x12\r\n\x05steps\x18\x03 \x01(\x03\x12$\n\tattention\x18\x04 \x01(\x0b\x32\x11.ntm.v1.Attention\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12!\n\x05\x65rror\x18\x06 \x01(\x0b\x32\x12.google.rpc.Status\"*\n\x14\x45xportSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\xbb\x01\n\x0cSessionState\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05steps\x18\x02 \x01(\x03\x12\x32\n\x07tensors\x18\x03 \x03(\x0b\x32!.ntm.v1.SessionState.TensorsEntry\x12\x19\n\x11\x63heckpoint_sha256\x18\x04 \x01(\t\x1a>\n\x0cTensorsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x1d\n\x05value\x18\x02 \x01(\x0b\x32\x0e.ntm.v1.Tensor:\x02\x38\x01\"P\n\x14ImportSessionRequest\x12#\n\x05state\x18\x01 \x01(\x0b\x32\x14.ntm.v1.SessionState\x12\x13\n\x0bttl_seconds\x18\x02 \x01(\x01\x32\x88\x04\n\x03NTM\x12\x43\n\nListModels\x12\x19.ntm.v1.ListModelsRequest\x1a\x1a.ntm.v1.ListModelsResponse\x12>\n\rCreateSession\x12\x1c.ntm.v1.CreateSessionRequest\x1a\x0f.ntm.v1.Session\x12\x38\n\nGetSession\x12\x19.ntm.v1.GetSessionRequest\x1a\x0f.ntm.v1.Session\x12L\n\rDeleteSession\x12\x1c.ntm.v1.DeleteSessionRequest\x1a\x1d.ntm.v1.DeleteSessionResponse\x12\x31\n\x04Step\x12\x13.ntm.v1.StepRequest\x1a\x14.ntm.v1.StepResponse\x12<\n\x0bStreamSteps\x12\x13.ntm.v1.StepRequest\x1a\x14.ntm.v1.StepResponse(\x01\x30\x01\x12\x43\n\rExportSession\x12\x1c.ntm.v1.ExportSessionRequest\x1a\x14.ntm.v1.SessionState\x12>\n\rImportSession\x12\x1c.ntm.v1.ImportSessionRequest\x1a\x0f.ntm.v1.Sessionb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x10ntm/v1/ntm.proto\x12\x06ntm.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\"\'\n\x06Tensor\x12\r\n\x05shape\x18\x01 \x03(\x03\x12\x0e\n\x06values\x18\x02 \x03(\x02\"\x13\n\x11ListModelsRequest\"7\n\x12ListModelsResponse\x12!\n\x06models\x18\x01 \x03(\x0b\x32\x11.ntm.v1.ModelInfo\"\xf9\x02\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04task\x18\x02 \x01(\t\x12\x12\n\ninput_size\x18\x03 \x01(\x05\x12\x13\n\x0boutput_size\x18\x04 \x01(\x05\x12\x13\n\x0bmemory_rows\x18\x05 \x01(\x05\x12\x14\n\x0cmemory_width\x18\x06 \x01(\x05\x12\x12\n\nread_heads\x18\x07 \x01(\x05\x12\x13\n\x0bwrite_heads\x18\x08 \x01(\x05\x12\x10\n\x08provider\x18\t \x01(\t\x12\x17\n\x0f\x63ontroller_size\x18\n \x01(\x05\x12\x12\n\ncontroller\x18\x0b \x01(\t\x12\x13\n\x0bshift_range\x18\x0c \x01(\x05\x12\x10\n\x08\x65ncoding\x18\r \x01(\t\x12\x19\n\x11\x63heckpoint_sha256\x18\x0e \x01(\t\x12 \n\x05state\x18\x0f \x03(\x0b\x32\x11.ntm.v1.StateSpec\x12\x19\n\x11output_activation\x18\x14 \x01(\t\x12\x15\n\rtask_metadata\x18\x15 \x01(\t\"(\n\tStateSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\":\n\x14\x43reateSessionRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x13\n\x0bttl_seconds\x18\x02 \x01(\x01\"\xd5\x01\n\x07Session\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\r\n\x05steps\x18\x03 \x01(\x03\x12.\n\nexpires_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12#\n\x05state\x18\x05 \x01(\x0b\x32\x14.ntm.v1.SessionState\x12.\n\ncreated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bttl_seconds\x18\x07 \x01(\x01\">\n\x11GetSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x15\n\rinclude_state\x18\x02 \x01(\x08\"*\n\x14\x44\x65leteSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\x17\n\x15\x44\x65leteSessionResponse\"\x9b\x01\n\x0bStepRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x1e\n\x06inputs\x18\x02 \x01(\x0b\x32\x0e.ntm.v1.Tensor\x12\x18\n\x10return_attention\x18\x03 \x01(\x08\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12\x19\n\x0c\x65xpect_steps\x18\x05 \x01(\x03H\x00\x88\x01\x01\x42\x0f\n\r_expect_steps\"X\n\tAttention\x12$\n\x0cread_weights\x18\x01 \x01(\x0b\x32\x0e.ntm.v1.Tensor\x12%\n\rwrite_weights\x18\x02 \x01(\x0b\x32\x0e.ntm.v1.Tensor\"\xaf\x01\n\x0cStepResponse\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x1f\n\x07outputs\x18\x02 \x01(\x0b\x32\x0e.ntm.v1.Tensor\x12\r\n\x05steps\x18\x03 \x01(\x03\x12$\n\tattention\x18\x04 \x01(\x0b\x32\x11.ntm.v1.Attention\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12!\n\x05\x65rror\x18\x06 \x01(\x0b\x32\x12.google.rpc.Status\"*\n\x14\x45xportSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\xbb\x01\n\x0cSessionState\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05steps\x18\x02 \x01(\x03\x12\x32\n\x07tensors\x18\x03 \x03(\x0b\x32!.ntm.v1.SessionState.TensorsEntry\x12\x19\n\x11\x63heckpoint_sha256\x18\x04 \x01(\t\x1a>\n\x0cTensorsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x1d\n\x05value\x18\x02 \x01(\x0b\x32\x0e.ntm.v1.Tensor:\x02\x38\x01\"P\n\x14ImportSessionRequest\x12#\n\x05state\x18\x01 \x01(\x0b\x32\x14.ntm.v1.SessionState\x12\x13\n\x0bttl_seconds\x18\x02 \x01(\x01\x32\x88\x04\n\x03NTM\x12\x43\n\nListModels\x12\x19.ntm.v1.ListModelsRequest\x1a\x1a.ntm.v1.ListModelsResponse\x12>\n\rCreateSession\x12\x1c.ntm.v1.CreateSessionRequest\x1a\x0f.ntm.v1.Session\x12\x38\n\nGetSession\x12\x19.ntm.v1.GetSessionRequest\x1a\x0f.ntm.v1.Session\x12L\n\rDeleteSession\x12\x1c.ntm.v1.DeleteSessionRequest\x1a\x1d.ntm.v1.DeleteSessionResponse\x12\x31\n\x04Step\x12\x13.ntm.v1.StepRequest\x1a\x14.ntm.v1.StepResponse\x12<\n\x0bStreamSteps\x12\x13.ntm.v1.StepRequest\x1a\x14.ntm.v1.StepResponse(\x01\x30\x01\x12\x43\n\rExportSession\x12\x1c.ntm.v1.ExportSessionRequest\x1a\x14.ntm.v1.SessionState\x12>\n\rImportSession\x12\x1c.ntm.v1.ImportSessionRequest\x1a\x0f.ntm.v1.Sessionb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,33 +43,33 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTMODELSRESPONSE']._serialized_start=148
   _globals['_LISTMODELSRESPONSE']._serialized_end=203
   _globals['_MODELINFO']._serialized_start=206
-  _globals['_MODELINFO']._serialized_end=533
-  _globals['_STATESPEC']._serialized_start=535
-  _globals['_STATESPEC']._serialized_end=575
-  _globals['_CREATESESSIONREQUEST']._serialized_start=577
-  _globals['_CREATESESSIONREQUEST']._serialized_end=635
-  _globals['_SESSION']._serialized_start=638
-  _globals['_SESSION']._serialized_end=851
-  _globals['_GETSESSIONREQUEST']._serialized_start=853
-  _globals['_GETSESSIONREQUEST']._serialized_end=915
-  _globals['_DELETESESSIONREQUEST']._serialized_start=917
-  _globals['_DELETESESSIONREQUEST']._serialized_end=959
-  _globals['_DELETESESSIONRESPONSE']._serialized_start=961
-  _globals['_DELETESESSIONRESPONSE']._serialized_end=984
-  _globals['_STEPREQUEST']._serialized_start=987
-  _globals['_STEPREQUEST']._serialized_end=1142
-  _globals['_ATTENTION']._serialized_start=1144
-  _globals['_ATTENTION']._serialized_end=1232
-  _globals['_STEPRESPONSE']._serialized_start=1235
-  _globals['_STEPRESPONSE']._serialized_end=1410
-  _globals['_EXPORTSESSIONREQUEST']._serialized_start=1412
-  _globals['_EXPORTSESSIONREQUEST']._serialized_end=1454
-  _globals['_SESSIONSTATE']._serialized_start=1457
-  _globals['_SESSIONSTATE']._serialized_end=1644
-  _globals['_SESSIONSTATE_TENSORSENTRY']._serialized_start=1582
-  _globals['_SESSIONSTATE_TENSORSENTRY']._serialized_end=1644
-  _globals['_IMPORTSESSIONREQUEST']._serialized_start=1646
-  _globals['_IMPORTSESSIONREQUEST']._serialized_end=1726
-  _globals['_NTM']._serialized_start=1729
-  _globals['_NTM']._serialized_end=2249
+  _globals['_MODELINFO']._serialized_end=583
+  _globals['_STATESPEC']._serialized_start=585
+  _globals['_STATESPEC']._serialized_end=625
+  _globals['_CREATESESSIONREQUEST']._serialized_start=627
+  _globals['_CREATESESSIONREQUEST']._serialized_end=685
+  _globals['_SESSION']._serialized_start=688
+  _globals['_SESSION']._serialized_end=901
+  _globals['_GETSESSIONREQUEST']._serialized_start=903
+  _globals['_GETSESSIONREQUEST']._serialized_end=965
+  _globals['_DELETESESSIONREQUEST']._serialized_start=967
+  _globals['_DELETESESSIONREQUEST']._serialized_end=1009
+  _globals['_DELETESESSIONRESPONSE']._serialized_start=1011
+  _globals['_DELETESESSIONRESPONSE']._serialized_end=1034
+  _globals['_STEPREQUEST']._serialized_start=1037
+  _globals['_STEPREQUEST']._serialized_end=1192
+  _globals['_ATTENTION']._serialized_start=1194
+  _globals['_ATTENTION']._serialized_end=1282
+  _globals['_STEPRESPONSE']._serialized_start=1285
+  _globals['_STEPRESPONSE']._serialized_end=1460
+  _globals['_EXPORTSESSIONREQUEST']._serialized_start=1462
+  _globals['_EXPORTSESSIONREQUEST']._serialized_end=1504
+  _globals['_SESSIONSTATE']._serialized_start=1507
+  _globals['_SESSIONSTATE']._serialized_end=1694
+  _globals['_SESSIONSTATE_TENSORSENTRY']._serialized_start=1632
+  _globals['_SESSIONSTATE_TENSORSENTRY']._serialized_end=1694
+  _globals['_IMPORTSESSIONREQUEST']._serialized_start=1696
+  _globals['_IMPORTSESSIONREQUEST']._serialized_end=1776
+  _globals['_NTM']._serialized_start=1779
+  _globals['_NTM']._serialized_end=2299
 # @@protoc_insertion_point(module_scope)

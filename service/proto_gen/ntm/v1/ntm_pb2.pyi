@@ -30,7 +30,7 @@ class ListModelsResponse(_message.Message):
     def __init__(self, models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "task", "input_size", "output_size", "memory_rows", "memory_width", "read_heads", "write_heads", "provider", "controller_size", "controller", "shift_range", "encoding", "checkpoint_sha256", "state")
+    __slots__ = ("name", "task", "input_size", "output_size", "memory_rows", "memory_width", "read_heads", "write_heads", "provider", "controller_size", "controller", "shift_range", "encoding", "checkpoint_sha256", "state", "output_activation", "task_metadata")
     NAME_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
     INPUT_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -46,6 +46,8 @@ class ModelInfo(_message.Message):
     ENCODING_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_SHA256_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_ACTIVATION_FIELD_NUMBER: _ClassVar[int]
+    TASK_METADATA_FIELD_NUMBER: _ClassVar[int]
     name: str
     task: str
     input_size: int
@@ -61,7 +63,9 @@ class ModelInfo(_message.Message):
     encoding: str
     checkpoint_sha256: str
     state: _containers.RepeatedCompositeFieldContainer[StateSpec]
-    def __init__(self, name: _Optional[str] = ..., task: _Optional[str] = ..., input_size: _Optional[int] = ..., output_size: _Optional[int] = ..., memory_rows: _Optional[int] = ..., memory_width: _Optional[int] = ..., read_heads: _Optional[int] = ..., write_heads: _Optional[int] = ..., provider: _Optional[str] = ..., controller_size: _Optional[int] = ..., controller: _Optional[str] = ..., shift_range: _Optional[int] = ..., encoding: _Optional[str] = ..., checkpoint_sha256: _Optional[str] = ..., state: _Optional[_Iterable[_Union[StateSpec, _Mapping]]] = ...) -> None: ...
+    output_activation: str
+    task_metadata: str
+    def __init__(self, name: _Optional[str] = ..., task: _Optional[str] = ..., input_size: _Optional[int] = ..., output_size: _Optional[int] = ..., memory_rows: _Optional[int] = ..., memory_width: _Optional[int] = ..., read_heads: _Optional[int] = ..., write_heads: _Optional[int] = ..., provider: _Optional[str] = ..., controller_size: _Optional[int] = ..., controller: _Optional[str] = ..., shift_range: _Optional[int] = ..., encoding: _Optional[str] = ..., checkpoint_sha256: _Optional[str] = ..., state: _Optional[_Iterable[_Union[StateSpec, _Mapping]]] = ..., output_activation: _Optional[str] = ..., task_metadata: _Optional[str] = ...) -> None: ...
 
 class StateSpec(_message.Message):
     __slots__ = ("name", "shape")
