@@ -110,6 +110,24 @@ def test_class_split_never_leaks_a_held_out_class_into_training() -> None:
     assert len(seen) > 1000  # and training does draw from many different samples
 
 
+def test_permuted_training_episodes_shuffle_pixels_per_episode_and_only_for_training() -> None:
+    gen = torch.Generator().manual_seed(7)
+    features = torch.rand(50, 400, 64, generator=gen)
+    out = one_shot.permuted(torch.Generator().manual_seed(8), features, 0.5)
+    same = (out == features).all(-1).all(0)  # (B,) episodes left alone
+    assert 150 < int(same.sum()) < 250  # about half
+    # every episode: the same multiset of pixels, moved by one permutation shared by all its steps
+    assert torch.equal(out.sort(-1).values, features.sort(-1).values)
+    moved = (~same).nonzero()[0, 0]
+    order = [int((features[0, moved] == v).nonzero()[0, 0]) for v in out[0, moved]]
+    assert torch.equal(out[:, moved], features[:, moved][:, order])
+    spec = get_task("one_shot", permute=0.5)
+    assert spec.sample is not get_task("one_shot").sample
+    assert spec.eval_points == get_task("one_shot").eval_points  # evaluation stays on the plain task
+    with pytest.raises(ValueError, match="one_shot only"):
+        get_task("copy", permute=0.5)
+
+
 # --- LRU heads ---------------------------------------------------------------------------------------------------
 
 

@@ -115,8 +115,10 @@ def encode_episode(features: Tensor, labels: Tensor) -> Batch:
     return Batch(torch.cat([features, previous], dim=-1), targets)
 
 
-def digit_episodes(gen: torch.Generator, batch: int, split: str, steps: int = EPISODE_STEPS) -> Batch:
-    """A batch of episodes over 5 classes of the split's pool."""
+def digit_episodes(gen: torch.Generator, batch: int, split: str, steps: int = EPISODE_STEPS,
+                   permute: float = 0.0) -> Batch:
+    """A batch of episodes over 5 classes of the split's pool. With `permute`, that fraction of the episodes
+    shows every image with its pixels shuffled by one random permutation per episode (see `permuted`)."""
     pool = digit_pool(split)
     classes = torch.argsort(torch.rand(batch, len(pool.counts), generator=gen), dim=1)[:, :CLASSES]  # (B, 5)
     labels = torch.argsort(torch.rand(batch, CLASSES, generator=gen), dim=1)  # (B, 5) label of each episode class
@@ -124,7 +126,22 @@ def digit_episodes(gen: torch.Generator, batch: int, split: str, steps: int = EP
     cls = torch.gather(classes.T, 0, slots)  # (T, B) pool class at each step
     pick = (torch.rand(steps, batch, generator=gen) * pool.counts[cls]).long()  # (T, B) sample within the class
     features = pool.samples[pool.offsets[cls] + pick]  # (T, B, 64)
+    if permute:
+        features = permuted(gen, features, permute)
     return encode_episode(features, torch.gather(labels.T, 0, slots))
+
+
+def permuted(gen: torch.Generator, features: Tensor, fraction: float) -> Tensor:
+    """Meta-training augmentation: in a `fraction` of the episodes, one random pixel permutation (per episode)
+    applied to every image. Such an episode's 5 classes are new classes that are as alike as the digits are,
+    but whose shapes no weight can have learned, so the model must compare samples with each other rather than
+    recognise digit strokes it was trained on; with 18 training classes the plain task overfits to them.
+    features (T, B, 64) -> (T, B, 64)"""
+    steps, batch, width = features.shape
+    chosen = torch.rand(batch, generator=gen) < fraction  # (B,)
+    order = torch.argsort(torch.rand(batch, width, generator=gen), dim=1)  # (B, 64)
+    order = torch.where(chosen.unsqueeze(1), order, torch.arange(width))  # identity where not chosen
+    return torch.gather(features, 2, order.expand(steps, -1, -1))
 
 
 def synthetic_episodes(gen: torch.Generator, batch: int, steps: int = EPISODE_STEPS) -> Batch:

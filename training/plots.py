@@ -12,16 +12,20 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 
-def learning_curve(log_path: Path, out: Path, title: str) -> None:
-    """Training loss and held-out bit errors against sequences seen."""
+def learning_curve(log_path: Path, out: Path, title: str, classification: bool = False) -> None:
+    """Training loss and held-out bit errors (classification: misclassified steps) against sequences seen."""
     rows = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
     evals = [r for r in rows if "eval_bit_errors" in r]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.5))
     ax1.plot([r["sequences"] for r in evals], [r["loss"] for r in evals])
-    ax1.set(xlabel="training sequences", ylabel="BCE loss (train)", yscale="log", title=title)
+    ax1.set(xlabel="training sequences", ylabel="cross-entropy (train)" if classification else "BCE loss (train)",
+            yscale="log", title=title)
     ax2.plot([r["sequences"] for r in evals], [max(r["eval_bit_errors"], 1e-3) for r in evals])
-    ax2.set(xlabel="training sequences", ylabel="bit errors / sequence (held out)", yscale="log")
-    ax2.axhline(0.1, color="grey", linestyle="--", linewidth=0.8)
+    if classification:
+        ax2.set(xlabel="training episodes", ylabel="wrong labels / episode (held out)", yscale="log")
+    else:
+        ax2.set(xlabel="training sequences", ylabel="bit errors / sequence (held out)", yscale="log")
+        ax2.axhline(0.1, color="grey", linestyle="--", linewidth=0.8)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)

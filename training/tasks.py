@@ -173,13 +173,18 @@ TASKS: dict[str, TaskSpec] = {
 }
 
 
-def get_task(name: str, wrap: bool = False) -> TaskSpec:
+def get_task(name: str, wrap: bool = False, permute: float = 0.0) -> TaskSpec:
     """The task by name; `wrap` selects the seed's associative-recall variant (the query may be the last item,
-    whose answer wraps around to item 1)."""
+    whose answer wraps around to item 1); `permute` the one_shot training episodes of which that fraction has
+    its pixels permuted (training only: the evaluation points are the plain task's)."""
     try:
         spec = TASKS[name]
     except KeyError:
         raise ValueError(f"unknown task {name!r}; choose from {sorted(TASKS)}") from None
+    if permute:
+        if name != "one_shot":
+            raise ValueError(f"permute applies to one_shot only, not {name!r}")
+        return replace(spec, sample=_fixed(one_shot.digit_episodes, "train", one_shot.EPISODE_STEPS, permute))
     if not wrap:
         return spec
     if name != "associative_recall":

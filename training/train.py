@@ -53,6 +53,7 @@ class TrainConfig:
     ntm: dict[str, Any] = field(default_factory=dict)  # NTMConfig overrides
     baseline: dict[str, Any] = field(default_factory=dict)  # LSTMBaseline overrides
     wrap: bool = False  # associative recall: the seed's variant where the query may be the last item
+    permute: float = 0.0  # one_shot: fraction of training episodes with pixels permuted (one_shot.permuted)
     init_from: str = ""  # warm start: an NTM checkpoint folder whose weights seed this run (see transplant)
 
 
@@ -117,7 +118,7 @@ def evaluate_point(model: nn.Module, sample: Any, sequences: int, seed: int, bat
 def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
     """Train (or resume) a model; writes checkpoint, resume file, JSONL log and learning curve to cfg.out."""
     torch.set_num_threads(cfg.threads)
-    task = get_task(cfg.task, cfg.wrap)
+    task = get_task(cfg.task, cfg.wrap, cfg.permute)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     model = build_model(cfg, task)
@@ -186,7 +187,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
     if not (out / MODEL_FILE).exists():  # a budget shorter than one evaluation period
         save_model(model, out, {**meta, "sequences_trained": seen, "eval_bit_errors": last_eval})
     _save_resume(model, optimizer, gen, seen, best, cfg, out)
-    learning_curve(log_path, out / "learning_curve.png", f"{cfg.model} on {task.name}")
+    learning_curve(log_path, out / "learning_curve.png", f"{cfg.model} on {task.name}",
+                   task.output_activation == "softmax")
     return {"sequences": seen, "eval_bit_errors": last_eval}
 
 
