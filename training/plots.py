@@ -78,16 +78,25 @@ def episode_figure(
     marked, wrong arg-max in red), and the rows the first write and read heads used."""
     steps = len(labels)
     side = round(np.sqrt(images.shape[1]))
-    strip = np.ones((side, steps * (side + 1)))
+    per_row = 25
+    rows = -(-steps // per_row)
+    strip = np.full((rows * (side + 4), per_row * (side + 1)), 0.06)  # near-white ground, room for labels
     for t in range(steps):
-        strip[:, t * (side + 1) : t * (side + 1) + side] = images[t].reshape(side, side)
+        r, c = divmod(t, per_row)
+        strip[r * (side + 4) : r * (side + 4) + side, c * (side + 1) : c * (side + 1) + side] = (
+            images[t].reshape(side, side))
     panels = 2 + (read_weights is not None and write_weights is not None)
-    fig, axes = plt.subplots(panels + (panels == 3), 1, figsize=(max(9, steps * 0.22), 2.2 * (panels + 1)),
-                             gridspec_kw={"height_ratios": [1.2] + [2] * (panels + (panels == 3) - 1)})
-    axes[0].imshow(strip, aspect="auto", cmap="gray_r", interpolation="nearest", vmin=0, vmax=1)
-    axes[0].set_xticks([t * (side + 1) + side / 2 for t in range(steps)], [str(int(v)) for v in labels], fontsize=6)
+    fig, axes = plt.subplots(panels + (panels == 3), 1, figsize=(13, 2.2 * (panels + 1) + 1),
+                             gridspec_kw={"height_ratios": [1.6] + [2] * (panels + (panels == 3) - 1)})
+    axes[0].imshow(strip, aspect="equal", cmap="gray_r", interpolation="nearest", vmin=0, vmax=1)
+    for t in range(steps):
+        r, c = divmod(t, per_row)
+        wrong = probabilities[t].argmax() != labels[t]
+        axes[0].text(c * (side + 1) + side / 2, r * (side + 4) + side + 1.6, f"{t}:{int(labels[t])}",
+                     ha="center", fontsize=5, color="red" if wrong else "black")
+    axes[0].set_xticks([])
     axes[0].set_yticks([])
-    axes[0].set_ylabel("sample\n(true label)", fontsize=8)
+    axes[0].set_ylabel("step:true label\n(red: wrong)", fontsize=8)
     axes[0].set_title(title)
     predicted = probabilities.argmax(-1)
     axes[1].imshow(probabilities.T, aspect="auto", cmap="viridis", interpolation="nearest", vmin=0, vmax=1)
