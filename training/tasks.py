@@ -1,4 +1,5 @@
-"""The four algorithmic tasks, with the exact encodings the service and outside evaluations rely on.
+"""The four algorithmic tasks, with the exact encodings the service and outside evaluations rely on (the one-shot
+tasks live in training/one_shot.py and are registered here).
 
 Every generator takes a `torch.Generator` (seeded by the caller) and a batch size, and returns a
 `Batch`: inputs (T, B, I) and targets (T_out, B, O). Targets are compared with the model's outputs
@@ -125,6 +126,9 @@ def _fixed(fn: Callable[..., Batch], *args: Any) -> Callable[[torch.Generator, i
     return lambda gen, batch: fn(gen, batch, *args)
 
 
+_one_shot_train = _fixed(one_shot.digit_episodes, "train")
+
+
 TASKS: dict[str, TaskSpec] = {
     "copy": TaskSpec(
         "copy", 9, 8, _copy_train,
@@ -157,8 +161,8 @@ TASKS: dict[str, TaskSpec] = {
         "highest first.",
     ),
     "one_shot": TaskSpec(
-        "one_shot", one_shot.INPUT_SIZE, one_shot.CLASSES, _fixed(one_shot.digit_episodes, "train"),
-        (("training classes", _fixed(one_shot.digit_episodes, "train")),
+        "one_shot", one_shot.INPUT_SIZE, one_shot.CLASSES, _one_shot_train,
+        (("training classes", _one_shot_train),
          ("held-out classes", _fixed(one_shot.digit_episodes, "test"))),
         one_shot.ENCODING + " Classes: scikit-learn 8x8 digits turned by quarter turns; see class_split.",
         one_shot.classification_loss, one_shot.misclassified, "softmax", {"class_split": one_shot.split_description()},
