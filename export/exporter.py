@@ -27,7 +27,7 @@ def build_graphs(ckpt: Checkpoint) -> dict[str, onnx.ModelProto]:
     """The step, sequence and initial_state graphs of one checkpoint, metadata set, validated."""
     config = ckpt.model.config
     state = state_shapes(config)
-    step = step_graph(ckpt.model)
+    step = step_graph(ckpt.model, ckpt.output_activation)
     sequence = sequence_graph(step)
     initial = initial_state_graph(ckpt.model, step)
 
@@ -54,6 +54,7 @@ def build_graphs(ckpt: Checkpoint) -> dict[str, onnx.ModelProto]:
         props = graph_metadata(
             name, ckpt.task, config, ckpt.encoding, ckpt.sha256,
             [(n, shapes[n]) for n in inputs], [(n, shapes[n]) for n in outputs],
+            ckpt.output_activation, ckpt.task_metadata,
         )
         set_metadata(graph, props)
         validate(graph, inputs, outputs)

@@ -24,12 +24,23 @@ from training.state import NTMState
 EXAMPLE_BATCH = 2  # any size > 1 works: the batch axis is declared dynamic, never specialised
 
 
-class StepModule(nn.Module):
-    """`NTM.step` with the contract's flat signature; outputs probabilities (sigmoid of the clipped logits)."""
+def probabilities(logits: Tensor, activation: str) -> Tensor:
+    """The served outputs: independent bit probabilities (sigmoid) or a distribution over labels (softmax)."""
+    if activation == "sigmoid":
+        return torch.sigmoid(logits)
+    if activation == "softmax":
+        return torch.softmax(logits, dim=-1)
+    raise ValueError(f"unknown output activation {activation!r}")
 
-    def __init__(self, model: NTM) -> None:
+
+class StepModule(nn.Module):
+    """`NTM.step` with the contract's flat signature; outputs probabilities (the task's activation of the clipped
+    logits: sigmoid for the bit tasks, softmax for classification)."""
+
+    def __init__(self, model: NTM, activation: str = "sigmoid") -> None:
         super().__init__()
         self.model = model
+        self.activation = activation
 
     def forward(
         self,
@@ -43,7 +54,7 @@ class StepModule(nn.Module):
     ) -> tuple[Tensor, ...]:
         state = NTMState(controller_h, controller_c, read_vectors, memory, read_weights, write_weights)
         logits, next_state = self.model.step(x, state)  # (B, O), state
-        return (torch.sigmoid(logits), *next_state)
+        return (probabilities(logits, self.activation), *next_state)
 
 
 def example_state(model: NTM, batch: int) -> NTMState:
@@ -52,12 +63,12 @@ def example_state(model: NTM, batch: int) -> NTMState:
         return model.initial_state(batch).owned()
 
 
-def step_graph(model: NTM) -> onnx.ModelProto:
+def step_graph(model: NTM, activation: str = "sigmoid") -> onnx.ModelProto:
     """One time step; batch dynamic; no Loop/Scan (so it can be captured by CUDA graphs)."""
     state = example_state(model, EXAMPLE_BATCH)
     x = torch.zeros(EXAMPLE_BATCH, model.config.input_size)
     dynamic = [{0: "B"}] * len(STEP_INPUTS)
-    return torch_to_onnx(StepModule(model), (x, *state), STEP_INPUTS, STEP_OUTPUTS, dynamic, "ntm_step")
+    return torch_to_onnx(StepModule(model, activation), (x, *state), STEP_INPUTS, STEP_OUTPUTS, dynamic, "ntm_step")
 
 
 def sequence_graph(step: onnx.ModelProto) -> onnx.ModelProto:

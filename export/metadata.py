@@ -14,9 +14,11 @@ from onnx_contract import (
     META_ENCODING,
     META_GRAPH,
     META_INPUTS,
+    META_OUTPUT_ACTIVATION,
     META_OUTPUTS,
     META_STATE,
     META_TASK,
+    META_TASK_METADATA,
     STATE_NAMES,
 )
 from training.config import NTMConfig
@@ -31,7 +33,7 @@ def state_shapes(config: NTMConfig) -> dict[str, Shape]:
         "controller_h": ["B", c.controller_size],
         "controller_c": ["B", c.controller_size],
         "read_vectors": ["B", c.read_heads, c.memory_width],
-        "memory": ["B", c.memory_rows, c.memory_width],
+        "memory": ["B", c.memory_rows, c.memory_columns],  # LRU heads: + 1 usage column
         "read_weights": ["B", c.read_heads, c.memory_rows],
         "write_weights": ["B", c.write_heads, c.memory_rows],
     }
@@ -51,8 +53,16 @@ def graph_metadata(
     checkpoint_sha256: str,
     inputs: list[tuple[str, Shape]],
     outputs: list[tuple[str, Shape]],
+    output_activation: str = "sigmoid",
+    task_metadata: dict[str, Any] | None = None,
 ) -> dict[str, str]:
-    """All contract keys, JSON with sorted keys so the bytes are stable."""
+    """All contract keys, JSON with sorted keys so the bytes are stable. The optional keys appear only when they
+    differ from the default (sigmoid outputs, no task metadata), so the bit tasks' graphs keep their bytes."""
+    optional = {}
+    if output_activation != "sigmoid":
+        optional[META_OUTPUT_ACTIVATION] = output_activation
+    if task_metadata:
+        optional[META_TASK_METADATA] = json.dumps(task_metadata, sort_keys=True)
     return {
         META_TASK: task,
         META_GRAPH: graph,
@@ -62,6 +72,7 @@ def graph_metadata(
         META_OUTPUTS: _spec(outputs),
         META_ENCODING: encoding,
         META_CHECKPOINT: checkpoint_sha256,
+        **optional,
     }
 
 

@@ -23,6 +23,8 @@ class Checkpoint:
     sha256: str
     task: str
     encoding: str
+    output_activation: str = "sigmoid"  # the task's: sigmoid (bit tasks) or softmax (classification)
+    task_metadata: dict[str, Any] | None = None  # more task facts a client needs (one_shot: the class split)
 
 
 def load_checkpoint(folder: Path) -> Checkpoint:
@@ -45,8 +47,10 @@ def load_checkpoint(folder: Path) -> Checkpoint:
     if not isinstance(model, NTM):
         raise ValueError(f"{path}: only NTM checkpoints export (this one is {type(model).__name__})")
     task = meta["task"]
-    encoding = meta.get("encoding") or get_task(task).encoding
-    return Checkpoint(model, meta, hashlib.sha256(data).hexdigest(), task, encoding)
+    spec = get_task(task)
+    encoding = meta.get("encoding") or spec.encoding
+    return Checkpoint(model, meta, hashlib.sha256(data).hexdigest(), task, encoding, spec.output_activation,
+                      {k: meta.get(k, v) for k, v in spec.metadata.items()} or None)
 
 
 def model_bytes(model: onnx.ModelProto) -> bytes:

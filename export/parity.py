@@ -23,6 +23,7 @@ import onnxruntime as ort
 import torch
 
 from export.compare import DRIFT_TOLERANCE, OP_TOLERANCE, Row, markdown, row
+from export.graphs import probabilities
 from export.metadata import read_metadata
 from export.model_files import Checkpoint, load_checkpoint
 from export.ops import PURE_OPS, OpSpec, edge_cases, export_controller, export_pure_op, random_inputs
@@ -79,11 +80,12 @@ def onnx_initial_state(sess: ort.InferenceSession, batch: int) -> dict[str, np.n
 # ------------------------------------------------------------------------------------------ rollouts
 
 
-def torch_step(model: NTM, x: np.ndarray, state: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+def torch_step(model: NTM, x: np.ndarray, state: dict[str, np.ndarray], activation: str = "sigmoid"
+               ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """One `NTM.step` in torch, probabilities out (as the step graph)."""
     with torch.no_grad():
         logits, nxt = model.step(torch.from_numpy(x), NTMState(*(torch.from_numpy(state[n]) for n in STATE_NAMES)))
-    return torch.sigmoid(logits).numpy(), {n: t.numpy() for n, t in zip(STATE_NAMES, nxt, strict=True)}
+    return probabilities(logits, activation).numpy(), {n: t.numpy() for n, t in zip(STATE_NAMES, nxt, strict=True)}
 
 
 def onnx_step(sess: ort.InferenceSession, x: np.ndarray, state: dict[str, np.ndarray]
@@ -122,13 +124,15 @@ def model_rows(model: NTM, sess: Sessions, task: str, steps: int = 1000, batch: 
 
     The ONNX step loop feeds back its own state (so drift accumulates honestly). Rows: every output
     and state tensor (the step loop at every step, the sequence's final state and per-step attention),
-    identical rounded output bits, the initial state, and chunked sequence calls vs one call. The same
-    model in float64 runs alongside, to show the float32 floor of each row (see `Row`).
+    identical rounded output bits (arg-max labels for softmax outputs), the initial state, and chunked
+    sequence calls vs one call. The same model in float64 runs alongside, to show the float32 floor of each
+    row (see `Row`).
     """
     inputs = long_inputs(task, model.config.input_size, steps, batch, seed)  # (T, B, I)
+    activation = tasks.get_task(task).output_activation
     start = onnx_initial_state(sess.initial_state, batch)
     rows = _initial_state_rows(model, start)
-    trace = _step_loop(model, sess.step, inputs, start, f"{steps} steps, B={batch}")
+    trace = _step_loop(model, sess.step, inputs, start, f"{steps} steps, B={batch}", activation)
     rows += trace.rows()
     seq, final = onnx_sequence(sess.sequence, inputs, start)
     rows += _sequence_rows(trace, seq, final, steps)
@@ -155,23 +159,24 @@ class _Trace:
     torch_state: dict[str, np.ndarray]  # after the last step
     exact_state: dict[str, np.ndarray]
     worst: dict[str, Row]  # output and state names -> the worst step's row
+    activation: str  # "sigmoid" (bits) or "softmax" (labels): what a client decides from the outputs
 
     def rows(self) -> list[Row]:
-        """The worst step of every output and state tensor, then the rounded output bits."""
+        """The worst step of every output and state tensor, then the rounded bits or arg-max labels."""
         expected = np.stack(self.torch_out)  # (T, B, O)
-        differing = int(np.count_nonzero((np.stack(self.loop_out) > 0.5) != (expected > 0.5)))
-        return [*self.worst.values(), _bits_row("step loop vs torch: rounded output bits", differing, expected.size)]
+        return [*self.worst.values(),
+                _decision_row("step loop vs torch", np.stack(self.loop_out), expected, self.activation)]
 
 
 def _step_loop(model: NTM, step: ort.InferenceSession, inputs: np.ndarray, start: dict[str, np.ndarray],
-               label: str) -> _Trace:
+               label: str, activation: str) -> _Trace:
     exact_model = copy.deepcopy(model).double()
     trace = _Trace([], [], [], {k: [] for k in ATTENTION}, {k: [] for k in ATTENTION}, dict(start),
-                   {n: v.astype(np.float64) for n, v in start.items()}, {})
+                   {n: v.astype(np.float64) for n, v in start.items()}, {}, activation)
     onnx_state = dict(start)
     for x in inputs:
-        p_torch, trace.torch_state = torch_step(model, x, trace.torch_state)
-        p_exact, trace.exact_state = torch_step(exact_model, x.astype(np.float64), trace.exact_state)
+        p_torch, trace.torch_state = torch_step(model, x, trace.torch_state, activation)
+        p_exact, trace.exact_state = torch_step(exact_model, x.astype(np.float64), trace.exact_state, activation)
         p_onnx, onnx_state = onnx_step(step, x, onnx_state)
         trace.torch_out.append(p_torch)
         trace.loop_out.append(p_onnx)
@@ -198,8 +203,7 @@ def _sequence_rows(trace: _Trace, seq: dict[str, np.ndarray], final: dict[str, n
     for name in STATE_NAMES:
         rows.append(row(f"sequence vs torch: final {name}", final[name], trace.torch_state[name], DRIFT_TOLERANCE,
                         exact=trace.exact_state[name]))
-    seq_bits = int(np.count_nonzero((seq["outputs"] > 0.5) != (expected_out > 0.5)))
-    rows.append(_bits_row("sequence vs torch: rounded output bits", seq_bits, expected_out.size))
+    rows.append(_decision_row("sequence vs torch", seq["outputs"], expected_out, trace.activation))
     return rows
 
 
@@ -214,8 +218,15 @@ def _chunked_rows(sequence: ort.InferenceSession, inputs: np.ndarray, start: dic
     return rows
 
 
-def _bits_row(check: str, differing: int, total: int) -> Row:
-    return Row(check, float(differing), float(differing) / max(total, 1), 0.0, f"differing bits of {total}")
+def _decision_row(check: str, actual: np.ndarray, expected: np.ndarray, activation: str) -> Row:
+    """What a client decides from the outputs must agree exactly: rounded bits (sigmoid) or arg-max labels (softmax).
+    actual, expected (T, B, O)"""
+    if activation == "softmax":
+        name, unit, differ = "arg-max label", "labels", actual.argmax(-1) != expected.argmax(-1)  # (T, B)
+    else:
+        name, unit, differ = "rounded output bits", "bits", (actual > 0.5) != (expected > 0.5)  # (T, B, O)
+    differing, total = int(np.count_nonzero(differ)), differ.size
+    return Row(f"{check}: {name}", float(differing), differing / max(total, 1), 0.0, f"differing {unit} of {total}")
 
 
 # ---------------------------------------------------------------------------------------- op parity
@@ -263,7 +274,8 @@ def controller_row(model: NTM, sess: ort.InferenceSession, seed: int = 0) -> Row
     return result
 
 
-def step_row(model: NTM, step: ort.InferenceSession, seed: int = 0, warmup: int = 20) -> Row:
+def step_row(model: NTM, step: ort.InferenceSession, seed: int = 0, warmup: int = 20, activation: str = "sigmoid"
+             ) -> Row:
     """The whole step graph vs `NTM.step`, one step from a state reached by `warmup` steps of random bits."""
     c = model.config
     exact_model = copy.deepcopy(model).double()
@@ -273,11 +285,11 @@ def step_row(model: NTM, step: ort.InferenceSession, seed: int = 0, warmup: int 
         with torch.no_grad():
             state = {n: t.detach().numpy().copy() for n, t in zip(STATE_NAMES, model.initial_state(b), strict=True)}
         for _ in range(warmup):
-            _, state = torch_step(model, (rng.random((b, c.input_size)) < 0.5).astype(np.float32), state)
+            _, state = torch_step(model, (rng.random((b, c.input_size)) < 0.5).astype(np.float32), state, activation)
         x = rng.normal(size=(b, c.input_size)).astype(np.float32)
-        p_torch, s_torch = torch_step(model, x, state)
+        p_torch, s_torch = torch_step(model, x, state, activation)
         p_exact, s_exact = torch_step(exact_model, x.astype(np.float64),
-                                      {n: v.astype(np.float64) for n, v in state.items()})
+                                      {n: v.astype(np.float64) for n, v in state.items()}, activation)
         p_onnx, s_onnx = onnx_step(step, x, state)
         for name in ("output", *STATE_NAMES):
             a, e, x64 = (p_onnx, p_torch, p_exact) if name == "output" else (s_onnx[name], s_torch[name],
@@ -288,7 +300,8 @@ def step_row(model: NTM, step: ort.InferenceSession, seed: int = 0, warmup: int 
     return result
 
 
-def op_rows(model: NTM, step: ort.InferenceSession, provider: str, seed: int = 0) -> list[Row]:
+def op_rows(model: NTM, step: ort.InferenceSession, provider: str, seed: int = 0, activation: str = "sigmoid"
+            ) -> list[Row]:
     """Every op of the step at this model's sizes (N, M, S, R and W), then the controller and whole step."""
     c = model.config
     rows = []
@@ -303,7 +316,7 @@ def op_rows(model: NTM, step: ort.InferenceSession, provider: str, seed: int = 0
         assert result is not None
         rows.append(result)
     rows.append(controller_row(model, session(export_controller(model), provider), seed))
-    rows.append(step_row(model, step, seed))
+    rows.append(step_row(model, step, seed, activation=activation))
     return rows
 
 
@@ -324,7 +337,7 @@ def check_folder(folder: Path, provider: str, steps: int, batch: int, ops: bool 
             raise ValueError(f"{path} was exported from checkpoint {recorded}, but {folder}/checkpoint.pt is "
                              f"{ckpt.sha256}: re-export with `python -m export {folder}`")
     sess = sessions({name: str(p) for name, p in paths.items()}, provider)
-    rows = op_rows(ckpt.model, sess.step, provider) if ops else []
+    rows = op_rows(ckpt.model, sess.step, provider, activation=ckpt.output_activation) if ops else []
     rows += model_rows(ckpt.model, sess, ckpt.task, steps, batch)
     return rows, ckpt
 

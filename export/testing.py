@@ -21,7 +21,7 @@ from training.model import NTM
 from training.tasks import get_task
 
 # Configurations the tests cover: the shipped default, and the corners (feed-forward controller,
-# several heads, S = 5, S = N, learned memory).
+# several heads, S = 5, S = N, learned memory, LRU heads with softmax outputs).
 DEV_CONFIGS: dict[str, tuple[str, NTMConfig]] = {
     "copy_default": ("copy", NTMConfig(input_size=9, output_size=8)),
     "repeat_copy_ff_multihead": ("repeat_copy", NTMConfig(
@@ -30,6 +30,8 @@ DEV_CONFIGS: dict[str, tuple[str, NTMConfig]] = {
     "copy_shift_n_learned": ("copy", NTMConfig(
         input_size=9, output_size=8, controller_size=24, memory_rows=7, memory_width=5, shift_range=7,
         memory_init="learned")),
+    "one_shot_lru": ("one_shot", NTMConfig(  # softmax outputs; least-recently-used heads (memory has a usage column)
+        input_size=69, output_size=5, controller_size=24, memory_rows=8, memory_width=5, read_heads=2, heads="lru")),
 }
 
 

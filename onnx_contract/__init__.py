@@ -58,6 +58,9 @@ META_ENCODING = "ntm.encoding"  # the task's encoding, in words
 META_CHECKPOINT = "ntm.checkpoint_sha256"  # sha256 of the checkpoint.pt the graph was exported from
 METADATA_KEYS: tuple[str, ...] = (META_TASK, META_GRAPH, META_CONFIG, META_STATE, META_INPUTS, META_OUTPUTS,
                                   META_ENCODING, META_CHECKPOINT)
-JSON_KEYS: frozenset[str] = frozenset({META_CONFIG, META_STATE, META_INPUTS, META_OUTPUTS})
+# Optional keys, present only where they differ from the default (so older graphs stay byte-identical):
+META_OUTPUT_ACTIVATION = "ntm.output_activation"  # "softmax" for classifiers; absent means "sigmoid"
+META_TASK_METADATA = "ntm.task_metadata"  # JSON: more task facts (e.g. one_shot's class split)
+JSON_KEYS: frozenset[str] = frozenset({META_CONFIG, META_STATE, META_INPUTS, META_OUTPUTS, META_TASK_METADATA})
 SERVED_KEYS: tuple[str, ...] = (META_TASK, META_CONFIG, META_STATE, META_GRAPH, META_CHECKPOINT)  # the service needs
 

@@ -10,6 +10,8 @@ Over TLS, with a bearer token (and a client certificate, for mutual TLS):
 
 Demo: `python -m service.client copy --length 12 [--plot out.png]` runs one example of a task through
 the server and prints inputs, targets and outputs as bit rows side by side, with the bit-error count.
+`python -m service.client one_shot [--plot out.png] [--later-s 60]`: a session learns held-out classes from one
+episode, then recognises new samples of them from a new stream (service/one_shot_demo.py).
 """
 
 from __future__ import annotations
@@ -90,6 +92,7 @@ class StepOutput:
 
 
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
+ONE_SHOT_TASKS = ("one_shot", "one_shot_synthetic")  # the demo in service/one_shot_demo.py
 
 
 def _state_data(message: ntm_pb2.SessionState) -> SessionStateData:
@@ -388,7 +391,7 @@ def render(example: tasks_np.Example, outputs: np.ndarray) -> tuple[str, int]:
 def demo_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m service.client", description="Run one task example through "
                                 "the NTM server and show inputs, targets and outputs.")
-    p.add_argument("task", choices=sorted(tasks_np.TASKS))
+    p.add_argument("task", choices=sorted([*tasks_np.TASKS, *ONE_SHOT_TASKS]))
     p.add_argument("--target", default=os.environ.get("NTM_TARGET", "localhost:50051"), help="server host:port")
     p.add_argument("--model", help="model name (default: the task name)")
     p.add_argument("--length", type=int, help="copy / repeat_copy: sequence length L")
@@ -406,11 +409,16 @@ def demo_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="PEM key of --tls-cert (env NTM_CLIENT_TLS_KEY)")
     p.add_argument("--tls-server-name", help="name to check in the server's certificate instead of the host")
     p.add_argument("--plot", type=Path, help="write a PNG of inputs, outputs, attention and memory")
+    from service.one_shot_demo import add_arguments
+
+    add_arguments(p)
     return p.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = demo_args(argv)
+    if args.task in ONE_SHOT_TASKS:
+        return _one_shot(args)
     params = {k: v for k, v in (("length", args.length), ("repeats", args.repeats), ("items", args.items))
               if v is not None}
     try:
@@ -449,6 +457,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                          memory, args.plot, f"{args.task} via the NTM service ({errors} bit errors)", rows)
         print(f"wrote {args.plot}")
     return 0
+
+
+def _one_shot(args: argparse.Namespace) -> int:
+    from service.one_shot_demo import run
+
+    try:
+        with NTMClient(args.target, token=args.token, timeout=30, tls=args.tls, tls_ca=args.tls_ca,
+                       tls_cert=args.tls_cert, tls_key=args.tls_key, tls_server_name=args.tls_server_name) as client:
+            return run(client, args.model or args.task, args.task, args.seed, args.later_s, args.later_samples,
+                       args.plot)
+    except (TLSConfigError, grpc.RpcError, StepError) as err:
+        detail = f"{err.code().name}: {err.details()}" if isinstance(err, grpc.RpcError) else str(err)  # type: ignore[attr-defined]
+        print(f"error: {detail}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -24,8 +24,10 @@ from onnx_contract import (
     META_CHECKPOINT,
     META_CONFIG,
     META_ENCODING,
+    META_OUTPUT_ACTIVATION,
     META_STATE,
     META_TASK,
+    META_TASK_METADATA,
     SEQUENCE_INPUTS,
     SEQUENCE_OUTPUTS,
     SERVED_KEYS,
@@ -60,6 +62,8 @@ class ModelSpec:
     encoding: str
     checkpoint_sha256: str
     state_shapes: dict[str, tuple[int, ...]]  # per session, no batch dimension, in STATE_NAMES order
+    output_activation: str = "sigmoid"  # "softmax": the outputs are a distribution over labels (classification)
+    task_metadata: str = ""  # JSON, e.g. one_shot's class split; empty when none
 
     @property
     def input_size(self) -> int:
@@ -151,6 +155,8 @@ def read_spec(name: str, props: dict[str, str]) -> ModelSpec:
         encoding=props.get(META_ENCODING, ""),
         checkpoint_sha256=props[META_CHECKPOINT],
         state_shapes=shapes,
+        output_activation=props.get(META_OUTPUT_ACTIVATION, "sigmoid"),
+        task_metadata=props.get(META_TASK_METADATA, ""),
     )
 
 

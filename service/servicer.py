@@ -96,6 +96,7 @@ def model_info(model: ServedModel, unloading: bool = False) -> ntm_pb2.ModelInfo
         checkpoint_sha256=model.spec.checkpoint_sha256,
         state=[ntm_pb2.StateSpec(name=n, shape=s) for n, s in model.spec.state_shapes.items()],
         version=model.version, unloading=unloading,
+        output_activation=model.spec.output_activation, task_metadata=model.spec.task_metadata,
     )
 
 

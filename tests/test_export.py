@@ -199,9 +199,10 @@ def test_initial_state_graph_is_the_models_initial_state(cli_folder: Path) -> No
         np.testing.assert_array_equal(value, expected.detach().numpy(), err_msg=name)
 
 
-@pytest.mark.parametrize("name", ["repeat_copy_ff_multihead", "copy_shift_n_learned"])
+@pytest.mark.parametrize("name", ["repeat_copy_ff_multihead", "copy_shift_n_learned", "one_shot_lru"])
 def test_other_configurations_export(name: str) -> None:
-    """Feed-forward controller (controller_c passed through), 2 read + 2 write heads, S = 5, S = N, learned memory."""
+    """Feed-forward controller (controller_c passed through), 2 read + 2 write heads, S = 5, S = N, learned memory,
+    LRU heads with softmax outputs (the one-shot task: metadata says so and carries the class split)."""
     folder = dev_folder(name)
     task, config = DEV_CONFIGS[name]
     graphs = load_graphs(folder)
@@ -214,11 +215,18 @@ def test_other_configurations_export(name: str) -> None:
     out, final = onnx_sequence(seq, inputs, state)
     torch_state = state
     for t in range(len(inputs)):
-        p, torch_state = torch_step(ckpt.model, inputs[t], torch_state)
+        p, torch_state = torch_step(ckpt.model, inputs[t], torch_state, ckpt.output_activation)
         np.testing.assert_allclose(out["outputs"][t], p, atol=1e-5, rtol=0)
     for n in STATE_NAMES:
         np.testing.assert_allclose(final[n], torch_state[n], atol=1e-5, rtol=0, err_msg=n)
-    assert read_metadata(graphs["step"])["ntm.task"] == task
+    meta = read_metadata(graphs["step"])
+    assert meta["ntm.task"] == task
+    if task == "one_shot":
+        assert meta["ntm.output_activation"] == "softmax"
+        assert meta["ntm.task_metadata"]["class_split"]["held_out_digits"] == [3, 4, 7]
+        np.testing.assert_allclose(out["outputs"].sum(-1), 1.0, atol=1e-5)
+    else:
+        assert "ntm.output_activation" not in meta and "ntm.task_metadata" not in meta
 
 
 def test_cli_reports_bad_folders(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

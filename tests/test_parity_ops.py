@@ -98,10 +98,12 @@ def test_edge_case_outputs_are_what_the_math_says() -> None:
 def test_controller_and_whole_step_match_torch(config: str, provider: str) -> None:
     """The model's controller (its own export) and the shipped step graph, at B = 1 and 64."""
     folder = dev_folder(config)
-    model = load_checkpoint(folder).model
+    ckpt = load_checkpoint(folder)
+    model = ckpt.model
     controller = controller_row(model, session(export_controller(model), provider, threads=1))
     assert controller.strict, controller
-    step = step_row(model, session(load_graphs(folder)["step"], provider, threads=1))
+    step = step_row(model, session(load_graphs(folder)["step"], provider, threads=1),
+                    activation=ckpt.output_activation)
     assert step.strict, step
 
 

@@ -37,6 +37,8 @@ def parse(argv: list[str]) -> TrainConfig:
     p.add_argument("--baseline", type=json.loads, default={}, help="LSTMBaseline overrides as JSON")
     p.add_argument("--init-from", default="",
                    help="warm start from a trained NTM folder of another task (e.g. models/copy for repeat_copy)")
+    p.add_argument("--permute", type=float, default=0.0,
+                   help="one_shot only: fraction of training episodes whose pixels are permuted (per episode)")
     p.add_argument("--wrap", action="store_true",
                    help="associative_recall only: the query may be the last item (its answer wraps to item 1)")
     p.add_argument("--max-length", type=int, default=d.max_length,
@@ -52,7 +54,7 @@ def parse(argv: list[str]) -> TrainConfig:
         sequences=a.sequences, optimizer=a.optimizer, lr=a.lr, momentum=a.momentum, clip=a.clip,
         eval_every=a.eval_every, eval_sequences=a.eval_sequences, stop_below=a.stop_below, threads=a.threads,
         ntm=a.ntm, baseline=a.baseline, wrap=a.wrap, init_from=a.init_from, max_length=a.max_length,
-        select_on=a.select_on, device=a.device,
+        select_on=a.select_on, device=a.device, permute=a.permute,
     )
 
 

@@ -7,6 +7,10 @@ from typing import Any, Literal
 
 ControllerKind = Literal["lstm", "feedforward"]
 MemoryInit = Literal["constant", "learned"]
+Heads = Literal["ntm", "lru"]
+# Options added later: left out of to_dict() at their defaults, so older models' config (and graph metadata) bytes
+# stay the same.
+_LATER_DEFAULTS: dict[str, Any] = {"heads": "ntm", "usage_decay": 0.95}
 
 
 @dataclass(frozen=True)
@@ -25,6 +29,13 @@ class NTMConfig:
     memory_init: MemoryInit = "constant"
     memory_init_value: float = 1e-6
     logit_clip: float = 20.0
+    heads: Heads = "ntm"  # "lru": Santoro et al.'s least-recently-used access (training/lru.py)
+    usage_decay: float = 0.95  # LRU usage decay gamma
+
+    @property
+    def memory_columns(self) -> int:
+        """Columns of the memory state: M, plus each row's usage for LRU heads."""
+        return self.memory_width + (self.heads == "lru")
 
     def __post_init__(self) -> None:
         if self.controller not in ("lstm", "feedforward"):
@@ -40,9 +51,13 @@ class NTMConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.read_heads < 1 or self.write_heads < 1:
             raise ValueError("read_heads and write_heads must be >= 1")
+        if self.heads not in ("ntm", "lru"):
+            raise ValueError(f"heads must be 'ntm' or 'lru', got {self.heads!r}")
+        if self.heads == "lru" and self.read_heads > self.memory_rows:
+            raise ValueError("lru heads need read_heads <= memory_rows")
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {k: v for k, v in asdict(self).items() if _LATER_DEFAULTS.get(k, object()) != v}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> NTMConfig:

@@ -28,7 +28,7 @@ from training.device import DEVICES, resolve_device
 from training.metrics import bit_errors
 from training.model import NTM
 from training.plots import attention_figure
-from training.tasks import Batch, Sampler, TaskSpec, task_of
+from training.tasks import Batch, Errors, Sampler, TaskSpec, task_of
 
 log = logging.getLogger("training.evaluate")  # not "__main__" under `python -m`
 
@@ -74,16 +74,17 @@ def model_kind(model: nn.Module) -> str:
 
 @torch.no_grad()
 def sequence_errors(
-    model: nn.Module, sample: Sampler, sequences: int, seed: int, batch_size: int, device: str = "cpu"
+    model: nn.Module, sample: Sampler, sequences: int, seed: int, batch_size: int, device: str = "cpu",
+    errors_of: Errors = bit_errors,
 ) -> tuple[torch.Tensor, int]:
-    """Bit errors of each of `sequences` held-out sequences, batched. -> ((sequences,), longest T)."""
+    """Bit errors (or the task's errors) of each of `sequences` held-out sequences, batched. -> ((sequences,), T)."""
     gen = torch.Generator().manual_seed(seed)
     errors: list[torch.Tensor] = []
     count, longest = 0, 0
     while count < sequences:
         batch: Batch = sample(gen, min(batch_size, sequences - count))
         logits = model(batch.inputs.to(device))[0]  # (T, B, O)
-        errors.append(bit_errors(logits, batch.targets.to(device)).cpu())  # (B,)
+        errors.append(errors_of(logits, batch.targets.to(device)).cpu())  # (B,)
         count += batch.inputs.shape[1]
         longest = max(longest, batch.inputs.shape[0])
     return torch.cat(errors).double(), longest  # double: means print as exact decimals
@@ -98,7 +99,7 @@ def evaluate_point(
     started = time.monotonic()
     errors, longest = sequence_errors(
         model, sample, sequences, point_seed(seed, name),
-        min(batch_size, RANGE_BATCH) if training_range else batch_size, device,
+        min(batch_size, RANGE_BATCH) if training_range else batch_size, device, task.errors,
     )
     return PointResult(
         name=name, training_range=training_range, bit_errors=float(errors.mean()),
@@ -185,6 +186,11 @@ def evaluate_folder(
     model.to(device)
     task = task_of(meta)
     kind = model_kind(model)
+    if task.output_activation == "softmax":  # classification: accuracy by instance, not bit errors
+        from training.one_shot_eval import evaluate_classifier
+
+        return evaluate_classifier(model, task, kind, folder, meta, sequences, seed, batch_size, device, points,
+                                   write, figure, command, checkpoint_hash(folder))
     chosen = [(n, s) for n, s in task.eval_points if points is None or n in points]
     if points is not None and len(chosen) != len(points):
         known = [n for n, _ in task.eval_points]
@@ -232,7 +238,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     command = "python -m training.evaluate " + shlex.join(sys.argv[1:] if argv is None else argv)
     device = str(resolve_device(a.device))
     report = evaluate_folder(a.folder, a.sequences, a.seed, a.batch_size, device, a.points, command=command)
-    print(markdown_table(report))
+    print(report.get("markdown") or markdown_table(report))
     return report
 
 

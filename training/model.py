@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from training import addressing, memory
+from training import addressing, lru, memory
 from training.config import NTMConfig
 from training.controller import make_controller
 from training.heads import HeadProjection
@@ -33,7 +33,7 @@ class NTM(nn.Module):
         self.h0 = nn.Parameter(torch.randn(c.controller_size) * 0.05)  # (H,)
         self.c0 = nn.Parameter(torch.randn(c.controller_size) * 0.05)  # (H,)
         self.r0 = nn.Parameter(torch.randn(c.read_heads, c.memory_width) * 0.01)  # (R, M)
-        memory0 = torch.full((c.memory_rows, c.memory_width), c.memory_init_value)  # (N, M)
+        memory0 = torch.full((c.memory_rows, c.memory_columns), c.memory_init_value)  # (N, M[+1 usage])
         if c.memory_init == "learned":
             self.memory0 = nn.Parameter(memory0)
         else:
@@ -60,6 +60,8 @@ class NTM(nn.Module):
         batch = x.shape[0]
         controller_in = torch.cat([x, state.read_vectors.reshape(batch, -1)], dim=-1)  # (B, I + R*M)
         h, c = self.controller(controller_in, state.controller_h, state.controller_c)  # (B, H)
+        if self.config.heads == "lru":
+            return self._lru_step(h, c, state)
 
         w = self.write_proj(h)
         write_weights = addressing.address(
@@ -73,9 +75,28 @@ class NTM(nn.Module):
         )  # (B, R, N)
         read_vectors = memory.read(new_memory, read_weights)  # (B, R, M)
 
-        logits = self.output(torch.cat([h, read_vectors.reshape(batch, -1)], dim=-1))  # (B, O)
-        logits = torch.clamp(logits, -self.config.logit_clip, self.config.logit_clip)
-        return logits, NTMState(h, c, read_vectors, new_memory, read_weights, write_weights)
+        return self._output(h, read_vectors), NTMState(h, c, read_vectors, new_memory, read_weights, write_weights)
+
+    def _output(self, h: Tensor, read_vectors: Tensor) -> Tensor:
+        """Clipped logits from the controller output and this step's reads. -> (B, O)"""
+        logits = self.output(torch.cat([h, read_vectors.reshape(h.shape[0], -1)], dim=-1))  # (B, O)
+        return torch.clamp(logits, -self.config.logit_clip, self.config.logit_clip)
+
+    def _lru_step(self, h: Tensor, c: Tensor, state: NTMState) -> tuple[Tensor, NTMState]:
+        """The rest of a step with least-recently-used access: the write gate picks last step's read rows or the
+        least-used row (erased first); reads are content-based. Usage is the memory's last column."""
+        m = self.config.memory_width
+        old, old_usage = state.memory[..., :m], state.memory[..., m]  # (B, N, M), (B, N)
+        least = lru.least_used(old_usage, self.config.read_heads)  # (B, N)
+        w = self.write_proj(h)
+        write_weights = lru.write_weights(state.read_weights, least, w.gate)  # (B, W, N)
+        new_memory = lru.erase_least_used(old, least) + write_weights.transpose(1, 2) @ w.add  # (B, N, M)
+        r = self.read_proj(h)
+        read_weights = addressing.content_weighting(new_memory, r.key, r.beta)  # (B, R, N)
+        read_vectors = memory.read(new_memory, read_weights)  # (B, R, M)
+        new_usage = lru.usage(old_usage, read_weights, write_weights, self.config.usage_decay)  # (B, N)
+        full = torch.cat([new_memory, new_usage.unsqueeze(-1)], dim=-1)  # (B, N, M + 1)
+        return self._output(h, read_vectors), NTMState(h, c, read_vectors, full, read_weights, write_weights)
 
     def forward(self, inputs: Tensor, state: NTMState | None = None) -> tuple[Tensor, NTMState, Tensor, Tensor]:
         """Run a whole sequence. inputs (T, B, I) -> logits (T, B, O), final state,

@@ -12,16 +12,20 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 
-def learning_curve(log_path: Path, out: Path, title: str) -> None:
-    """Training loss and held-out bit errors against sequences seen."""
+def learning_curve(log_path: Path, out: Path, title: str, classification: bool = False) -> None:
+    """Training loss and held-out bit errors (classification: misclassified steps) against sequences seen."""
     rows = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
     evals = [r for r in rows if "eval_bit_errors" in r]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.5))
     ax1.plot([r["sequences"] for r in evals], [r["loss"] for r in evals])
-    ax1.set(xlabel="training sequences", ylabel="BCE loss (train)", yscale="log", title=title)
+    ax1.set(xlabel="training sequences", ylabel="cross-entropy (train)" if classification else "BCE loss (train)",
+            yscale="log", title=title)
     ax2.plot([r["sequences"] for r in evals], [max(r["eval_bit_errors"], 1e-3) for r in evals])
-    ax2.set(xlabel="training sequences", ylabel="bit errors / sequence (held out)", yscale="log")
-    ax2.axhline(0.1, color="grey", linestyle="--", linewidth=0.8)
+    if classification:
+        ax2.set(xlabel="training episodes", ylabel="wrong labels / episode (held out)", yscale="log")
+    else:
+        ax2.set(xlabel="training sequences", ylabel="bit errors / sequence (held out)", yscale="log")
+        ax2.axhline(0.1, color="grey", linestyle="--", linewidth=0.8)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)
@@ -77,4 +81,55 @@ def attention_figure(
     axes[0].set_title(title)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def episode_figure(
+    images: np.ndarray,  # (T, 64) 8x8 samples, row-major
+    labels: np.ndarray,  # (T,) true labels
+    probabilities: np.ndarray,  # (T, C) predicted label distribution
+    read_weights: np.ndarray | None,  # (T, R, N)
+    write_weights: np.ndarray | None,  # (T, W, N)
+    out: Path,
+    title: str,
+) -> None:
+    """A one-shot episode: each step's image with its true label, the predicted distribution (true label
+    marked, wrong arg-max in red), and the rows the first write and read heads used."""
+    steps = len(labels)
+    side = round(np.sqrt(images.shape[1]))
+    per_row = 25
+    rows = -(-steps // per_row)
+    strip = np.full((rows * (side + 4), per_row * (side + 1)), 0.06)  # near-white ground, room for labels
+    for t in range(steps):
+        r, c = divmod(t, per_row)
+        strip[r * (side + 4) : r * (side + 4) + side, c * (side + 1) : c * (side + 1) + side] = (
+            images[t].reshape(side, side))
+    panels = 2 + (read_weights is not None and write_weights is not None)
+    fig, axes = plt.subplots(panels + (panels == 3), 1, figsize=(13, 2.2 * (panels + 1) + 1),
+                             gridspec_kw={"height_ratios": [1.6] + [2] * (panels + (panels == 3) - 1)})
+    axes[0].imshow(strip, aspect="equal", cmap="gray_r", interpolation="nearest", vmin=0, vmax=1)
+    for t in range(steps):
+        r, c = divmod(t, per_row)
+        wrong = probabilities[t].argmax() != labels[t]
+        axes[0].text(c * (side + 1) + side / 2, r * (side + 4) + side + 1.6, f"{t}:{int(labels[t])}",
+                     ha="center", fontsize=5, color="red" if wrong else "black")
+    axes[0].set_xticks([])
+    axes[0].set_yticks([])
+    axes[0].set_ylabel("step:true label\n(red: wrong)", fontsize=8)
+    axes[0].set_title(title)
+    predicted = probabilities.argmax(-1)
+    axes[1].imshow(probabilities.T, aspect="auto", cmap="viridis", interpolation="nearest", vmin=0, vmax=1)
+    axes[1].scatter(np.arange(steps), labels, marker="o", facecolors="none", edgecolors="white", s=30)
+    wrong = predicted != labels
+    axes[1].scatter(np.arange(steps)[wrong], predicted[wrong], marker="x", color="red", s=25)
+    axes[1].set_ylabel("P(label)\n○ true, × wrong", fontsize=8)
+    if panels == 3:
+        assert read_weights is not None and write_weights is not None
+        axes[2].imshow(write_weights[:, 0].T, aspect="auto", cmap="viridis", interpolation="nearest", vmin=0, vmax=1)
+        axes[2].set_ylabel("write weighting\n(memory row)", fontsize=8)
+        axes[3].imshow(read_weights[:, 0].T, aspect="auto", cmap="viridis", interpolation="nearest", vmin=0, vmax=1)
+        axes[3].set_ylabel("read weighting\n(memory row)", fontsize=8)
+    axes[-1].set_xlabel("time step")
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
     plt.close(fig)

@@ -1,4 +1,5 @@
-"""The four algorithmic tasks, with the exact encodings the service and outside evaluations rely on.
+"""The four algorithmic tasks, with the exact encodings the service and outside evaluations rely on (the one-shot
+tasks live in training/one_shot.py and are registered here).
 
 Every generator takes a `torch.Generator` (seeded by the caller) and a batch size, and returns a
 `Batch`: inputs (T, B, I) and targets (T_out, B, O). Targets are compared with the model's outputs
@@ -9,19 +10,18 @@ the values that vary per sequence (bits, query index, priorities) are drawn per 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
-from typing import Any, NamedTuple
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import torch
 from torch import Tensor
 
-
-class Batch(NamedTuple):
-    inputs: Tensor  # (T, B, I)
-    targets: Tensor  # (T_out, B, O)
-
+from training import one_shot
+from training.batch import Batch
+from training.metrics import bit_errors, sequence_loss
 
 Sampler = Callable[[torch.Generator, int], Batch]  # (generator, batch size) -> a batch
+Errors = Callable[[Tensor, Tensor], Tensor]  # (logits (T, B, O), targets) -> errors per sequence (B,)
 
 
 def _bits(gen: torch.Generator, *shape: int) -> Tensor:
@@ -102,6 +102,11 @@ class TaskSpec:
     sample: Sampler  # a training batch with random length parameters
     eval_points: tuple[tuple[str, Sampler], ...]
     encoding: str
+    # Classification tasks swap these; the defaults are the bit tasks' (BCE, bit errors, sigmoid outputs).
+    loss: Callable[[Tensor, Tensor], Tensor] = sequence_loss
+    errors: Errors = bit_errors  # per sequence (B,): the trainer's held-out figure
+    output_activation: str = "sigmoid"  # what turns logits into the served outputs: "sigmoid" or "softmax"
+    metadata: dict[str, Any] = field(default_factory=dict)  # more task facts for config.json and the ONNX metadata
 
 
 def _copy_train(gen: torch.Generator, batch: int) -> Batch:
@@ -120,8 +125,11 @@ def _sort_train(gen: torch.Generator, batch: int) -> Batch:
     return priority_sort_batch(gen, batch)
 
 
-def _fixed(fn: Callable[..., Batch], *args: int) -> Sampler:
+def _fixed(fn: Callable[..., Batch], *args: Any) -> Sampler:
     return lambda gen, batch: fn(gen, batch, *args)
+
+
+_one_shot_train = _fixed(one_shot.digit_episodes, "train")
 
 
 TASKS: dict[str, TaskSpec] = {
@@ -155,13 +163,28 @@ TASKS: dict[str, TaskSpec] = {
         "(only ch 9 = 1); 16 zero steps. Target over those 16 steps: the 16 highest-priority vectors, "
         "highest first.",
     ),
+    "one_shot": TaskSpec(
+        "one_shot", one_shot.INPUT_SIZE, one_shot.CLASSES, _one_shot_train,
+        (("training classes", _one_shot_train),
+         ("held-out classes", _fixed(one_shot.digit_episodes, "test"))),
+        one_shot.ENCODING + " Classes: scikit-learn 8x8 digits turned by quarter turns; see class_split.",
+        one_shot.classification_loss, one_shot.misclassified, "softmax", {"class_split": one_shot.split_description()},
+    ),
+    "one_shot_synthetic": TaskSpec(
+        "one_shot_synthetic", one_shot.INPUT_SIZE, one_shot.CLASSES, one_shot.synthetic_episodes,
+        (("new classes", one_shot.synthetic_episodes),),
+        one_shot.ENCODING + f" Classes: a fresh random 64-bit prototype per class per episode, each sample with "
+        f"every bit flipped with probability {one_shot.SYNTHETIC_FLIP}.",
+        one_shot.classification_loss, one_shot.misclassified, "softmax",
+    ),
 }
 
 
-def get_task(name: str, wrap: bool = False, max_length: int = 0) -> TaskSpec:
+def get_task(name: str, wrap: bool = False, max_length: int = 0, permute: float = 0.0) -> TaskSpec:
     """The task by name. `wrap` selects the seed's associative-recall variant (the query may be the last item,
     whose answer wraps around to item 1); `max_length` trains copy on L in [1, max_length] (0: 1..20), with the
-    usual points still reported."""
+    usual points still reported; `permute` the one_shot training episodes of which that fraction has its pixels
+    permuted (training only: the evaluation points are the plain task's)."""
     try:
         spec = TASKS[name]
     except KeyError:
@@ -174,6 +197,10 @@ def get_task(name: str, wrap: bool = False, max_length: int = 0) -> TaskSpec:
         if name != "copy":
             raise ValueError(f"max_length applies to copy only, not {name!r}")
         spec = _longer_copy(spec, max_length)
+    if permute:
+        if name != "one_shot":
+            raise ValueError(f"permute applies to one_shot only, not {name!r}")
+        spec = replace(spec, sample=_fixed(one_shot.digit_episodes, "train", one_shot.EPISODE_STEPS, permute))
     return spec
 
 

@@ -25,11 +25,11 @@ from torch import nn
 from training.checkpoint import MODEL_FILE, RESUME_FILE, load_model, save_model
 from training.config import NTMConfig
 from training.device import resolve_device
-from training.metrics import bit_errors, sequence_loss
+from training.metrics import bit_errors
 from training.model import NTM, LSTMBaseline
 from training.plots import learning_curve
 from training.progress import Progress
-from training.tasks import Sampler, TaskSpec, get_task
+from training.tasks import Errors, Sampler, TaskSpec, get_task
 
 log = logging.getLogger(__name__)
 EVAL_SEED = 1_000_003  # held-out sequences come from their own stream, never the training one
@@ -54,6 +54,7 @@ class TrainConfig:
     ntm: dict[str, Any] = field(default_factory=dict)  # NTMConfig overrides
     baseline: dict[str, Any] = field(default_factory=dict)  # LSTMBaseline overrides
     wrap: bool = False  # associative recall: the seed's variant where the query may be the last item
+    permute: float = 0.0  # one_shot: fraction of training episodes with pixels permuted (one_shot.permuted)
     init_from: str = ""  # warm start: an NTM checkpoint folder whose weights seed this run (see transplant)
     max_length: int = 0  # copy only: train on L in [1, max_length] (0: the task's 1..20)
     select_on: str = ""  # eval point whose held-out figure picks the shipped checkpoint ("": the training range)
@@ -106,14 +107,14 @@ def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer
 
 @torch.no_grad()
 def evaluate_point(model: nn.Module, sample: Sampler, sequences: int, seed: int, batch_size: int = 64,
-                   device: torch.device | str = "cpu") -> float:
-    """Mean bit errors per sequence over `sequences` held-out sequences from `sample`."""
+                   device: torch.device | str = "cpu", errors: Errors = bit_errors) -> float:
+    """Mean errors per sequence (bit errors, or the task's `errors`) over `sequences` held-out sequences."""
     gen = torch.Generator().manual_seed(seed)
     total, count = 0.0, 0
     while count < sequences:
         batch = sample(gen, min(batch_size, sequences - count))
         logits = model(batch.inputs.to(device))[0]  # (T, B, O)
-        total += float(bit_errors(logits, batch.targets.to(device)).sum())
+        total += float(errors(logits, batch.targets.to(device)).sum())
         count += batch.inputs.shape[1]
     return total / count
 
@@ -135,7 +136,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
     """Train (or resume) a model; writes checkpoint, resume file, JSONL log and learning curve to cfg.out."""
     torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
-    task = get_task(cfg.task, cfg.wrap, cfg.max_length)
+    task = get_task(cfg.task, cfg.wrap, cfg.max_length, cfg.permute)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     run = _start_or_resume(cfg, task, out, device)
@@ -156,7 +157,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
     if not (out / MODEL_FILE).exists():  # a budget shorter than one evaluation period
         save_model(run.model, out, {**meta, "sequences_trained": run.seen, "eval_bit_errors": run.last_eval})
     _save_resume(run, cfg, out)
-    learning_curve(out / "train_log.jsonl", out / "learning_curve.png", f"{cfg.model} on {task.name}")
+    learning_curve(out / "train_log.jsonl", out / "learning_curve.png", f"{cfg.model} on {task.name}",
+                   task.output_activation == "softmax")
     return {"sequences": run.seen, "eval_bit_errors": run.last_eval}
 
 
@@ -188,7 +190,7 @@ def _start_or_resume(cfg: TrainConfig, task: TaskSpec, out: Path, device: torch.
 
 def _checkpoint_meta(cfg: TrainConfig, task: TaskSpec) -> dict[str, Any]:
     meta = {"task": task.name, "input_size": task.input_size, "output_size": task.output_size,
-            "train_config": asdict(cfg), "encoding": task.encoding}
+            "train_config": asdict(cfg), "encoding": task.encoding, **task.metadata}
     if cfg.model == "lstm_baseline":
         meta["baseline"] = cfg.baseline
     return meta
@@ -227,13 +229,13 @@ def _train_step(run: Run, task: TaskSpec, cfg: TrainConfig, device: torch.device
     batch = task.sample(run.gen, cfg.batch_size)
     inputs, targets = batch.inputs.to(device), batch.targets.to(device)  # (T, B, I), (T_out, B, O)
     logits = run.model(inputs)[0]  # (T, B, O)
-    loss = sequence_loss(logits, targets)
+    loss = task.loss(logits, targets)
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     nn.utils.clip_grad_norm_(run.model.parameters(), cfg.clip)
     run.optimizer.step()
     run.seen += cfg.batch_size
-    return float(loss.detach()), float(bit_errors(logits.detach(), targets).mean())
+    return float(loss.detach()), float(task.errors(logits.detach(), targets).mean())
 
 
 def _evaluate_and_checkpoint(run: Run, task: TaskSpec, select: Sampler | None, cfg: TrainConfig, out: Path,
@@ -241,12 +243,13 @@ def _evaluate_and_checkpoint(run: Run, task: TaskSpec, select: Sampler | None, c
     """Held-out evaluation, a log row, the shipped checkpoint when the selection figure is the best so far,
     and the resume file."""
     run.model.eval()
-    run.last_eval = evaluate_point(run.model, task.sample, cfg.eval_sequences, EVAL_SEED, device=device)
+    run.last_eval = evaluate_point(run.model, task.sample, cfg.eval_sequences, EVAL_SEED, device=device,
+                                   errors=task.errors)
     row: dict[str, Any] = {"sequences": run.seen, "loss": window.loss, "bit_errors": window.bits,
                            "eval_bit_errors": run.last_eval}
     figure = run.last_eval
     if select is not None:
-        figure = evaluate_point(run.model, select, cfg.eval_sequences, EVAL_SEED, device=device)
+        figure = evaluate_point(run.model, select, cfg.eval_sequences, EVAL_SEED, device=device, errors=task.errors)
         row["select_bit_errors"] = figure
     run.model.train()
     row["seconds"] = round(time.monotonic() - run.started, 1)

@@ -31,7 +31,7 @@ class ListModelsResponse(_message.Message):
     def __init__(self, models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "task", "input_size", "output_size", "memory_rows", "memory_width", "read_heads", "write_heads", "provider", "controller_size", "controller", "shift_range", "encoding", "checkpoint_sha256", "state", "version", "unloading")
+    __slots__ = ("name", "task", "input_size", "output_size", "memory_rows", "memory_width", "read_heads", "write_heads", "provider", "controller_size", "controller", "shift_range", "encoding", "checkpoint_sha256", "state", "version", "unloading", "output_activation", "task_metadata")
     NAME_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
     INPUT_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -49,6 +49,8 @@ class ModelInfo(_message.Message):
     STATE_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     UNLOADING_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_ACTIVATION_FIELD_NUMBER: _ClassVar[int]
+    TASK_METADATA_FIELD_NUMBER: _ClassVar[int]
     name: str
     task: str
     input_size: int
@@ -66,7 +68,9 @@ class ModelInfo(_message.Message):
     state: _containers.RepeatedCompositeFieldContainer[StateSpec]
     version: int
     unloading: bool
-    def __init__(self, name: _Optional[str] = ..., task: _Optional[str] = ..., input_size: _Optional[int] = ..., output_size: _Optional[int] = ..., memory_rows: _Optional[int] = ..., memory_width: _Optional[int] = ..., read_heads: _Optional[int] = ..., write_heads: _Optional[int] = ..., provider: _Optional[str] = ..., controller_size: _Optional[int] = ..., controller: _Optional[str] = ..., shift_range: _Optional[int] = ..., encoding: _Optional[str] = ..., checkpoint_sha256: _Optional[str] = ..., state: _Optional[_Iterable[_Union[StateSpec, _Mapping]]] = ..., version: _Optional[int] = ..., unloading: _Optional[bool] = ...) -> None: ...
+    output_activation: str
+    task_metadata: str
+    def __init__(self, name: _Optional[str] = ..., task: _Optional[str] = ..., input_size: _Optional[int] = ..., output_size: _Optional[int] = ..., memory_rows: _Optional[int] = ..., memory_width: _Optional[int] = ..., read_heads: _Optional[int] = ..., write_heads: _Optional[int] = ..., provider: _Optional[str] = ..., controller_size: _Optional[int] = ..., controller: _Optional[str] = ..., shift_range: _Optional[int] = ..., encoding: _Optional[str] = ..., checkpoint_sha256: _Optional[str] = ..., state: _Optional[_Iterable[_Union[StateSpec, _Mapping]]] = ..., version: _Optional[int] = ..., unloading: _Optional[bool] = ..., output_activation: _Optional[str] = ..., task_metadata: _Optional[str] = ...) -> None: ...
 
 class StateSpec(_message.Message):
     __slots__ = ("name", "shape")

@@ -1,0 +1,282 @@
+"""One-shot tasks (issue 11): the encoding, the class split, the metric, LRU heads, a training smoke run, the
+numpy encoding the client uses, and the served model (ListModels, accuracy on held-out classes, bad input)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+import torch
+
+from service import one_shot_np
+from training import lru, one_shot
+from training.config import NTMConfig
+from training.tasks import get_task
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# --- encoding ----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("task", ["one_shot", "one_shot_synthetic"])
+def test_label_arrives_one_step_late_as_a_one_hot(task: str) -> None:
+    spec = get_task(task)
+    batch = spec.sample(torch.Generator().manual_seed(0), 8)
+    steps = one_shot.EPISODE_STEPS
+    assert batch.inputs.shape == (steps, 8, 69) and batch.targets.shape == (steps, 8, 5)
+    assert torch.equal(batch.targets.sum(-1), torch.ones(steps, 8))  # one-hot targets
+    assert set(batch.targets.unique().tolist()) == {0.0, 1.0}
+    previous = batch.inputs[:, :, one_shot.FEATURES :]
+    assert torch.equal(previous[0], torch.zeros(8, 5))  # nothing before the first step
+    assert torch.equal(previous[1:], batch.targets[:-1])  # step t carries step t-1's label
+    assert torch.all((batch.inputs[:, :, : one_shot.FEATURES] >= 0) & (batch.inputs[:, :, : one_shot.FEATURES] <= 1))
+    assert torch.all(batch.targets.sum(0) >= 1)  # every one of the 5 labels appears in every episode
+
+
+def test_labels_are_drawn_afresh_every_episode() -> None:
+    """The same class gets different labels in different episodes: a model cannot memorise labels."""
+    batch = get_task("one_shot").sample(torch.Generator().manual_seed(1), 200)
+    first_image = batch.inputs[0, :, : one_shot.FEATURES]  # (B, 64)
+    labels = batch.targets[0].argmax(-1)  # (B,)
+    assert len(labels.unique()) == 5 and first_image.std(0).sum() > 0
+
+
+def test_numpy_encoding_equals_torch_encoding_on_the_same_content() -> None:
+    rng = np.random.default_rng(0)
+    features = rng.random((50, 64)).astype(np.float32)
+    labels = rng.integers(0, 5, 50)
+    inputs, targets = one_shot_np.encode_episode(features, labels)
+    batch = one_shot.encode_episode(torch.from_numpy(features)[:, None], torch.from_numpy(labels)[:, None])
+    np.testing.assert_array_equal(inputs, batch.inputs[:, 0].numpy())
+    np.testing.assert_array_equal(targets, batch.targets[:, 0].numpy())
+    assert inputs.dtype == np.float32
+
+
+def test_numpy_classes_equal_torch_classes_and_episodes_use_only_held_out_digits() -> None:
+    split = one_shot.split_description()
+    classes = one_shot_np.test_classes(json.dumps({"class_split": split}))
+    assert classes == [tuple(c) for c in one_shot.digit_classes(one_shot.HELD_OUT_DIGITS)]
+    pool = one_shot.digit_pool("test")
+    torch_rows = {row.numpy().tobytes() for row in pool.samples}
+    numpy_rows = {row.tobytes() for d, k in classes for row in one_shot_np.digit_class(d, k)}
+    assert numpy_rows == torch_rows  # the same images, turned the same way
+    episode = one_shot_np.digit_episode(np.random.default_rng(3), classes)
+    assert all(row.tobytes() in torch_rows for row in episode.inputs[:, :64])
+    assert (episode.inputs[1:, 64:] == episode.targets[:-1]).all() and not episode.inputs[0, 64:].any()
+    later = one_shot_np.more_samples(np.random.default_rng(4), episode, 10)
+    assert (later.inputs[0, 64:] == episode.targets[-1]).all()  # the stream continues: last label one step late
+    assert all(row.tobytes() in torch_rows for row in later.inputs[:, :64])
+
+
+def test_instance_counting_and_accuracy_agree_between_numpy_and_torch() -> None:
+    batch = get_task("one_shot_synthetic").sample(torch.Generator().manual_seed(2), 1)
+    logits = torch.randn(50, 1, 5, generator=torch.Generator().manual_seed(3))
+    hits, seen = one_shot.accuracy_by_instance(logits, batch.targets)
+    labels = batch.targets[:, 0].argmax(-1).numpy()
+    np_hits, np_seen = one_shot_np.accuracy_by_instance(logits[:, 0].numpy(), labels)
+    np.testing.assert_array_equal(hits.numpy(), np_hits)
+    np.testing.assert_array_equal(seen.numpy(), np_seen)
+    assert seen[0] == 5  # every class is seen a first time
+    assert one_shot_np.instance_index(np.array([2, 2, 0, 2, 0])).tolist() == [1, 2, 1, 3, 2]
+
+
+# --- the class split ---------------------------------------------------------------------------------------------
+
+
+def test_rotations_that_coincide_are_dropped() -> None:
+    classes = set(one_shot.digit_classes())
+    for digit in (0, 1, 8):  # 180 degrees maps them onto themselves
+        assert {k for d, k in classes if d == digit} == {0, 1}
+    for digit in (6, 9):  # 6 turned 180 degrees is a 9
+        assert {k for d, k in classes if d == digit} == {0, 1}
+    for digit in (2, 3, 4, 5, 7):
+        assert {k for d, k in classes if d == digit} == {0, 1, 2, 3}
+    assert len(classes) == 30
+
+
+def test_class_split_never_leaks_a_held_out_class_into_training() -> None:
+    train = one_shot.digit_classes(one_shot.split_digits("train"))
+    test = one_shot.digit_classes(one_shot.split_digits("test"))
+    assert not {d for d, _ in train} & {d for d, _ in test}
+    assert {d for d, _ in test} == set(one_shot.HELD_OUT_DIGITS)
+    held_out_rows = {row.numpy().tobytes() for row in one_shot.digit_pool("test").samples}
+    batch = get_task("one_shot").sample(torch.Generator().manual_seed(5), 400)  # 20,000 training samples
+    seen = {row.numpy().tobytes() for row in batch.inputs[:, :, : one_shot.FEATURES].reshape(-1, 64)}
+    assert not seen & held_out_rows
+    assert len(seen) > 1000  # and training does draw from many different samples
+
+
+def test_permuted_training_episodes_shuffle_pixels_per_episode_and_only_for_training() -> None:
+    gen = torch.Generator().manual_seed(7)
+    features = torch.rand(50, 400, 64, generator=gen)
+    out = one_shot.permuted(torch.Generator().manual_seed(8), features, 0.5)
+    same = (out == features).all(-1).all(0)  # (B,) episodes left alone
+    assert 150 < int(same.sum()) < 250  # about half
+    # every episode: the same multiset of pixels, moved by one permutation shared by all its steps
+    assert torch.equal(out.sort(-1).values, features.sort(-1).values)
+    moved = (~same).nonzero()[0, 0]
+    order = [int((features[0, moved] == v).nonzero()[0, 0]) for v in out[0, moved]]
+    assert torch.equal(out[:, moved], features[:, moved][:, order])
+    spec = get_task("one_shot", permute=0.5)
+    assert spec.sample is not get_task("one_shot").sample
+    assert spec.eval_points == get_task("one_shot").eval_points  # evaluation stays on the plain task
+    with pytest.raises(ValueError, match="one_shot only"):
+        get_task("copy", permute=0.5)
+
+
+# --- LRU heads ---------------------------------------------------------------------------------------------------
+
+
+def test_least_used_breaks_ties_by_first_row_and_skips_used_rows() -> None:
+    usage = torch.tensor([[0.0, 0.0, 0.0, 0.0], [3.0, 1.0, 2.0, 0.5]])
+    assert lru.least_used(usage, 1).tolist() == [[1, 0, 0, 0], [0, 0, 0, 1]]
+    assert lru.least_used(usage, 2).tolist() == [[1, 1, 0, 0], [0, 1, 0, 1]]
+
+
+def test_lru_model_fills_fresh_rows_and_keeps_usage_in_memory() -> None:
+    from training.model import NTM
+
+    torch.manual_seed(0)
+    config = NTMConfig(69, 5, controller_size=16, memory_rows=8, memory_width=4, heads="lru")
+    model = NTM(config)
+    assert config.memory_columns == 5 and model.initial_state(1).memory.shape == (1, 8, 5)
+    with torch.no_grad():
+        model.write_proj.linear.bias[4 + 1] = -20.0  # gate (after the key and beta) -> 0: always the least-used row
+        _, state, _, writes = model(torch.rand(6, 1, 69))
+    assert writes[:, 0, 0].argmax(-1).tolist() == [0, 1, 2, 3, 4, 5]  # one fresh row per step
+    usage = state.memory[0, :, 4]  # the usage column: written rows are more used than the rest
+    assert usage[6:].max() < usage[:6].min()
+    assert NTMConfig(9, 8).to_dict().keys().isdisjoint({"heads", "usage_decay"})  # old configs keep their bytes
+    assert NTMConfig.from_dict(config.to_dict()) == config
+
+
+# --- training and evaluation -------------------------------------------------------------------------------------
+
+
+def test_training_smoke_run_and_accuracy_by_instance_report(tmp_path: Path) -> None:
+    from training.evaluate import evaluate_folder
+    from training.train import TrainConfig, train
+
+    cfg = TrainConfig(task="one_shot", out=str(tmp_path), batch_size=4, sequences=16, eval_every=8,
+                      eval_sequences=8, ntm={"controller_size": 16, "memory_rows": 8, "memory_width": 4,
+                                             "heads": "lru"})
+    result = train(cfg, progress=False)
+    assert result["sequences"] == 16 and 0 <= result["eval_bit_errors"] <= 50
+    rows = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    assert [r["sequences"] for r in rows] == [8, 16]
+    assert 1.0 < rows[0]["loss"] < 2.5  # softmax cross-entropy near ln 5 = 1.61 at the start, not BCE
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["class_split"]["held_out_digits"] == list(one_shot.HELD_OUT_DIGITS)
+    report = evaluate_folder(tmp_path, sequences=20, batch_size=10)
+    assert [p["name"] for p in report["points"]] == ["training classes", "held-out classes"]
+    held_out = report["points"][1]
+    assert held_out["episodes"] == 20 and held_out["counts"]["1"] == 100  # 5 first sights per episode
+    assert set(held_out["by_instance"]) == {str(n) for n in range(1, 11)}
+    assert held_out["target"] == "2nd >= 85%, 10th >= 95%" and held_out["met"] is False  # untrained
+    assert "| held-out classes |" in (tmp_path / "eval.md").read_text()
+    assert (tmp_path / "example.png").stat().st_size > 10_000
+
+
+# --- served ------------------------------------------------------------------------------------------------------
+
+SERVED_EPISODES = 40  # small for CI; the >= 1000-episode figures are eval.md's
+# Bars for the served model on held-out classes over SERVED_EPISODES episodes (the issue's full-size targets are
+# checked on >= 1000 episodes in models/one_shot/eval.json): well above chance (20%), below the measured figures.
+SERVED_BARS = {2: 0.40, 10: 0.55}
+
+
+@pytest.fixture(scope="module")
+def one_shot_info(client, models_dir: Path):  # -> ntm_pb2.ModelInfo
+    if not (models_dir / "one_shot").is_dir():
+        pytest.skip("no shipped models/one_shot (checkpoint + graphs)")
+    return {m.name: m for m in client.list_models()}["one_shot"]
+
+
+@pytest.fixture(scope="module")
+def client(server):  # module scope: the conftest one is per test
+    from service.client import NTMClient
+
+    with NTMClient(server.target, timeout=60) as c:
+        yield c
+
+
+def test_list_models_says_what_the_outputs_are(client, one_shot_info, models_dir: Path) -> None:
+    assert one_shot_info.output_activation == "softmax" and one_shot_info.output_size == 5
+    assert one_shot_info.input_size == 69
+    split = json.loads(one_shot_info.task_metadata)["class_split"]
+    assert split == json.loads((models_dir / "one_shot" / "config.json").read_text())["class_split"]
+    for info in client.list_models():  # the bit tasks' models: unchanged contract, sigmoid outputs, no metadata
+        if not info.task.startswith("one_shot"):
+            assert (info.output_activation, info.task_metadata) == ("sigmoid", ""), info.name
+
+
+def test_served_session_learns_held_out_classes(client, one_shot_info, models_dir: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """Episodes of held-out classes through real sessions: probabilities as offline torch, accuracy above a bar."""
+    from training.checkpoint import load_model
+
+    model, _ = load_model(models_dir / "one_shot")
+    classes = one_shot_np.test_classes(one_shot_info.task_metadata)
+    rng = np.random.default_rng(2016)
+    hits, seen = np.zeros(10), np.zeros(10)
+    for i in range(SERVED_EPISODES):
+        episode = one_shot_np.digit_episode(rng, classes)
+        session = client.create_session("one_shot")
+        out = client.step(session.session_id, episode.inputs).outputs  # (50, 5)
+        client.delete_session(session.session_id)
+        np.testing.assert_allclose(out.sum(-1), 1.0, atol=1e-5)  # a distribution over 5 labels
+        if i == 0:
+            with torch.no_grad():
+                expected = torch.softmax(model(torch.from_numpy(episode.inputs)[:, None])[0][:, 0], -1).numpy()
+            np.testing.assert_allclose(out, expected, atol=1e-4)
+            assert (out.argmax(-1) == expected.argmax(-1)).all()
+        h, s = one_shot_np.accuracy_by_instance(out, episode.labels)
+        hits, seen = hits + h, seen + s
+    accuracy = hits / np.maximum(seen, 1)
+    with capsys.disabled():  # the figure is the report
+        print(f"\n  served one_shot, {SERVED_EPISODES} held-out episodes, accuracy by instance 1..10: "
+              + " ".join(f"{a:.2f}" for a in accuracy))
+    assert accuracy[0] < 0.4  # a class's first sight is a guess: nothing can be known before its label
+    for instance, bar in SERVED_BARS.items():
+        assert accuracy[instance - 1] >= bar, (instance, accuracy[instance - 1])
+
+
+def test_wrong_width_is_refused_and_changes_nothing(client, one_shot_info) -> None:
+    session = client.create_session("one_shot")
+    episode = one_shot_np.synthetic_episode(np.random.default_rng(0))
+    for bad in (episode.inputs[:, :68], np.hstack([episode.inputs, episode.inputs[:, :1]])):
+        with pytest.raises(grpc.RpcError) as err:
+            client.step(session.session_id, bad)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "69" in err.value.details()
+    assert client.get_session(session.session_id).steps == 0
+    fresh = client.create_session("one_shot")
+    a = client.step(session.session_id, episode.inputs).outputs
+    b = client.step(fresh.session_id, episode.inputs).outputs
+    np.testing.assert_array_equal(a, b)  # the refused requests left no trace in the state
+    for s in (session, fresh):
+        client.delete_session(s.session_id)
+
+
+def test_demo_streams_an_episode_then_recognises_new_samples(server, one_shot_info, capsys, tmp_path: Path) -> None:
+    from service.client import main
+
+    plot = tmp_path / "episode.png"
+    assert main(["one_shot", "--target", server.target, "--seed", "1", "--later-s", "0.2", "--plot", str(plot)]) == 0
+    printed = capsys.readouterr().out
+    assert "held-out classes of one_shot: 12" in printed
+    assert printed.count(" ok") + printed.count("WRONG") == 50
+    assert "accuracy by instance: 1:" in printed
+    assert "20 new samples of the same classes, new stream, same session (now at 70 steps)" in printed
+    assert plot.stat().st_size > 10_000
+
+
+def test_demo_refuses_a_model_without_label_outputs(server, capsys) -> None:
+    from service.client import main
+
+    assert main(["one_shot", "--target", server.target, "--model", "copy"]) == 1
+    assert "does not output label probabilities" in capsys.readouterr().out
