@@ -30,6 +30,8 @@ import onnxscript.optimizer
 import torch
 from torch import nn
 
+from export import graph_passes
+
 OPSET = 18
 PRODUCER = "ntm-serve.export"
 
@@ -92,6 +94,7 @@ def torch_to_onnx(
         _name_io(model.graph, input_names, output_names)
         proto = ir.serde.serialize_model(model)
     _reduce_over_size_one_axes(proto.graph)
+    graph_passes.lean(proto.graph)
     proto = canonicalise(proto, graph_name)
     onnx.checker.check_model(proto, full_check=True)
     return proto
