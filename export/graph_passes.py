@@ -134,7 +134,7 @@ def keep_axis_through_elementwise(g: _Graph) -> int:
         chain, value = [], node.output[0]
         while g.only_use(value):
             (user,) = g.consumers[value]
-            if user.domain not in ("", "ai.onnx") or user.op_type not in _ELEMENTWISE and user.op_type != "Unsqueeze":
+            if user.domain not in ("", "ai.onnx") or user.op_type not in (*_ELEMENTWISE, "Unsqueeze"):
                 break
             if user.op_type == "Unsqueeze":
                 axes = g.constants.get(user.input[1]) if len(user.input) > 1 else None
