@@ -249,6 +249,151 @@ def remove_dead(graph: onnx.GraphProto) -> None:
     graph.value_info.extend(values)
 
 
+def einsum_for_matrix_vector(g: _Graph) -> int:
+    """MatMul(A, Unsqueeze(v, -1)) -> Squeeze(-1): a batched matrix-vector product as one Einsum."""
+    done = 0
+    for node in g.graph.node:
+        if not _standard(node, "Squeeze") or len(node.input) < 2 or g.scalar(node.input[1]) != -1:
+            continue
+        matmul = g.producer.get(node.input[0])
+        if matmul is None or not _standard(matmul, "MatMul") or not g.only_use(matmul.output[0]):
+            continue
+        unsqueeze = g.producer.get(matmul.input[1])
+        if unsqueeze is None or not _standard(unsqueeze, "Unsqueeze") or len(unsqueeze.input) < 2:
+            continue
+        if g.scalar(unsqueeze.input[1]) != -1 or not g.only_use(unsqueeze.output[0]):
+            continue
+        node.op_type = "Einsum"
+        node.input[:] = [matmul.input[0], unsqueeze.input[0]]
+        node.attribute.append(onnx.helper.make_attribute("equation", "...ij,...j->...i"))
+        done += 1
+    return done
+
+
+def outer_product_over_one_head(g: _Graph) -> int:
+    """Squeeze(c - Unsqueeze(w, -1) * Unsqueeze(e, -2), head axis of size 1) is c - MatMul(w^T, e).
+
+    The erase term of `memory.write` with one write head: (B, 1, N) x (B, 1, M) -> (B, N, M). A product
+    summed over one term is the product itself, so onnxruntime's (Fused)MatMul gives the same bits
+    while the two Unsqueezes, the Mul and the Squeeze go.
+    """
+    done = 0
+    for index, node in enumerate(list(g.graph.node)):
+        if not _standard(node, "Squeeze") or len(node.input) < 2 or g.scalar(node.input[1]) != 1:
+            continue
+        sub = g.producer.get(node.input[0])
+        if sub is None or not _standard(sub, "Sub") or not g.only_use(sub.output[0]) or g.scalar(sub.input[0]) is None:
+            continue
+        mul = g.producer.get(sub.input[1])
+        if mul is None or not _standard(mul, "Mul") or not g.only_use(mul.output[0]):
+            continue
+        left, right = (g.producer.get(name) for name in mul.input)
+        if any(u is None or not _standard(u, "Unsqueeze") or len(u.input) < 2 for u in (left, right)):
+            continue
+        if g.scalar(left.input[1]) != -1 or g.scalar(right.input[1]) != -2:
+            continue
+        w, e = g.dims(left.input[0]), g.dims(right.input[0])
+        if w is None or e is None or len(w) != 3 or len(e) != 3 or w[1] != 1 or e[1] != 1:
+            continue
+        base = node.output[0]
+        new = [
+            onnx.helper.make_node("Transpose", [left.input[0]], [f"{base}_wt"], perm=[0, 2, 1]),
+            onnx.helper.make_node("MatMul", [f"{base}_wt", right.input[0]], [f"{base}_outer"]),
+            onnx.helper.make_node("Sub", [sub.input[0], f"{base}_outer"], [base]),
+        ]
+        node.output[0] = f"{base}_unused"
+        for offset, made in enumerate(new):
+            g.graph.node.insert(index + done * 3 + offset, made)
+        done += 1
+    return done
+
+
+def _plain_gemm(g: _Graph, node: onnx.NodeProto) -> bool:
+    """Gemm(x, W, b) with constant W (transposed, as nn.Linear exports it) and b, alpha = beta = 1."""
+    attrs = _attrs(node)
+    return (_standard(node, "Gemm") and len(node.input) == 3 and all(n in g.constants for n in node.input[1:])
+            and attrs.get("transA", 0) == 0 and attrs.get("transB", 0) == 1
+            and attrs.get("alpha", 1.0) == 1.0 and attrs.get("beta", 1.0) == 1.0)
+
+
+def _head_view(g: _Graph, gemm: onnx.NodeProto) -> tuple[onnx.NodeProto, int, int] | None:
+    """The Reshape of a head projection to (B, H, P) whose every reader takes a constant piece of the last
+    axis (Slice with step 1, Gather of one index): -> (reshape, H, P)."""
+    if not g.only_use(gemm.output[0]):
+        return None
+    (reshape,) = g.consumers[gemm.output[0]]
+    target = g.constants.get(reshape.input[1]) if _standard(reshape, "Reshape") else None
+    if target is None or target.shape != (3,) or target[0] != 0 or min(target[1:]) < 1:
+        return None
+    view = reshape.output[0]
+    return (reshape, int(target[1]), int(target[2])) if view not in g.outputs and all(
+        _reads_last_axis_piece(g, reader, view) for reader in g.consumers.get(view, ())) else None
+
+
+def _reads_last_axis_piece(g: _Graph, reader: onnx.NodeProto, view: str) -> bool:
+    """`reader` takes a constant piece of the last axis of the rank-3 `view`: Gather, or Slice with step 1."""
+    if reader.input[0] != view:
+        return False
+    if _standard(reader, "Gather"):
+        return reader.input[1] in g.constants and int(_attrs(reader).get("axis", 0)) % 3 == 2
+    if not _standard(reader, "Slice") or len(reader.input) < 4:
+        return False
+    params = [g.constants.get(n) for n in reader.input[1:]]
+    if not all(p is not None and p.size == 1 for p in params):
+        return False
+    return int(params[2].reshape(-1)[0]) % 3 == 2 and (len(params) == 3 or int(params[3].reshape(-1)[0]) == 1)
+
+
+
+def _move_readers(g: _Graph, view: onnx.NodeProto, source: str, width: int, offset: int) -> None:
+    """Point the readers of `view` at `source`, their pieces of the last axis moved right by `offset`."""
+    for reader in list(g.consumers.get(view.output[0], ())):
+        if reader.op_type == "Gather":
+            index = g.constants[reader.input[1]]
+            reader.input[1] = _constant(g, f"{reader.output[0]}_index", (index % width + offset).astype(index.dtype))
+        else:
+            start, end = (int(g.constants[n].reshape(-1)[0]) for n in reader.input[1:3])
+            start, end, _ = slice(start, end).indices(width)
+            for position, bound in ((1, start), (2, end)):
+                dtype = g.constants[reader.input[position]].dtype
+                reader.input[position] = _constant(g, f"{reader.output[0]}_bound{position}",
+                                                   np.array([bound + offset], dtype=dtype))
+        reader.input[0] = source
+
+
+def merge_sibling_head_projections(g: _Graph) -> int:
+    """The read and write head projections of the same controller output (same head count H) as one Gemm.
+
+    The weight rows are interleaved per head (head h: its write parameters, then its read parameters),
+    so one (B, H, Pw + Pr) view serves both and each reader takes its piece at a shifted offset. Every
+    output element is the same dot product as before: only its position changes.
+    """
+    gemms = [n for n in g.graph.node if _plain_gemm(g, n)]
+    for first in gemms:
+        for second in gemms:
+            if second is first or second.input[0] != first.input[0]:
+                continue
+            views = _head_view(g, first), _head_view(g, second)
+            if views[0] is None or views[1] is None or views[0][1] != views[1][1]:
+                continue
+            (view1, heads, p1), (view2, _, p2) = views
+            w1, b1, w2, b2 = (g.constants[n] for n in (*first.input[1:], *second.input[1:]))
+            weight = np.concatenate([w1.reshape(heads, p1, -1), w2.reshape(heads, p2, -1)], axis=1)
+            bias = np.concatenate([b1.reshape(heads, p1), b2.reshape(heads, p2)], axis=1)
+            name = first.output[0]
+            first.input[1] = _constant(g, f"{name}_merged_weight", weight.reshape(heads * (p1 + p2), -1))
+            first.input[2] = _constant(g, f"{name}_merged_bias", bias.reshape(-1))
+            view1.input[1] = _constant(g, f"{view1.output[0]}_merged_shape", np.array([0, heads, p1 + p2]))
+            _move_readers(g, view1, view1.output[0], p1, 0)
+            _move_readers(g, view2, view1.output[0], p2, p1)
+            stale = {first.output[0], view1.output[0]}
+            kept = [v for v in g.graph.value_info if v.name not in stale]
+            del g.graph.value_info[:]
+            g.graph.value_info.extend(kept)
+            return 1  # one merge per run: the index is stale now
+    return 0
+
+
 PASSES: tuple[Callable[[_Graph], int], ...] = (
     drop_identity_arithmetic,
     fuse_thresholded_softplus,
@@ -256,6 +401,9 @@ PASSES: tuple[Callable[[_Graph], int], ...] = (
     gather_instead_of_transposed_gathernd,
     constant_batch_reshape,
     merge_nested_concat,
+    merge_sibling_head_projections,
+    outer_product_over_one_head,
+    einsum_for_matrix_vector,
 )
 
 
@@ -266,3 +414,4 @@ def lean(graph: onnx.GraphProto) -> dict[str, int]:
         done[run.__name__] = run(_Graph(graph))
         remove_dead(graph)
     return done
+
