@@ -65,6 +65,13 @@ def _constant(g: _Graph, name: str, value: np.ndarray) -> str:
     return name
 
 
+def _forget_shapes(g: _Graph, names: set[str]) -> None:
+    """Drop the recorded shapes of values a rewrite changed (the final check re-infers them)."""
+    kept = [v for v in g.graph.value_info if v.name not in names]
+    del g.graph.value_info[:]
+    g.graph.value_info.extend(kept)
+
+
 def _attrs(node: onnx.NodeProto) -> dict[str, object]:
     return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
 
@@ -152,10 +159,7 @@ def keep_axis_through_elementwise(g: _Graph) -> int:
         node.input[1] = _constant(g, f"{node.input[1]}_as_list", index.reshape(1))
         last = chain[-2].output[0] if len(chain) > 1 else node.output[0]
         _rename_input(g, unsqueeze.output[0], last)
-        stale = {node.output[0], *(n.output[0] for n in chain)}  # these values gained the axis back
-        kept_values = [v for v in g.graph.value_info if v.name not in stale]
-        del g.graph.value_info[:]
-        g.graph.value_info.extend(kept_values)
+        _forget_shapes(g, {node.output[0], *(n.output[0] for n in chain)})  # these values gained the axis back
         done += 1
     return done
 
@@ -386,10 +390,7 @@ def merge_sibling_head_projections(g: _Graph) -> int:
             view1.input[1] = _constant(g, f"{view1.output[0]}_merged_shape", np.array([0, heads, p1 + p2]))
             _move_readers(g, view1, view1.output[0], p1, 0)
             _move_readers(g, view2, view1.output[0], p2, p1)
-            stale = {first.output[0], view1.output[0]}
-            kept = [v for v in g.graph.value_info if v.name not in stale]
-            del g.graph.value_info[:]
-            g.graph.value_info.extend(kept)
+            _forget_shapes(g, {first.output[0], view1.output[0]})
             return 1  # one merge per run: the index is stale now
     return 0
 
