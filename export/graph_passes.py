@@ -1,7 +1,10 @@
 """Exact local rewrites of an exported graph that leave fewer nodes for onnxruntime to run.
 
-Every pass here is value-preserving in float32: it removes an identity (x * 1, x / 1), replaces
-data movement by equivalent data movement, or moves a size-1 axis; none reorders arithmetic. The
+Every pass here is value-preserving in float32: it removes an identity (x * 1, x / 1, a softplus
+branch that returns what Softplus returns), replaces data movement by equivalent data movement, moves a
+size-1 axis, or hands the same products and sums to another op (one Gemm for two, a one-term sum as a
+MatMul, a matrix-vector MatMul as an Einsum); none is an algebraic simplification, and
+tests/test_graph_passes.py checks the outputs are bit-identical to the unpassed graph's. The
 exporter's own optimiser stays off (docs/export.md: it deleted the 1e-8 epsilons). Each pass checks
 its pattern fully (constants, attributes, single consumers, static shapes) and otherwise leaves the
 graph alone, so the op graphs (every axis dynamic) and any NTMConfig go through the same code.
