@@ -63,12 +63,13 @@ def example_state(model: NTM, batch: int) -> NTMState:
         return model.initial_state(batch).owned()
 
 
-def step_graph(model: NTM, activation: str = "sigmoid") -> onnx.ModelProto:
-    """One time step; batch dynamic; no Loop/Scan (so it can be captured by CUDA graphs)."""
+def step_graph(model: NTM, activation: str = "sigmoid", lean: bool = True) -> onnx.ModelProto:
+    """One time step; batch dynamic; no Loop/Scan (so it can be captured by CUDA graphs). `lean`: see torch_to_onnx."""
     state = example_state(model, EXAMPLE_BATCH)
     x = torch.zeros(EXAMPLE_BATCH, model.config.input_size)
     dynamic = [{0: "B"}] * len(STEP_INPUTS)
-    return torch_to_onnx(StepModule(model, activation), (x, *state), STEP_INPUTS, STEP_OUTPUTS, dynamic, "ntm_step")
+    return torch_to_onnx(StepModule(model, activation), (x, *state), STEP_INPUTS, STEP_OUTPUTS, dynamic, "ntm_step",
+                         lean)
 
 
 def sequence_graph(step: onnx.ModelProto) -> onnx.ModelProto:

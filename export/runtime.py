@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import functools
+import tempfile
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -11,7 +13,7 @@ import onnxruntime as ort
 
 from service.ort_session import PROVIDERS, ProviderUnavailable, SessionSettings, open_session
 
-__all__ = ["PROVIDERS", "ProviderUnavailable", "cuda_unavailable_reason", "session"]
+__all__ = ["PROVIDERS", "ProviderUnavailable", "cuda_unavailable_reason", "optimised_node_count", "session"]
 
 # onnxruntime's own defaults (every core, warnings logged): what a user of the exported graphs gets.
 PARITY = SessionSettings(threads=0, spinning=True, log_severity=2)
@@ -37,3 +39,16 @@ def cuda_unavailable_reason() -> str | None:
     except Exception as err:
         return f"CUDA execution provider does not load on this machine: {err}"
     return None
+
+
+def optimised_node_count(model: onnx.ModelProto | str, level: ort.GraphOptimizationLevel) -> int:
+    """Nodes of `model` as onnxruntime runs it on the CPU provider after its graph optimisation at `level`
+    (read back through `optimized_model_filepath`)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "optimised.onnx"
+        options = PARITY.options()
+        options.graph_optimization_level = level
+        options.optimized_model_filepath = str(path)
+        options.log_severity_level = 3  # level ALL warns that its file may hold hardware-specific nodes
+        session(model if isinstance(model, onnx.ModelProto) else str(model), "cpu", options)
+        return len(onnx.load(str(path)).graph.node)

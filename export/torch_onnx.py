@@ -9,7 +9,8 @@ Trap: the exporter's own optimiser (`optimize=True`, onnxscript 0.7.2) rewrites 
 `c` is within 1e-8 of zero, which deletes the model's `+ 1e-8` cosine guard and `+ 1e-30` sharpening
 floors (a zero key then gives NaN instead of a uniform weighting). So the exporter runs unoptimised
 and `_tidy` applies only the value-preserving passes: constant folding, dead-node removal, initializer
-lifting/deduplication and common-subexpression elimination.
+lifting/deduplication and common-subexpression elimination, then `export/graph_passes.py` removes
+nodes with exact local rewrites (a documented list; never an algebraic simplification).
 
 The output is then made canonical: node-level metadata (Python stack traces with absolute paths, FX
 node text) and doc strings are dropped, so the bytes depend only on the weights and the code.
@@ -29,6 +30,8 @@ import onnx_ir.passes.common as ir_passes
 import onnxscript.optimizer
 import torch
 from torch import nn
+
+from export import graph_passes
 
 OPSET = 18
 PRODUCER = "ntm-serve.export"
@@ -58,12 +61,14 @@ def torch_to_onnx(
     output_names: Sequence[str],
     dynamic: Sequence[dict[int, str]],
     graph_name: str,
+    lean: bool = True,
 ) -> onnx.ModelProto:
     """Export `module(*args)` to a canonical single-file ModelProto.
 
     `dynamic[i]` maps axis -> symbol name for argument i (e.g. {0: "B"}); the same name means the
     same size. Dynamic axes are declared explicitly, so torch.export raises instead of silently
-    baking an example size into the graph.
+    baking an example size into the graph. `lean=False` skips the node-saving passes of
+    `export/graph_passes.py` (the tests compare both graphs).
     """
     dims: dict[str, torch.export.Dim] = {}
     dynamic_shapes: tuple = tuple(
@@ -92,6 +97,8 @@ def torch_to_onnx(
         _name_io(model.graph, input_names, output_names)
         proto = ir.serde.serialize_model(model)
     _reduce_over_size_one_axes(proto.graph)
+    if lean:
+        graph_passes.lean(proto.graph)
     proto = canonicalise(proto, graph_name)
     onnx.checker.check_model(proto, full_check=True)
     return proto
