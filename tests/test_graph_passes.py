@@ -11,6 +11,7 @@ Parity with torch is tests/test_parity_model.py's job, on the same (re-exported)
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,9 @@ from export.testing import DEV_CONFIGS, dev_folder, load_graphs, shipped_folders
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED = shipped_folders(REPO / "models")
 STEP_NODES = 84  # after onnxruntime's optimisation; 125 before the passes (docs/performance.md, section 2)
+# The one-shot models' LRU heads (usage kept in an extra memory column) and 4 read heads add their own ops:
+# 89 raw, 87 after onnxruntime (102 / 98 before the passes; outputs bit-identical over 300 steps).
+LRU_STEP_NODES = 87
 LEVELS = {"extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED, "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
 
 
@@ -36,15 +40,18 @@ LEVELS = {"extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED, "all": ort
 @pytest.mark.parametrize("folder", SHIPPED, ids=[p.name for p in SHIPPED])
 def test_shipped_step_graph_is_within_the_node_budget(folder: Path, level: str) -> None:
     nodes = optimised_node_count(str(folder / "step.onnx"), LEVELS[level])
-    assert nodes <= STEP_NODES, f"{folder.name}: {nodes} nodes after onnxruntime ({level}), budget {STEP_NODES}"
+    budget = LRU_STEP_NODES if json.loads((folder / "config.json").read_text())["config"].get("heads") == "lru" \
+        else STEP_NODES
+    assert nodes <= budget, f"{folder.name}: {nodes} nodes after onnxruntime ({level}), budget {budget}"
 
 
 @pytest.mark.parametrize("name", list(DEV_CONFIGS))
 def test_lean_step_graph_is_bit_identical_to_the_unpassed_one(name: str) -> None:
-    """Feed-forward controller, 2 + 2 heads, S = 5, S = N, learned memory: every config of the tests."""
+    """Feed-forward controller, 2 + 2 heads, S = 5, S = N, learned memory, LRU heads with softmax outputs: every
+    config of the tests."""
     folder = dev_folder(name)
-    model = load_checkpoint(folder).model
-    raw = step_graph(model, lean=False)
+    checkpoint = load_checkpoint(folder)
+    raw = step_graph(checkpoint.model, checkpoint.output_activation, lean=False)
     lean = load_graphs(folder)["step"]
     raw_nodes = optimised_node_count(raw, LEVELS["all"])
     assert optimised_node_count(lean, LEVELS["all"]) < raw_nodes
