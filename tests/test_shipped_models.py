@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from training.checkpoint import checkpoint_hash, load_model
 from training.evaluate import TARGETS, evaluate_point, model_kind
@@ -28,6 +29,7 @@ folders = pytest.mark.parametrize("folder", FOLDERS or [None], ids=[p.name for p
 # Folders the evaluation sets no target for (training.evaluate.TARGETS covers the NTMs that learned their
 # task): each must stay at what its eval.md reports for the training range, with a small margin for the
 # fresh sequences here. Figures of the shipped weights: eval.md over 1000 sequences / this test's 300.
+CLASSIFIER_MARGIN = 2.0  # misclassified steps per episode: the 300 fresh episodes here against eval.json's 1000
 REPORTED: dict[str, float] = {
     "priority_sort": 36.0,  # 34.07 / 34.35 bit errors per sequence of 128 bits (not learned well; chance is 64)
     "copy_lstm_baseline": 6.0,  # 5.50 / 4.78
@@ -36,14 +38,21 @@ REPORTED: dict[str, float] = {
 
 
 def _target(folder: Path, task: TaskSpec, kind: str) -> tuple[str, str, float] | None:
-    """(point, op, bound) this folder's model must meet on its training range, or None for an unknown folder."""
-    training_range = task.eval_points[0][0]
+    """(point, op, bound) this folder's model must meet in its training range, or None for an unknown folder.
+    An NTM meets the first target of its task that names one of its points (copy trained on L <= 40 is still
+    held to L in [1,20]); the others stay at what they report."""
+    names = [name for name, _ in task.eval_points]
     if kind == "ntm":
         for target in TARGETS.get(task.name, ()):
-            if target[0] == training_range:
+            if target[0] in names:
                 return target
     if folder.name in REPORTED:
-        return (training_range, "<=", REPORTED[folder.name])
+        return (names[0], "<=", REPORTED[folder.name])
+    if task.output_activation == "softmax":  # classifiers: misclassified steps per episode, from their eval.json
+        report = json.loads((folder / "eval.json").read_text())
+        accuracy = next(p["accuracy"] for p in report["points"] if p["name"] == names[0])
+        steps = task.sample(torch.Generator().manual_seed(0), 1).targets.shape[0]
+        return (names[0], "<=", steps * (1.0 - accuracy) + CLASSIFIER_MARGIN)
     return None
 
 
@@ -57,13 +66,12 @@ def test_loads_and_meets_its_training_range_target(folder: Path, capsys: pytest.
     assert (meta["input_size"], meta["output_size"]) == (task.input_size, task.output_size)
     target = _target(folder, task, kind)
     assert target is not None, f"{folder.name}: no target; add its reported figure to REPORTED"
-    name, sample = task.eval_points[0]
-    result = evaluate_point(model, task, name, sample, SEQUENCES, SEED)
     point, op, bound = target
+    name, sample = next((n, s) for n, s in task.eval_points if n == point)
+    result = evaluate_point(model, task, name, sample, SEQUENCES, SEED)
     with capsys.disabled():
         print(f"\n  {folder.name}: {result.bit_errors:.4f} bit errors/seq over {result.sequences} fresh sequences "
               f"({name}), {100 * result.perfect:.1f}% perfect, target {op} {bound:g}")
-    assert point == name
     assert (result.bit_errors < bound) if op == "<" else (result.bit_errors <= bound), (
         f"{folder.name}: {result.bit_errors:.4f} bit errors/seq at {name}, target {op} {bound}")
     if kind == "lstm_baseline" and task.name in TARGETS:  # the README's comparison: the NTM's target is out of reach
