@@ -30,33 +30,23 @@ $PY -m pytest -q -p no:cacheprovider tests/test_training_cuda.py 2>&1 | tail -5 
 log "training throughput, copy task, sequences/s by batch size and device"
 $PY - <<'PYEOF' 2>&1 | tee -a "$OUT/summary.txt"
 import os, time, torch
-from training.train import TrainConfig, build_model, build_optimizer
+from training.train import Run, TrainConfig, _train_step, build_model, build_optimizer
 from training.tasks import get_task
-from training.metrics import sequence_loss
 task = get_task("copy")
 print("| device | batch | sequences/s |")
 print("|---|---:|---:|")
 for device in ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",):
     torch.set_num_threads(1)
     for batch in (16, 64, 256):
-        cfg = TrainConfig(task="copy", out="/tmp/x", batch_size=batch)
+        cfg = TrainConfig(task="copy", out="/tmp/x", batch_size=batch)  # the trainer's own step, clip included
         model = build_model(cfg, task).to(device)
-        opt = build_optimizer(cfg, model)
-        gen = torch.Generator().manual_seed(0)
-        def step():
-            b = task.sample(gen, batch)
-            loss = sequence_loss(model(b.inputs.to(device))[0], b.targets.to(device))
-            opt.zero_grad(); loss.backward(); opt.step()
+        run = Run(model, build_optimizer(cfg, model), torch.Generator().manual_seed(0))
         for _ in range(3):
-            step()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        n, t0 = 0, time.perf_counter()
+            _train_step(run, task, cfg, torch.device(device))
+        seen, t0 = run.seen, time.perf_counter()
         while time.perf_counter() - t0 < float(os.environ.get("SECONDS_PER_POINT", "10")):
-            step(); n += batch
-        if device == "cuda":
-            torch.cuda.synchronize()
-        print(f"| {device} | {batch} | {n / (time.perf_counter() - t0):.0f} |")
+            _train_step(run, task, cfg, torch.device(device))  # float(loss) syncs the GPU every step
+        print(f"| {device} | {batch} | {(run.seen - seen) / (time.perf_counter() - t0):.0f} |")
 PYEOF
 
 if [ "${ORT_GPU:-0}" = 1 ]; then
