@@ -13,6 +13,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from service.buckets import check_buckets, default_buckets, parse_buckets
+
 
 def _bool(text: str) -> bool:
     value = text.strip().lower()
@@ -87,6 +89,8 @@ class ServiceConfig:
     replica_name: str = ""
     commit_every: int = 1
     drain_delay_s: float = 0.0
+    cuda_graph: bool = False
+    batch_buckets: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         positive = ("intra_op_threads", "max_batch", "max_sessions", "max_steps", "max_message_bytes",
@@ -119,6 +123,16 @@ class ServiceConfig:
         if self.store_url and not self.store_url.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError(f"store_url must be redis://host:port[/db], rediss://... or unix://path, "
                              f"got {self.store_url!r}")
+        if self.cuda_graph and self.provider == "cpu":
+            raise ValueError("cuda_graph needs the CUDA provider: it cannot be used with provider cpu "
+                             "(use provider cuda, or auto to have it only where CUDA loads)")
+        if self.batch_buckets:
+            check_buckets(self.batch_buckets, self.max_batch)
+
+    def buckets(self) -> tuple[int, ...]:
+        """The batch sizes CUDA graphs are captured for: batch_buckets (sorted), else the default from max_batch."""
+        return check_buckets(self.batch_buckets, self.max_batch) if self.batch_buckets else default_buckets(
+            self.max_batch)
 
 
 SETTINGS: tuple[Setting, ...] = (
@@ -175,6 +189,12 @@ SETTINGS: tuple[Setting, ...] = (
             "before its response; N > 1 answers at once and a crash loses up to N-1 answered requests per session)"),
     Setting("drain_delay_s", float, "on SIGTERM, how long to keep serving while health says NOT_SERVING, so a "
             "proxy stops routing here before calls are refused"),
+    Setting("cuda_graph", _bool, "CUDA provider only: run each step call as a captured CUDA graph at a fixed batch "
+            "size (the smallest of batch_buckets that holds the batch; one graph per bucket and ping-pong direction, "
+            "captured at load); refused with provider cpu, logged and off when auto finds no CUDA"),
+    Setting("batch_buckets", parse_buckets, "with cuda_graph: the batch sizes graphs are captured for, "
+            "comma-separated multiples of 4, the largest >= max_batch (empty: 4, 8, 16, ... up to the first that "
+            "holds max_batch)"),
 )
 
 _DEFAULTS = {f.name: f.default for f in fields(ServiceConfig)}

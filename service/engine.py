@@ -36,16 +36,13 @@ from onnx_contract import (
     STEP_OUTPUTS,
     next_name,
 )
+from service.buckets import ROW_MULTIPLE, bucket_rows, keeps  # ROW_MULTIPLE: the row layout, also imported from here
+from service.cuda_graphs import BucketSteps, open_graph_session
 from service.ort_session import CUDA, ProviderUnavailable, SessionSettings, open_session, provider_name
 from service.state_pool import Device, PoolGraphs, StatePool
 from service.stepping import PingPong
 
 log = logging.getLogger(__name__)
-
-# Every onnxruntime call runs on a multiple of this many rows: onnxruntime's CPU Softplus and Log kernels round
-# an element differently in the vector body and the scalar tail, so padding keeps a session's numbers
-# independent of how many sessions share its call (docs/service.md, "Batch invariance").
-ROW_MULTIPLE = 4
 
 
 class ModelLoadError(RuntimeError):
@@ -80,7 +77,7 @@ class _Resident:
 
     where: dict[int, int]  # pool row -> its position in the buffers
     free: list[int]  # positions holding no session (padding)
-    buffers: PingPong  # P rows, P a multiple of ROW_MULTIPLE; `buffers.state` is the current state
+    buffers: PingPong  # P rows, P a multiple of ROW_MULTIPLE (a bucket with buckets); `buffers.state` is current
 
     @property
     def size(self) -> int:
@@ -164,7 +161,13 @@ class Engine:
     """A model's onnxruntime sessions and the device-resident states of its sessions."""
 
     def __init__(self, folder: Path, provider: str, device_id: int = 0, threads: int = 1,
-                 initial_capacity: int = 64, lanes: int = 64, name: str | None = None) -> None:
+                 initial_capacity: int = 64, lanes: int = 64, name: str | None = None,
+                 buckets: tuple[int, ...] = (), cuda_graph: bool = False) -> None:
+        """`buckets` (sorted, multiples of ROW_MULTIPLE): step calls run only at these sizes, in fixed buffers;
+        `cuda_graph` (CUDA only, needs buckets): each bucket's step under captured CUDA graphs (docs/service.md)."""
+        if cuda_graph and (provider != "cuda" or not buckets):
+            raise ModelLoadError(f"CUDA graphs need the CUDA provider and batch buckets (provider {provider!r}, "
+                                 f"buckets {buckets})")
         self.folder = folder  # `name`: the model's name when the folder is a version folder (models/<name>/<version>)
         self.provider = provider  # "cpu" or "cuda", as asked
         self.execution_provider = provider_name(provider)  # onnxruntime's name for it (what ListModels reports)
@@ -175,7 +178,8 @@ class Engine:
                 raise ModelLoadError(f"{folder}: {path.name} missing")
         # Read each file once: a re-export (atomic renames) between two reads could mix checkpoints.
         data = {graph: path.read_bytes() for graph, path in paths.items()}
-        self._step = _open(data["step"], provider, device_id, threads)
+        self._step = (open_graph_session(data["step"], device_id, SessionSettings(threads=threads)) if cuda_graph
+                      else _open(data["step"], provider, device_id, threads))
         self._sequence = _open(data["sequence"], provider, device_id, threads)
         initial = _open(data["initial_state"], provider, device_id, threads)
         _check_names(self._step, paths["step"], STEP_INPUTS, STEP_OUTPUTS)
@@ -201,6 +205,11 @@ class Engine:
         self._resident: _Resident | None = None
         self._buffers: PingPong | None = None  # reused while the padded batch size is unchanged
         self._scratch = np.array([self.new_row() for _ in range(ROW_MULTIPLE - 1)], dtype=np.int64)
+        self._buckets = buckets
+        self._fixed: BucketSteps | None = None  # with buckets: every bucket's buffers, made (and captured) now
+        if buckets:
+            self._fixed = BucketSteps(self._step, buckets, self.pool.buffers, self.device.type, device_id, cuda_graph)
+            self._fixed.capture()
 
     # --- sessions' rows -------------------------------------------------------------------------------
 
@@ -253,13 +262,15 @@ class Engine:
 
     def _rebuild(self, slots: list[int]) -> _Resident:
         """Write the old resident batch back and gather `slots` into positions 0..B-1 of (reused) buffers
-        of B padded to ROW_MULTIPLE rows; the padding positions start from scratch rows."""
+        of B padded to ROW_MULTIPLE rows (or to its bucket); the padding positions start from scratch rows."""
         self.flush()
-        size = len(slots) + (-len(slots) % ROW_MULTIPLE)
+        size = bucket_rows(len(slots) + (-len(slots) % ROW_MULTIPLE), self._buckets)
         if self._buffers is None or self._buffers.rows != size:
-            self._buffers = PingPong(self._step, self.pool.buffers(size), self.pool.buffers(size),
-                                     self.device.type, self.device.id)
-        rows = np.concatenate([np.asarray(slots, dtype=np.int64), self._scratch[:size - len(slots)]])
+            self._buffers = (self._fixed.buffers(size) if self._fixed is not None else
+                             PingPong(self._step, self.pool.buffers(size), self.pool.buffers(size),
+                                      self.device.type, self.device.id))
+        pad = np.resize(self._scratch, size - len(slots))  # the scratch rows, repeated when a bucket needs more
+        rows = np.concatenate([np.asarray(slots, dtype=np.int64), pad])
         self.pool.gather(rows, out=self._buffers.state)
         self._resident = _Resident(dict(zip(slots, range(len(slots)), strict=True)),
                                    list(range(size - 1, len(slots) - 1, -1)), self._buffers)
@@ -267,10 +278,10 @@ class Engine:
 
     def _place(self, slots: list[int]) -> _Resident:
         """A resident batch holding exactly `slots`: the current one with leavers copied back to the pool
-        and joiners copied in, or a rebuilt one when they do not fit or would leave it under 3/4 full."""
+        and joiners copied in, or a rebuilt one when they do not fit or would leave it too empty (`keeps`)."""
         resident = self._resident
         need = len(slots) + (-len(slots) % ROW_MULTIPLE)
-        if resident is None or need > resident.size or 4 * need < 3 * resident.size:
+        if resident is None or not keeps(resident.size, need, self._buckets):
             return self._rebuild(slots)
         members = set(slots)
         leaving = [s for s in resident.where if s not in members]

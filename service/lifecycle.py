@@ -4,7 +4,8 @@ and by admin calls (service/admin.py).
 - **Load**: a version folder (service/repository.py) becomes an `Engine` and a `Batcher` and joins the
   `ModelSet`; with `--state-dir`, sessions snapshotted on exactly its weights come back with it. A folder
   that cannot be served (a graph missing, a corrupt file, a graph that breaks the ONNX contract, a version
-  number or weights already served under that name) is refused: one ERROR log line "model version refused"
+  number or weights already served under that name, CUDA graphs asked for and refused by onnxruntime) is
+  refused: one ERROR log line "model version refused"
   with the reason, `ntm_model_load_failures_total{model, reason}`, and everything else keeps serving.
 - **Poll** (every `--model-poll-interval-s`; 0: off): a version folder that is new, or changed since the last
   look (its graph files' sizes and times), is loaded; a loaded version whose folder disappeared is unloaded.
@@ -31,6 +32,7 @@ from typing import TYPE_CHECKING
 import grpc
 
 from service.batcher import Batcher
+from service.cuda_graphs import CudaGraphError
 from service.engine import GRAPH_FILES, Engine, ModelLoadError, resolve_provider
 from service.errors import ServiceError, not_found
 from service.registry import Key, ModelSet, ServedModel, short
@@ -48,7 +50,7 @@ log = logging.getLogger(__name__)
 class LoadRefused(Exception):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
-        self.reason = reason  # missing, contract, corrupt, conflict
+        self.reason = reason  # missing, contract, corrupt, conflict, cuda_graph
         self.message = message
 
 
@@ -70,6 +72,7 @@ class Lifecycle:
         self.metrics = metrics
         self.models = models
         self.provider = ""
+        self.cuda_graph = False  # config.cuda_graph where the provider resolved to CUDA
         self._lock = threading.RLock()
         self._seen: dict[tuple[str, int], tuple[object, ...]] = {}  # folder -> fingerprint at the last look
         self._failed: dict[tuple[str, int], str] = {}  # refused folders -> why
@@ -94,6 +97,9 @@ class Lifecycle:
             raise ModelLoadError(f"no models under {root}: expected {root}/<name>/step.onnx or "
                                  f"{root}/<name>/<version>/step.onnx (run `make export`)")
         self.provider = resolve_provider(self.config.provider, self.config.device_id, probe)
+        self.cuda_graph = self.config.cuda_graph and self.provider == "cuda"
+        if self.config.cuda_graph and not self.cuda_graph:  # auto chose CPU: serve, without graphs, and say so
+            log.warning("cuda_graph asked for, but the provider is %s: CUDA graphs are off", self.provider)
         with self._lock:
             for folder in folders:
                 self._try_load(folder)
@@ -164,7 +170,10 @@ class Lifecycle:
         c = self.config
         try:
             engine = Engine(folder.path, self.provider, c.device_id, c.intra_op_threads,
-                            initial_capacity=c.max_batch, lanes=c.max_batch, name=folder.name)
+                            initial_capacity=c.max_batch, lanes=c.max_batch, name=folder.name,
+                            buckets=c.buckets() if self.cuda_graph else (), cuda_graph=self.cuda_graph)
+        except CudaGraphError as err:
+            raise self._refuse(folder, "cuda_graph", f"{folder.path}: {err}") from err
         except ModelLoadError as err:
             raise self._refuse(folder, "contract", str(err)) from err
         except Exception as err:  # onnxruntime cannot read it: a corrupt or truncated file

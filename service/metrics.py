@@ -41,7 +41,8 @@ class Metrics:
         self.model_loads = Counter("ntm_model_loads", "Model versions loaded (at start, by the poller or by an admin "
                                    "call).", ["model"], registry=r)
         self.model_load_failures = Counter("ntm_model_load_failures", "Model version folders refused, by reason "
-                                           "(missing, contract, corrupt, conflict).", ["model", "reason"], registry=r)
+                                           "(missing, contract, corrupt, conflict, cuda_graph).", ["model", "reason"],
+                                           registry=r)
         self.model_unloads = Counter("ntm_model_unloads", "Model versions unloaded (how: drained or forced).",
                                      ["model", "how"], registry=r)
         self.model_versions = Gauge("ntm_model_versions", "Model versions served (also those being unloaded).",
