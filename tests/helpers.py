@@ -8,12 +8,16 @@ import shutil
 import socket
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from onnx_contract import GRAPH_FILES, META_CHECKPOINT, SEQUENCE_INPUTS, STATE_NAMES
 from service.config import ServiceConfig
 from service.ort_session import open_session
+
+if TYPE_CHECKING:
+    from service.engine import Engine
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL_FILES = (*GRAPH_FILES.values(), "checkpoint.pt", "config.json")
@@ -122,3 +126,24 @@ class Offline:
         with torch.no_grad():
             logits, *_ = model(torch.from_numpy(np.asarray(inputs, np.float32))[:, None])  # (T, 1, O)
         return torch.sigmoid(logits)[:, 0].numpy()
+
+
+def schedule(rng: np.random.Generator) -> list[list[int]]:
+    """Which of 32 sessions step in each engine call: growing, shrinking and churning, across the edges of the
+    batch buckets 4, 8, 16, 32 (tests of the CUDA-graph path, tests/test_service_buckets.py and _gpu.py)."""
+    sizes = [1, 2, 5, 8, 9, 17, 32, 30, 28, 20, 7, 3, 1, 12, 12, 31, 6]
+    return [sorted(rng.choice(32, n, replace=False).tolist()) for n in sizes]
+
+
+def run_schedule(engine: Engine, calls: list[list[int]], inputs: np.ndarray) -> tuple[dict[int, list], list[int]]:
+    """`calls` of `schedule` on 32 new sessions, inputs (calls, 32, I): every session's outputs in call order, and
+    the resident batch's size after each call."""
+    slots = [engine.new_row() for _ in range(32)]
+    outputs: dict[int, list[np.ndarray]] = {i: [] for i in range(32)}
+    sizes = []
+    for t, members in enumerate(calls):
+        result = engine.step(np.array([slots[i] for i in members], dtype=np.int64), inputs[t, members])
+        for i, row in zip(members, result.outputs, strict=True):
+            outputs[i].append(row)
+        sizes.append(engine._resident.size)
+    return outputs, sizes

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
-from helpers import bits, service_config
+from helpers import bits, run_schedule, schedule, service_config
 
 from service.buckets import ROW_MULTIPLE, bucket_rows, check_buckets, default_buckets, keeps, padded, parse_buckets
 from service.client import NTMClient
@@ -115,25 +115,6 @@ def test_a_bucket_whose_step_fails_is_reported_with_its_bucket(models_dir: Path)
     wrong = BucketSteps(session, (4, 8), wrong_shapes)
     with pytest.raises(CudaGraphError, match=r"step failed for batch bucket 4 \(gpu_graph_id 1/2\)"):
         wrong.capture()
-
-
-def schedule(rng: np.random.Generator) -> list[list[int]]:
-    """Which of 32 sessions step in each call: growing, shrinking and churning, across every bucket edge."""
-    sizes = [1, 2, 5, 8, 9, 17, 32, 30, 28, 20, 7, 3, 1, 12, 12, 31, 6]
-    return [sorted(rng.choice(32, n, replace=False).tolist()) for n in sizes]
-
-
-def run_schedule(engine: Engine, calls: list[list[int]], inputs: np.ndarray) -> tuple[dict[int, list], list[int]]:
-    """Every session's outputs, in call order, and the resident batch's size after each call."""
-    slots = [engine.new_row() for _ in range(32)]
-    outputs: dict[int, list[np.ndarray]] = {i: [] for i in range(32)}
-    sizes = []
-    for t, members in enumerate(calls):
-        result = engine.step(np.array([slots[i] for i in members], dtype=np.int64), inputs[t, members])
-        for i, row in zip(members, result.outputs, strict=True):
-            outputs[i].append(row)
-        sizes.append(engine._resident.size)
-    return outputs, sizes
 
 
 def test_engine_at_buckets_serves_the_plain_paths_numbers(models_dir: Path) -> None:
