@@ -4,7 +4,9 @@ Three ways to drive the exported NTM, from the plainest to the leanest:
 - `RunStep`: `session.run` with numpy in and out (what a first server would write);
 - `BoundStep`: the server's own stepping (`service.stepping.PingPong`): IOBinding over two preallocated
   state sets, A -> B then B -> A, so no step allocates or copies the state (on CUDA the state never leaves
-  the device); optionally under CUDA graphs, one captured graph per direction;
+  the device);
+- `BucketStep`: the server's CUDA-graph path (`service.cuda_graphs.BucketSteps`): the same, in the fixed
+  buffers of the batch's bucket (service/buckets.py), each direction a captured graph;
 - `SequenceRun`: the sequence graph, T steps per call.
 """
 
@@ -16,6 +18,8 @@ import numpy as np
 import onnxruntime as ort
 
 from onnx_contract import GRAPH_FILES, NEXT_STATE, STATE_NAMES
+from service.buckets import bucket_rows, padded
+from service.cuda_graphs import BucketSteps, open_graph_session
 from service.ort_session import ORT_DEFAULTS, ProviderUnavailable, SessionSettings, open_session
 from service.stepping import PingPong
 
@@ -26,10 +30,10 @@ DEFAULT = ORT_DEFAULTS
 
 
 def make_session(path: Path | bytes, settings: SessionSettings = DEFAULT, device: str = "cpu",
-                 cuda_graph: bool = False) -> ort.InferenceSession:
+                 options: ort.SessionOptions | None = None) -> ort.InferenceSession:
     """A session on `device`; raises when CUDA was asked for and did not really load."""
     try:
-        return open_session(path, device, settings, cuda_graph=cuda_graph)
+        return open_session(path, device, settings, options=options)
     except ProviderUnavailable as err:
         raise RuntimeError(str(err)) from err
 
@@ -67,24 +71,15 @@ class BoundStep:
     """The server's `PingPong` over two state sets on `device`, the input rows of `inputs` (T, B, I) cycled.
 
     The input rows are copied into the bound input tensor (a host-to-device copy on CUDA, of B x I floats);
-    nothing else moves. With CUDA graphs each direction is its own captured graph (run option gpu_graph_id),
-    since a captured graph always reads and writes the same addresses.
+    nothing else moves.
     """
 
     def __init__(self, sess: ort.InferenceSession, state: list[np.ndarray], inputs: np.ndarray,
-                 device: str = "cpu", graph_ids: tuple[int, int] | None = None) -> None:
+                 device: str = "cpu") -> None:
         self.inputs, self.t = inputs, 0
         self.fetch = device == "cuda"  # a server must bring the (B, O) outputs to the host every step
-
-        def value(array: np.ndarray) -> ort.OrtValue:  # always a buffer of its own (a CPU OrtValue shares numpy's)
-            return ort.OrtValue.ortvalue_from_numpy(np.array(array, dtype=np.float32, order="C"), device, 0)
-
-        run_options: list[ort.RunOptions | None] = [None, None]
-        for k, gid in enumerate(graph_ids or ()):
-            run_options[k] = ort.RunOptions()
-            run_options[k].add_run_config_entry("gpu_graph_id", str(gid))
-        self.buffers = PingPong(sess, [value(a) for a in state], [value(np.zeros_like(a)) for a in state], device,
-                                run_options=(run_options[0], run_options[1]))
+        self.buffers = PingPong(sess, [device_value(a, device) for a in state],
+                                [device_value(np.zeros_like(a), device) for a in state], device)
 
     def __call__(self) -> None:
         output = self.buffers.step(self.inputs[self.t % len(self.inputs)])
@@ -100,6 +95,50 @@ class BoundStep:
     def state(self) -> list[np.ndarray]:
         """The current state, copied to host numpy arrays."""
         return [np.array(v.numpy()) for v in self.buffers.state]  # copies: a CPU OrtValue's numpy() is a view
+
+
+def device_value(array: np.ndarray, device: str) -> ort.OrtValue:
+    """A float32 copy of `array` on `device` (always a buffer of its own: a CPU OrtValue would share numpy's)."""
+    return ort.OrtValue.ortvalue_from_numpy(np.array(array, dtype=np.float32, order="C"), device, 0)
+
+
+def bucket_steps(folder: Path, buckets: tuple[int, ...], device: str = "cuda", cuda_graph: bool = True,
+                 options: ort.SessionOptions | None = None) -> BucketSteps:
+    """The server's per-bucket buffers over the step graph of `folder`, made and captured (`BucketSteps.capture`),
+    every row starting from the initial state. `cuda_graph=False`: the same without graphs (the CPU's dry run)."""
+    path = folder / GRAPH_FILES["step"]
+    sess = (open_graph_session(str(path), 0, DEFAULT, options=options) if cuda_graph
+            else make_session(path, DEFAULT, device, options=options))
+    initial = initial_state(folder, 1)
+
+    def allocate(rows: int) -> list[ort.OrtValue]:
+        return [device_value(np.repeat(a, rows, axis=0), device) for a in initial]
+
+    steps = BucketSteps(sess, buckets, allocate, device, cuda_graph=cuda_graph)
+    steps.capture()  # steps every bucket: back to the initial state afterwards
+    for rows in buckets:
+        for value, a in zip(steps.buffers(rows).state, initial, strict=True):
+            value.update_inplace(np.ascontiguousarray(np.repeat(a, rows, axis=0)))
+    return steps
+
+
+class BucketStep:
+    """B sessions stepped the way the server steps them under CUDA graphs: in the fixed buffers of the smallest
+    bucket holding B (the padding rows step on zeros), the inputs (T, B, I) cycled, the (B, O) outputs fetched."""
+
+    def __init__(self, steps: BucketSteps, inputs: np.ndarray, device: str = "cuda") -> None:
+        rows = bucket_rows(padded(inputs.shape[1]), steps.buckets)
+        self.inputs = np.zeros((len(inputs), rows, inputs.shape[2]), dtype=np.float32)  # (T, bucket, I)
+        self.inputs[:, : inputs.shape[1]] = inputs
+        self.batch, self.t = inputs.shape[1], 0
+        self.buffers = steps.buffers(rows)
+        self.fetch = device == "cuda"
+
+    def __call__(self) -> None:
+        output = self.buffers.step(self.inputs[self.t % len(self.inputs)])
+        self.t += 1
+        if self.fetch:
+            output.numpy()[: self.batch]  # device -> host copy of the outputs (the replay synchronised already)
 
 
 class SequenceRun:

@@ -7,14 +7,26 @@ import json
 import os
 import resource
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from benchmarks import engine, procstat
+from benchmarks.launches import launches, per_step
 from benchmarks.models import ModelFolder, find_model, has_graphs
-from benchmarks.ort_engine import DEFAULT, BoundStep, RunStep, copy_task_inputs, initial_state, make_session
+from benchmarks.ort_engine import (
+    DEFAULT,
+    BoundStep,
+    BucketStep,
+    RunStep,
+    bucket_steps,
+    copy_task_inputs,
+    initial_state,
+    make_session,
+)
+from benchmarks.profiling import node_counts
 from benchmarks.timing import TimingPlan
 
 TINY = TimingPlan(rounds=1, round_s=0.002, warmup_calls=1, max_calls=20)
@@ -85,3 +97,28 @@ def test_procstat_agrees_with_the_kernels_other_counters() -> None:
     assert grown >= 48 * 2**20, f"RSS grew by {grown / 2**20:.1f} MiB after touching 64 MiB"
     assert procstat.rss_bytes(pid) <= resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 + 2**20
     del block
+
+
+def test_bucket_step_steps_what_bound_step_steps(model: ModelFolder) -> None:
+    """The CUDA-graph rows come from the server's bucketed path (service/cuda_graphs.py, here without capture on
+    CPU): its real rows step the state that the plain IOBinding runner steps, the padding rows aside."""
+    batch, steps = 5, 6
+    inputs = copy_task_inputs(np.random.default_rng(1), steps, batch, model.config["input_size"])
+    made = bucket_steps(model.path, (4, 8, 16), "cpu", cuda_graph=False)
+    bucketed = BucketStep(made, inputs, "cpu")
+    plain = BoundStep(make_session(model.graph("step"), DEFAULT), initial_state(model.path, batch), inputs)
+    assert bucketed.buffers.rows == 8  # 5 sessions: padded to 8, the smallest bucket holding them
+    for _ in range(steps):
+        bucketed()
+        plain()
+    np.testing.assert_allclose(bucketed.buffers.output.numpy()[:batch], plain.output.numpy(), atol=1e-6)
+
+
+def test_launches_are_the_nodes_onnxruntime_runs(model: ModelFolder) -> None:
+    """Counted by onnxruntime's profiler as the difference of two runs: on CPU, one node event per node of the
+    optimised step graph per step (what the CUDA column counts on a GPU, where a replay counts none)."""
+    counted = launches(model.path, 3, (4,), "cpu", cuda_graph=False, steps=4)
+    assert counted.nodes == {"CPUExecutionProvider": node_counts(model.graph("step"), DEFAULT)["optimised"]}
+    assert counted.kernels is None and not counted.replayed
+    assert counted.cell("CPUExecutionProvider", cuda_graph=False).endswith(" nodes")
+    assert per_step(Counter(a=10), Counter(a=10), 5).replayed  # no node in the added steps: replays
