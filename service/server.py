@@ -168,6 +168,7 @@ class Server:
         log.info("serving", extra={"port": self.port, "metrics_port": self.metrics_port, "models": sorted(self.models),
                                    "versions": [f"{m.spec.name}/{m.version}" for m in self.models.every()],
                                    "provider": self.lifecycle.provider, "batching": c.batching,
+                                   "cuda_graph_buckets": list(c.buckets()) if self.lifecycle.cuda_graph else None,
                                    "max_batch": c.max_batch, "auth": auth.enabled, "tls": tls,
                                    "mtls": c.tls_client_ca is not None, "health_port": self.health_port,
                                    "state_dir": str(c.state_dir) if c.state_dir else None,
