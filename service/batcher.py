@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from service.batch_frame import BatchFrame
 from service.engine import SequenceResult, StepResult
 from service.errors import ServiceError, internal
 from service.jobs import ControlJob, Job, Progress, StepJob, StepOutcome
@@ -59,6 +60,8 @@ class Batcher:
                                    on_depth=metrics.queue_depth.labels(self.model).set)
         self._progress: dict[StepJob, Progress] = {}  # requests started and not finished (batching on)
         self._free_lanes = list(range(max_batch - 1, -1, -1))  # backup rows, one per request in progress
+        self._frame: BatchFrame | None = None  # the requests of the last step call (batching on)
+        self._saving: list[Progress] = []  # requests of a new frame whose rows go to backup lanes before step 1
         self._thread = threading.Thread(target=self._loop, name=f"batcher-{self.model}", daemon=True)
 
     # --- called from other threads --------------------------------------------------------------------
@@ -128,13 +131,23 @@ class Batcher:
             self._progress[job] = progress
         return progress
 
+    def _reframe(self, batch: list[StepJob]) -> BatchFrame:
+        """A frame for a batch whose requests changed; requests new to the batch are started."""
+        progress = [self._started(job) for job in batch]
+        self._frame = BatchFrame(progress, self.engine.spec.output_size)
+        # Multi-step requests before their first step: their rows go to backup lanes first (atomicity).
+        self._saving = [p for p in progress if p.t == 0 and p.job.steps > 1]
+        return self._frame
+
     def _iterate(self, batch: list[StepJob]) -> None:
         """One onnxruntime step for every request in the batch."""
-        progress = [self._started(job) for job in batch]
-        saving = [p for p in progress if p.t == 0 and p.job.steps > 1]  # multi-step requests, before step 1
-        slots = np.fromiter((job.session.slot for job in batch), dtype=np.int64, count=len(batch))  # (B,)
-        x = np.stack([p.job.inputs[p.t] for p in progress])  # (B, I)
-        attention = any(job.attention for job in batch)
+        frame = self._frame
+        if frame is None or not frame.holds(batch):
+            if frame is not None:
+                frame.sync()  # requests joined: the ones in progress carry where they stand into the new frame
+            frame = self._reframe(batch)
+        saving, self._saving = self._saving, []
+        x = frame.inputs_now()  # (B, I)
         self._wake_callers()  # the event loop answers the finished requests while onnxruntime runs
         began = time.perf_counter()
         try:
@@ -142,21 +155,25 @@ class Batcher:
                 for p in saving:
                     p.lane = self._free_lanes.pop()
                 self.engine.save_rows([p.job.session.slot for p in saving], [p.lane for p in saving])
-            result = self.engine.step(slots, x, attention)
+            result = self.engine.step(frame.slots, x, frame.attention)
         except Exception as err:
             log.exception("model %s: step of %d sessions failed", self.model, len(batch))
+            frame.sync()
+            self._frame = None
             self._fail(batch, err)
             return
         self._observe(began, len(batch), len(batch))
-        for b, p in enumerate(progress):
-            p.record(result.outputs[b],
-                     None if result.read_weights is None else result.read_weights[b],
-                     None if result.write_weights is None else result.write_weights[b])
-        self.scheduler.carry([p.job for p in progress if not p.finished])
-        for p in progress:
-            if p.finished:
-                self._release(p)
-                self._complete(p.job, p.outputs, p.read_weights, p.write_weights)
+        finished = frame.record(result.outputs, result.read_weights, result.write_weights)
+        if not len(finished):
+            self.scheduler.carry(frame.jobs)
+            return
+        frame.sync()
+        self._frame = None  # the batch changes: the next step builds a new frame
+        self.scheduler.carry([p.job for p in frame.progress if not p.finished])
+        for b in finished.tolist():
+            p = frame.progress[b]
+            self._release(p)
+            self._complete(p.job, p.outputs, p.read_weights, p.write_weights)
 
     def _run_alone(self, job: StepJob) -> None:
         """Batching off: the whole request in one call."""

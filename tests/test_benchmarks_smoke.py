@@ -85,3 +85,20 @@ def test_procstat_agrees_with_the_kernels_other_counters() -> None:
     assert grown >= 48 * 2**20, f"RSS grew by {grown / 2**20:.1f} MiB after touching 64 MiB"
     assert procstat.rss_bytes(pid) <= resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 + 2**20
     del block
+
+
+def test_overhead_quick_runs_every_contender_and_writes_json(model: ModelFolder, tmp_path: Path) -> None:
+    """The server-against-engine benchmark (pinned when there are two cores): this tree's server, the echo
+    floor (both StreamSteps styles) and the in-process batcher all answer, and the JSON has every figure."""
+    from benchmarks import overhead
+
+    cores = os.sched_getaffinity(0)
+    assert overhead.main(["--quick", "--cells", "4x2", "--model", str(model.path), "--out", str(tmp_path)]) == 0
+    written = json.loads((tmp_path / "overhead.json").read_text())
+    assert set(written["results"]) == {"this tree", overhead.FLOOR, overhead.FLOOR_ITERATOR}
+    for rounds in written["results"].values():
+        assert rounds["4x2"][0]["steps_per_s"] > 0 and rounds["4x2"][0]["errors"] == 0
+    assert written["batcher_alone"]["4x2"]["steps_per_s"] > 0
+    assert written["bare_engine"]["4"]["cpu_us_per_step"] > 0
+    assert [t["cell"] for t in written["targets"]] == ["4x2"]
+    assert os.sched_getaffinity(0) == cores, "the benchmark must give the caller its cores back"
