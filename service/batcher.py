@@ -60,8 +60,8 @@ class Batcher:
                                    on_depth=metrics.queue_depth.labels(self.model).set)
         self._progress: dict[StepJob, Progress] = {}  # requests started and not finished (batching on)
         self._free_lanes = list(range(max_batch - 1, -1, -1))  # backup rows, one per request in progress
-        self._frame: BatchFrame | None = None  # the requests of the last step call (batching on)
-        self._saving: list[Progress] = []  # requests of a new frame whose rows go to backup lanes before step 1
+        # The requests of the step calls (batching on), laid out for the step: service/batch_frame.py.
+        self._frame = BatchFrame(engine.spec.input_size, engine.spec.output_size)
         self._thread = threading.Thread(target=self._loop, name=f"batcher-{self.model}", daemon=True)
 
     # --- called from other threads --------------------------------------------------------------------
@@ -131,22 +131,16 @@ class Batcher:
             self._progress[job] = progress
         return progress
 
-    def _reframe(self, batch: list[StepJob]) -> BatchFrame:
-        """A frame for a batch whose requests changed; requests new to the batch are started."""
-        progress = [self._started(job) for job in batch]
-        self._frame = BatchFrame(progress, self.engine.spec.output_size)
-        # Multi-step requests before their first step: their rows go to backup lanes first (atomicity).
-        self._saving = [p for p in progress if p.t == 0 and p.job.steps > 1]
-        return self._frame
-
     def _iterate(self, batch: list[StepJob]) -> None:
         """One onnxruntime step for every request in the batch."""
         frame = self._frame
-        if frame is None or not frame.holds(batch):
-            if frame is not None:
-                frame.sync()  # requests joined: the ones in progress carry where they stand into the new frame
-            frame = self._reframe(batch)
-        saving, self._saving = self._saving, []
+        if not frame.holds(batch):  # never after a normal step: the batch is the frame's requests, then joiners
+            frame.clear()
+        saving = []
+        if len(batch) > len(frame):
+            joining = [self._started(job) for job in batch[len(frame):]]
+            frame.add(joining)
+            saving = [p for p in joining if p.t == 0 and p.job.steps > 1]  # rows to backup lanes before step 1
         x = frame.inputs_now()  # (B, I)
         self._wake_callers()  # the event loop answers the finished requests while onnxruntime runs
         began = time.perf_counter()
@@ -158,20 +152,14 @@ class Batcher:
             result = self.engine.step(frame.slots, x, frame.attention)
         except Exception as err:
             log.exception("model %s: step of %d sessions failed", self.model, len(batch))
-            frame.sync()
-            self._frame = None
+            frame.clear()
             self._fail(batch, err)
             return
         self._observe(began, len(batch), len(batch))
         finished = frame.record(result.outputs, result.read_weights, result.write_weights)
-        if not len(finished):
-            self.scheduler.carry(frame.jobs)
-            return
-        frame.sync()
-        self._frame = None  # the batch changes: the next step builds a new frame
-        self.scheduler.carry([p.job for p in frame.progress if not p.finished])
-        for b in finished.tolist():
-            p = frame.progress[b]
+        leaving = frame.remove(finished) if len(finished) else []
+        self.scheduler.carry(frame.jobs)
+        for p in leaving:
             self._release(p)
             self._complete(p.job, p.outputs, p.read_weights, p.write_weights)
 

@@ -348,9 +348,9 @@ class NTMServicer(ntm_pb2_grpc.NTMServicer):
         return self._step_response(request, await future)
 
     async def StreamSteps(self, request_iterator: AsyncIterator[ntm_pb2.StepRequest], context: Any) -> None:
-        """Reads with `context.read()` in one task and writes with `context.write()` here: per message that
-        costs a third less of the server's CPU than the request iterator and an async generator
-        (benchmarks/echo_server.py, docs/performance.md)."""
+        """Reads with `context.read()` in one task (the reader) and writes with `context.write()` here, in each
+        session's request order; results reach the writer through the stream's queue straight from the
+        inbox's drain (no future per request)."""
         try:
             owner = self._owner(context)
         except ServiceError as err:

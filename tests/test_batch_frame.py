@@ -1,5 +1,5 @@
 """The batcher's frame (service/batch_frame.py): each request's inputs in order, its outputs in its own rows,
-finished requests found, and partial results carried into a rebuilt frame."""
+finished requests found and taken out, joiners appended, and results kept when the arena is renewed."""
 
 from __future__ import annotations
 
@@ -18,47 +18,59 @@ def _progress(slot: int, steps: int, attention: bool = False) -> Progress:
     return Progress.start(StepJob(session, inputs, attention, lambda result: None), 3, SHAPES)
 
 
-def _outputs(x: np.ndarray) -> np.ndarray:
+def _model(x: np.ndarray) -> np.ndarray:
     return np.repeat(x[:, :1], 3, axis=1)  # (B, O=3): a stand-in "model" whose output names its input
 
 
-def test_steps_gather_inputs_scatter_outputs_and_find_the_finished() -> None:
-    progress = [_progress(0, 1), _progress(1, 3), _progress(2, 2)]
-    frame = BatchFrame(progress, 3)
-    assert frame.slots.tolist() == [0, 1, 2] and not frame.slots.flags.writeable
-    x = frame.inputs_now()
-    np.testing.assert_array_equal(x, [p.job.inputs[0] for p in progress])
-    assert frame.record(_outputs(x), None, None).tolist() == [0]
-    frame.sync()
-    assert [p.t for p in progress] == [1, 1, 1] and progress[0].finished
-    np.testing.assert_array_equal(progress[0].outputs, [[0.0] * 3])
+def _step(frame: BatchFrame) -> list[int]:
+    """One step of the stand-in model; the finished requests leave. Returns their slots."""
+    finished = frame.record(_model(frame.inputs_now()), None, None)
+    return [p.job.session.slot for p in frame.remove(finished)] if len(finished) else []
 
-    # Request 0 leaves and request 3 joins: a new frame carries 1 and 2 where they stand.
-    rest = [progress[1], progress[2], _progress(3, 2)]
-    frame = BatchFrame(rest, 3)
-    assert not frame.holds([p.job for p in progress])
-    assert frame.holds([p.job for p in rest])
-    x = frame.inputs_now()
-    np.testing.assert_array_equal(x, [rest[0].job.inputs[1], rest[1].job.inputs[1], rest[2].job.inputs[0]])
-    assert frame.record(_outputs(x), None, None).tolist() == [1]
-    frame.sync()
-    frame = BatchFrame([rest[0], rest[2]], 3)  # request 2 has finished and leaves
-    x = frame.inputs_now()
-    assert frame.record(_outputs(x), None, None).tolist() == [0, 1]
-    frame.sync()
-    for p in rest:
+
+def test_requests_join_step_and_leave_with_every_output_in_order() -> None:
+    frame = BatchFrame(2, 3, rows=8)  # a small arena: it is renewed on the way
+    first = [_progress(0, 1), _progress(1, 3), _progress(2, 2)]
+    frame.add(first)
+    assert frame.slots.tolist() == [0, 1, 2] and not frame.slots.flags.writeable
+    np.testing.assert_array_equal(frame.inputs_now(), [p.job.inputs[0] for p in first])
+    assert _step(frame) == [0] and first[0].finished
+    assert frame.holds([p.job for p in first[1:]] + [_progress(9, 1).job])  # the rest, then any joiners
+    assert not frame.holds([p.job for p in first])
+
+    late = _progress(3, 4)  # 8 + 4 rows: the arena is renewed, partial outputs carried over
+    frame.add([late])
+    assert frame.slots.tolist() == [1, 2, 3]
+    np.testing.assert_array_equal(frame.inputs_now(), [first[1].job.inputs[1], first[2].job.inputs[1],
+                                                       late.job.inputs[0]])
+    assert _step(frame) == [2]
+    assert _step(frame) == [1]
+    assert _step(frame) == []
+    assert _step(frame) == [3] and len(frame) == 0
+    for p in [*first, late]:
         assert p.finished
-        np.testing.assert_array_equal(p.outputs, _outputs(p.job.inputs))  # every step's output, in order
+        np.testing.assert_array_equal(p.outputs, _model(p.job.inputs))  # every step's output, in order
 
 
 def test_attention_is_kept_for_the_requests_that_asked() -> None:
     asked, plain = _progress(0, 2, attention=True), _progress(1, 2)
-    frame = BatchFrame([asked, plain], 3)
+    frame = BatchFrame(2, 3)
+    frame.add([asked, plain])
+    assert frame.attention
     for step in range(2):
         reads = np.full((2, 1, 4), step, np.float32)  # (B, R, N)
-        frame.record(_outputs(frame.inputs_now()), reads, reads + 10)
-    frame.sync()
+        finished = frame.record(_model(frame.inputs_now()), reads, reads + 10)
+    frame.remove(finished)
     assert asked.read_weights is not None and asked.write_weights is not None
     np.testing.assert_array_equal(asked.read_weights[:, 0, 0], [0, 1])
     np.testing.assert_array_equal(asked.write_weights[:, 0, 0], [10, 11])
-    assert plain.read_weights is None and plain.write_weights is None
+    assert plain.read_weights is None and plain.write_weights is None and not frame.attention
+
+
+def test_clear_after_a_failure_leaves_each_request_where_it_stood() -> None:
+    a, b = _progress(0, 3), _progress(1, 3)
+    frame = BatchFrame(2, 3)
+    frame.add([a, b])
+    _step(frame)
+    frame.clear()
+    assert (a.t, b.t, len(frame)) == (1, 1, 0)
