@@ -17,10 +17,12 @@ from service.errors import invalid
 from service.proto_gen.ntm.v1 import ntm_pb2
 
 # `values` travels as packed little-endian float32 (proto3 packs repeated scalars): the bytes of a numpy array.
-# Going through the wire form moves them in one copy each way; the protobuf runtime's own conversions go float
-# by float through Python objects (3-5x slower for a 20-step message, far more for attention or a state).
+# Building a Tensor from its wire form moves them in one copy; extending `values` goes float by float through
+# Python objects: 4x slower for a 20-step message's outputs, 15-70x for attention or a state (measured,
+# docs/performance.md). Reading needs no such help: the runtime hands `values` to numpy in one piece.
 _FLOAT32 = np.dtype("<f4")
 _VALUES_TAG = 0x12  # field 2, length-delimited
+_SHAPE_TAG = 0x0A  # field 1, length-delimited (packed)
 
 
 def _varint(n: int) -> bytes:
@@ -32,23 +34,11 @@ def _varint(n: int) -> bytes:
     return bytes(out)
 
 
-def _read_varint(buf: bytes, i: int) -> tuple[int, int]:
-    """(value, index after it) of the base-128 varint at buf[i]."""
-    value = shift = 0
-    while True:
-        byte = buf[i]
-        i += 1
-        value |= (byte & 0x7F) << shift
-        shift += 7
-        if byte < 0x80:
-            return value, i
-
-
 @functools.lru_cache(maxsize=1024)
 def _shape_field(shape: tuple[int, ...]) -> bytes:
     """Wire bytes of `Tensor.shape` (field 1, packed varints); none for a scalar."""
     body = b"".join(_varint(d) for d in shape)
-    return b"\x0a" + _varint(len(body)) + body if shape else b""
+    return bytes((_SHAPE_TAG,)) + _varint(len(body)) + body if shape else b""
 
 
 def to_tensor(array: np.ndarray) -> ntm_pb2.Tensor:
@@ -59,20 +49,6 @@ def to_tensor(array: np.ndarray) -> ntm_pb2.Tensor:
     return ntm_pb2.Tensor.FromString(_shape_field(array.shape) + values)
 
 
-def _values(tensor: ntm_pb2.Tensor, shape: tuple[int, ...]) -> np.ndarray:
-    """`tensor.values` as a float32 array. Its wire form is the shape field, then the values field (what the
-    serializer writes for a Tensor without unknown fields): read the floats from there; anything else
-    goes through the protobuf runtime."""
-    buf = tensor.SerializeToString()
-    head = _shape_field(shape)
-    at = len(head)
-    if buf.startswith(head) and at < len(buf) and buf[at] == _VALUES_TAG:
-        length, start = _read_varint(buf, at + 1)
-        if start + length == len(buf):
-            return np.frombuffer(buf, dtype=_FLOAT32, count=length // 4, offset=start).astype(np.float32)
-    return np.asarray(tensor.values, dtype=np.float32)
-
-
 def to_array(tensor: ntm_pb2.Tensor, what: str) -> np.ndarray:
     """The tensor as float32 of its declared shape; the shape must match the number of values."""
     shape = tuple(tensor.shape)
@@ -81,7 +57,7 @@ def to_array(tensor: ntm_pb2.Tensor, what: str) -> np.ndarray:
     size = math.prod(shape)
     if size != len(tensor.values):
         raise invalid(f"{what}: shape {list(shape)} needs {size} values, got {len(tensor.values)}")
-    return _values(tensor, shape).reshape(shape)
+    return np.asarray(tensor.values, dtype=np.float32).reshape(shape)  # already fast: no wire-form reading
 
 
 def _finite(array: np.ndarray, what: str) -> None:
