@@ -15,10 +15,13 @@ import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 from prometheus_client.parser import text_string_to_metric_families
 
+from benchmarks.loadgen import LoadSpec, run_load
+from benchmarks.procstat import cpu_seconds
 from service.proto_gen.ntm.v1 import ntm_pb2, ntm_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -66,17 +69,31 @@ class ServerProcess:
                 self.proc.wait(10)
 
 
+def pin_here(cores: set[int] | None) -> None:
+    """Pin this process (and the threads it starts from now on) to `cores`; None: leave it as it is."""
+    if cores is not None:
+        os.sched_setaffinity(0, cores)
+
+
+def split_cores() -> tuple[set[int], set[int]] | None:
+    """(load generator cores, server cores) for a pinned run: the first core, the rest; None on one core."""
+    cores = sorted(os.sched_getaffinity(0))
+    return ({cores[0]}, set(cores[1:])) if len(cores) > 1 else None
+
+
 def start_server(models_dir: Path, extra: Sequence[str] = (), ready_timeout: float = 120.0,
-                 tree: Path = REPO) -> ServerProcess:
+                 tree: Path = REPO, cores: set[int] | None = None, module: str = "service") -> ServerProcess:
     """Start the server (the `service` package of source tree `tree`) on free loopback ports and wait until
-    ListModels answers."""
+    ListModels answers. `cores`: pin the server process (every thread it starts) to these CPUs; `module`: what
+    runs (`benchmarks.echo_server`: the same contract without a model)."""
     port, metrics_port = free_port(), free_port()
     log_file = Path(tempfile.mkstemp(prefix="ntm-bench-server-", suffix=".log")[1])
-    cmd = [sys.executable, "-m", "service", "--models", str(models_dir), "--host", HOST, "--port", str(port),
+    cmd = [sys.executable, "-m", *module.split(), "--models", str(models_dir), "--host", HOST, "--port", str(port),
            "--metrics-host", HOST, "--metrics-port", str(metrics_port), "--log-level", "WARNING", *extra]
     env = {**os.environ, "PYTHONPATH": str(tree) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     with log_file.open("wb") as out:
-        proc = subprocess.Popen(cmd, cwd=tree, env=env, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, cwd=tree, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                preexec_fn=(lambda: pin_here(cores)) if cores is not None else None)
     server = ServerProcess(proc, port, metrics_port, log_file)
     deadline = time.monotonic() + ready_timeout
     with grpc.insecure_channel(server.target) as channel:
@@ -95,8 +112,9 @@ def start_server(models_dir: Path, extra: Sequence[str] = (), ready_timeout: flo
 
 
 @contextlib.contextmanager
-def running_server(models_dir: Path, extra: Sequence[str] = ()) -> Iterator[ServerProcess]:
-    server = start_server(models_dir, extra)
+def running_server(models_dir: Path, extra: Sequence[str] = (), cores: set[int] | None = None
+                   ) -> Iterator[ServerProcess]:
+    server = start_server(models_dir, extra, cores=cores)
     try:
         yield server
     finally:
@@ -118,3 +136,27 @@ def scrape(metrics_port: int) -> dict[str, float]:
 def metric_sum(samples: dict[str, float], name: str) -> float:
     """Sum of a metric over all its label sets (e.g. every model), ignoring histogram buckets."""
     return sum(v for k, v in samples.items() if k.split("{", 1)[0] == name)
+
+
+def measure_cell(server: ServerProcess, model: str, input_size: int, spec: LoadSpec) -> dict[str, float]:
+    """One load cell against `server`: session-steps/s, latency, mean batch and the server's CPU per
+    session-step over the measured window (from /proc and its own metrics)."""
+    state: dict[str, Any] = {}
+
+    def start() -> None:
+        state.update(wall=time.perf_counter(), cpu=cpu_seconds(server.pid), metrics=scrape(server.metrics_port))
+
+    def end(_: None) -> dict[str, float]:
+        wall = time.perf_counter() - state["wall"]
+        m, before = scrape(server.metrics_port), state["metrics"]
+        calls = metric_sum(m, "ntm_batch_size_count") - metric_sum(before, "ntm_batch_size_count")
+        rows = metric_sum(m, "ntm_batch_size_sum") - metric_sum(before, "ntm_batch_size_sum")
+        return {"server_cores": (cpu_seconds(server.pid) - state["cpu"]) / wall,
+                "mean_batch": rows / calls if calls else 0.0}
+
+    r = run_load(server.target, model, input_size, spec, start, end)
+    cores = r.window_hooks["server_cores"]
+    return {"steps_per_s": r.steps_per_s, "p50_ms": r.percentile(50) * 1e3, "p99_ms": r.percentile(99) * 1e3,
+            "mean_batch": r.window_hooks["mean_batch"],
+            "server_cpu_us_per_step": cores / r.steps_per_s * 1e6 if r.steps_per_s else float("nan"),
+            "errors": r.errors}

@@ -12,44 +12,17 @@ import argparse
 import contextlib
 import logging
 import statistics
-import time
 from pathlib import Path
-from typing import Any
 
 from benchmarks import machine
-from benchmarks.loadgen import LoadSpec, run_load
+from benchmarks.loadgen import LoadSpec
 from benchmarks.models import find_model, single_model_dir
-from benchmarks.procstat import cpu_seconds
 from benchmarks.report import Table, fmt_rate, write_result
-from benchmarks.server import REPO, ServerProcess, metric_sum, scrape, start_server
+from benchmarks.server import REPO, measure_cell, pin_here, split_cores, start_server
 
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 256  # as in benchmarks/service_bench.py
-
-
-def _hooks(server: ServerProcess) -> tuple[Any, Any]:
-    def start() -> dict[str, Any]:
-        return {"wall": time.perf_counter(), "cpu": cpu_seconds(server.pid), "metrics": scrape(server.metrics_port)}
-
-    def end(s: dict[str, Any]) -> dict[str, Any]:
-        wall = time.perf_counter() - s["wall"]
-        m = scrape(server.metrics_port)
-        calls = metric_sum(m, "ntm_batch_size_count") - metric_sum(s["metrics"], "ntm_batch_size_count")
-        rows = metric_sum(m, "ntm_batch_size_sum") - metric_sum(s["metrics"], "ntm_batch_size_sum")
-        return {"server_cores": (cpu_seconds(server.pid) - s["cpu"]) / wall, "mean_batch": rows / calls if calls else 0}
-
-    return start, end
-
-
-def _cell(server: ServerProcess, model: str, input_size: int, spec: LoadSpec) -> dict[str, float]:
-    start, end = _hooks(server)
-    r = run_load(server.target, model, input_size, spec, start, end)
-    cores = r.window_hooks["server_cores"]
-    return {"steps_per_s": r.steps_per_s, "p50_ms": r.percentile(50) * 1e3, "p99_ms": r.percentile(99) * 1e3,
-            "mean_batch": r.window_hooks["mean_batch"],
-            "server_cpu_us_per_step": cores / r.steps_per_s * 1e6 if r.steps_per_s else float("nan"),
-            "errors": r.errors}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,6 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cells", default="64x20,64x1,8x1,1x20,256x20", help="SESSIONSxSTEPS, comma separated")
     parser.add_argument("--window", type=float, default=3.0, help="measured seconds per cell and round")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--pin", action="store_true",
+                        help="load generator on the first core, both servers on the others (benchmarks.overhead)")
     parser.add_argument("--model", type=Path, default=None)
     parser.add_argument("--models-dir", type=Path, default=Path("models"))
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
@@ -68,18 +43,21 @@ def main(argv: list[str] | None = None) -> int:
     cells = [tuple(int(v) for v in c.split("x")) for c in args.cells.split(",")]
     trees = {"baseline": args.baseline.resolve(), "this tree": REPO}
     extra = ("--max-batch", str(MAX_BATCH))
+    split = split_cores() if args.pin else None
+    client_cores, server_cores = split if split else (None, None)
+    pin_here(client_cores)
     load_before = machine.load_average()
     results: dict[str, dict[str, list[dict[str, float]]]] = {name: {} for name in trees}
     with contextlib.ExitStack() as stack:
         servers = {}
         for name, tree in trees.items():
-            servers[name] = start_server(models_dir, extra, tree=tree)
+            servers[name] = start_server(models_dir, extra, tree=tree, cores=server_cores)
             stack.callback(servers[name].stop)
         for sessions, steps in cells:
             spec = LoadSpec(sessions, steps, 0.5, args.window, 100_000)
             for _ in range(args.rounds):
                 for name, server in servers.items():
-                    got = _cell(server, model.path.name, model.config["input_size"], spec)
+                    got = measure_cell(server, model.path.name, model.config["input_size"], spec)
                     results[name].setdefault(f"{sessions}x{steps}", []).append(got)
     note = machine.load_note(load_before, machine.load_average())
     table = Table("Service A/B: baseline tree against this tree (side by side, median of rounds)",
@@ -93,7 +71,9 @@ def main(argv: list[str] | None = None) -> int:
                       f"{med['p99_ms']:.2f}", f"{med['mean_batch']:.1f}", f"{med['server_cpu_us_per_step']:.1f}",
                       int(sum(r["errors"] for r in rounds)))
     table.notes = [f"baseline: {trees['baseline']}; this tree: {REPO}; both `python -m service --max-batch "
-                   f"{MAX_BATCH}`, running at once; {args.rounds} rounds of {args.window:g} s per cell and server",
+                   f"{MAX_BATCH}`, running at once; {args.rounds} rounds of {args.window:g} s per cell and server; "
+                   + (f"pinned: load generator on {sorted(client_cores)}, servers on {sorted(server_cores)}"
+                      if split else "not pinned"),
                    note]
     print(table.markdown())
     write_result(args.out, "service_ab", {"benchmark": "service_ab", "machine": machine.describe(),

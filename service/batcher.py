@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from service.batch_frame import BatchFrame
 from service.engine import SequenceResult, StepResult
 from service.errors import ServiceError, internal
 from service.jobs import ControlJob, Job, Progress, StepJob, StepOutcome
@@ -59,6 +60,8 @@ class Batcher:
                                    on_depth=metrics.queue_depth.labels(self.model).set)
         self._progress: dict[StepJob, Progress] = {}  # requests started and not finished (batching on)
         self._free_lanes = list(range(max_batch - 1, -1, -1))  # backup rows, one per request in progress
+        # The requests of the step calls (batching on), laid out for the step: service/batch_frame.py.
+        self._frame = BatchFrame(engine.spec.input_size, engine.spec.output_size)
         self._thread = threading.Thread(target=self._loop, name=f"batcher-{self.model}", daemon=True)
 
     # --- called from other threads --------------------------------------------------------------------
@@ -130,11 +133,15 @@ class Batcher:
 
     def _iterate(self, batch: list[StepJob]) -> None:
         """One onnxruntime step for every request in the batch."""
-        progress = [self._started(job) for job in batch]
-        saving = [p for p in progress if p.t == 0 and p.job.steps > 1]  # multi-step requests, before step 1
-        slots = np.fromiter((job.session.slot for job in batch), dtype=np.int64, count=len(batch))  # (B,)
-        x = np.stack([p.job.inputs[p.t] for p in progress])  # (B, I)
-        attention = any(job.attention for job in batch)
+        frame = self._frame
+        if not frame.holds(batch):  # never after a normal step: the batch is the frame's requests, then joiners
+            frame.clear()
+        saving = []
+        if len(batch) > len(frame):
+            joining = [self._started(job) for job in batch[len(frame):]]
+            frame.add(joining)
+            saving = [p for p in joining if p.t == 0 and p.job.steps > 1]  # rows to backup lanes before step 1
+        x = frame.inputs_now()  # (B, I)
         self._wake_callers()  # the event loop answers the finished requests while onnxruntime runs
         began = time.perf_counter()
         try:
@@ -142,21 +149,19 @@ class Batcher:
                 for p in saving:
                     p.lane = self._free_lanes.pop()
                 self.engine.save_rows([p.job.session.slot for p in saving], [p.lane for p in saving])
-            result = self.engine.step(slots, x, attention)
+            result = self.engine.step(frame.slots, x, frame.attention)
         except Exception as err:
             log.exception("model %s: step of %d sessions failed", self.model, len(batch))
+            frame.clear()
             self._fail(batch, err)
             return
         self._observe(began, len(batch), len(batch))
-        for b, p in enumerate(progress):
-            p.record(result.outputs[b],
-                     None if result.read_weights is None else result.read_weights[b],
-                     None if result.write_weights is None else result.write_weights[b])
-        self.scheduler.carry([p.job for p in progress if not p.finished])
-        for p in progress:
-            if p.finished:
-                self._release(p)
-                self._complete(p.job, p.outputs, p.read_weights, p.write_weights)
+        finished = frame.record(result.outputs, result.read_weights, result.write_weights)
+        leaving = frame.remove(finished) if len(finished) else []
+        self.scheduler.carry(frame.jobs)
+        for p in leaving:
+            self._release(p)
+            self._complete(p.job, p.outputs, p.read_weights, p.write_weights)
 
     def _run_alone(self, job: StepJob) -> None:
         """Batching off: the whole request in one call."""

@@ -204,6 +204,8 @@ class Engine:
         # Rows that pad a batch to a multiple of ROW_MULTIPLE: they run blank steps, their results unused.
         self._resident: _Resident | None = None
         self._buffers: PingPong | None = None  # reused while the padded batch size is unchanged
+        # The last placement of a read-only slots array: (slots, resident, positions (B,), dense); see _positions.
+        self._placed: tuple[np.ndarray, _Resident, np.ndarray, bool] | None = None
         self._scratch = np.array([self.new_row() for _ in range(ROW_MULTIPLE - 1)], dtype=np.int64)
         self._buckets = buckets
         self._fixed: BucketSteps | None = None  # with buckets: every bucket's buffers, made (and captured) now
@@ -249,6 +251,7 @@ class Engine:
     def flush(self) -> None:
         """Write the resident sessions' state back to their pool rows; the pool is then the whole truth."""
         resident, self._resident = self._resident, None
+        self._placed = None
         if resident is not None and resident.where:
             self.pool.copy_rows(resident.buffers.state, self.pool.tensors, list(resident.where.values()),
                                 list(resident.where))
@@ -272,6 +275,7 @@ class Engine:
         pad = np.resize(self._scratch, size - len(slots))  # the scratch rows, repeated when a bucket needs more
         rows = np.concatenate([np.asarray(slots, dtype=np.int64), pad])
         self.pool.gather(rows, out=self._buffers.state)
+        self._placed = None
         self._resident = _Resident(dict(zip(slots, range(len(slots)), strict=True)),
                                    list(range(size - 1, len(slots) - 1, -1)), self._buffers)
         return self._resident
@@ -283,6 +287,7 @@ class Engine:
         need = len(slots) + (-len(slots) % ROW_MULTIPLE)
         if resident is None or not keeps(resident.size, need, self._buckets):
             return self._rebuild(slots)
+        self._placed = None  # positions move below
         members = set(slots)
         leaving = [s for s in resident.where if s not in members]
         if leaving:
@@ -296,14 +301,29 @@ class Engine:
             resident.where.update(zip(joining, positions, strict=True))
         return resident
 
-    def step(self, slots: np.ndarray, x: np.ndarray, attention: bool = False) -> StepResult:
-        """One time step of B sessions: slots (B,) int64 (distinct), x (B, I) float32. Advances their state."""
+    def _positions(self, slots: np.ndarray) -> tuple[_Resident, np.ndarray, bool]:
+        """The resident batch holding `slots`, their positions in it (B,), and whether those are exactly
+        0..B-1 of B rows (no holes: the inputs go in as they are). A read-only `slots` array that was placed
+        last time, with nothing moved since, is not placed again (the batcher steps one frame many times)."""
+        cached = self._placed
+        if cached is not None and cached[0] is slots and cached[1] is self._resident:
+            return cached[1], cached[2], cached[3]
         rows = slots.tolist()
         resident = self._place(rows)
         where = resident.where
         positions = np.fromiter((where[s] for s in rows), dtype=np.int64, count=len(rows))  # (B,)
-        padded = np.zeros((resident.size, x.shape[1]), dtype=np.float32)  # (P, I): holes step on zeros
-        padded[positions] = x
+        dense = resident.size == len(rows) and bool((positions == np.arange(len(rows))).all())
+        self._placed = (slots, resident, positions, dense) if not slots.flags.writeable else None
+        return resident, positions, dense
+
+    def step(self, slots: np.ndarray, x: np.ndarray, attention: bool = False) -> StepResult:
+        """One time step of B sessions: slots (B,) int64 (distinct), x (B, I) float32. Advances their state."""
+        resident, positions, dense = self._positions(slots)
+        if dense:
+            padded = x  # (P, I) = (B, I)
+        else:
+            padded = np.zeros((resident.size, x.shape[1]), dtype=np.float32)  # (P, I): holes step on zeros
+            padded[positions] = x
         buffers = resident.buffers
         outputs = buffers.step(padded)  # on failure the current state is untouched: nothing was applied
         # Fancy indexing copies: the buffers are overwritten by later steps.

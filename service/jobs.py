@@ -47,7 +47,8 @@ Job = StepJob | ControlJob
 
 @dataclass(eq=False)
 class Progress:
-    """A step request the batcher has started: its outputs so far and where it stands."""
+    """A step request the batcher has started: its outputs so far and where it stands. While it is in the batch,
+    its arrays are views of its rows in the batch frame (service/batch_frame.py), which also keeps its `t`."""
 
     job: StepJob
     outputs: np.ndarray  # (T, O)
@@ -67,15 +68,6 @@ class Progress:
     @property
     def finished(self) -> bool:
         return self.t == self.job.steps
-
-    def record(self, output: np.ndarray, read: np.ndarray | None, write: np.ndarray | None) -> None:
-        """One step's results for this request: output (O,), the heads' weightings (R|W, N) when asked."""
-        self.outputs[self.t] = output
-        if self.read_weights is not None and read is not None:
-            self.read_weights[self.t] = read
-        if self.write_weights is not None and write is not None:
-            self.write_weights[self.t] = write
-        self.t += 1
 
 
 @dataclass(frozen=True)

@@ -85,6 +85,7 @@ class Scheduler:
         self._active: list[StepJob] = []  # requests in the middle of their steps (they keep their place)
         self._queued = 0  # jobs waiting or running
         self._previous: set[str] = set()  # session ids of the last batch
+        self._previous_batch: list[StepJob] = []  # the last batch itself (its ids are recomputed when it changes)
         self._returned = 0  # how many of them are in _ready again
         self._stopping = False
 
@@ -128,7 +129,9 @@ class Scheduler:
                 self._wait_for_batch()
             plan = take(self._ready, self._queues, self._active, self.max_batch)
             if plan.batch:
-                self._previous = {job.session.id for job in plan.batch}
+                if plan.batch != self._previous_batch:  # StepJobs compare by identity: a C loop, no Python per job
+                    self._previous_batch = plan.batch
+                    self._previous = {job.session.id for job in plan.batch}
                 self._returned = 0  # none of them is in _ready now: a session is in one place at a time
             return plan
 

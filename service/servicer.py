@@ -52,23 +52,28 @@ def _settle(future: asyncio.Future[Any], result: Any) -> None:
 
 
 class LoopInbox:
-    """Settles futures of one event loop from the batcher threads with one loop wake-up per burst (a
-    batch of 64 finished requests costs one `call_soon_threadsafe`, not 64)."""
+    """Runs callbacks on one event loop for the batcher threads, with one loop wake-up per burst (a batch of 64
+    finished requests costs one `call_soon_threadsafe`, not 64), and no future in between for stream requests
+    (a callback runs straight from the drain, not one loop iteration later as a future's callbacks do)."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._lock = threading.Lock()
-        self._items: deque[tuple[asyncio.Future[Any], Any]] = deque()
+        self._items: deque[tuple[Callable[[Any], None], Any]] = deque()
         self._scheduled = False
+
+    def callback(self, on_result: Callable[[Any], None]) -> Done:
+        """A thread-safe callback that runs `on_result(result)` on the loop."""
+        return functools.partial(self._put, on_result)
 
     def future(self) -> tuple[asyncio.Future[Any], Done]:
         """A future of the loop and a thread-safe callback that settles it."""
         future: asyncio.Future[Any] = self._loop.create_future()
-        return future, functools.partial(self._put, future)
+        return future, self.callback(functools.partial(_settle, future))
 
-    def _put(self, future: asyncio.Future[Any], result: Any) -> None:
+    def _put(self, on_result: Callable[[Any], None], result: Any) -> None:
         with self._lock:
-            self._items.append((future, result))
+            self._items.append((on_result, result))
             if self._scheduled:
                 return
             self._scheduled = True
@@ -82,8 +87,11 @@ class LoopInbox:
         with self._lock:
             items, self._items = self._items, deque()
             self._scheduled = False
-        for future, result in items:
-            _settle(future, result)
+        for on_result, result in items:
+            try:
+                on_result(result)
+            except Exception:  # one caller's bug must not cost the others their answers
+                log.exception("delivering a result on the event loop failed")
 
 
 def model_info(model: ServedModel, unloading: bool = False) -> ntm_pb2.ModelInfo:
@@ -227,18 +235,21 @@ class NTMServicer(ntm_pb2_grpc.NTMServicer):
             message.tensors[name].CopyFrom(to_tensor(array))
         return message
 
-    def _submit_step(self, request: ntm_pb2.StepRequest, owner: str, rpc: str) -> asyncio.Future[Any]:
-        """Validate a step request and queue it; the future settles with a StepOutcome or a ServiceError."""
+    def _submit_step(self, request: ntm_pb2.StepRequest, owner: str, rpc: str,
+                     on_result: Callable[[Any], None]) -> None:
+        """Validate a step request and queue it; `on_result` runs on the event loop with a StepOutcome or a
+        ServiceError. A refused request raises its ServiceError here and queues nothing."""
         if len(request.request_id) > MAX_REQUEST_ID_CHARS:
             raise invalid(f"request_id has {len(request.request_id)} characters, more than {MAX_REQUEST_ID_CHARS}")
         try:
-            return self._queue_step(request, owner, rpc)
+            self._queue_step(request, owner, rpc, on_result)
         except ServiceError as err:  # replica mode: dropped between its take-over and now (a failed commit)
             if self.cluster is not None and err.code == grpc.StatusCode.NOT_FOUND:
                 raise self.cluster.moved(request.session_id) from err
             raise
 
-    def _queue_step(self, request: ntm_pb2.StepRequest, owner: str, rpc: str) -> asyncio.Future[Any]:
+    def _queue_step(self, request: ntm_pb2.StepRequest, owner: str, rpc: str,
+                    on_result: Callable[[Any], None]) -> None:
         session = self.registry.get(request.session_id, owner)
         model = self._served(session)
         if not request.HasField("inputs"):
@@ -247,14 +258,14 @@ class NTMServicer(ntm_pb2_grpc.NTMServicer):
         expect = request.expect_steps if request.HasField("expect_steps") else None
         if expect is not None and expect < 0:
             raise invalid(f"expect_steps must be >= 0, got {expect}")
-        future, settle = self.inbox.future()
+        post = self.inbox.callback(on_result)
         began = time.perf_counter()
         latency, requests = self._step_metrics(session.model, rpc)
 
         def done(result: Any) -> None:
             latency.observe(time.perf_counter() - began)
             requests.inc()
-            settle(result)
+            post(result)
 
         def make(s: SessionRecord, d: Done) -> StepJob:
             return StepJob(s, inputs, request.return_attention, d, expect)
@@ -262,7 +273,6 @@ class NTMServicer(ntm_pb2_grpc.NTMServicer):
         if self.cluster is not None:
             make = self.cluster.committing(make, request.request_id)  # type: ignore[assignment]
         self.registry.submit(request.session_id, owner, make, done)
-        return future
 
     @staticmethod
     def _step_response(request: ntm_pb2.StepRequest, outcome: StepOutcome) -> ntm_pb2.StepResponse:
@@ -333,11 +343,14 @@ class NTMServicer(ntm_pb2_grpc.NTMServicer):
             replay = await self.cluster.prepare_step(request, owner)
             if replay is not None:
                 return self._step_response(request, replay)
-        outcome = await self._submit_step(request, owner, "Step")
-        return self._step_response(request, outcome)
+        future: asyncio.Future[StepOutcome] = asyncio.get_running_loop().create_future()
+        self._submit_step(request, owner, "Step", functools.partial(_settle, future))
+        return self._step_response(request, await future)
 
-    async def StreamSteps(self, request_iterator: AsyncIterator[ntm_pb2.StepRequest],
-                          context: Any) -> AsyncIterator[ntm_pb2.StepResponse]:
+    async def StreamSteps(self, request_iterator: AsyncIterator[ntm_pb2.StepRequest], context: Any) -> None:
+        """Reads with `context.read()` in one task (the reader) and writes with `context.write()` here, in each
+        session's request order; results reach the writer through the stream's queue straight from the
+        inbox's drain (no future per request)."""
         try:
             owner = self._owner(context)
         except ServiceError as err:
@@ -345,7 +358,7 @@ class NTMServicer(ntm_pb2_grpc.NTMServicer):
             await context.abort(err.code, err.message)
         order = _StreamOrder()
         window = asyncio.Semaphore(self.config.stream_window)
-        reader = asyncio.create_task(self._read_stream(request_iterator, owner, order, window))
+        reader = asyncio.create_task(self._read_stream(context, owner, order, window))
         self._streams.add(reader)
         reader.add_done_callback(self._streams.discard)
         reading = True
@@ -357,7 +370,7 @@ class NTMServicer(ntm_pb2_grpc.NTMServicer):
                     continue
                 order.outstanding -= 1
                 window.release()
-                yield item
+                await context.write(item)
             if reader.cancelled() and self.cluster is not None:  # drain(): answered all it read; go elsewhere
                 await context.abort(grpc.StatusCode.UNAVAILABLE, "replica draining: reopen the stream (the proxy "
                                     "routes it to another replica) and resend the unanswered requests")
@@ -365,10 +378,12 @@ class NTMServicer(ntm_pb2_grpc.NTMServicer):
         finally:
             reader.cancel()
 
-    async def _read_stream(self, requests: AsyncIterator[ntm_pb2.StepRequest], owner: str, order: _StreamOrder,
-                           window: asyncio.Semaphore) -> None:
+    async def _read_stream(self, context: Any, owner: str, order: _StreamOrder, window: asyncio.Semaphore) -> None:
         try:
-            async for request in requests:
+            while True:
+                request = await context.read()
+                if request is grpc.aio.EOF:
+                    return
                 await window.acquire()
                 if isinstance(request, Malformed):  # answered, and the stream goes on
                     err = invalid(request.message)
@@ -391,29 +406,26 @@ class NTMServicer(ntm_pb2_grpc.NTMServicer):
                     order.fill(request.session_id, cell, self._step_response(request, replay))
                     continue
                 try:
-                    future = self._submit_step(request, owner, "StreamSteps")
+                    self._submit_step(request, owner, "StreamSteps",
+                                      functools.partial(self._stream_done, order, cell, request))
                 except ServiceError as err:
                     self._count_error("StreamSteps", err)
                     order.fill(request.session_id, cell, self._error_response(request, err))
-                    continue
                 except Exception as err:  # a bug must not end the stream of the other sessions
                     log.exception("StreamSteps: request failed")
                     order.fill(request.session_id, cell, self._error_response(request, internal(str(err))))
-                    continue
-                future.add_done_callback(functools.partial(self._stream_done, order, cell, request))
         finally:
             order.out.put_nowait(_READ_DONE)
 
-    def _stream_done(self, order: _StreamOrder, cell: list[Any], request: ntm_pb2.StepRequest,
-                     future: asyncio.Future[Any]) -> None:
-        error = future.exception()
-        if isinstance(error, ServiceError):
-            self._count_error("StreamSteps", error)
-            response = self._error_response(request, error)
-        elif error is not None:
-            response = self._error_response(request, internal(str(error)))
+    def _stream_done(self, order: _StreamOrder, cell: list[Any], request: ntm_pb2.StepRequest, result: Any) -> None:
+        """On the event loop: a stream request's result (StepOutcome or an error) into its place in the line."""
+        if isinstance(result, ServiceError):
+            self._count_error("StreamSteps", result)
+            response = self._error_response(request, result)
+        elif isinstance(result, BaseException):
+            response = self._error_response(request, internal(str(result)))
         else:
-            response = self._step_response(request, future.result())
+            response = self._step_response(request, result)
         order.fill(request.session_id, cell, response)
 
     @_unary

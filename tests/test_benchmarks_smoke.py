@@ -122,3 +122,20 @@ def test_launches_are_the_nodes_onnxruntime_runs(model: ModelFolder) -> None:
     assert counted.kernels is None and not counted.replayed
     assert counted.cell("CPUExecutionProvider", cuda_graph=False).endswith(" nodes")
     assert per_step(Counter(a=10), Counter(a=10), 5).replayed  # no node in the added steps: replays
+
+
+def test_overhead_quick_runs_every_contender_and_writes_json(model: ModelFolder, tmp_path: Path) -> None:
+    """The server-against-engine benchmark (pinned when there are two cores): this tree's server, the echo
+    floor (both StreamSteps styles) and the in-process batcher all answer, and the JSON has every figure."""
+    from benchmarks import overhead
+
+    cores = os.sched_getaffinity(0)
+    assert overhead.main(["--quick", "--cells", "4x2", "--model", str(model.path), "--out", str(tmp_path)]) == 0
+    written = json.loads((tmp_path / "overhead.json").read_text())
+    assert set(written["results"]) == {"this tree", overhead.FLOOR, overhead.FLOOR_ITERATOR}
+    for rounds in written["results"].values():
+        assert rounds["4x2"][0]["steps_per_s"] > 0 and rounds["4x2"][0]["errors"] == 0
+    assert written["batcher_alone"]["4x2"]["steps_per_s"] > 0
+    assert written["bare_engine"]["4"]["cpu_us_per_step"] > 0
+    assert [t["cell"] for t in written["targets"]] == ["4x2"]
+    assert os.sched_getaffinity(0) == cores, "the benchmark must give the caller its cores back"

@@ -1,0 +1,205 @@
+"""What the server costs on top of the step it runs: the served model against the bare engine, pinned, in one run.
+
+`python -m benchmarks.overhead [--baseline DIR] [--quick]`. The load generator runs on the first core and the
+server on the others (`sched_setaffinity`, inherited by every thread each process starts), so neither takes
+the other's CPU: with 2 cores the whole server (gRPC, event loop, batcher, onnxruntime) has one core. For
+each load cell (sessions x steps per message, one stream per session, closed loop) it reports the server's
+CPU per session-step (from /proc) next to the bare engine's: the step graph through IOBinding (the server's
+own session options, one thread) at batch = sessions, timed on the server's core in the same run. With
+`--baseline`, a server from another source tree (e.g. the tree before a change) runs the same cells in turn.
+The targets are issue 12's items 1 and 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks import machine
+from benchmarks.loadgen import LoadSpec
+from benchmarks.models import ModelFolder, find_model, single_model_dir
+from benchmarks.ort_engine import BoundStep, copy_task_inputs, initial_state, make_session
+from benchmarks.report import Table, fmt_rate, write_result
+from benchmarks.server import REPO, measure_cell, pin_here, split_cores, start_server
+from benchmarks.timing import FULL, QUICK, Contender, measure
+from service.batcher import Batcher
+from service.engine import Engine
+from service.jobs import StepJob
+from service.metrics import Metrics
+from service.ort_session import SERVER
+from service.sessions import SessionRecord
+
+log = logging.getLogger(__name__)
+
+MAX_BATCH = 256  # as in benchmarks/service_bench.py
+CELLS = ((64, 20), (64, 1), (8, 1), (8, 20))
+CPU_RATIO = {20: 1.5, 1: 2.0}  # item 1: server CPU per session-step over the bare engine's, by steps/message
+SHARE = 0.70  # item 2: served session-steps/s over the bare engine's
+P99_MS = 1.0  # item 2: p99 of a 1-step message at 8 sessions
+BATCHER_ALONE = "batcher + engine, no gRPC"  # the server's batcher in this process, requests resubmitted at once
+FLOOR = "gRPC floor (echo, no model)"  # benchmarks/echo_server.py: what gRPC and the event loop cost alone
+FLOOR_ITERATOR = "gRPC floor, request iterator + generator"  # the same, as StreamSteps was written before
+
+
+def bare_engine(model: ModelFolder, batches: set[int], quick: bool) -> dict[int, dict[str, float]]:
+    """Per batch size: the bare step graph's session-steps/s (wall) and CPU µs per session-step."""
+    sess = make_session(model.graph("step"), SERVER)
+    contenders = []
+    for batch in sorted(batches):
+        steps = copy_task_inputs(np.random.default_rng(batch), 64, batch, model.config["input_size"])
+        contenders.append(Contender(str(batch), BoundStep(sess, initial_state(model.path, batch), steps), batch))
+    timed = measure(contenders, QUICK if quick else FULL)
+    return {int(name): {"steps_per_s": t.steps_per_s, "cpu_us_per_step": t.cpu_s / t.steps * 1e6}
+            for name, t in timed.items()}
+
+
+def batcher_alone(model: ModelFolder, sessions: int, steps: int, seconds: float) -> dict[str, float]:
+    """The server's batcher and engine in this process, without gRPC: `sessions` sessions, each resubmitting a
+    `steps`-step request as soon as its last one is answered (on the batcher thread). CPU µs per session-step
+    of this process, and session-steps/s."""
+    engine = Engine(model.path, "cpu")
+    batcher = Batcher(engine, Metrics(), max_batch=MAX_BATCH)
+    batcher.start()
+    rng = np.random.default_rng(sessions * 100 + steps)
+    inputs = copy_task_inputs(rng, steps, sessions, model.config["input_size"])  # (T, B, I)
+    counted = [0]
+    stop = threading.Event()
+
+    def resubmit(session: SessionRecord, b: int) -> Callable[[object], None]:
+        def done(result: object) -> None:
+            counted[0] += steps
+            if not stop.is_set():
+                batcher.submit(StepJob(session, inputs[:, b], False, done))
+        return done
+
+    records = []
+    for b in range(sessions):
+        record = SessionRecord(f"s{b}", model.path.name, "bench", 600.0, time.time(), time.monotonic())
+        record.slot = engine.new_row()
+        records.append(record)
+    for b, record in enumerate(records):
+        batcher.submit(StepJob(record, np.ascontiguousarray(inputs[:, b]), False, resubmit(record, b)))
+    time.sleep(min(0.5, seconds / 4))  # warm-up
+    wall, cpu, done_before = time.perf_counter(), time.process_time(), counted[0]
+    time.sleep(seconds)
+    wall, cpu, done_steps = time.perf_counter() - wall, time.process_time() - cpu, counted[0] - done_before
+    stop.set()
+    batcher.stop(timeout=10)
+    return {"steps_per_s": done_steps / wall, "cpu_us_per_step": cpu / max(done_steps, 1) * 1e6}
+
+
+def _median(rounds: list[dict[str, float]]) -> dict[str, float]:
+    return {k: statistics.median(r[k] for r in rounds) for k in rounds[0]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.overhead", description=__doc__.splitlines()[0])
+    parser.add_argument("--baseline", type=Path, default=None, help="source tree of a server to compare with")
+    parser.add_argument("--cells", default=",".join(f"{s}x{t}" for s, t in CELLS), help="SESSIONSxSTEPS,...")
+    parser.add_argument("--window", type=float, default=4.0, help="measured seconds per cell and round")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help="tiny counts: checks the script, not the figures")
+    parser.add_argument("--no-pin", action="store_true", help="let the OS place server and load generator")
+    parser.add_argument("--no-floor", action="store_true", help="skip the echo server (gRPC alone, no model)")
+    parser.add_argument("--server-arg", action="append", default=[], help="extra argument for both servers")
+    parser.add_argument("--model", type=Path, default=None)
+    parser.add_argument("--models-dir", type=Path, default=Path("models"))
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    model = find_model(args.models_dir, args.model)
+    models_dir = single_model_dir(model)
+    cells = [tuple(int(v) for v in c.split("x")) for c in args.cells.split(",")]
+    split = None if args.no_pin else split_cores()
+    original = os.sched_getaffinity(0)
+    try:
+        return _run(args, model, models_dir, cells, split)
+    finally:
+        pin_here(original)  # a caller in this process (a test) gets its cores back
+
+
+def _run(args: argparse.Namespace, model: ModelFolder, models_dir: Path, cells: list[tuple[int, ...]],
+         split: tuple[set[int], set[int]] | None) -> int:
+    window, rounds = (0.5, 1) if args.quick else (args.window, args.rounds)
+    client_cores, server_cores = split if split else (None, None)
+    trees = {"this tree": (REPO, "service")} | ({"baseline": (args.baseline.resolve(), "service")}
+                                                if args.baseline else {})
+    if not args.no_floor:
+        trees[FLOOR] = (REPO, "benchmarks.echo_server")
+        trees[FLOOR_ITERATOR] = (REPO, "benchmarks.echo_server --echo-iterator")
+    load_before = machine.load_average()
+    pin_here(server_cores)  # the bare engine runs where the server will
+    bare = bare_engine(model, {min(s, MAX_BATCH) for s, _ in cells}, args.quick)
+    alone = {f"{s}x{t}": batcher_alone(model, s, t, window) for s, t in cells}
+    pin_here(client_cores)
+    extra = ("--max-batch", str(MAX_BATCH), *args.server_arg)
+    results: dict[str, dict[str, list[dict[str, float]]]] = {name: {} for name in trees}
+    with contextlib.ExitStack() as stack:
+        servers = {}
+        for name, (tree, module) in trees.items():
+            servers[name] = start_server(models_dir, extra, tree=tree, cores=server_cores, module=module)
+            stack.callback(servers[name].stop)
+        for sessions, steps in cells:
+            spec = LoadSpec(sessions, steps, 0.5, window, 100_000)
+            for _ in range(rounds):
+                for name, server in servers.items():
+                    got = measure_cell(server, model.path.name, model.config["input_size"], spec)
+                    results[name].setdefault(f"{sessions}x{steps}", []).append(got)
+    note = machine.load_note(load_before, machine.load_average())
+    where = (f"load generator on core {sorted(client_cores)}, server on cores {sorted(server_cores)} "
+             "(sched_setaffinity before start, so every thread inherits it)" if split else "not pinned")
+    table, found = _tables(cells, trees, results, bare, alone)
+    table.notes = [f"{where}; `python -m service --max-batch {MAX_BATCH}` (1 intra-op thread); {rounds} round(s) of "
+                   f"{window:g} s per cell and server, median; bare engine: the step graph through IOBinding at "
+                   "batch = sessions, one thread, timed on the server's core in the same run", note]
+    print(table.markdown())
+    payload = {"benchmark": "overhead", "machine": machine.describe(), "pinned": where, "load_before": load_before,
+               "model": model.describe(), "bare_engine": bare, "batcher_alone": alone, "results": results,
+               "trees": {k: f"{v[0]} ({v[1]})" for k, v in trees.items()}, "targets": found}
+    write_result(args.out, "overhead", payload, [table])
+    return 0
+
+
+def _tables(cells: list[tuple[int, ...]], trees: dict[str, Any], results: dict[str, Any],
+            bare: dict[int, dict[str, float]], alone: dict[str, dict[str, float]]
+            ) -> tuple[Table, list[dict[str, Any]]]:
+    table = Table("Server against the bare engine (CPU per session-step, throughput; pinned)",
+                  ["sessions × steps/msg", "server", "session-steps/s", "share of bare engine", "p50 ms", "p99 ms",
+                   "mean batch", "server CPU µs / session-step", "bare engine CPU µs / session-step",
+                   "CPU ratio", "errors"])
+    found = []
+    for sessions, steps in cells:
+        engine = bare[min(sessions, MAX_BATCH)]
+        inproc = alone[f"{sessions}x{steps}"]
+        table.add(f"{sessions} × {steps}", BATCHER_ALONE, fmt_rate(inproc["steps_per_s"]),
+                  f"{inproc['steps_per_s'] / engine['steps_per_s']:.0%}", "—", "—", "—",
+                  f"{inproc['cpu_us_per_step']:.1f}", f"{engine['cpu_us_per_step']:.1f}",
+                  f"{inproc['cpu_us_per_step'] / engine['cpu_us_per_step']:.2f}×", 0)
+        for name in trees:
+            med = _median(results[name][f"{sessions}x{steps}"])
+            share = med["steps_per_s"] / engine["steps_per_s"]
+            ratio = med["server_cpu_us_per_step"] / engine["cpu_us_per_step"]
+            table.add(f"{sessions} × {steps}", name, fmt_rate(med["steps_per_s"]), f"{share:.0%}",
+                      f"{med['p50_ms']:.2f}", f"{med['p99_ms']:.2f}", f"{med['mean_batch']:.1f}",
+                      f"{med['server_cpu_us_per_step']:.1f}", f"{engine['cpu_us_per_step']:.1f}", f"{ratio:.2f}×",
+                      int(med["errors"]))
+            if name in (FLOOR, FLOOR_ITERATOR):
+                continue
+            found.append({"cell": f"{sessions}x{steps}", "server": name, "share": share, "cpu_ratio": ratio,
+                          "cpu_ratio_met": ratio <= CPU_RATIO.get(steps, CPU_RATIO[1]), "share_met": share >= SHARE,
+                          "p99_ms": med["p99_ms"]})
+    return table, found
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
