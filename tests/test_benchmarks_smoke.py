@@ -139,3 +139,18 @@ def test_overhead_quick_runs_every_contender_and_writes_json(model: ModelFolder,
     assert written["bare_engine"]["4"]["cpu_us_per_step"] > 0
     assert [t["cell"] for t in written["targets"]] == ["4x2"]
     assert os.sched_getaffinity(0) == cores, "the benchmark must give the caller its cores back"
+
+
+def test_profile_server_prints_both_tables(model: ModelFolder, tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """The server profiler drives a pinned server and reads perf's and py-spy's samples (a tool that is not
+    installed gives a note instead of rows)."""
+    from benchmarks import profile_server
+
+    cores = os.sched_getaffinity(0)
+    assert profile_server.main(["--cell", "4x2", "--seconds", "1", "--model", str(model.path),
+                                "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "Server CPU by shared object" in out and "Python functions holding the GIL" in out
+    assert "| MainThread |" in out or "py-spy took no samples" in out  # attaching may be restricted (ptrace)
+    assert os.sched_getaffinity(0) == cores, "the profiler must give the caller its cores back"
