@@ -19,7 +19,7 @@ from service.proto_gen.ntm.v1 import ntm_pb2
 # `values` travels as packed little-endian float32 (proto3 packs repeated scalars): the bytes of a numpy array.
 # Building a Tensor from its wire form moves them in one copy; extending `values` goes float by float through
 # Python objects: 4x slower for a 20-step message's outputs, 15-70x for attention or a state (measured,
-# docs/performance.md). Reading needs no such help: the runtime hands `values` to numpy in one piece.
+# docs/performance.md). Reading a freshly parsed request's values from the wire form takes half the time.
 _FLOAT32 = np.dtype("<f4")
 _VALUES_TAG = 0x12  # field 2, length-delimited
 _SHAPE_TAG = 0x0A  # field 1, length-delimited (packed)
@@ -32,6 +32,18 @@ def _varint(n: int) -> bytes:
         n >>= 7
     out.append(n)
     return bytes(out)
+
+
+def _read_varint(buf: bytes, i: int) -> tuple[int, int]:
+    """(value, index after it) of the base-128 varint at buf[i]."""
+    value = shift = 0
+    while True:
+        byte = buf[i]
+        i += 1
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if byte < 0x80:
+            return value, i
 
 
 @functools.lru_cache(maxsize=1024)
@@ -49,15 +61,29 @@ def to_tensor(array: np.ndarray) -> ntm_pb2.Tensor:
     return ntm_pb2.Tensor.FromString(_shape_field(array.shape) + values)
 
 
+def _values(tensor: ntm_pb2.Tensor, shape: tuple[int, ...]) -> np.ndarray:
+    """`tensor.values` as float32. A Tensor without unknown fields serializes as its shape field, then its
+    values field: the floats are read from there in one copy (on a freshly parsed request, half the time of
+    the runtime's own conversion); anything else goes through the runtime."""
+    buf = tensor.SerializeToString()
+    at = len(_shape_field(shape))
+    if at < len(buf) and buf[at] == _VALUES_TAG and buf.startswith(_shape_field(shape)):
+        length, start = _read_varint(buf, at + 1)
+        if start + length == len(buf):
+            return np.frombuffer(buf, dtype=_FLOAT32, count=length // 4, offset=start).astype(np.float32)
+    return np.asarray(tensor.values, dtype=np.float32)
+
+
 def to_array(tensor: ntm_pb2.Tensor, what: str) -> np.ndarray:
     """The tensor as float32 of its declared shape; the shape must match the number of values."""
     shape = tuple(tensor.shape)
     if any(d < 0 for d in shape):
         raise invalid(f"{what}: negative dimension in shape {list(shape)}")
     size = math.prod(shape)
-    if size != len(tensor.values):
-        raise invalid(f"{what}: shape {list(shape)} needs {size} values, got {len(tensor.values)}")
-    return np.asarray(tensor.values, dtype=np.float32).reshape(shape)  # already fast: no wire-form reading
+    values = _values(tensor, shape)
+    if size != values.size:
+        raise invalid(f"{what}: shape {list(shape)} needs {size} values, got {values.size}")
+    return values.reshape(shape)
 
 
 def _finite(array: np.ndarray, what: str) -> None:
