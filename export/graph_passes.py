@@ -587,6 +587,33 @@ def group_head_activations(g: _Graph) -> int:
     return 0
 
 
+# onnxruntime's CPU Sigmoid (MLAS) clamps its input to [-18, 18] and returns exactly 0 and 1 there.
+SIGMOID_SATURATES_AT = 18.0
+
+
+def drop_saturated_clip_before_sigmoid(g: _Graph) -> int:
+    """Sigmoid(Clip(x, lo, hi)) with lo <= -18 and hi >= 18 is Sigmoid(x) on the CPU provider: the logit clip.
+
+    onnxruntime's CPU Sigmoid already returns exactly 0 below -18 and 1 above 18 (tests/test_graph_passes.py
+    checks it, NaN included), so a wider clip in front changes no output there. On a provider whose Sigmoid does
+    not saturate (CUDA) an output below sigmoid(lo) (2.1e-9 for the models' lo = -20) moves towards 0 by less than
+    that.
+    """
+    done = 0
+    for node in g.graph.node:
+        if not _standard(node, "Sigmoid"):
+            continue
+        clip = g.producer.get(node.input[0])
+        if clip is None or not _standard(clip, "Clip") or len(clip.input) != 3 or not g.only_use(clip.output[0]):
+            continue
+        lo, hi = g.scalar(clip.input[1]), g.scalar(clip.input[2])
+        if lo is None or hi is None or lo > -SIGMOID_SATURATES_AT or hi < SIGMOID_SATURATES_AT:
+            continue
+        node.input[0] = clip.input[0]
+        done += 1
+    return done
+
+
 PASSES: tuple[Callable[[_Graph], int], ...] = (
     drop_identity_arithmetic,
     fuse_thresholded_softplus,
@@ -600,6 +627,7 @@ PASSES: tuple[Callable[[_Graph], int], ...] = (
     gemm_per_activation,
     norm_product_as_matmul,
     group_head_activations,
+    drop_saturated_clip_before_sigmoid,
 )
 
 
