@@ -614,6 +614,93 @@ def drop_saturated_clip_before_sigmoid(g: _Graph) -> int:
     return done
 
 
+_COMPARISONS = ("Equal", "Greater", "Less", "GreaterOrEqual", "LessOrEqual", "Not", "And", "Or", "Xor")
+
+
+def _zeros(g: _Graph, name: str) -> bool:
+    """`name` is all zeros: a zero constant, or an Expand of one (torch's zeros_like)."""
+    node = g.producer.get(name)
+    if node is not None and _standard(node, "Expand"):
+        name = node.input[0]
+    value = g.constants.get(name)
+    return value is not None and value.size > 0 and not np.any(value)
+
+
+def _indicator(g: _Graph, name: str) -> str | None:
+    """The boolean behind `name` = Cast(comparison, to float32): its values are exactly 0 and 1."""
+    cast = g.producer.get(name)
+    if cast is None or not _standard(cast, "Cast") or _attrs(cast).get("to") != onnx.TensorProto.FLOAT:
+        return None
+    source = g.producer.get(cast.input[0])
+    return cast.input[0] if source is not None and source.domain in ("", "ai.onnx") and \
+        source.op_type in _COMPARISONS else None
+
+
+def mask_each_pick_once(g: _Graph) -> int:
+    """The least-used rows (training/lru.py): `count = count + onehot; masked = Where(count > 0, inf, usage)`
+    as `masked = Where(onehot, inf, masked_before)`, and the first `Where(zeros > 0, ...)`, `zeros + onehot` go.
+
+    A count built from zeros by adding 0/1 indicators is never negative, so `count + onehot > 0` is
+    `onehot or count_before > 0`: the same selection, element by element, without the Greater per pick.
+    """
+    done = 0
+    masked: dict[tuple[str, str, str], str] = {}  # (count, fill, values) -> the value masked by that count
+    for node in list(g.graph.node):
+        if not _standard(node, "Where") or node.output[0] in g.outputs:
+            continue
+        condition, fill, values = node.input
+        greater = g.producer.get(condition)
+        if greater is None or not _standard(greater, "Greater") or g.scalar(greater.input[1]) != 0.0:
+            continue
+        count = greater.input[0]
+        if _zeros(g, count):
+            _rename_input(g, node.output[0], values)
+            masked[(count, fill, values)] = values
+            done += 1
+            continue
+        add = g.producer.get(count)
+        if add is None or not _standard(add, "Add"):
+            continue
+        for before, pick in (add.input, add.input[::-1]):
+            previous, onehot = masked.get((before, fill, values)), _indicator(g, pick)
+            if previous is not None and onehot is not None:
+                node.input[:] = [onehot, fill, previous]
+                masked[(count, fill, values)] = node.output[0]
+                done += 1
+                break
+    for node in g.graph.node:  # zeros + onehot is the onehot (0 + 0 and 0 + 1 are exact), same shape
+        if _standard(node, "Add") and node.output[0] not in g.outputs:
+            for zeros, pick in (node.input, node.input[::-1]):
+                if _zeros(g, zeros) and _indicator(g, pick) and g.dims(zeros) == g.dims(pick) is not None:
+                    _rename_input(g, node.output[0], pick)
+                    done += 1
+                    break
+    return done
+
+
+def broadcast_scalar_in_where(g: _Graph) -> int:
+    """Where(c, Expand(scalar, Shape(x)), x) with c and x of one static shape is Where(c, scalar, x): the
+    `full_like(usage, inf)` of the least-used rows, broadcast by Where itself instead of materialised."""
+    done = 0
+    for node in g.graph.node:
+        if not _standard(node, "Where"):
+            continue
+        condition, fill, values = node.input
+        expand = g.producer.get(fill)
+        if expand is None or not _standard(expand, "Expand") or g.scalar(expand.input[0]) is None:
+            continue
+        shape = g.producer.get(expand.input[1])
+        dims = g.dims(values)
+        if shape is None or not _standard(shape, "Shape") or _attrs(shape) not in ({}, {"start": 0}) or dims is None:
+            continue
+        if g.dims(shape.input[0]) != dims or g.dims(condition) != dims:
+            continue
+        scalar = g.constants[expand.input[0]]
+        node.input[1] = _constant(g, f"{expand.input[0]}_scalar", scalar.reshape(()))
+        done += 1
+    return done
+
+
 PASSES: tuple[Callable[[_Graph], int], ...] = (
     drop_identity_arithmetic,
     fuse_thresholded_softplus,
@@ -628,6 +715,8 @@ PASSES: tuple[Callable[[_Graph], int], ...] = (
     norm_product_as_matmul,
     group_head_activations,
     drop_saturated_clip_before_sigmoid,
+    mask_each_pick_once,
+    broadcast_scalar_in_where,
 )
 
 
