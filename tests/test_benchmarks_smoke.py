@@ -85,3 +85,22 @@ def test_procstat_agrees_with_the_kernels_other_counters() -> None:
     assert grown >= 48 * 2**20, f"RSS grew by {grown / 2**20:.1f} MiB after touching 64 MiB"
     assert procstat.rss_bytes(pid) <= resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 + 2**20
     del block
+
+
+def test_train_speed_quick_measures_ours_and_says_pytorch_ntm_was_not(tmp_path: Path) -> None:
+    """The training-speed benchmark runs (ours only, eager, a few steps); no figure is asserted."""
+    from benchmarks import train_speed
+
+    payload = train_speed.run(tmp_path, (2,), pytorch_ntm=None, quick=True, compile_step=False)
+    written = json.loads((tmp_path / "train_speed.json").read_text())
+    assert written["results"].keys() == payload["results"].keys() == {train_speed.EAGER}
+    assert written["results"][train_speed.EAGER]["2"]["session_steps_per_s"] > 0
+    table = (tmp_path / "train_speed.md").read_text()
+    assert "pytorch-ntm NOT measured" in table and "| 2 | ntm-serve, eager |" in table
+
+
+def test_train_speed_refuses_a_folder_that_is_not_pytorch_ntm(tmp_path: Path) -> None:
+    from benchmarks import train_speed
+
+    with pytest.raises(SystemExit):
+        train_speed.main(["--quick", "--pytorch-ntm", str(tmp_path), "--out", str(tmp_path / "out")])
