@@ -289,6 +289,10 @@ def test_variants_train_and_round_trip_through_checkpoints(tmp_path: Path) -> No
         assert torch.equal(model(batch.inputs)[0], again(batch.inputs)[0])
 
 
+COLD_COMPILE_TIMEOUT = 1200  # s: inductor's first compile of the step (C++ builds) took over 300 s on the busy box
+
+
+@pytest.mark.timeout(COLD_COMPILE_TIMEOUT)
 def test_compiled_step_computes_the_eager_logits_and_gradients() -> None:
     """--compile differentiates the same function as eager training, float noise aside (training/compiled.py)."""
     task = get_task("copy")
@@ -306,6 +310,7 @@ def test_compiled_step_computes_the_eager_logits_and_gradients() -> None:
         torch.testing.assert_close(compiled_grads[name], grad, rtol=1e-3, atol=1e-6, msg=name)
 
 
+@pytest.mark.timeout(COLD_COMPILE_TIMEOUT)
 def test_compiled_training_is_deterministic(tmp_path: Path) -> None:
     runs = [tmp_path / "a", tmp_path / "b"]
     for out in runs:
@@ -313,6 +318,16 @@ def test_compiled_training_is_deterministic(tmp_path: Path) -> None:
     assert_same_weights(*runs)
     with pytest.raises(ValueError, match="NTM only"):
         training_forward(LSTMBaseline(9, 8, hidden_size=8, layers=1), compile_step=True)
+
+
+def test_compile_without_a_cpp_compiler_is_refused_before_training(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # an empty PATH: no g++, c++ or clang++
+    monkeypatch.delenv("CXX", raising=False)
+    with pytest.raises(ValueError, match="needs a C\\+\\+ compiler"):
+        training_forward(tiny_ntm(), compile_step=True)
+    assert training_forward(tiny_ntm(), compile_step=False) is not None  # eager training is unaffected
 
 
 def test_lstm_baseline_trains(tmp_path: Path) -> None:

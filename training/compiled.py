@@ -13,6 +13,8 @@ Two graphs serve every sequence length: one for the first step, whose state is t
 
 from __future__ import annotations
 
+import os
+import shutil
 from collections.abc import Callable
 
 import torch
@@ -20,6 +22,7 @@ from torch import Tensor, nn
 
 from training.model import NTM
 
+CXX_NAMES = ("g++", "c++", "clang++")  # what inductor's CPU backend can build with (or $CXX)
 Forward = Callable[[Tensor], Tensor]  # inputs (T, B, I) -> logits (T, B, O)
 
 
@@ -50,4 +53,8 @@ def training_forward(model: nn.Module, compile_step: bool) -> Forward:
         return eager_forward(model)
     if not isinstance(model, NTM):
         raise ValueError("--compile applies to the NTM only (the LSTM baseline is one fused nn.LSTM already)")
+    on_cpu = next(model.parameters()).device.type == "cpu"  # on a GPU inductor builds with Triton instead
+    if on_cpu and not (os.environ.get("CXX") or any(shutil.which(c) for c in CXX_NAMES)):
+        raise ValueError(f"--compile needs a C++ compiler for inductor (none of {CXX_NAMES} on PATH, CXX unset); "
+                         "train without --compile")
     return compiled_forward(model)
