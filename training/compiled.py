@@ -33,7 +33,7 @@ def eager_forward(model: nn.Module) -> Forward:
 
 def compiled_forward(model: NTM) -> Forward:
     """Logits of a whole sequence from a compiled `model.step` looped over time. The first call compiles
-    (tens of seconds; inductor caches the result on disk for later runs)."""
+    (one to three minutes on the busy 2-core box; inductor caches the result on disk for later runs)."""
     step = torch.compile(model.step, dynamic=False, fullgraph=True)
 
     def forward(inputs: Tensor) -> Tensor:
