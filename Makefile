@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 PORT ?= 50051
 METRICS_PORT ?= 9090
 
-.PHONY: serve test lint setup-serve setup-dev export train-all evaluate-all bench bench-quick soak clean proto cluster cluster-faults
+.PHONY: serve test lint setup-serve setup-dev export train-all evaluate-all bench bench-quick bench-train soak clean proto cluster cluster-faults
 
 $(VENV)/bin/activate:
 	@test -n "$(PYTHON)" || { echo "need Python >= 3.11: none of $(PYTHON_CANDIDATES) is (or run make PYTHON=...)"; \
@@ -65,6 +65,10 @@ bench-quick: setup-dev
 
 bench: setup-dev
 	$(PY) -m benchmarks
+
+## Training speed, ours against pytorch-ntm (docs/training.md#training-speed): PYTORCH_NTM=<a checkout outside the repo>
+bench-train: setup-dev
+	$(PY) -m benchmarks.train_speed $(if $(PYTORCH_NTM),--pytorch-ntm $(PYTORCH_NTM))
 
 ## Soak: 200 sessions x 2000 steps through a real server with disconnects and restarts, every output checked
 ## (a few minutes; docs/reliability.md). The CI runs a short one (tests/test_service_soak.py).

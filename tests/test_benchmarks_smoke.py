@@ -154,3 +154,22 @@ def test_profile_server_prints_both_tables(model: ModelFolder, tmp_path: Path,
     assert "Server CPU by shared object" in out and "Python functions holding the GIL" in out
     assert "| MainThread |" in out or "py-spy took no samples" in out  # attaching may be restricted (ptrace)
     assert os.sched_getaffinity(0) == cores, "the profiler must give the caller its cores back"
+
+
+def test_train_speed_quick_measures_ours_and_says_pytorch_ntm_was_not(tmp_path: Path) -> None:
+    """The training-speed benchmark runs (ours only, eager, a few steps); no figure is asserted."""
+    from benchmarks import train_speed
+
+    payload = train_speed.run(tmp_path, (2,), pytorch_ntm=None, quick=True, compile_step=False)
+    written = json.loads((tmp_path / "train_speed.json").read_text())
+    assert written["results"].keys() == payload["results"].keys() == {train_speed.EAGER}
+    assert written["results"][train_speed.EAGER]["2"]["session_steps_per_s"] > 0
+    table = (tmp_path / "train_speed.md").read_text()
+    assert "pytorch-ntm NOT measured" in table and "| 2 | ntm-serve, eager |" in table
+
+
+def test_train_speed_refuses_a_folder_that_is_not_pytorch_ntm(tmp_path: Path) -> None:
+    from benchmarks import train_speed
+
+    with pytest.raises(SystemExit):
+        train_speed.main(["--quick", "--pytorch-ntm", str(tmp_path), "--out", str(tmp_path / "out")])

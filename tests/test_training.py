@@ -15,6 +15,7 @@ import training.train as train_module
 from training import addressing
 from training.__main__ import parse
 from training.checkpoint import MODEL_FILE, RESUME_FILE, load_model, save_model
+from training.compiled import compiled_forward, eager_forward, training_forward
 from training.config import NTMConfig
 from training.device import resolve_device
 from training.evaluate import TARGETS, evaluate_folder, sequences_to_reach
@@ -288,6 +289,47 @@ def test_variants_train_and_round_trip_through_checkpoints(tmp_path: Path) -> No
         assert torch.equal(model(batch.inputs)[0], again(batch.inputs)[0])
 
 
+COLD_COMPILE_TIMEOUT = 1200  # s: inductor's first compile of the step (C++ builds) took over 300 s on the busy box
+
+
+@pytest.mark.timeout(COLD_COMPILE_TIMEOUT)
+def test_compiled_step_computes_the_eager_logits_and_gradients() -> None:
+    """--compile differentiates the same function as eager training, float noise aside (training/compiled.py)."""
+    task = get_task("copy")
+    batch = task.sample(torch.Generator().manual_seed(4), 16)
+    grads = []
+    for forward in (eager_forward, compiled_forward):
+        model = tiny_ntm()
+        logits = forward(model)(batch.inputs)
+        sequence_loss(logits, batch.targets).backward()
+        grads.append((logits.detach(), {n: p.grad for n, p in model.named_parameters()}))
+    (eager_logits, eager_grads), (compiled_logits, compiled_grads) = grads
+    torch.testing.assert_close(compiled_logits, eager_logits, rtol=1e-4, atol=1e-5)
+    assert eager_grads.keys() == compiled_grads.keys()
+    for name, grad in eager_grads.items():
+        torch.testing.assert_close(compiled_grads[name], grad, rtol=1e-3, atol=1e-6, msg=name)
+
+
+@pytest.mark.timeout(COLD_COMPILE_TIMEOUT)
+def test_compiled_training_is_deterministic(tmp_path: Path) -> None:
+    runs = [tmp_path / "a", tmp_path / "b"]
+    for out in runs:
+        train(small_config(out, sequences=48, compile=True), progress=False)
+    assert_same_weights(*runs)
+    with pytest.raises(ValueError, match="NTM only"):
+        training_forward(LSTMBaseline(9, 8, hidden_size=8, layers=1), compile_step=True)
+
+
+def test_compile_without_a_cpp_compiler_is_refused_before_training(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # an empty PATH: no g++, c++ or clang++
+    monkeypatch.delenv("CXX", raising=False)
+    with pytest.raises(ValueError, match="needs a C\\+\\+ compiler"):
+        training_forward(tiny_ntm(), compile_step=True)
+    assert training_forward(tiny_ntm(), compile_step=False) is not None  # eager training is unaffected
+
+
 def test_lstm_baseline_trains(tmp_path: Path) -> None:
     cfg = small_config(tmp_path / "lstm", model="lstm_baseline", sequences=32, eval_every=32,
                        baseline={"hidden_size": 16, "layers": 1})
@@ -303,6 +345,7 @@ def test_training_cli_parses_options() -> None:
         "repeat_copy", "models/repeat_copy", 100, "rmsprop", 1e-4)
     assert cfg.ntm == {"controller": "feedforward", "shift_range": 5}
     assert parse(["copy", "--model", "lstm_baseline"]).out == "models/copy_lstm_baseline"
+    assert parse(["copy", "--compile"]).compile and not parse(["copy"]).compile
 
 
 # ---------------------------------------------------------------- the evaluation CLI

@@ -47,6 +47,9 @@ def parse(argv: list[str]) -> TrainConfig:
                    help='eval point whose held-out figure picks the shipped checkpoint, e.g. "L=80" '
                         '(default: the training range)')
     p.add_argument("--device", choices=DEVICES, default=d.device, help="auto: CUDA when torch sees one, else CPU")
+    p.add_argument("--compile", action="store_true",
+                   help="compile the NTM step for training (torch.compile; faster after a one-off compile, "
+                        "see docs/training.md#training-speed)")
     a = p.parse_args(argv)
     suffix = "" if a.model == "ntm" else "_lstm_baseline"
     return TrainConfig(
@@ -54,7 +57,7 @@ def parse(argv: list[str]) -> TrainConfig:
         sequences=a.sequences, optimizer=a.optimizer, lr=a.lr, momentum=a.momentum, clip=a.clip,
         eval_every=a.eval_every, eval_sequences=a.eval_sequences, stop_below=a.stop_below, threads=a.threads,
         ntm=a.ntm, baseline=a.baseline, wrap=a.wrap, init_from=a.init_from, max_length=a.max_length,
-        select_on=a.select_on, device=a.device, permute=a.permute,
+        select_on=a.select_on, device=a.device, permute=a.permute, compile=a.compile,
     )
 
 

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from training.checkpoint import MODEL_FILE, RESUME_FILE, load_model, save_model
+from training.compiled import Forward, training_forward
 from training.config import NTMConfig
 from training.device import resolve_device
 from training.metrics import bit_errors
@@ -59,6 +60,7 @@ class TrainConfig:
     max_length: int = 0  # copy only: train on L in [1, max_length] (0: the task's 1..20)
     select_on: str = ""  # eval point whose held-out figure picks the shipped checkpoint ("": the training range)
     device: str = "auto"  # auto (CUDA when torch sees one), cpu, cuda; not part of the run's identity
+    compile: bool = False  # NTM.step compiled once for training (training/compiled.py); not part of the identity
 
 
 def build_model(cfg: TrainConfig, task: TaskSpec) -> nn.Module:
@@ -130,6 +132,7 @@ class Run:
     best: float = float("inf")  # best held-out figure so far (the shipped checkpoint's)
     last_eval: float | None = None  # latest held-out bit errors on the training distribution
     started: float = field(default_factory=time.monotonic)  # the log's "seconds" count from here
+    forward: Forward | None = None  # what training differentiates (compiled or eager); None: the model's forward
 
 
 def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
@@ -169,7 +172,8 @@ def _start_or_resume(cfg: TrainConfig, task: TaskSpec, out: Path, device: torch.
         source, _ = load_model(cfg.init_from)
         transplant(source, model)
     model.to(device)
-    run = Run(model, build_optimizer(cfg, model), torch.Generator().manual_seed(cfg.seed))
+    run = Run(model, build_optimizer(cfg, model), torch.Generator().manual_seed(cfg.seed),
+              forward=training_forward(model, cfg.compile))
     log_path, resume_path = out / "train_log.jsonl", out / RESUME_FILE
     if not resume_path.exists():
         log_path.unlink(missing_ok=True)
@@ -228,7 +232,7 @@ def _train_step(run: Run, task: TaskSpec, cfg: TrainConfig, device: torch.device
     """One optimiser step on a fresh batch. -> (loss, mean bit errors per sequence)."""
     batch = task.sample(run.gen, cfg.batch_size)
     inputs, targets = batch.inputs.to(device), batch.targets.to(device)  # (T, B, I), (T_out, B, O)
-    logits = run.model(inputs)[0]  # (T, B, O)
+    logits = run.forward(inputs) if run.forward is not None else run.model(inputs)[0]  # (T, B, O)
     loss = task.loss(logits, targets)
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -271,10 +275,11 @@ def _last_eval(log_path: Path) -> float | None:
 
 def _identity(train_config: dict[str, Any]) -> dict[str, Any]:
     """The parts of a training config that define the run; the folder, budget, stop rule and device may change
-    on resume (a run moved to another folder or machine is the same run)."""
+    on resume (a run moved to another folder or machine is the same run; compiled or eager steps differ by float
+    noise only)."""
     defaults = asdict(TrainConfig(task="", out=""))  # fields added since an old resume file was written
     merged = {**defaults, **train_config}
-    return {k: v for k, v in merged.items() if k not in ("out", "sequences", "stop_below", "device")}
+    return {k: v for k, v in merged.items() if k not in ("out", "sequences", "stop_below", "device", "compile")}
 
 
 def _save_resume(run: Run, cfg: TrainConfig, out: Path) -> None:
