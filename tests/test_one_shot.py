@@ -154,6 +154,42 @@ def test_lru_model_fills_fresh_rows_and_keeps_usage_in_memory() -> None:
     assert NTMConfig.from_dict(config.to_dict()) == config
 
 
+def test_lru_rows_sets_how_many_least_used_rows_a_write_takes() -> None:
+    from training.model import NTM
+
+    x = torch.rand(5, 1, 69)
+    for rows, expected in ((0, 2), (1, 1)):  # 0: as many as read heads (Santoro et al.); 1: one row per step
+        torch.manual_seed(0)
+        model = NTM(NTMConfig(69, 5, controller_size=16, memory_rows=16, memory_width=4, read_heads=2,
+                              heads="lru", lru_rows=rows))
+        with torch.no_grad():
+            model.write_proj.linear.bias[4 + 1] = -20.0  # gate -> 0: the least-used rows only
+            _, _, _, writes = model(x)
+        taken = (writes[:, 0, 0] > 0.1).sum(-1)  # (T,) rows written at each step
+        assert taken.tolist() == [expected] * 5
+        assert (writes[:, 0, 0] > 0.1).sum(0).max() == 1  # fresh rows every step: none written twice
+    with pytest.raises(ValueError, match="lru_rows"):
+        NTMConfig(69, 5, memory_rows=8, heads="lru", lru_rows=9)
+
+
+def test_input_skip_starts_at_zero_so_a_warm_start_begins_as_its_source() -> None:
+    from training.model import NTM
+    from training.train import transplant
+
+    torch.manual_seed(0)
+    base = NTMConfig(69, 5, controller_size=16, memory_rows=8, memory_width=4, read_heads=2, heads="lru")
+    source = NTM(base).eval()
+    target = NTM(NTMConfig(**{**base.to_dict(), "heads_see_input": True})).eval()
+    transplant(source, target)
+    assert target.read_proj.skip is not None and source.read_proj.skip is None
+    x = torch.rand(7, 2, 69)
+    with torch.no_grad():
+        assert torch.equal(source(x)[0], target(x)[0])  # the zero skip adds nothing
+        target.read_proj.skip.weight.normal_()
+        assert not torch.allclose(source(x)[0], target(x)[0])  # a trained skip does change the keys
+    assert NTMConfig(9, 8).to_dict().keys().isdisjoint({"lru_rows", "heads_see_input"})  # old configs unchanged
+
+
 # --- training and evaluation -------------------------------------------------------------------------------------
 
 
