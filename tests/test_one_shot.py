@@ -217,6 +217,18 @@ def test_training_smoke_run_and_accuracy_by_instance_report(tmp_path: Path) -> N
     assert (tmp_path / "example.png").stat().st_size > 10_000
 
 
+def test_diagnosis_reports_every_kind_of_episode(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from export.testing import DEV_CONFIGS, make_dev_checkpoint
+    from training.one_shot_diagnose import SAMPLERS, main
+
+    make_dev_checkpoint(tmp_path, *DEV_CONFIGS["one_shot_lru_skip"])
+    assert main([str(tmp_path), "--episodes", "4"]) == 0
+    table = capsys.readouterr().out
+    for name in SAMPLERS:  # training / held-out classes, each plain and permuted, and the synthetic task
+        assert f"| {name} |" in table
+    assert table.count(" %") == len(SAMPLERS) * 6  # 5 instances and all steps per row
+
+
 # --- served ------------------------------------------------------------------------------------------------------
 
 SERVED_EPISODES = 40  # small for CI; the >= 1000-episode figures are eval.md's
