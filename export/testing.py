@@ -21,7 +21,8 @@ from training.model import NTM
 from training.tasks import get_task
 
 # Configurations the tests cover: the shipped default, and the corners (feed-forward controller,
-# several heads, S = 5, S = N, learned memory, LRU heads with softmax outputs).
+# several heads, S = 5, S = N, learned memory, LRU heads with softmax outputs, one least-used row per write
+# with an input skip to the heads).
 DEV_CONFIGS: dict[str, tuple[str, NTMConfig]] = {
     "copy_default": ("copy", NTMConfig(input_size=9, output_size=8)),
     "repeat_copy_ff_multihead": ("repeat_copy", NTMConfig(
@@ -32,6 +33,9 @@ DEV_CONFIGS: dict[str, tuple[str, NTMConfig]] = {
         memory_init="learned")),
     "one_shot_lru": ("one_shot", NTMConfig(  # softmax outputs; least-recently-used heads (memory has a usage column)
         input_size=69, output_size=5, controller_size=24, memory_rows=8, memory_width=5, read_heads=2, heads="lru")),
+    "one_shot_lru_skip": ("one_shot", NTMConfig(  # one least-used row per write; heads see the raw input
+        input_size=69, output_size=5, controller_size=24, memory_rows=8, memory_width=5, read_heads=2, heads="lru",
+        lru_rows=1, heads_see_input=True)),
 }
 
 
@@ -39,9 +43,12 @@ def make_dev_checkpoint(folder: Path, task: str, config: NTMConfig, seed: int = 
     """Save an untrained NTM (seeded weights; the learned initial state perturbed so it is not trivial)."""
     torch.manual_seed(seed)
     model = NTM(config).eval()
-    if config.memory_init == "learned":
-        with torch.no_grad():
+    with torch.no_grad():
+        if config.memory_init == "learned":
             model.memory0.normal_(0.0, 0.1)
+        for name, weight in model.named_parameters():
+            if ".skip." in name:  # zero at init: made non-zero so the input skip's path is exercised
+                weight.normal_(0.0, 0.1)
     spec = get_task(task)
     meta = {"task": task, "input_size": spec.input_size, "output_size": spec.output_size,
             "encoding": spec.encoding, "dev_checkpoint": True}

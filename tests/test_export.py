@@ -199,7 +199,8 @@ def test_initial_state_graph_is_the_models_initial_state(cli_folder: Path) -> No
         np.testing.assert_array_equal(value, expected.detach().numpy(), err_msg=name)
 
 
-@pytest.mark.parametrize("name", ["repeat_copy_ff_multihead", "copy_shift_n_learned", "one_shot_lru"])
+@pytest.mark.parametrize("name", ["repeat_copy_ff_multihead", "copy_shift_n_learned", "one_shot_lru",
+                                  "one_shot_lru_skip"])
 def test_other_configurations_export(name: str) -> None:
     """Feed-forward controller (controller_c passed through), 2 read + 2 write heads, S = 5, S = N, learned memory,
     LRU heads with softmax outputs (the one-shot task: metadata says so and carries the class split)."""

@@ -10,7 +10,7 @@ MemoryInit = Literal["constant", "learned"]
 Heads = Literal["ntm", "lru"]
 # Options added later: left out of to_dict() at their defaults, so older models' config (and graph metadata) bytes
 # stay the same.
-_LATER_DEFAULTS: dict[str, Any] = {"heads": "ntm", "usage_decay": 0.95}
+_LATER_DEFAULTS: dict[str, Any] = {"heads": "ntm", "usage_decay": 0.95, "lru_rows": 0, "heads_see_input": False}
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,15 @@ class NTMConfig:
     logit_clip: float = 20.0
     heads: Heads = "ntm"  # "lru": Santoro et al.'s least-recently-used access (training/lru.py)
     usage_decay: float = 0.95  # LRU usage decay gamma
+    lru_rows: int = 0  # LRU: least-used rows erased and written per step (0: read_heads, Santoro et al.'s rule)
+    # The head projections also see the step's raw input (a linear skip past the controller, zero at init), so a
+    # key can be a plain projection of the image: comparing samples need not go through the LSTM.
+    heads_see_input: bool = False
+
+    @property
+    def write_rows(self) -> int:
+        """Least-used rows an LRU write takes per step."""
+        return self.lru_rows or self.read_heads
 
     @property
     def memory_columns(self) -> int:
@@ -55,6 +64,8 @@ class NTMConfig:
             raise ValueError(f"heads must be 'ntm' or 'lru', got {self.heads!r}")
         if self.heads == "lru" and self.read_heads > self.memory_rows:
             raise ValueError("lru heads need read_heads <= memory_rows")
+        if not 0 <= self.lru_rows <= self.memory_rows:
+            raise ValueError(f"lru_rows must be in [0, memory_rows={self.memory_rows}], got {self.lru_rows}")
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if _LATER_DEFAULTS.get(k, object()) != v}

@@ -26,16 +26,22 @@ class HeadParams(NamedTuple):
 class HeadProjection(nn.Module):
     """Linear map from the controller output to the parameters of `heads` heads."""
 
-    def __init__(self, hidden_size: int, heads: int, width: int, shift_range: int, write: bool) -> None:
+    def __init__(self, hidden_size: int, heads: int, width: int, shift_range: int, write: bool,
+                 input_size: int = 0) -> None:
         super().__init__()
         self.heads, self.width, self.shift_range, self.write = heads, width, shift_range, write
         self.per_head = width + 3 + shift_range + (2 * width if write else 0)
         self.linear = nn.Linear(hidden_size, heads * self.per_head)
+        # input_size > 0: a skip from the step's raw input, zero at init so a warm start begins as its source model.
+        self.skip = nn.Linear(input_size, heads * self.per_head, bias=False) if input_size else None
+        if self.skip is not None:
+            nn.init.zeros_(self.skip.weight)
 
-    def forward(self, h: Tensor) -> HeadParams:
-        """h (B, hidden) -> HeadParams with (B, heads, ...) tensors."""
+    def forward(self, h: Tensor, x: Tensor | None = None) -> HeadParams:
+        """h (B, hidden), x (B, I) the raw input (used with a skip only) -> HeadParams with (B, heads, ...) tensors."""
         m, s = self.width, self.shift_range
-        raw = self.linear(h).reshape(h.shape[0], self.heads, self.per_head)  # (B, H, P)
+        flat = self.linear(h) if self.skip is None or x is None else self.linear(h) + self.skip(x)  # (B, H*P)
+        raw = flat.reshape(h.shape[0], self.heads, self.per_head)  # (B, H, P)
         key = raw[..., :m]  # (B, H, M)
         beta = F.softplus(raw[..., m])  # (B, H)
         gate = torch.sigmoid(raw[..., m + 1])  # (B, H)

@@ -6,7 +6,7 @@ update what was just recalled) or to the least-used row, which is erased first (
 
     w^w_t = sigmoid(alpha) * w^r_{t-1} + (1 - sigmoid(alpha)) * w^lu_{t-1}
     w^u_t = gamma * w^u_{t-1} + w^r_t + w^w_t            (usage, decay gamma)
-    w^lu_t = 1 on the n rows of least usage (n = read heads), 0 elsewhere
+    w^lu_t = 1 on the n rows of least usage (n = `lru_rows`, default the read heads), 0 elsewhere
 
 Each row's usage travels with the row: it is one extra memory column (the session state keeps its six
 tensors; the `memory` tensor is (N, M + 1) for an LRU model). Ties go to the first row, so a fresh memory

@@ -24,8 +24,11 @@ class NTM(nn.Module):
         self.controller = make_controller(
             c.controller, c.input_size + c.read_heads * c.memory_width, c.controller_size
         )
-        self.read_proj = HeadProjection(c.controller_size, c.read_heads, c.memory_width, c.shift_range, write=False)
-        self.write_proj = HeadProjection(c.controller_size, c.write_heads, c.memory_width, c.shift_range, write=True)
+        skip = c.input_size if c.heads_see_input else 0
+        self.read_proj = HeadProjection(c.controller_size, c.read_heads, c.memory_width, c.shift_range, write=False,
+                                        input_size=skip)
+        self.write_proj = HeadProjection(c.controller_size, c.write_heads, c.memory_width, c.shift_range, write=True,
+                                         input_size=skip)
         self.output = nn.Linear(c.controller_size + c.read_heads * c.memory_width, c.output_size)
         self.register_buffer("shift_index", addressing.shift_index(c.memory_rows, c.shift_range), persistent=False)
 
@@ -61,15 +64,15 @@ class NTM(nn.Module):
         controller_in = torch.cat([x, state.read_vectors.reshape(batch, -1)], dim=-1)  # (B, I + R*M)
         h, c = self.controller(controller_in, state.controller_h, state.controller_c)  # (B, H)
         if self.config.heads == "lru":
-            return self._lru_step(h, c, state)
+            return self._lru_step(x, h, c, state)
 
-        w = self.write_proj(h)
+        w = self.write_proj(h, x)
         write_weights = addressing.address(
             state.memory, state.write_weights, w.key, w.beta, w.gate, w.shift, w.gamma, self.shift_index
         )  # (B, W, N)
         new_memory = memory.write(state.memory, write_weights, w.erase, w.add)  # (B, N, M)
 
-        r = self.read_proj(h)
+        r = self.read_proj(h, x)
         read_weights = addressing.address(
             new_memory, state.read_weights, r.key, r.beta, r.gate, r.shift, r.gamma, self.shift_index
         )  # (B, R, N)
@@ -82,16 +85,16 @@ class NTM(nn.Module):
         logits = self.output(torch.cat([h, read_vectors.reshape(h.shape[0], -1)], dim=-1))  # (B, O)
         return torch.clamp(logits, -self.config.logit_clip, self.config.logit_clip)
 
-    def _lru_step(self, h: Tensor, c: Tensor, state: NTMState) -> tuple[Tensor, NTMState]:
+    def _lru_step(self, x: Tensor, h: Tensor, c: Tensor, state: NTMState) -> tuple[Tensor, NTMState]:
         """The rest of a step with least-recently-used access: the write gate picks last step's read rows or the
         least-used row (erased first); reads are content-based. Usage is the memory's last column."""
         m = self.config.memory_width
         old, old_usage = state.memory[..., :m], state.memory[..., m]  # (B, N, M), (B, N)
-        least = lru.least_used(old_usage, self.config.read_heads)  # (B, N)
-        w = self.write_proj(h)
+        least = lru.least_used(old_usage, self.config.write_rows)  # (B, N)
+        w = self.write_proj(h, x)
         write_weights = lru.write_weights(state.read_weights, least, w.gate)  # (B, W, N)
         new_memory = lru.erase_least_used(old, least) + write_weights.transpose(1, 2) @ w.add  # (B, N, M)
-        r = self.read_proj(h)
+        r = self.read_proj(h, x)
         read_weights = addressing.content_weighting(new_memory, r.key, r.beta)  # (B, R, N)
         read_vectors = memory.read(new_memory, read_weights)  # (B, R, M)
         new_usage = lru.usage(old_usage, read_weights, write_weights, self.config.usage_decay)  # (B, N)

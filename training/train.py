@@ -79,13 +79,17 @@ def transplant(source: nn.Module, target: nn.Module) -> None:
     Parameters of equal shape are copied. Where only the task's input or output width differs, the
     shared channels are copied and the new ones keep their fresh initialisation: the controller's input
     columns are laid out as [x (I), read vectors (R*M), h], so x's columns and the rest are copied
-    separately; the output layer's rows are the output channels.
+    separately; the output layer's rows are the output channels. A head input skip the source lacks
+    (`heads_see_input`) keeps its zero initialisation.
     """
     if not (isinstance(source, NTM) and isinstance(target, NTM)):
         raise ValueError("init_from needs an NTM checkpoint and an NTM run")
     src_in, dst_in = source.config.input_size, target.config.input_size
+    source_state = source.state_dict()
     for name, dst in target.state_dict().items():
-        src = source.state_dict()[name]
+        if name not in source_state and ".skip." in name:
+            continue  # an input skip the source has not (heads_see_input): stays zero, the source's behaviour
+        src = source_state[name]
         if src.shape == dst.shape:
             dst.copy_(src)
         elif name.startswith("controller.") and name.endswith("weight") and src.shape[0] == dst.shape[0]:
