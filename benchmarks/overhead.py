@@ -27,10 +27,10 @@ import numpy as np
 
 from benchmarks import machine
 from benchmarks.loadgen import LoadSpec
-from benchmarks.models import ModelFolder, find_model, single_model_dir
+from benchmarks.models import ModelFolder
 from benchmarks.ort_engine import BoundStep, copy_task_inputs, initial_state, make_session
 from benchmarks.report import Table, fmt_rate, write_result
-from benchmarks.server import REPO, measure_cell, pin_here, split_cores, start_server
+from benchmarks.server import REPO, add_model_options, measure_cell, pin_here, prepare, split_cores, start_server
 from benchmarks.timing import FULL, QUICK, Contender, measure
 from service.batcher import Batcher
 from service.engine import Engine
@@ -112,14 +112,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-pin", action="store_true", help="let the OS place server and load generator")
     parser.add_argument("--no-floor", action="store_true", help="skip the echo server (gRPC alone, no model)")
     parser.add_argument("--server-arg", action="append", default=[], help="extra argument for both servers")
-    parser.add_argument("--model", type=Path, default=None)
-    parser.add_argument("--models-dir", type=Path, default=Path("models"))
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    add_model_options(parser)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
-    model = find_model(args.models_dir, args.model)
-    models_dir = single_model_dir(model)
-    cells = [tuple(int(v) for v in c.split("x")) for c in args.cells.split(",")]
+    model, models_dir, cells = prepare(args)
     split = None if args.no_pin else split_cores()
     original = os.sched_getaffinity(0)
     try:

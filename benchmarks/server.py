@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import logging
 import os
@@ -21,6 +22,7 @@ import grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks.loadgen import LoadSpec, run_load
+from benchmarks.models import ModelFolder, find_model, single_model_dir
 from benchmarks.procstat import cpu_seconds
 from service.proto_gen.ntm.v1 import ntm_pb2, ntm_pb2_grpc
 
@@ -67,6 +69,25 @@ class ServerProcess:
                 log.warning("server %d ignored SIGTERM for %.0f s: killing it", self.pid, timeout)
                 self.proc.kill()
                 self.proc.wait(10)
+
+
+def load_cells(text: str) -> list[tuple[int, int]]:
+    """"64x20,8x1" -> [(64, 20), (8, 1)]: (sessions, steps per message) load cells."""
+    return [(int(a), int(b)) for a, b in (cell.split("x") for cell in text.split(","))]
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    """--model, --models-dir and --out, as every server benchmark takes them."""
+    parser.add_argument("--model", type=Path, default=None)
+    parser.add_argument("--models-dir", type=Path, default=Path("models"))
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+
+
+def prepare(args: argparse.Namespace) -> tuple[ModelFolder, Path, list[tuple[int, int]]]:
+    """From a server benchmark's parsed options: the model, a models folder serving only it, the load cells."""
+    logging.basicConfig(level=logging.WARNING)
+    model = find_model(args.models_dir, args.model)
+    return model, single_model_dir(model), load_cells(args.cells)
 
 
 def pin_here(cores: set[int] | None) -> None:

@@ -16,9 +16,8 @@ from pathlib import Path
 
 from benchmarks import machine
 from benchmarks.loadgen import LoadSpec
-from benchmarks.models import find_model, single_model_dir
 from benchmarks.report import Table, fmt_rate, write_result
-from benchmarks.server import REPO, measure_cell, pin_here, split_cores, start_server
+from benchmarks.server import REPO, add_model_options, measure_cell, pin_here, prepare, split_cores, start_server
 
 log = logging.getLogger(__name__)
 
@@ -33,14 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--pin", action="store_true",
                         help="load generator on the first core, both servers on the others (benchmarks.overhead)")
-    parser.add_argument("--model", type=Path, default=None)
-    parser.add_argument("--models-dir", type=Path, default=Path("models"))
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    add_model_options(parser)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING)
-    model = find_model(args.models_dir, args.model)
-    models_dir = single_model_dir(model)
-    cells = [tuple(int(v) for v in c.split("x")) for c in args.cells.split(",")]
+    model, models_dir, cells = prepare(args)
     trees = {"baseline": args.baseline.resolve(), "this tree": REPO}
     extra = ("--max-batch", str(MAX_BATCH))
     split = split_cores() if args.pin else None
