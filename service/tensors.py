@@ -21,6 +21,10 @@ from service.proto_gen.ntm.v1 import ntm_pb2
 # Python objects: 4x slower for a 20-step message's outputs, 15-70x for attention or a state (measured,
 # docs/performance.md). Reading a freshly parsed request's values from the wire form takes half the time.
 _FLOAT32 = np.dtype("<f4")
+# Shapes numpy can describe even when empty (it refuses [0, 2**30, 2**30, 2**30] as "too big"); no gRPC message
+# can carry more values than this anyway.
+MAX_RANK = 32
+MAX_ELEMENTS = 2**31 - 1
 _VALUES_TAG = 0x12  # field 2, length-delimited
 _SHAPE_TAG = 0x0A  # field 1, length-delimited (packed)
 
@@ -79,6 +83,9 @@ def to_array(tensor: ntm_pb2.Tensor, what: str) -> np.ndarray:
     shape = tuple(tensor.shape)
     if any(d < 0 for d in shape):
         raise invalid(f"{what}: negative dimension in shape {list(shape)}")
+    if len(shape) > MAX_RANK or math.prod(d for d in shape if d) > MAX_ELEMENTS:  # numpy cannot describe it
+        raise invalid(f"{what}: shape {list(shape)} is too large (at most {MAX_RANK} dimensions, and the "
+                      f"non-zero ones may span at most {MAX_ELEMENTS} values)")
     size = math.prod(shape)
     values = _values(tensor, shape)
     if size != values.size:

@@ -52,3 +52,20 @@ def test_unpacked_values_from_a_client_read_right() -> None:
     """proto3 parsers accept unpacked repeated floats (field 2, wire type 5, one float each)."""
     wire = b"\x0a\x01\x02" + b"".join(b"\x15" + np.float32(v).tobytes() for v in (0.25, 3.0))
     np.testing.assert_array_equal(to_array(ntm_pb2.Tensor.FromString(wire), "t"), [0.25, 3.0])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(st.just(0), st.integers(min_value=-3, max_value=2**63 - 1)), max_size=40))
+def test_any_declared_shape_is_read_or_refused_never_a_crash(shape: list[int]) -> None:
+    """A client's shape may be anything int64 allows (the fuzzer found [0, 2**62] crashing numpy's reshape):
+    it is read, or refused with INVALID_ARGUMENT."""
+    import grpc
+
+    from service.errors import ServiceError
+
+    try:
+        got = to_array(ntm_pb2.Tensor(shape=shape), "t")
+    except ServiceError as err:
+        assert err.code == grpc.StatusCode.INVALID_ARGUMENT
+    else:
+        assert got.shape == tuple(shape) and got.size == 0
