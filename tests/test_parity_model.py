@@ -68,7 +68,10 @@ def test_dev_model_parity_over_1000_steps(config: str, provider: str) -> None:
 # at the worst step; the same 8e-4..2e-3 with onnxruntime's graph optimisations off, so not the export).
 # Checked strictly over one episode below; docs/training.md has the evidence.
 CHAOTIC = {"priority_sort": "untrained-quality model is chaotic over 1000 steps of back-to-back episodes",
-           "copy": "a 500-vector copy into 128 rows: near-tie reads between overwritten rows amplify rounding"}
+           "copy": "a 500-vector copy into 128 rows: near-tie reads between overwritten rows amplify rounding",
+           "associative_recall_wrap": "chaotic over 1000 steps of back-to-back episodes: every continuous row "
+                                      "is within torch float32's own distance from float64, yet 4.9% of rounded "
+                                      "bits differ"}
 
 
 def _shipped_params() -> list[object]:
