@@ -15,7 +15,7 @@ import training.train as train_module
 from training import addressing
 from training.__main__ import parse
 from training.checkpoint import MODEL_FILE, RESUME_FILE, load_model, save_model
-from training.compiled import compiled_forward, eager_forward, training_forward
+from training.compiled import CHUNKS, chunk_plan, compiled_forward, eager_forward, training_forward
 from training.config import NTMConfig
 from training.device import resolve_device
 from training.evaluate import TARGETS, evaluate_folder, sequences_to_reach
@@ -24,7 +24,7 @@ from training.metrics import bit_errors, sequence_loss
 from training.model import NTM, LSTMBaseline
 from training.progress import Progress
 from training.state import STATE_NAMES, NTMState
-from training.tasks import get_task
+from training.tasks import copy_batch, get_task
 from training.train import TrainConfig, build_model, train
 
 TINY = {"controller_size": 24, "memory_rows": 24, "memory_width": 6}  # big enough for copy L <= 20
@@ -292,18 +292,34 @@ def test_variants_train_and_round_trip_through_checkpoints(tmp_path: Path) -> No
 COLD_COMPILE_TIMEOUT = 1200  # s: inductor's first compile of the step (C++ builds) took over 300 s on the busy box
 
 
-@pytest.mark.timeout(COLD_COMPILE_TIMEOUT)
-def test_compiled_step_computes_the_eager_logits_and_gradients() -> None:
-    """--compile differentiates the same function as eager training, float noise aside (training/compiled.py)."""
-    task = get_task("copy")
-    batch = task.sample(torch.Generator().manual_seed(4), 16)
-    grads = []
+def test_chunk_plan_covers_every_length_largest_chunks_first() -> None:
+    for steps in range(61):
+        plan = chunk_plan(steps)
+        assert sum(plan) == steps and set(plan) <= set(CHUNKS) and plan == sorted(plan, reverse=True)
+    assert chunk_plan(2 * 7) == [4, 4, 4, 2]  # copy: T - 1 = 2L after the first step, no single steps
+    assert chunk_plan(7, (8, 2, 1)) == [2, 2, 2, 1]
+    with pytest.raises(ValueError, match="include 1"):
+        chunk_plan(6, (4, 2))
+
+
+def compiled_and_eager_gradients(inputs: torch.Tensor, targets: torch.Tensor) -> list[tuple[torch.Tensor, dict]]:
+    """(logits, gradient of every parameter) of the eager and the compiled forward, one fresh tiny model each."""
+    results = []
     for forward in (eager_forward, compiled_forward):
         model = tiny_ntm()
-        logits = forward(model)(batch.inputs)
-        sequence_loss(logits, batch.targets).backward()
-        grads.append((logits.detach(), {n: p.grad for n, p in model.named_parameters()}))
-    (eager_logits, eager_grads), (compiled_logits, compiled_grads) = grads
+        logits = forward(model)(inputs)
+        sequence_loss(logits, targets).backward()
+        results.append((logits.detach(), {n: p.grad for n, p in model.named_parameters()}))
+    return results
+
+
+@pytest.mark.timeout(COLD_COMPILE_TIMEOUT)
+@pytest.mark.parametrize("steps", [11, 8])  # after the first step: chunks 4, 4, 2; and 4, 2, 1 (every graph)
+def test_compiled_step_computes_the_eager_logits_and_gradients(steps: int) -> None:
+    """--compile differentiates the same function as eager training, float noise aside (training/compiled.py)."""
+    batch = copy_batch(torch.Generator().manual_seed(4), 16, 5)  # inputs (11, 16, 9), targets (5, 16, 8)
+    eager, compiled = compiled_and_eager_gradients(batch.inputs[:steps], batch.targets)
+    (eager_logits, eager_grads), (compiled_logits, compiled_grads) = eager, compiled
     torch.testing.assert_close(compiled_logits, eager_logits, rtol=1e-4, atol=1e-5)
     assert eager_grads.keys() == compiled_grads.keys()
     for name, grad in eager_grads.items():
@@ -311,13 +327,52 @@ def test_compiled_step_computes_the_eager_logits_and_gradients() -> None:
 
 
 @pytest.mark.timeout(COLD_COMPILE_TIMEOUT)
-def test_compiled_training_is_deterministic(tmp_path: Path) -> None:
+def test_compiled_forward_reuses_its_graphs_for_every_length() -> None:
+    """Copy's 20 lengths (T = 3..41) run on three graphs: the first step and chunks of 4 and 2; none is traced
+    again for another length or for another model of the same sizes."""
+    from torch._dynamo.utils import counters
+
+    gen = torch.Generator().manual_seed(2)
+    before = counters["stats"]["unique_graphs"]
+    for model in (tiny_ntm(), tiny_ntm()):
+        forward = compiled_forward(model)
+        for length in range(1, 21):
+            batch = copy_batch(gen, 16, length)
+            torch.testing.assert_close(forward(batch.inputs), model(batch.inputs)[0], rtol=1e-4, atol=1e-5)
+    assert counters["stats"]["unique_graphs"] - before <= 3
+
+
+@pytest.mark.timeout(COLD_COMPILE_TIMEOUT)
+def test_compiled_training_is_deterministic_resumable_and_follows_eager(tmp_path: Path) -> None:
+    """Same seed, same weights; a compiled run resumed without --compile (and the other way round) continues
+    with the resuming run's optimiser kernels; and a few hundred optimiser steps compiled end within float noise
+    of the same steps eager (compiled chunks and the fused Adam both change summation order only)."""
     runs = [tmp_path / "a", tmp_path / "b"]
     for out in runs:
         train(small_config(out, sequences=48, compile=True), progress=False)
     assert_same_weights(*runs)
+    assert optimizer_flags(runs[0]) == {"fused": True, "foreach": None}
+    train(small_config(runs[0], sequences=96), progress=False)  # resumed eager: the looped Adam again
+    assert optimizer_flags(runs[0]) == {"fused": None, "foreach": None}
+    train(small_config(tmp_path / "rms", sequences=32, optimizer="rmsprop", compile=True), progress=False)
+    assert optimizer_flags(tmp_path / "rms") == {"fused": None, "foreach": True}
+
+    steps = 200
+    long = {"sequences": 16 * steps, "eval_every": 16 * steps}
+    train(small_config(tmp_path / "eager", **long), progress=False)
+    train(small_config(tmp_path / "compiled", compile=True, **long), progress=False)
+    eager, compiled = weights(tmp_path / "eager"), weights(tmp_path / "compiled")
+    for name, w in eager.items():
+        torch.testing.assert_close(compiled[name], w, rtol=1e-3, atol=1e-3, msg=name)
+    rows = [json.loads((tmp_path / run / "train_log.jsonl").read_text()) for run in ("eager", "compiled")]
+    assert rows[1]["loss"] == pytest.approx(rows[0]["loss"], rel=1e-3)
     with pytest.raises(ValueError, match="NTM only"):
         training_forward(LSTMBaseline(9, 8, hidden_size=8, layers=1), compile_step=True)
+
+
+def optimizer_flags(out: Path) -> dict[str, object]:
+    group = torch.load(out / RESUME_FILE, weights_only=False)["optimizer"]["param_groups"][0]
+    return {"fused": group["fused"], "foreach": group["foreach"]}
 
 
 def test_compile_without_a_cpp_compiler_is_refused_before_training(

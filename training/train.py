@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from training.checkpoint import MODEL_FILE, RESUME_FILE, load_model, save_model
-from training.compiled import Forward, training_forward
+from training.compiled import Forward, training_forward, use_fast_kernels
 from training.config import NTMConfig
 from training.device import resolve_device
 from training.metrics import bit_errors
@@ -104,11 +104,15 @@ def transplant(source: nn.Module, target: nn.Module) -> None:
 
 
 def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """The configured optimiser; with --compile its update runs fused (training/compiled.py: use_fast_kernels)."""
     if cfg.optimizer == "adam":
-        return torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    if cfg.optimizer == "rmsprop":
-        return torch.optim.RMSprop(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, alpha=0.95)
-    raise ValueError(f"unknown optimizer {cfg.optimizer!r}")
+        optimizer: torch.optim.Optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    elif cfg.optimizer == "rmsprop":
+        optimizer = torch.optim.RMSprop(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, alpha=0.95)
+    else:
+        raise ValueError(f"unknown optimizer {cfg.optimizer!r}")
+    use_fast_kernels(optimizer, cfg.compile)
+    return optimizer
 
 
 @torch.no_grad()
@@ -187,6 +191,7 @@ def _start_or_resume(cfg: TrainConfig, task: TaskSpec, out: Path, device: torch.
         raise ValueError(f"{resume_path} was written by a different training config; use another --out")
     model.load_state_dict(state["model"])
     run.optimizer.load_state_dict(state["optimizer"])  # moves the moments to the parameters' device
+    use_fast_kernels(run.optimizer, cfg.compile)  # the saved groups' flags are the writer's choice, not this run's
     run.gen.set_state(state["generator"])
     run.seen, run.best = state["sequences"], state.get("best_eval", run.best)
     lines = log_path.read_text().splitlines() if log_path.exists() else []
