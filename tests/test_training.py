@@ -363,9 +363,9 @@ def test_compiled_training_is_deterministic_resumable_and_follows_eager(tmp_path
     train(small_config(tmp_path / "compiled", compile=True, **long), progress=False)
     eager, compiled = weights(tmp_path / "eager"), weights(tmp_path / "compiled")
     for name, w in eager.items():
-        torch.testing.assert_close(compiled[name], w, rtol=1e-3, atol=1e-3, msg=name)
+        torch.testing.assert_close(compiled[name], w, rtol=1e-4, atol=1e-5, msg=name)  # measured: 7e-7 at most
     rows = [json.loads((tmp_path / run / "train_log.jsonl").read_text()) for run in ("eager", "compiled")]
-    assert rows[1]["loss"] == pytest.approx(rows[0]["loss"], rel=1e-3)
+    assert rows[1]["loss"] == pytest.approx(rows[0]["loss"], rel=1e-5)  # the mean training loss over the 200 steps
     with pytest.raises(ValueError, match="NTM only"):
         training_forward(LSTMBaseline(9, 8, hidden_size=8, layers=1), compile_step=True)
 
