@@ -48,8 +48,8 @@ def parse(argv: list[str]) -> TrainConfig:
                         '(default: the training range)')
     p.add_argument("--device", choices=DEVICES, default=d.device, help="auto: CUDA when torch sees one, else CPU")
     p.add_argument("--compile", action="store_true",
-                   help="compile the NTM step for training (torch.compile; faster after a one-off compile, "
-                        "see docs/training.md#training-speed)")
+                   help="compile the NTM step for training (torch.compile, chunks of steps) and fuse the optimiser; "
+                        "faster after a one-off compile, see docs/training.md#training-speed")
     a = p.parse_args(argv)
     suffix = "" if a.model == "ntm" else "_lstm_baseline"
     return TrainConfig(

@@ -60,7 +60,7 @@ class TrainConfig:
     max_length: int = 0  # copy only: train on L in [1, max_length] (0: the task's 1..20)
     select_on: str = ""  # eval point whose held-out figure picks the shipped checkpoint ("": the training range)
     device: str = "auto"  # auto (CUDA when torch sees one), cpu, cuda; not part of the run's identity
-    compile: bool = False  # NTM.step compiled once for training (training/compiled.py); not part of the identity
+    compile: bool = False  # NTM.step compiled in chunks, Adam fused (training/compiled.py); not part of the identity
 
 
 def build_model(cfg: TrainConfig, task: TaskSpec) -> nn.Module:
