@@ -174,7 +174,7 @@ def test_lru_rows_sets_how_many_least_used_rows_a_write_takes() -> None:
 
 def test_input_skip_starts_at_zero_so_a_warm_start_begins_as_its_source() -> None:
     from training.model import NTM
-    from training.train import transplant
+    from training.transplant import transplant
 
     torch.manual_seed(0)
     base = NTMConfig(69, 5, controller_size=16, memory_rows=8, memory_width=4, read_heads=2, heads="lru")
