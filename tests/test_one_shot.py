@@ -328,3 +328,20 @@ def test_demo_refuses_a_model_without_label_outputs(server, capsys) -> None:
 
     assert main(["one_shot", "--target", server.target, "--model", "copy"]) == 1
     assert "does not output label probabilities" in capsys.readouterr().out
+
+
+def test_nearest_neighbour_reference_uses_only_labels_that_have_arrived() -> None:
+    """The weightless reference answers with the label of the closest earlier sample, known one step late."""
+    from training.one_shot_reference import NearestNeighbour
+
+    features = torch.zeros(4, 1, 64)
+    features[0, 0, 0] = features[2, 0, 0] = 1.0  # steps 0 and 2 show class A; 1 and 3 class B
+    features[1, 0, 1] = features[3, 0, 1] = 1.0
+    labels = torch.tensor([[3], [1], [3], [1]])  # (T, B)
+    batch = one_shot.encode_episode(features, labels)
+    logits = NearestNeighbour()(batch.inputs)[0]  # (T, 1, 5)
+    # t=1: only step 0 (label 3) is known, so 3 although B is new; t=2, t=3: the matching earlier sample's label
+    assert logits[1:, 0].argmax(-1).tolist() == [3, 3, 1]
+    flipped = one_shot.synthetic_episodes(torch.Generator().manual_seed(0), 8)
+    hits, seen = one_shot.accuracy_by_instance(NearestNeighbour()(flipped.inputs)[0], flipped.targets)
+    assert hits[1] / seen[1] > 0.95  # 10 % bit flips: a second sight of a random prototype is easy
