@@ -6,7 +6,8 @@ new entries are filled by rule, so the target starts as close to its source as t
 - a new task input or output channel keeps its fresh initialisation (repeat copy from copy);
 - a new memory column (a wider memory, e.g. one that holds a whole 8x8 image) is read by nothing at first:
   the controller and output columns that read it, the keys' new components and r0's are zero, and the
-  adds that write it start small, so the gradient, not chance, decides what goes there.
+  adds that write it start small, so the gradient, not chance, decides what goes there;
+- a new write head (appended) has zero keys and small adds, so it changes little until trained.
 """
 
 from __future__ import annotations
@@ -74,8 +75,9 @@ def layouts(c: NTMConfig) -> dict[str, tuple[Layout, ...]]:
 def segment_index(source: Layout, target: Layout) -> tuple[Tensor, Tensor, Tensor]:
     """Along one axis: (source positions, their target positions) of the shared entries, and each target
     position's fill code (0 copied, 1 fresh, 2 zero, 3 small)."""
-    if len(source) != len(target):
-        raise ValueError(f"layouts differ in segments: {len(source)} -> {len(target)}")
+    if len(source) > len(target):
+        raise ValueError(f"layouts lose segments: {len(source)} -> {len(target)}")
+    source = source + [Segment(0, "fresh")] * (len(target) - len(source))  # more heads: appended, all new
     codes = {"fresh": 1, "zero": 2, "small": 3}
     src_idx, dst_idx, fill = [], [], []
     s0 = d0 = 0
@@ -109,18 +111,21 @@ def remap(src: Tensor, fresh: Tensor, source: tuple[Layout, ...], target: tuple[
 def transplant(source: nn.Module, target: nn.Module) -> None:
     """Warm-start `target` from a trained NTM of another task or other sizes (see the module docstring).
 
-    Parameters of equal shape are copied; the task's input/output widths and the memory width may differ. A
+    Parameters of equal shape are copied; the task's input/output widths, the memory width and the number of
+    write heads (new heads appended) may differ. A
     head input skip the source lacks (`heads_see_input`) keeps its zero initialisation.
     """
     if not (isinstance(source, NTM) and isinstance(target, NTM)):
         raise ValueError("init_from needs an NTM checkpoint and an NTM run")
+    if (source.config.read_heads, source.config.controller) != (target.config.read_heads, target.config.controller):
+        raise ValueError("init_from cannot change the read heads or the controller kind")
     src_layouts, dst_layouts = layouts(source.config), layouts(target.config)
     source_state = source.state_dict()
     for name, dst in target.state_dict().items():
         if name not in source_state and ".skip." in name:
             continue  # an input skip the source has not (heads_see_input): stays zero, the source's behaviour
-        if name == "memory0" and target.config.memory_init == "constant":
-            continue  # a buffer the config defines (every entry memory_init_value), not a trained weight
+        if name in ("read_w0", "write_w0") or (name == "memory0" and target.config.memory_init == "constant"):
+            continue  # buffers the config defines (heads on row 0, memory_init_value), not trained weights
         src = source_state[name]
         if src.shape == dst.shape:
             dst.copy_(src)
