@@ -20,11 +20,12 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import grpc
 from google.rpc import status_pb2
 
+from service import packed
 from service.auth import TokenAuth
 from service.batcher import defer_wakeup
 from service.config import ServiceConfig
 from service.errors import ServiceError, internal, invalid, not_found
-from service.jobs import ControlJob, StepJob, StepOutcome
+from service.jobs import ControlJob, PackJob, StepJob, StepOutcome
 from service.metrics import Metrics
 from service.proto_gen.ntm.v1 import ntm_pb2, ntm_pb2_grpc
 from service.registry import ModelSet, ServedModel
@@ -351,14 +352,25 @@ class NTMServicer(ntm_pb2_grpc.NTMServicer):
         """Reads with `context.read()` in one task (the reader) and writes with `context.write()` here, in each
         session's request order; results reach the writer through the stream's queue straight from the
         inbox's drain (no future per request)."""
+        await self._serve_stream(context, "StreamSteps", self._read_stream)
+
+    async def StreamPackedSteps(self, request_iterator: AsyncIterator[ntm_pb2.PackedStepRequest],
+                                context: Any) -> None:
+        """As StreamSteps, for packed messages (service/packed.py); responses leave in request order."""
+        await self._serve_stream(context, "StreamPackedSteps", self._read_packed_stream)
+
+    async def _serve_stream(self, context: Any, rpc: str,
+                            read: Callable[[Any, str, _StreamOrder, asyncio.Semaphore], Any]) -> None:
+        """A stream's writer: `read` (a coroutine, run as its own task) reads the requests and puts their answers in
+        the stream's order line; here they are written out, at most `stream_window` unanswered at a time."""
         try:
             owner = self._owner(context)
         except ServiceError as err:
-            self._count_error("StreamSteps", err)
+            self._count_error(rpc, err)
             await context.abort(err.code, err.message)
         order = _StreamOrder()
         window = asyncio.Semaphore(self.config.stream_window)
-        reader = asyncio.create_task(self._read_stream(context, owner, order, window))
+        reader = asyncio.create_task(read(context, owner, order, window))
         self._streams.add(reader)
         reader.add_done_callback(self._streams.discard)
         reading = True
@@ -416,6 +428,68 @@ class NTMServicer(ntm_pb2_grpc.NTMServicer):
                     order.fill(request.session_id, cell, self._error_response(request, internal(str(err))))
         finally:
             order.out.put_nowait(_READ_DONE)
+
+    async def _read_packed_stream(self, context: Any, owner: str, order: _StreamOrder,
+                                  window: asyncio.Semaphore) -> None:
+        """StreamPackedSteps' reader: one order line for the whole stream (responses in request order)."""
+        try:
+            while True:
+                request = await context.read()
+                if request is grpc.aio.EOF:
+                    return
+                await window.acquire()
+                cell = order.reserve("")
+                request_id = "" if isinstance(request, Malformed) else request.request_id[:MAX_REQUEST_ID_CHARS]
+                try:
+                    if isinstance(request, Malformed):
+                        raise invalid(request.message)
+                    self._submit_pack(request, owner, functools.partial(self._packed_done, order, cell, request_id))
+                except ServiceError as err:
+                    self._count_error("StreamPackedSteps", err)
+                    order.fill("", cell, packed.refusal(request_id, err))
+                except Exception as err:  # a bug must not end the stream
+                    log.exception("StreamPackedSteps: message failed")
+                    order.fill("", cell, packed.refusal(request_id, internal(str(err))))
+        finally:
+            order.out.put_nowait(_READ_DONE)
+
+    def _submit_pack(self, request: ntm_pb2.PackedStepRequest, owner: str, on_result: Callable[[Any], None]) -> None:
+        """Check a packed message whole and queue it as one PackJob; `on_result` runs on the event loop with a
+        PackOutcome or a ServiceError. A refused message raises here (a PackError names its entries) and queues
+        nothing."""
+        if self.cluster is not None:
+            raise ServiceError(grpc.StatusCode.UNIMPLEMENTED, "StreamPackedSteps is not served in replica mode "
+                               "(--store-url): a message's sessions may live on different replicas; use StreamSteps")
+        entries = len(request.entries)
+        if not 1 <= entries <= self.config.max_batch:
+            raise invalid(f"a packed message carries 1 to {self.config.max_batch} entries (the server's max_batch), "
+                          f"got {entries}")
+        if len(request.request_id) > MAX_REQUEST_ID_CHARS:
+            raise invalid(f"request_id has {len(request.request_id)} characters, more than {MAX_REQUEST_ID_CHARS}")
+        found = self.registry.find_many([entry.session_id for entry in request.entries], owner)
+        checked = packed.check(request, found, self._served, self.config.max_steps)
+        post = self.inbox.callback(on_result)
+        began = time.perf_counter()
+        latency, requests = self._step_metrics(checked.sessions[0].model, "StreamPackedSteps")
+
+        def done(result: Any) -> None:
+            latency.observe(time.perf_counter() - began)
+            requests.inc()
+            post(result)
+
+        self.registry.submit_pack(checked.sessions, lambda sessions, d: PackJob(
+            sessions, checked.inputs, request.return_attention, d, checked.expect_steps), done)
+
+    def _packed_done(self, order: _StreamOrder, cell: list[Any], request_id: str, result: Any) -> None:
+        """On the event loop: a packed message's result (PackOutcome or an error) into its place in the line."""
+        if isinstance(result, ServiceError):
+            self._count_error("StreamPackedSteps", result)
+            response = packed.refusal(request_id, result)
+        elif isinstance(result, BaseException):
+            response = packed.refusal(request_id, internal(str(result)))
+        else:
+            response = packed.answer(request_id, result)
+        order.fill("", cell, response)
 
     def _stream_done(self, order: _StreamOrder, cell: list[Any], request: ntm_pb2.StepRequest, result: Any) -> None:
         """On the event loop: a stream request's result (StepOutcome or an error) into its place in the line."""
