@@ -188,6 +188,19 @@ class NTMServicer(ntm_pb2_grpc.NTMServicer):
                                                   self.metrics.requests.labels(model, rpc))
         return found
 
+    def _timed(self, model: str, rpc: str, on_result: Callable[[Any], None]) -> Done:
+        """A job's answer: `on_result` posted to the event loop, after the request's latency and count are recorded."""
+        post = self.inbox.callback(on_result)
+        began = time.perf_counter()
+        latency, requests = self._step_metrics(model, rpc)
+
+        def done(result: Any) -> None:
+            latency.observe(time.perf_counter() - began)
+            requests.inc()
+            post(result)
+
+        return done
+
     def _count_error(self, method: str, err: ServiceError) -> None:
         self.metrics.errors.labels(method, err.code.name).inc()
         log.debug("refused", extra={"method": method, "code": err.code.name, "detail": err.message})
@@ -259,14 +272,7 @@ class NTMServicer(ntm_pb2_grpc.NTMServicer):
         expect = request.expect_steps if request.HasField("expect_steps") else None
         if expect is not None and expect < 0:
             raise invalid(f"expect_steps must be >= 0, got {expect}")
-        post = self.inbox.callback(on_result)
-        began = time.perf_counter()
-        latency, requests = self._step_metrics(session.model, rpc)
-
-        def done(result: Any) -> None:
-            latency.observe(time.perf_counter() - began)
-            requests.inc()
-            post(result)
+        done = self._timed(session.model, rpc, on_result)
 
         def make(s: SessionRecord, d: Done) -> StepJob:
             return StepJob(s, inputs, request.return_attention, d, expect)
@@ -390,13 +396,17 @@ class NTMServicer(ntm_pb2_grpc.NTMServicer):
         finally:
             reader.cancel()
 
+    @staticmethod
+    async def _next_request(context: Any, window: asyncio.Semaphore) -> Any:
+        """A stream's next request once the window has room for its answer, or grpc.aio.EOF."""
+        request = await context.read()
+        if request is not grpc.aio.EOF:
+            await window.acquire()
+        return request
+
     async def _read_stream(self, context: Any, owner: str, order: _StreamOrder, window: asyncio.Semaphore) -> None:
         try:
-            while True:
-                request = await context.read()
-                if request is grpc.aio.EOF:
-                    return
-                await window.acquire()
+            while (request := await self._next_request(context, window)) is not grpc.aio.EOF:
                 if isinstance(request, Malformed):  # answered, and the stream goes on
                     err = invalid(request.message)
                     self._count_error("StreamSteps", err)
@@ -433,11 +443,7 @@ class NTMServicer(ntm_pb2_grpc.NTMServicer):
                                   window: asyncio.Semaphore) -> None:
         """StreamPackedSteps' reader: one order line for the whole stream (responses in request order)."""
         try:
-            while True:
-                request = await context.read()
-                if request is grpc.aio.EOF:
-                    return
-                await window.acquire()
+            while (request := await self._next_request(context, window)) is not grpc.aio.EOF:
                 cell = order.reserve("")
                 request_id = "" if isinstance(request, Malformed) else request.request_id[:MAX_REQUEST_ID_CHARS]
                 try:
@@ -468,39 +474,30 @@ class NTMServicer(ntm_pb2_grpc.NTMServicer):
             raise invalid(f"request_id has {len(request.request_id)} characters, more than {MAX_REQUEST_ID_CHARS}")
         found = self.registry.find_many([entry.session_id for entry in request.entries], owner)
         checked = packed.check(request, found, self._served, self.config.max_steps)
-        post = self.inbox.callback(on_result)
-        began = time.perf_counter()
-        latency, requests = self._step_metrics(checked.sessions[0].model, "StreamPackedSteps")
-
-        def done(result: Any) -> None:
-            latency.observe(time.perf_counter() - began)
-            requests.inc()
-            post(result)
-
+        done = self._timed(checked.sessions[0].model, "StreamPackedSteps", on_result)
         self.registry.submit_pack(checked.sessions, lambda sessions, d: PackJob(
             sessions, checked.inputs, request.return_attention, d, checked.expect_steps), done)
 
+    def _response(self, rpc: str, result: Any, refuse: Callable[[ServiceError], Any],
+                  answer: Callable[[Any], Any]) -> Any:
+        """A stream request's response from its result: `answer(outcome)`, or `refuse(error)` (counted)."""
+        if isinstance(result, ServiceError):
+            self._count_error(rpc, result)
+            return refuse(result)
+        if isinstance(result, BaseException):
+            return refuse(internal(str(result)))
+        return answer(result)
+
     def _packed_done(self, order: _StreamOrder, cell: list[Any], request_id: str, result: Any) -> None:
         """On the event loop: a packed message's result (PackOutcome or an error) into its place in the line."""
-        if isinstance(result, ServiceError):
-            self._count_error("StreamPackedSteps", result)
-            response = packed.refusal(request_id, result)
-        elif isinstance(result, BaseException):
-            response = packed.refusal(request_id, internal(str(result)))
-        else:
-            response = packed.answer(request_id, result)
-        order.fill("", cell, response)
+        order.fill("", cell, self._response("StreamPackedSteps", result, functools.partial(packed.refusal, request_id),
+                                            functools.partial(packed.answer, request_id)))
 
     def _stream_done(self, order: _StreamOrder, cell: list[Any], request: ntm_pb2.StepRequest, result: Any) -> None:
         """On the event loop: a stream request's result (StepOutcome or an error) into its place in the line."""
-        if isinstance(result, ServiceError):
-            self._count_error("StreamSteps", result)
-            response = self._error_response(request, result)
-        elif isinstance(result, BaseException):
-            response = self._error_response(request, internal(str(result)))
-        else:
-            response = self._step_response(request, result)
-        order.fill(request.session_id, cell, response)
+        order.fill(request.session_id, cell, self._response(
+            "StreamSteps", result, functools.partial(self._error_response, request),
+            functools.partial(self._step_response, request)))
 
     @_unary
     async def ExportSession(self, request: ntm_pb2.ExportSessionRequest, context: Any) -> ntm_pb2.SessionState:
