@@ -3,8 +3,8 @@
 Like the first two rounds (export/graph_passes.py runs all three), each pass is value-preserving in float32 on
 the CPU provider, checked by tests/test_graph_passes.py for bit-identical outputs (each pass alone, on random
 states). They hand the pieces of one tensor out with one Split, add a Gemm's addend inside the Gemm, sum 0/1
-indicators in one node, divide a count of one-hot rows by the count it always has, and let one subtraction
-give the gates' complements.
+indicators in one node, divide a count of one-hot rows by the count it always has, let one subtraction give
+the gates' complements, and pick the least-used rows on the usage column in the layout its users need.
 """
 
 from __future__ import annotations
@@ -58,34 +58,33 @@ def split_for_last_axis_pieces(g: _Graph) -> int:
     filler outputs for the gaps): the same elements, one node. onnxruntime does this itself only when the
     pieces cover the whole axis (the least-used-row heads leave columns unread)."""
     done = 0
-    for node in list(g.graph.node):
-        for value in node.output:
-            dims, readers = g.dims(value), g.consumers.get(value, [])
-            if not dims or not isinstance(dims[-1], int) or dims[-1] < 1 or len(readers) < 2 or value in g.outputs:
-                continue
-            rank, width = len(dims), dims[-1]
-            pieces = [_piece(g, reader, value, rank, width) for reader in readers]
-            if any(p is None for p in pieces):
-                continue
-            order = sorted(zip(pieces, readers, strict=True), key=lambda pr: pr[0])
-            if any(a[0][1] > b[0][0] for a, b in itertools.pairwise(order)):
-                continue  # overlapping pieces
-            outputs, sizes, at = [], [], 0
-            for (start, end), reader in order:
-                if start > at:
-                    outputs.append(f"{value}_unread_{at}")
-                    sizes.append(start - at)
-                outputs.append(reader.output[0])
-                sizes.append(end - start)
-                at = end
-            if at < width:
+    for value in [*(v.name for v in g.graph.input), *(out for node in list(g.graph.node) for out in node.output)]:
+        dims, readers = g.dims(value), g.consumers.get(value, [])
+        if not dims or not isinstance(dims[-1], int) or dims[-1] < 1 or len(readers) < 2 or value in g.outputs:
+            continue
+        rank, width = len(dims), dims[-1]
+        pieces = [_piece(g, reader, value, rank, width) for reader in readers]
+        if any(p is None for p in pieces):
+            continue
+        order = sorted(zip(pieces, readers, strict=True), key=lambda pr: pr[0])
+        if any(a[0][1] > b[0][0] for a, b in itertools.pairwise(order)):
+            continue  # overlapping pieces
+        outputs, sizes, at = [], [], 0
+        for (start, end), reader in order:
+            if start > at:
                 outputs.append(f"{value}_unread_{at}")
-                sizes.append(width - at)
-            first = min(list(g.graph.node).index(r) for r in readers)
-            for reader in readers:
-                g.graph.node.remove(reader)
-            g.graph.node.insert(first, _split_node(value, outputs, sizes, rank - 1, g, f"{value}_pieces"))
-            done += 1
+                sizes.append(start - at)
+            outputs.append(reader.output[0])
+            sizes.append(end - start)
+            at = end
+        if at < width:
+            outputs.append(f"{value}_unread_{at}")
+            sizes.append(width - at)
+        first = min(list(g.graph.node).index(r) for r in readers)
+        for reader in readers:
+            g.graph.node.remove(reader)
+        g.graph.node.insert(first, _split_node(value, outputs, sizes, rank - 1, g, f"{value}_pieces"))
+        done += 1
     return done
 
 
@@ -271,5 +270,99 @@ def complements_in_the_gate_block(g: _Graph) -> int:
             add.op_type = "Sub"
             add.input[:] = [n for n in add.input if n != mul.output[0]] + [mul.output[0]]
         _forget_shapes(g, {gemm.output[0], view, block_in.output[0], sigmoid.output[0]})
+        return 1  # the index is stale now
+    return 0
+
+
+_LIFTED = ("ArgMin", "Equal", "Cast", "Where", "Sum", "Add", "Div", "Sub")
+
+
+def _lift_set(g: _Graph, select: str) -> tuple[list[onnx.NodeProto], list[onnx.NodeProto]] | None:
+    """The arg-min chain reading `select` (B, N) that can run on the (B, N, 1) column instead, and its ends (the
+    Unsqueezes that put the axis back): -> (chain nodes in graph order, ends), or None."""
+    chain: list[onnx.NodeProto] = []
+    values = {select}
+    for node in g.graph.node:
+        if node.domain not in ("", "ai.onnx") or node.op_type not in _LIFTED:
+            continue
+        inside = [n for n in node.input if n in values]
+        others = [n for n in node.input if n not in values]
+        constant_ok = (lambda n: n in g.constants) if node.op_type == "Equal" else (lambda n: g.scalar(n) is not None)
+        if not inside or not all(constant_ok(n) for n in others):
+            continue
+        attrs = _attrs(node)
+        if node.op_type == "ArgMin" and (attrs.get("keepdims", 1) != 1 or int(attrs.get("axis", 0)) % 2 != 1):
+            return None
+        if node.op_type in ("Div", "Sub") and node.input[0 if node.op_type == "Div" else 1] not in values:
+            return None
+        if node.op_type == "Equal":
+            index = g.constants.get(others[0]) if len(others) == 1 else None
+            if index is None or index.ndim != 1:
+                return None
+        chain.append(node)
+        values.add(node.output[0])
+    ends = []
+    for value in values - {select}:
+        if value in g.outputs:
+            return None
+        for user in g.consumers.get(value, ()):
+            if user in chain:
+                continue
+            axes = g.constants.get(user.input[1]) if _standard(user, "Unsqueeze") and len(user.input) > 1 else None
+            if axes is None or axes.size != 1 or int(axes.reshape(-1)[0]) % 3 not in (1, 2):
+                return None
+            ends.append(user)
+    return (chain, ends) if chain and ends else None
+
+
+def least_used_as_a_column(g: _Graph) -> int:
+    """The least-used rows' arg-min chain run on the usage column as (B, N, 1) instead of (B, N).
+
+    torch takes `usage = memory[..., -1]` (B, N), picks rows along N, and puts an axis back twice: (B, 1, N) for
+    the write weighting, (B, N, 1) for the erase. Run on the column itself (ArgMin over axis 1, the index
+    `arange(N)` as a column), the chain gives the same values already shaped (B, N, 1): the erase's Unsqueeze
+    goes and the other becomes a Reshape to (B, 1, N). ArgMin picks the same index along either layout,
+    ties, NaN and infinities included (tests/test_graph_passes.py).
+    """
+    for gather in list(g.graph.node):
+        index = g.constants.get(gather.input[1]) if _standard(gather, "Gather") else None
+        dims = g.dims(gather.input[0])
+        if index is None or index.ndim != 0 or not dims or len(dims) != 3:
+            continue
+        if int(_attrs(gather).get("axis", 0)) % 3 != 2:
+            continue
+        select = gather.output[0]
+        found = _lift_set(g, select)
+        if found is None:
+            continue
+        chain, ends = found
+        column = f"{select}_column"
+        position = list(g.graph.node).index(gather)
+        as_list = _constant(g, f"{gather.input[1]}_as_list", index.reshape(1))
+        g.graph.node.insert(position + 1, onnx.helper.make_node("Gather", [gather.input[0], as_list], [column], axis=2))
+        for node in chain:
+            node.input[:] = [column if n == select else n for n in node.input]
+            if node.op_type == "ArgMin":
+                for attr in node.attribute:
+                    if attr.name == "axis":
+                        attr.i = 1
+            if node.op_type == "Equal":
+                for position_, name in enumerate(node.input):
+                    if name in g.constants:
+                        node.input[position_] = _constant(g, f"{name}_column", g.constants[name].reshape(-1, 1))
+        for end in ends:
+            if int(g.constants[end.input[1]].reshape(-1)[0]) % 3 == 2:  # (B, N) -> (B, N, 1): the value already is
+                _rename_input(g, end.output[0], end.input[0])
+            else:  # (B, N) -> (B, 1, N): the (B, N, 1) value reshaped (a Transpose would be moved about by onnxruntime)
+                end.op_type = "Reshape"
+                end.input[1] = _constant(g, f"{select}_row_shape", np.array([0, 1, -1], dtype=np.int64))
+        if any(n not in chain for n in g.consumers.get(select, ())):  # the usage update still reads (B, N)
+            gather.op_type = "Squeeze"
+            gather.input[:] = [column, _constant(g, f"{select}_squeeze_axis", np.array([2], dtype=np.int64))]
+            del gather.attribute[:]
+            gather.output[0] = select
+            g.graph.node.remove(gather)
+            g.graph.node.insert(position + 1, gather)
+        _forget_shapes(g, {n.output[0] for n in chain})
         return 1  # the index is stale now
     return 0

@@ -24,6 +24,7 @@ from export.graph_folds import (
     add_inside_gemm,
     complements_in_the_gate_block,
     divide_one_hot_count_by_its_sum,
+    least_used_as_a_column,
     split_for_last_axis_pieces,
     sum_of_indicators,
 )
@@ -351,6 +352,7 @@ PASSES: tuple[Callable[[_Graph], int], ...] = (
     add_inside_gemm,
     sum_of_indicators,
     divide_one_hot_count_by_its_sum,
+    least_used_as_a_column,
     split_for_last_axis_pieces,
 )
 
