@@ -288,7 +288,9 @@ def test_served_session_learns_held_out_classes(client, one_shot_info, models_di
     with capsys.disabled():  # the figure is the report
         print(f"\n  served one_shot, {SERVED_EPISODES} held-out episodes, accuracy by instance 1..10: "
               + " ".join(f"{a:.2f}" for a in accuracy))
-    assert accuracy[0] < 0.4  # a class's first sight is a guess: nothing can be known before its label
+    # A class's first sight is a guess among the labels not yet used in the episode: at best 1/5, 1/4, .., 1/1 for the
+    # 5 classes in turn, 45.7 % on average; 0.6 leaves room for 40 episodes' noise and still catches a label leak.
+    assert accuracy[0] < 0.6
     for instance, bar in SERVED_BARS.items():
         assert accuracy[instance - 1] >= bar, (instance, accuracy[instance - 1])
 
