@@ -1,11 +1,11 @@
 """The floor under any Python gRPC server of this contract: StreamSteps answered without a model.
 
 `python -m benchmarks.echo_server --port P --metrics-port Q` serves the NTM service's CreateSession,
-DeleteSession, ListModels and StreamSteps, where each step request is answered at once with zeros of the
-right shape (T x 8): the same grpc.aio machinery, protobuf messages and one-stream-per-session load as the
-real server, and no model, batcher or validation. What it costs per message is what gRPC and the event loop
-cost per message in Python; benchmarks/overhead.py measures it beside the real server (docs/performance.md).
-Its metrics endpoint serves the two batch metrics the load cells read, as zeros.
+DeleteSession, ListModels, StreamSteps and StreamPackedSteps, where each step request is answered at once with
+zeros of the right shape (T x 8; E x T x 8 for a packed message): the same grpc.aio machinery, protobuf
+messages and load as the real server, and no model, batcher or validation. What it costs per message is what
+gRPC and the event loop cost per message in Python; benchmarks/overhead.py measures it beside the real server
+(docs/performance.md). Its metrics endpoint serves the two batch metrics the load cells read, as zeros.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ class EchoNTM(ntm_pb2_grpc.NTMServicer):
 
     def __init__(self) -> None:
         self._steps: dict[str, int] = {}
-        self._zeros: dict[int, ntm_pb2.Tensor] = {}
+        self._zeros: dict[tuple[int, ...], ntm_pb2.Tensor] = {}
 
     async def ListModels(self, request: Any, context: Any) -> ntm_pb2.ListModelsResponse:
         return ntm_pb2.ListModelsResponse(models=[ntm_pb2.ModelInfo(name="copy")])
@@ -47,12 +47,25 @@ class EchoNTM(ntm_pb2_grpc.NTMServicer):
 
     def _answer(self, request: ntm_pb2.StepRequest) -> ntm_pb2.StepResponse:
         steps = request.inputs.shape[0]
-        zeros = self._zeros.get(steps)
-        if zeros is None:
-            zeros = self._zeros[steps] = to_tensor(np.zeros((steps, OUTPUT_SIZE), np.float32))
+        zeros = self._zeros_of((steps,))
         self._steps[request.session_id] = self._steps.get(request.session_id, 0) + steps
         return ntm_pb2.StepResponse(session_id=request.session_id, request_id=request.request_id,
                                     steps=self._steps[request.session_id], outputs=zeros)
+
+    def _zeros_of(self, shape: tuple[int, ...]) -> ntm_pb2.Tensor:
+        zeros = self._zeros.get(shape)
+        if zeros is None:
+            zeros = self._zeros[shape] = to_tensor(np.zeros((*shape, OUTPUT_SIZE), np.float32))
+        return zeros
+
+    def _answer_packed(self, request: ntm_pb2.PackedStepRequest) -> ntm_pb2.PackedStepResponse:
+        entries, steps = request.inputs.shape[0], request.inputs.shape[1]
+        totals = []
+        for entry in request.entries:
+            totals.append(self._steps.get(entry.session_id, 0) + steps)
+            self._steps[entry.session_id] = totals[-1]
+        return ntm_pb2.PackedStepResponse(request_id=request.request_id, outputs=self._zeros_of((entries, steps)),
+                                          steps=totals)
 
     async def StreamSteps(self, request_iterator: AsyncIterator[ntm_pb2.StepRequest], context: Any) -> None:
         while True:
@@ -60,6 +73,14 @@ class EchoNTM(ntm_pb2_grpc.NTMServicer):
             if request is grpc.aio.EOF:
                 return
             await context.write(self._answer(request))
+
+    async def StreamPackedSteps(self, request_iterator: AsyncIterator[ntm_pb2.PackedStepRequest],
+                                context: Any) -> None:
+        while True:
+            request = await context.read()
+            if request is grpc.aio.EOF:
+                return
+            await context.write(self._answer_packed(request))
 
 
 class IteratorEchoNTM(EchoNTM):

@@ -5,6 +5,10 @@ message of `steps_per_message` steps, waits for the answer, and sends the next. 
 is measured from just before the write to just after the read. The run is bounded twice: by time
 (warm-up + measured window) and by a cap on messages per session. Only messages completed inside
 the measured window count.
+
+Packed (`LoadSpec.packed`): the sessions are split among `packed_clients` clients (default one: a client hosting
+every agent), each with one `StreamPackedSteps` stream and one message in flight; a message carries
+`steps_per_message` steps of each of its client's sessions (one tick). Latency is per message, i.e. per tick.
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ class LoadSpec:
     warmup_s: float
     window_s: float
     max_messages_per_session: int
+    packed: bool = False  # one StreamPackedSteps message per tick carries every session of a client
+    packed_clients: int = 1  # clients (streams) the sessions are split among, when packed
 
 
 @dataclass
@@ -68,9 +74,9 @@ class LoadResult:
                 **self.window_hooks}
 
 
-def copy_task_messages(rng: np.random.Generator, input_size: int, steps_per_message: int, count: int,
-                       session_id: str) -> list[ntm_pb2.StepRequest]:
-    """`count` requests of consecutive copy-task steps: L random 8-bit vectors, a delimiter, L blanks, again."""
+def copy_task_chunks(rng: np.random.Generator, input_size: int, steps_per_message: int, count: int) -> np.ndarray:
+    """(count, T, I): `count` messages of consecutive copy-task steps: L random 8-bit vectors, a delimiter, L
+    blanks, again."""
     seqs = []
     total = count * steps_per_message
     while sum(len(s) for s in seqs) < total:
@@ -78,14 +84,34 @@ def copy_task_messages(rng: np.random.Generator, input_size: int, steps_per_mess
         seq[:COPY_LENGTH, : input_size - 1] = rng.random((COPY_LENGTH, input_size - 1)) < 0.5
         seq[COPY_LENGTH, input_size - 1] = 1.0  # the delimiter channel
         seqs.append(seq)
-    steps = np.concatenate(seqs)[:total].reshape(count, steps_per_message, input_size)
+    return np.concatenate(seqs)[:total].reshape(count, steps_per_message, input_size)
+
+
+def copy_task_messages(rng: np.random.Generator, input_size: int, steps_per_message: int, count: int,
+                       session_id: str) -> list[ntm_pb2.StepRequest]:
+    """`count` StepRequests of one session (copy_task_chunks)."""
     return [ntm_pb2.StepRequest(session_id=session_id, inputs=to_tensor(chunk), request_id=str(i))
-            for i, chunk in enumerate(steps)]
+            for i, chunk in enumerate(copy_task_chunks(rng, input_size, steps_per_message, count))]
 
 
-async def _session(stub: ntm_pb2_grpc.NTMStub, requests: list[ntm_pb2.StepRequest], spec: LoadSpec,
+def copy_task_packed(rng: np.random.Generator, input_size: int, steps_per_message: int, count: int,
+                     session_ids: list[str]) -> list[ntm_pb2.PackedStepRequest]:
+    """`count` PackedStepRequests, each one tick of every session: inputs (E, T, I)."""
+    chunks = np.stack([copy_task_chunks(rng, input_size, steps_per_message, count) for _ in session_ids], axis=1)
+    entries = [ntm_pb2.PackedEntry(session_id=sid) for sid in session_ids]
+    return [ntm_pb2.PackedStepRequest(entries=entries, inputs=to_tensor(tick), request_id=str(i))
+            for i, tick in enumerate(chunks)]  # tick (E, T, I)
+
+
+async def _session(stub: ntm_pb2_grpc.NTMStub, requests: list[Any], spec: LoadSpec,
                    window: tuple[float, float], result: LoadResult) -> None:
-    call = stub.StreamSteps(metadata=((SESSION_HEADER, requests[0].session_id),))  # a cluster's proxy routes on it
+    """One closed-loop stream: a session's StreamSteps, or (packed) a client's StreamPackedSteps."""
+    if spec.packed:
+        call = stub.StreamPackedSteps(metadata=((SESSION_HEADER, requests[0].entries[0].session_id),))
+        steps = spec.steps_per_message * len(requests[0].entries)  # session-steps per message
+    else:
+        call = stub.StreamSteps(metadata=((SESSION_HEADER, requests[0].session_id),))  # a cluster's proxy routes on it
+        steps = spec.steps_per_message
     start, end = window
     try:
         for i in range(spec.max_messages_per_session):
@@ -99,7 +125,7 @@ async def _session(stub: ntm_pb2_grpc.NTMStub, requests: list[ntm_pb2.StepReques
                 raise RuntimeError("the server closed the stream")
             if start <= now and done <= end:
                 result.messages += 1
-                result.steps += spec.steps_per_message
+                result.steps += steps
                 result.latencies_s.append(done - now)
                 if response.HasField("error") and response.error.code != 0:
                     result.errors += 1
@@ -118,7 +144,11 @@ async def _run(target: str, model: str, input_size: int, spec: LoadSpec,
                for _ in range(spec.sessions)]
         rng = np.random.default_rng(spec.sessions * 100 + spec.steps_per_message)
         per_session = max(4, min(spec.max_messages_per_session, 64))
-        requests = [copy_task_messages(rng, input_size, spec.steps_per_message, per_session, sid) for sid in ids]
+        if spec.packed:
+            groups = [ids[c::spec.packed_clients] for c in range(min(spec.packed_clients, len(ids)))]
+            requests = [copy_task_packed(rng, input_size, spec.steps_per_message, per_session, g) for g in groups]
+        else:
+            requests = [copy_task_messages(rng, input_size, spec.steps_per_message, per_session, sid) for sid in ids]
         result = LoadResult(spec.sessions, spec.steps_per_message, spec.window_s)
         begin = time.perf_counter()
         window = (begin + spec.warmup_s, begin + spec.warmup_s + spec.window_s)

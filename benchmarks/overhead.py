@@ -8,6 +8,11 @@ CPU per session-step (from /proc) next to the bare engine's: the step graph thro
 own session options, one thread) at batch = sessions, timed on the server's core in the same run. With
 `--baseline`, a server from another source tree (e.g. the tree before a change) runs the same cells in turn.
 The targets are issue 12's items 1 and 2.
+
+Packed rows (`--modes per-session,packed`, the default: both, side by side in one run): the same cells with one
+StreamPackedSteps message per tick carrying every session's steps (one client hosting all the sessions;
+`--packed-clients K` splits them among K clients, each with its own stream), against this tree's server, the echo
+floor and the in-process batcher fed packs. The baseline runs only per-session (an older tree has no packed RPC).
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ from benchmarks.server import REPO, add_model_options, measure_cell, pin_here, p
 from benchmarks.timing import FULL, QUICK, Contender, measure
 from service.batcher import Batcher
 from service.engine import Engine
-from service.jobs import StepJob
+from service.jobs import PackJob, StepJob
 from service.metrics import Metrics
 from service.ort_session import SERVER
 from service.sessions import SessionRecord
@@ -49,6 +54,10 @@ P99_MS = 1.0  # item 2: p99 of a 1-step message at 8 sessions
 BATCHER_ALONE = "batcher + engine, no gRPC"  # the server's batcher in this process, requests resubmitted at once
 FLOOR = "gRPC floor (echo, no model)"  # benchmarks/echo_server.py: what gRPC and the event loop cost alone
 FLOOR_ITERATOR = "gRPC floor, request iterator + generator"  # the same, as StreamSteps was written before
+PACKED = "PACKED: this tree"  # one StreamPackedSteps message per tick carries every session's steps
+FLOOR_PACKED = "PACKED: gRPC floor (echo, no model)"
+BATCHER_ALONE_PACKED = "PACKED: batcher + engine, no gRPC"  # one PackJob of every session, resubmitted at once
+MODES = ("per-session", "packed")
 
 
 def bare_engine(model: ModelFolder, batches: set[int], quick: bool) -> dict[int, dict[str, float]]:
@@ -63,10 +72,11 @@ def bare_engine(model: ModelFolder, batches: set[int], quick: bool) -> dict[int,
             for name, t in timed.items()}
 
 
-def batcher_alone(model: ModelFolder, sessions: int, steps: int, seconds: float) -> dict[str, float]:
+def batcher_alone(model: ModelFolder, sessions: int, steps: int, seconds: float,
+                  packed: bool = False) -> dict[str, float]:
     """The server's batcher and engine in this process, without gRPC: `sessions` sessions, each resubmitting a
-    `steps`-step request as soon as its last one is answered (on the batcher thread). CPU µs per session-step
-    of this process, and session-steps/s."""
+    `steps`-step request as soon as its last one is answered (on the batcher thread); `packed`: one PackJob of
+    every session, resubmitted the same way. CPU µs per session-step of this process, and session-steps/s."""
     engine = Engine(model.path, "cpu")
     batcher = Batcher(engine, Metrics(), max_batch=MAX_BATCH)
     batcher.start()
@@ -82,12 +92,20 @@ def batcher_alone(model: ModelFolder, sessions: int, steps: int, seconds: float)
                 batcher.submit(StepJob(session, inputs[:, b], False, done))
         return done
 
+    def pack(result: object) -> None:
+        counted[0] += steps * sessions
+        if not stop.is_set():
+            batcher.submit(PackJob(tuple(records), ticks, False, pack, (None,) * sessions))
+
     records = []
     for b in range(sessions):
         record = SessionRecord(f"s{b}", model.path.name, "bench", 600.0, time.time(), time.monotonic())
         record.slot = engine.new_row()
         records.append(record)
-    for b, record in enumerate(records):
+    ticks = np.ascontiguousarray(inputs.transpose(1, 0, 2))  # (E, T, I)
+    if packed:
+        batcher.submit(PackJob(tuple(records), ticks, False, pack, (None,) * sessions))
+    for b, record in enumerate(records if not packed else []):
         batcher.submit(StepJob(record, np.ascontiguousarray(inputs[:, b]), False, resubmit(record, b)))
     time.sleep(min(0.5, seconds / 4))  # warm-up
     wall, cpu, done_before = time.perf_counter(), time.process_time(), counted[0]
@@ -111,10 +129,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny counts: checks the script, not the figures")
     parser.add_argument("--no-pin", action="store_true", help="let the OS place server and load generator")
     parser.add_argument("--no-floor", action="store_true", help="skip the echo server (gRPC alone, no model)")
+    parser.add_argument("--modes", default=",".join(MODES),
+                        help="per-session (one stream per session), packed (one StreamPackedSteps message per tick "
+                             "carries every session), or both (default), side by side")
+    parser.add_argument("--packed-clients", type=int, default=1,
+                        help="packed mode: clients (streams) the sessions are split among (default 1)")
     parser.add_argument("--server-arg", action="append", default=[], help="extra argument for both servers")
     add_model_options(parser)
     args = parser.parse_args(argv)
     model, models_dir, cells = prepare(args)
+    if not set(args.modes.split(",")) <= set(MODES):
+        parser.error(f"--modes takes {', '.join(MODES)}, got {args.modes}")
     split = None if args.no_pin else split_cores()
     original = os.sched_getaffinity(0)
     try:
@@ -123,50 +148,77 @@ def main(argv: list[str] | None = None) -> int:
         pin_here(original)  # a caller in this process (a test) gets its cores back
 
 
+def _rows(args: argparse.Namespace) -> tuple[dict[str, tuple[Path, str]], list[tuple[str, str, bool]]]:
+    """The servers to start (name -> (source tree, module)) and the rows to measure: (row, server, packed)."""
+    modes = set(args.modes.split(","))
+    floor = not args.no_floor
+    trees: dict[str, tuple[Path, str]] = {"this tree": (REPO, "service")}
+    if floor:
+        trees[FLOOR] = (REPO, "benchmarks.echo_server")
+    rows: list[tuple[str, str, bool]] = []
+    if "per-session" in modes:
+        rows.append(("this tree", "this tree", False))
+        if args.baseline:
+            trees["baseline"] = (args.baseline.resolve(), "service")
+            rows.append(("baseline", "baseline", False))
+        if floor:
+            trees[FLOOR_ITERATOR] = (REPO, "benchmarks.echo_server --echo-iterator")
+            rows += [(FLOOR, FLOOR, False), (FLOOR_ITERATOR, FLOOR_ITERATOR, False)]
+    if "packed" in modes:
+        rows += [(PACKED, "this tree", True)] + ([(FLOOR_PACKED, FLOOR, True)] if floor else [])
+    return trees, rows
+
+
 def _run(args: argparse.Namespace, model: ModelFolder, models_dir: Path, cells: list[tuple[int, ...]],
          split: tuple[set[int], set[int]] | None) -> int:
     window, rounds = (0.5, 1) if args.quick else (args.window, args.rounds)
     client_cores, server_cores = split if split else (None, None)
-    trees = {"this tree": (REPO, "service")} | ({"baseline": (args.baseline.resolve(), "service")}
-                                                if args.baseline else {})
-    if not args.no_floor:
-        trees[FLOOR] = (REPO, "benchmarks.echo_server")
-        trees[FLOOR_ITERATOR] = (REPO, "benchmarks.echo_server --echo-iterator")
+    trees, rows = _rows(args)
+    packed = any(p for _, _, p in rows)
     load_before = machine.load_average()
     pin_here(server_cores)  # the bare engine runs where the server will
     bare = bare_engine(model, {min(s, MAX_BATCH) for s, _ in cells}, args.quick)
-    alone = {f"{s}x{t}": batcher_alone(model, s, t, window) for s, t in cells}
+    alone = {BATCHER_ALONE: {f"{s}x{t}": batcher_alone(model, s, t, window) for s, t in cells}}
+    if packed:
+        alone[BATCHER_ALONE_PACKED] = {f"{s}x{t}": batcher_alone(model, s, t, window, packed=True) for s, t in cells}
     pin_here(client_cores)
     extra = ("--max-batch", str(MAX_BATCH), *args.server_arg)
-    results: dict[str, dict[str, list[dict[str, float]]]] = {name: {} for name in trees}
+    results: dict[str, dict[str, list[dict[str, float]]]] = {row: {} for row, _, _ in rows}
     with contextlib.ExitStack() as stack:
         servers = {}
         for name, (tree, module) in trees.items():
             servers[name] = start_server(models_dir, extra, tree=tree, cores=server_cores, module=module)
             stack.callback(servers[name].stop)
         for sessions, steps in cells:
-            spec = LoadSpec(sessions, steps, 0.5, window, 100_000)
             for _ in range(rounds):
-                for name, server in servers.items():
-                    got = measure_cell(server, model.path.name, model.config["input_size"], spec)
-                    results[name].setdefault(f"{sessions}x{steps}", []).append(got)
+                for row, server, is_packed in rows:
+                    spec = LoadSpec(sessions, steps, 0.5, window, 100_000, is_packed, args.packed_clients)
+                    got = measure_cell(servers[server], model.path.name, model.config["input_size"], spec)
+                    results[row].setdefault(f"{sessions}x{steps}", []).append(got)
     note = machine.load_note(load_before, machine.load_average())
     where = (f"load generator on core {sorted(client_cores)}, server on cores {sorted(server_cores)} "
              "(sched_setaffinity before start, so every thread inherits it)" if split else "not pinned")
-    table, found = _tables(cells, trees, results, bare, alone)
+    table, found = _tables(cells, [row for row, _, _ in rows], results, bare, alone)
     table.notes = [f"{where}; `python -m service --max-batch {MAX_BATCH}` (1 intra-op thread); {rounds} round(s) of "
                    f"{window:g} s per cell and server, median; bare engine: the step graph through IOBinding at "
-                   "batch = sessions, one thread, timed on the server's core in the same run", note]
+                   "batch = sessions, one thread, timed on the server's core in the same run"]
+    if packed:
+        table.notes.append(f"PACKED rows: one StreamPackedSteps message per tick carries the steps of every session "
+                           f"of its client ({args.packed_clients} client(s), one stream each, one message in flight); "
+                           "p50/p99 are per packed message (one tick of all its sessions)")
+    table.notes.append(note)
     print(table.markdown())
     payload = {"benchmark": "overhead", "machine": machine.describe(), "pinned": where, "load_before": load_before,
-               "model": model.describe(), "bare_engine": bare, "batcher_alone": alone, "results": results,
+               "model": model.describe(), "bare_engine": bare, "batcher_alone": alone[BATCHER_ALONE],
+               "batcher_alone_packed": alone.get(BATCHER_ALONE_PACKED, {}), "results": results,
+               "packed_clients": args.packed_clients,
                "trees": {k: f"{v[0]} ({v[1]})" for k, v in trees.items()}, "targets": found}
     write_result(args.out, "overhead", payload, [table])
     return 0
 
 
-def _tables(cells: list[tuple[int, ...]], trees: dict[str, Any], results: dict[str, Any],
-            bare: dict[int, dict[str, float]], alone: dict[str, dict[str, float]]
+def _tables(cells: list[tuple[int, ...]], rows: list[str], results: dict[str, Any],
+            bare: dict[int, dict[str, float]], alone: dict[str, dict[str, dict[str, float]]]
             ) -> tuple[Table, list[dict[str, Any]]]:
     table = Table("Server against the bare engine (CPU per session-step, throughput; pinned)",
                   ["sessions × steps/msg", "server", "session-steps/s", "share of bare engine", "p50 ms", "p99 ms",
@@ -175,12 +227,13 @@ def _tables(cells: list[tuple[int, ...]], trees: dict[str, Any], results: dict[s
     found = []
     for sessions, steps in cells:
         engine = bare[min(sessions, MAX_BATCH)]
-        inproc = alone[f"{sessions}x{steps}"]
-        table.add(f"{sessions} × {steps}", BATCHER_ALONE, fmt_rate(inproc["steps_per_s"]),
-                  f"{inproc['steps_per_s'] / engine['steps_per_s']:.0%}", "—", "—", "—",
-                  f"{inproc['cpu_us_per_step']:.1f}", f"{engine['cpu_us_per_step']:.1f}",
-                  f"{inproc['cpu_us_per_step'] / engine['cpu_us_per_step']:.2f}×", 0)
-        for name in trees:
+        for name, cells_alone in alone.items():
+            inproc = cells_alone[f"{sessions}x{steps}"]
+            table.add(f"{sessions} × {steps}", name, fmt_rate(inproc["steps_per_s"]),
+                      f"{inproc['steps_per_s'] / engine['steps_per_s']:.0%}", "—", "—", "—",
+                      f"{inproc['cpu_us_per_step']:.1f}", f"{engine['cpu_us_per_step']:.1f}",
+                      f"{inproc['cpu_us_per_step'] / engine['cpu_us_per_step']:.2f}×", 0)
+        for name in rows:
             med = _median(results[name][f"{sessions}x{steps}"])
             share = med["steps_per_s"] / engine["steps_per_s"]
             ratio = med["server_cpu_us_per_step"] / engine["cpu_us_per_step"]
@@ -188,11 +241,12 @@ def _tables(cells: list[tuple[int, ...]], trees: dict[str, Any], results: dict[s
                       f"{med['p50_ms']:.2f}", f"{med['p99_ms']:.2f}", f"{med['mean_batch']:.1f}",
                       f"{med['server_cpu_us_per_step']:.1f}", f"{engine['cpu_us_per_step']:.1f}", f"{ratio:.2f}×",
                       int(med["errors"]))
-            if name in (FLOOR, FLOOR_ITERATOR):
+            if name in (FLOOR, FLOOR_ITERATOR, FLOOR_PACKED):
                 continue
-            found.append({"cell": f"{sessions}x{steps}", "server": name, "share": share, "cpu_ratio": ratio,
-                          "cpu_ratio_met": ratio <= CPU_RATIO.get(steps, CPU_RATIO[1]), "share_met": share >= SHARE,
-                          "p99_ms": med["p99_ms"]})
+            found.append({"cell": f"{sessions}x{steps}", "server": name, "packed": name == PACKED, "share": share,
+                          "cpu_ratio": ratio, "cpu_ratio_met": ratio <= CPU_RATIO.get(steps, CPU_RATIO[1]),
+                          "share_met": share >= SHARE, "p99_ms": med["p99_ms"],
+                          "p99_met": med["p99_ms"] <= P99_MS if (sessions, steps) == (8, 1) else None})
     return table, found
 
 

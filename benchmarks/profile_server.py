@@ -55,6 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cell", default="64x20", help="SESSIONSxSTEPS per message")
     parser.add_argument("--seconds", type=float, default=5.0, help="sampling time per tool")
     parser.add_argument("--top", type=int, default=25, help="Python functions listed")
+    parser.add_argument("--packed", action="store_true",
+                        help="one StreamPackedSteps message per tick carries every session (benchmarks.overhead's "
+                             "PACKED rows)")
     parser.add_argument("--model", type=Path, default=None)
     parser.add_argument("--models-dir", type=Path, default=Path("models"))
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/profile"))
@@ -91,14 +94,14 @@ def _profile(args: argparse.Namespace, model: ModelFolder, sessions: int, steps:
 
         sampler = threading.Thread(target=sample)
         sampler.start()
-        spec = LoadSpec(sessions, steps, 0.5, 2 * args.seconds + 2.0, 10**7)
+        spec = LoadSpec(sessions, steps, 0.5, 2 * args.seconds + 2.0, 10**7, packed=args.packed)
         result = run_load(server.target, model.path.name, model.config["input_size"], spec)
         sampler.join()
     finally:
         server.stop()
     where = f"server on cores {sorted(server_cores)}, load on {sorted(client_cores)}" if split else "not pinned"
-    print(f"# Server profile: {sessions} sessions x {steps} steps/message, {result.steps_per_s:,.0f} session-steps/s "
-          f"({where})\n")
+    print(f"# Server profile: {sessions} sessions x {steps} steps/message{', packed' if args.packed else ''}, "
+          f"{result.steps_per_s:,.0f} session-steps/s ({where})\n")
     native = Table("Server CPU by shared object (perf, cpu-clock samples of every thread)", ["object", "share"])
     if tools["perf"][1] and (args.out / "perf.data").is_file():
         for name, share in perf_shares(args.out / "perf.data")[:12]:

@@ -9,7 +9,8 @@ exporter's own optimiser stays off (docs/export.md: it deleted the 1e-8 epsilons
 its pattern fully (constants, attributes, single consumers, static shapes) and otherwise leaves the
 graph alone, so the op graphs (every axis dynamic) and any NTMConfig go through the same code.
 The second round's passes (one activation per block, FusedGemm-shaped Gemms, the least-used rows) live in
-export/graph_fusions.py; `lean` runs them after these. The index they share is export/graph_index.py.
+export/graph_fusions.py, the third round's (folds of known or already computed results) in export/graph_folds.py;
+`lean` runs them after these. The index they share is export/graph_index.py.
 """
 
 from __future__ import annotations
@@ -19,6 +20,14 @@ from collections.abc import Callable
 import numpy as np
 import onnx
 
+from export.graph_folds import (
+    add_inside_gemm,
+    complements_in_the_gate_block,
+    divide_one_hot_count_by_its_sum,
+    least_used_as_a_column,
+    split_for_last_axis_pieces,
+    sum_of_indicators,
+)
 from export.graph_fusions import (
     broadcast_scalar_in_where,
     drop_saturated_clip_before_sigmoid,
@@ -323,7 +332,6 @@ def merge_sibling_head_projections(g: _Graph) -> int:
     return 0
 
 
-# Elementwise activations whose onnxruntime CPU kernel (MLAS) gives each element the same bits whatever the
 PASSES: tuple[Callable[[_Graph], int], ...] = (
     drop_identity_arithmetic,
     fuse_thresholded_softplus,
@@ -340,6 +348,12 @@ PASSES: tuple[Callable[[_Graph], int], ...] = (
     drop_saturated_clip_before_sigmoid,
     mask_each_pick_once,
     broadcast_scalar_in_where,
+    complements_in_the_gate_block,
+    add_inside_gemm,
+    sum_of_indicators,
+    divide_one_hot_count_by_its_sum,
+    least_used_as_a_column,
+    split_for_last_axis_pieces,
 )
 
 

@@ -32,10 +32,14 @@ DEV_CONFIGS: dict[str, tuple[str, NTMConfig]] = {
         input_size=9, output_size=8, controller_size=24, memory_rows=7, memory_width=5, shift_range=7,
         memory_init="learned")),
     "one_shot_lru": ("one_shot", NTMConfig(  # softmax outputs; least-recently-used heads (memory has a usage column)
-        input_size=69, output_size=5, controller_size=24, memory_rows=8, memory_width=5, read_heads=2, heads="lru")),
+        input_size=69, output_size=5, controller_size=24, memory_rows=8, memory_width=5, read_heads=2, heads="lru",
+        lru_rows=3)),  # three least-used rows: a count of three one-hot rows (tests/test_graph_passes.py)
     "one_shot_lru_skip": ("one_shot", NTMConfig(  # one least-used row per write; heads see the raw input
         input_size=69, output_size=5, controller_size=24, memory_rows=8, memory_width=5, read_heads=2, heads="lru",
         lru_rows=1, heads_see_input=True)),
+    "one_shot_lru_follow": ("one_shot", NTMConfig(  # a second write head follows the first's previous rows
+        input_size=69, output_size=5, controller_size=24, memory_rows=8, memory_width=5, read_heads=2,
+        write_heads=2, heads="lru", lru_rows=1, heads_see_input=True, write_follows=True)),
 }
 
 

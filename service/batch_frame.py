@@ -8,13 +8,18 @@ requests with one comparison. Requests leave by a mask over those vectors and jo
 join or a leave costs work for that request only; rows are never rewritten (a finished request's outputs,
 handed to its caller, are a view of them), and a full arena is replaced by a fresh one holding only the
 requests in progress (docs/service.md, "Continuous batching").
+
+A request has one row per step for each of its sessions: one for a session's own request, E for a packed message
+of E sessions (StreamPackedSteps), whose sessions step side by side and finish together. The per-row vectors
+(offsets, t, lengths, slots) have one entry per session in the batch; `first` and `spans` say which of them
+belong to which request, so a packed message joins, steps and leaves with numpy operations over its E rows.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from service.jobs import Progress, StepJob
+from service.jobs import Progress, RowJob
 
 _EMPTY = np.empty(0, dtype=np.int64)
 
@@ -30,9 +35,10 @@ class BatchFrame:
     def __init__(self, input_size: int, output_size: int, rows: int = 4096) -> None:
         self.input_size, self.output_size = input_size, output_size
         self.progress: list[Progress] = []
-        self.jobs: list[StepJob] = []
-        self.offsets = self.t = self.lengths = _EMPTY  # (B,) each: first row, steps applied, steps in all
+        self.jobs: list[RowJob] = []
+        self.offsets = self.t = self.lengths = _EMPTY  # (B,) per session row: first arena row, steps applied, in all
         self.slots = _frozen(_EMPTY.copy())  # (B,) the sessions' pool rows
+        self.first = self.spans = _EMPTY  # (J,) per request: its first position in the (B,) vectors, its sessions
         self.attention = False  # whether any request asked for the heads' weightings
         self._inputs = np.empty((rows, input_size), dtype=np.float32)  # arena (rows, I)
         self._outputs = np.empty((rows, output_size), dtype=np.float32)  # arena (rows, O)
@@ -43,50 +49,65 @@ class BatchFrame:
     def __len__(self) -> int:
         return len(self.jobs)
 
+    @property
+    def rows(self) -> int:
+        """Sessions stepped per call (B)."""
+        return len(self.slots)
+
     # --- membership ----------------------------------------------------------------------------------
 
     def add(self, joining: list[Progress]) -> None:
         """Append requests to the batch; each gets its rows (its results so far copied there)."""
-        need = sum(p.job.steps for p in joining)
+        need = sum(p.job.rows * p.job.steps for p in joining)
         if self._used + need > len(self._inputs):
             self._renew(need)
-        starts = []
+        offsets: list[int] = []
+        t: list[int] = []
+        lengths: list[int] = []
+        slots: list[int] = []
         for p in joining:
-            rows = slice(self._used, self._used + p.job.steps)
-            self._used += p.job.steps
-            starts.append(rows.start)
-            self._inputs[rows] = p.job.inputs
-            self._outputs[rows][: p.t] = p.outputs[: p.t]
-            p.outputs = self._outputs[rows]
+            job = p.job
+            steps, count = job.steps, job.rows
+            rows = slice(self._used, self._used + count * steps)  # entry-major: entry e's steps are contiguous
+            self._used = rows.stop
+            offsets.extend(range(rows.start, rows.stop, steps))
+            t.extend([p.t] * count)
+            lengths.extend([steps] * count)
+            slots.extend([s.slot for s in job.sessions])
+            self._inputs[rows] = job.inputs.reshape(count * steps, self.input_size)
+            p.outputs = _carry(self._outputs[rows], p.outputs, count, p.t)
             if p.read_weights is not None and p.write_weights is not None:
                 reads, writes = self._attention_arenas(p.read_weights.shape[1:], p.write_weights.shape[1:])
-                reads[rows][: p.t] = p.read_weights[: p.t]
-                writes[rows][: p.t] = p.write_weights[: p.t]
-                p.read_weights, p.write_weights = reads[rows], writes[rows]
+                p.read_weights = _carry(reads[rows], p.read_weights, count, p.t)
+                p.write_weights = _carry(writes[rows], p.write_weights, count, p.t)
                 self.attention = True
-        count = len(joining)
+        spans = np.fromiter((p.job.rows for p in joining), dtype=np.int64, count=len(joining))
         self.progress = self.progress + joining
         self.jobs = self.jobs + [p.job for p in joining]
-        self.offsets = np.concatenate([self.offsets, np.asarray(starts, dtype=np.int64)])
-        self.t = np.concatenate([self.t, np.fromiter((p.t for p in joining), dtype=np.int64, count=count)])
-        self.lengths = np.concatenate([self.lengths,
-                                       np.fromiter((p.job.steps for p in joining), dtype=np.int64, count=count)])
-        self.slots = _frozen(np.concatenate(
-            [self.slots, np.fromiter((p.job.session.slot for p in joining), dtype=np.int64, count=count)]))
+        self.first = np.concatenate([self.first, len(self.slots) + np.cumsum(spans) - spans])
+        self.spans = np.concatenate([self.spans, spans])
+        self.offsets = np.concatenate([self.offsets, np.asarray(offsets, dtype=np.int64)])
+        self.t = np.concatenate([self.t, np.asarray(t, dtype=np.int64)])
+        self.lengths = np.concatenate([self.lengths, np.asarray(lengths, dtype=np.int64)])
+        self.slots = _frozen(np.concatenate([self.slots, np.asarray(slots, dtype=np.int64)]))
 
     def remove(self, positions: np.ndarray) -> list[Progress]:
-        """Take the requests at batch `positions` out (their Progress gets its final step count); returns them."""
+        """Take the requests at `positions` (of `jobs`) out (their Progress gets its final step count); returns
+        them."""
         keep = np.ones(len(self.jobs), dtype=bool)
         keep[positions] = False
         leaving = []
-        for b, t in zip(positions.tolist(), self.t[positions].tolist(), strict=True):
-            self.progress[b].t = t
-            leaving.append(self.progress[b])
+        for j, t in zip(positions.tolist(), self.t[self.first[positions]].tolist(), strict=True):
+            self.progress[j].t = t
+            leaving.append(self.progress[j])
         kept = keep.tolist()
         self.progress = [p for p, k in zip(self.progress, kept, strict=True) if k]
         self.jobs = [p.job for p in self.progress]
-        self.offsets, self.t, self.lengths = self.offsets[keep], self.t[keep], self.lengths[keep]
-        self.slots = _frozen(self.slots[keep])
+        rows = np.repeat(keep, self.spans)  # (B,)
+        self.offsets, self.t, self.lengths = self.offsets[rows], self.t[rows], self.lengths[rows]
+        self.slots = _frozen(self.slots[rows])
+        self.spans = self.spans[keep]
+        self.first = np.cumsum(self.spans) - self.spans
         self.attention = any(p.read_weights is not None for p in self.progress)
         return leaving
 
@@ -105,14 +126,14 @@ class BatchFrame:
         """Fresh arenas holding only the requests in progress, with room for `need` more rows."""
         self.sync()
         progress = self.progress
-        live = int(self.lengths.sum())
+        live = sum(p.job.rows * p.job.steps for p in progress)
         size = max(len(self._inputs), 2 * (live + need))
         self._inputs = np.empty((size, self.input_size), dtype=np.float32)
         self._outputs = np.empty((size, self.output_size), dtype=np.float32)
         self._reads = self._writes = None
         self._used = 0
         self.progress, self.jobs = [], []
-        self.offsets = self.t = self.lengths = _EMPTY
+        self.offsets = self.t = self.lengths = self.first = self.spans = _EMPTY
         self.slots = _frozen(_EMPTY.copy())
         self.attention = False
         if progress:
@@ -120,26 +141,34 @@ class BatchFrame:
 
     # --- stepping ------------------------------------------------------------------------------------
 
-    def holds(self, batch: list[StepJob]) -> bool:
+    def holds(self, batch: list[RowJob]) -> bool:
         """Whether `batch` starts with exactly this frame's requests, in order (the rest are joining)."""
-        return batch[: len(self.jobs)] == self.jobs  # StepJob compares by identity: a C loop over two lists
+        return batch[: len(self.jobs)] == self.jobs  # jobs compare by identity: a C loop over two lists
 
     def inputs_now(self) -> np.ndarray:
-        """(B, I): every request's input for its next step."""
+        """(B, I): every session's input for its next step."""
         return self._inputs[self.offsets + self.t]
 
     def record(self, outputs: np.ndarray, reads: np.ndarray | None, writes: np.ndarray | None) -> np.ndarray:
         """Store one step's results (outputs (B, O); the heads' weightings (B, R|W, N) when asked), advance
-        every request by a step, and return the batch positions of the requests that are now finished."""
+        every session by a step, and return the positions (of `jobs`) of the requests that are now finished."""
         rows = self.offsets + self.t  # (B,)
         self._outputs[rows] = outputs
         if self._reads is not None and self._writes is not None and reads is not None and writes is not None:
             self._reads[rows] = reads
             self._writes[rows] = writes
         self.t = self.t + 1
-        return np.flatnonzero(self.t == self.lengths)
+        return np.flatnonzero((self.t == self.lengths)[self.first])  # a request's sessions finish together
 
     def sync(self) -> None:
         """Write each request's step count back to its Progress."""
-        for p, t in zip(self.progress, self.t.tolist(), strict=True):
+        for p, t in zip(self.progress, self.t[self.first].tolist(), strict=True):
             p.t = t
+
+
+def _carry(rows: np.ndarray, before: np.ndarray, entries: int, t: int) -> np.ndarray:
+    """A request's new arena rows (E * T, ...), holding the first `t` steps of each entry from `before`."""
+    if t:
+        steps = len(rows) // entries
+        rows.reshape(entries, steps, *rows.shape[1:])[:, :t] = before.reshape(entries, steps, *rows.shape[1:])[:, :t]
+    return rows

@@ -16,7 +16,7 @@ import numpy as np
 from service.batch_frame import BatchFrame
 from service.engine import SequenceResult, StepResult
 from service.errors import ServiceError, internal
-from service.jobs import ControlJob, Job, Progress, StepJob, StepOutcome
+from service.jobs import ControlJob, Job, PackJob, PackOutcome, Progress, RowJob, StepJob, StepOutcome
 from service.scheduler import Scheduler
 from service.sessions import Action, Done, SessionRecord
 
@@ -58,8 +58,8 @@ class Batcher:
         self.scheduler = Scheduler(self.model, batching=batching, max_batch=max_batch if batching else 1,
                                    max_wait_s=max_wait_s, max_queue=max_queue,
                                    on_depth=metrics.queue_depth.labels(self.model).set)
-        self._progress: dict[StepJob, Progress] = {}  # requests started and not finished (batching on)
-        self._free_lanes = list(range(max_batch - 1, -1, -1))  # backup rows, one per request in progress
+        self._progress: dict[RowJob, Progress] = {}  # requests started and not finished (batching on; packs)
+        self._free_lanes = list(range(max_batch - 1, -1, -1))  # backup rows, one per session row in progress
         # The requests of the step calls (batching on), laid out for the step: service/batch_frame.py.
         self._frame = BatchFrame(engine.spec.input_size, engine.spec.output_size)
         self._thread = threading.Thread(target=self._loop, name=f"batcher-{self.model}", daemon=True)
@@ -107,8 +107,11 @@ class Batcher:
                 return
             for job in plan.controls:
                 self._run_control(job)
+            for pack, err in plan.refused:
+                self.scheduler.finish(*pack.sessions)
+                self._deliver(pack, err)
             if plan.batch:
-                if self.batching:
+                if self.batching or isinstance(plan.batch[0], PackJob):  # batching off: a pack is one unit
                     self._iterate(plan.batch)
                 else:
                     self._run_alone(plan.batch[0])
@@ -124,15 +127,15 @@ class Batcher:
         self.scheduler.finish(job.session)
         self._deliver(job, result)
 
-    def _started(self, job: StepJob) -> Progress:
+    def _started(self, job: RowJob) -> Progress:
         progress = self._progress.get(job)
         if progress is None:
             progress = Progress.start(job, self.engine.spec.output_size, self.engine.spec.state_shapes)
             self._progress[job] = progress
         return progress
 
-    def _iterate(self, batch: list[StepJob]) -> None:
-        """One onnxruntime step for every request in the batch."""
+    def _iterate(self, batch: list[RowJob]) -> None:
+        """One onnxruntime step for every session of every request in the batch."""
         frame = self._frame
         if not frame.holds(batch):  # never after a normal step: the batch is the frame's requests, then joiners
             frame.clear()
@@ -147,21 +150,26 @@ class Batcher:
         try:
             if saving:
                 for p in saving:
-                    p.lane = self._free_lanes.pop()
-                self.engine.save_rows([p.job.session.slot for p in saving], [p.lane for p in saving])
+                    p.lanes = self._free_lanes[-p.job.rows:]
+                    del self._free_lanes[-p.job.rows:]
+                self.engine.save_rows([s.slot for p in saving for s in p.job.sessions],
+                                      [lane for p in saving for lane in p.lanes or ()])
             result = self.engine.step(frame.slots, x, frame.attention)
         except Exception as err:
-            log.exception("model %s: step of %d sessions failed", self.model, len(batch))
+            log.exception("model %s: step of %d sessions failed", self.model, frame.rows)
             frame.clear()
             self._fail(batch, err)
             return
-        self._observe(began, len(batch), len(batch))
+        self._observe(began, frame.rows, frame.rows)
         finished = frame.record(result.outputs, result.read_weights, result.write_weights)
         leaving = frame.remove(finished) if len(finished) else []
         self.scheduler.carry(frame.jobs)
         for p in leaving:
             self._release(p)
-            self._complete(p.job, p.outputs, p.read_weights, p.write_weights)
+            if isinstance(p.job, PackJob):
+                self._complete_pack(p.job, p)
+            else:
+                self._complete(p.job, p.outputs, p.read_weights, p.write_weights)
 
     def _run_alone(self, job: StepJob) -> None:
         """Batching off: the whole request in one call."""
@@ -189,9 +197,9 @@ class Batcher:
     def _release(self, progress: Progress) -> None:
         """Forget a request's progress and give its backup lane back."""
         del self._progress[progress.job]
-        if progress.lane is not None:
-            self._free_lanes.append(progress.lane)
-            progress.lane = None
+        if progress.lanes is not None:
+            self._free_lanes.extend(progress.lanes)
+            progress.lanes = None
 
     def _complete(self, job: StepJob, outputs: np.ndarray, read_weights: np.ndarray | None,
                   write_weights: np.ndarray | None) -> None:
@@ -201,14 +209,28 @@ class Batcher:
         self.scheduler.finish(session)
         self._deliver(job, outcome)
 
-    def _fail(self, jobs: list[StepJob], err: Exception) -> None:
+    def _complete_pack(self, job: PackJob, progress: Progress) -> None:
+        """Every session of a pack has taken its T steps: one answer for all of them."""
+        shape = (job.rows, job.steps)
+        steps = []
+        for session in job.sessions:
+            session.steps += job.steps
+            steps.append(session.steps)
+        reads, writes = progress.read_weights, progress.write_weights
+        outcome = PackOutcome(progress.outputs.reshape(*shape, -1), steps,  # (E, T, O)
+                              None if reads is None else reads.reshape(*shape, *reads.shape[1:]),  # (E, T, R, N)
+                              None if writes is None else writes.reshape(*shape, *writes.shape[1:]))
+        self.scheduler.finish(*job.sessions)
+        self._deliver(job, outcome)
+
+    def _fail(self, jobs: list[RowJob], err: Exception) -> None:
         """Undo the steps already applied by the batch's requests, then fail them all."""
         started = [p for job in jobs if (p := self._progress.get(job)) is not None]
-        undo = [p for p in started if p.t > 0 and p.lane is not None]
+        undo = [p for p in started if p.t > 0 and p.lanes is not None]
         if undo:
             try:
-                self.engine.restore_rows([p.lane for p in undo if p.lane is not None],
-                                         [p.job.session.slot for p in undo])
+                self.engine.restore_rows([lane for p in undo for lane in p.lanes or ()],
+                                         [s.slot for p in undo for s in p.job.sessions])
             except Exception:
                 log.exception("model %s: could not restore %d sessions after a failed step", self.model, len(undo))
         for p in started:
@@ -216,7 +238,7 @@ class Batcher:
         self.scheduler.carry([])
         error = internal(f"engine failure, request not applied: {err}")
         for job in jobs:
-            self.scheduler.finish(job.session)
+            self.scheduler.finish(*job.sessions)
             self._deliver(job, error)
 
     def _deliver(self, job: Job, result: Any) -> None:

@@ -3,6 +3,8 @@
     with NTMClient("localhost:50051") as client:
         session = client.create_session("copy")
         out = client.step(session.session_id, inputs)  # inputs (T, I) -> out.outputs (T, O)
+        # many sessions in one message (one tick of many agents): inputs (E, T, I) -> outputs (E, T, O)
+        out = client.step_packed([a.session_id, b.session_id], inputs)
 
 Over TLS, with a bearer token (and a client certificate, for mutual TLS):
 
@@ -51,6 +53,15 @@ class StepError(Exception):
         self.request_id = request_id
 
 
+class PackedStepError(StepError):
+    """A packed message the server refused: nothing was applied. `entries` has one StepError per entry (entry
+    order): a refused entry's own, ABORTED for an entry that was fine; empty when the message itself was wrong."""
+
+    def __init__(self, code: grpc.StatusCode, message: str, request_id: str, entries: list[StepError]) -> None:
+        super().__init__(code, message, request_id)
+        self.entries = entries
+
+
 @dataclass(frozen=True)
 class SessionInfo:
     session_id: str
@@ -85,6 +96,24 @@ class StepOutput:
     error: StepError | None = field(default=None)
 
     def check(self) -> StepOutput:
+        """Raise the error this response carries, if any."""
+        if self.error is not None:
+            raise self.error
+        return self
+
+
+@dataclass(frozen=True)
+class PackedOutput:
+    """The answer to a packed message (StreamPackedSteps): every entry's T steps, entry order."""
+
+    outputs: np.ndarray | None  # (E, T, O); None when the message was refused
+    steps: list[int]  # each session's total after the message
+    request_id: str = ""
+    read_weights: np.ndarray | None = None  # (E, T, R, N) when asked
+    write_weights: np.ndarray | None = None  # (E, T, W, N) when asked
+    error: PackedStepError | None = field(default=None)
+
+    def check(self) -> PackedOutput:
         """Raise the error this response carries, if any."""
         if self.error is not None:
             raise self.error
@@ -126,6 +155,33 @@ def _step_output(response: ntm_pb2.StepResponse) -> StepOutput:
         to_array(response.attention.read_weights, "read_weights") if attention else None,
         to_array(response.attention.write_weights, "write_weights") if attention else None,
     )
+
+
+def _packed_output(response: ntm_pb2.PackedStepResponse) -> PackedOutput:
+    if response.HasField("error") and response.error.code != 0:
+        entries = [StepError(_CODES.get(s.code, grpc.StatusCode.UNKNOWN), s.message, response.request_id)
+                   for s in response.entry_errors]
+        error = PackedStepError(_CODES.get(response.error.code, grpc.StatusCode.UNKNOWN), response.error.message,
+                                response.request_id, entries)
+        return PackedOutput(None, [], response.request_id, error=error)
+    attention = response.HasField("attention")
+    return PackedOutput(
+        to_array(response.outputs, "outputs"), list(response.steps), response.request_id,
+        to_array(response.attention.read_weights, "read_weights") if attention else None,
+        to_array(response.attention.write_weights, "write_weights") if attention else None,
+    )
+
+
+def packed_request(session_ids: Sequence[str], inputs: np.ndarray, return_attention: bool = False,
+                   request_id: str = "", expect_steps: Sequence[int | None] | None = None) -> ntm_pb2.PackedStepRequest:
+    """One message of steps for several sessions: inputs (E, T, I), or (E, I) for one step each; `expect_steps`:
+    per entry, as in `step_request` (one mismatch refuses the whole message)."""
+    inputs = np.asarray(inputs, dtype=np.float32)
+    inputs = inputs[:, None] if inputs.ndim == 2 else inputs  # (E, T, I)
+    expect = expect_steps if expect_steps is not None else [None] * len(session_ids)
+    entries = [ntm_pb2.PackedEntry(session_id=sid, expect_steps=e) for sid, e in zip(session_ids, expect, strict=True)]
+    return ntm_pb2.PackedStepRequest(entries=entries, inputs=to_tensor(inputs), return_attention=return_attention,
+                                     request_id=request_id)
 
 
 def step_request(session_id: str, inputs: np.ndarray, return_attention: bool = False,
@@ -300,6 +356,22 @@ class NTMClient:
         multi-session stream are taken over by that replica; `stream_session` per session avoids the moves."""
         for response in self.stub.StreamSteps(iter(requests), timeout=self.timeout, metadata=self._routed(route)):
             yield _step_output(response)
+
+    def stream_packed(self, requests: Iterable[ntm_pb2.PackedStepRequest],
+                      route: str | None = None) -> Iterator[PackedOutput]:
+        """One StreamPackedSteps stream (make requests with `packed_request`): answers in request order, refused
+        messages with `.error`. Not served by a replica (--store-url): UNIMPLEMENTED."""
+        for response in self.stub.StreamPackedSteps(iter(requests), timeout=self.timeout,
+                                                    metadata=self._routed(route)):
+            yield _packed_output(response)
+
+    def step_packed(self, session_ids: Sequence[str], inputs: np.ndarray, return_attention: bool = False,
+                    request_id: str = "", expect_steps: Sequence[int | None] | None = None) -> PackedOutput:
+        """T steps for each of several sessions in one message, applied whole or not at all: inputs (E, T, I), or
+        (E, I) for one step each -> outputs (E, T, O). Raises PackedStepError (with each entry's status) when
+        refused. For a steady flow of messages, keep one stream open with `stream_packed`."""
+        request = packed_request(session_ids, inputs, return_attention, request_id, expect_steps)
+        return next(self.stream_packed([request])).check()
 
     def stream_session(self, session_id: str, chunks: Iterable[np.ndarray], return_attention: bool = False,
                        start_steps: int | None = None) -> Iterator[StepOutput]:

@@ -37,3 +37,19 @@ def unavailable(message: str) -> ServiceError:
 
 def internal(message: str) -> ServiceError:
     return ServiceError(grpc.StatusCode.INTERNAL, message)
+
+
+class PackError(ServiceError):
+    """A refused packed message (StreamPackedSteps): the refused entries' own errors by entry index, out of
+    `count` entries. Nothing was applied to any entry. Its code is the first refused entry's."""
+
+    SHOWN = 5  # entries named in the summary message; every one has its own status in the response
+
+    def __init__(self, entries: dict[int, ServiceError], count: int) -> None:
+        order = sorted(entries)
+        shown = "; ".join(f"entry {e}: {entries[e].message}" for e in order[: self.SHOWN])
+        more = f"; and {len(order) - self.SHOWN} more" if len(order) > self.SHOWN else ""
+        super().__init__(entries[order[0]].code, f"{len(order)} of {count} entries refused, nothing was applied: "
+                                                 f"{shown}{more}")
+        self.entries = entries
+        self.count = count

@@ -1,7 +1,9 @@
 """What the servicer hands a model's batcher: step requests and control actions, and what comes back.
 
 A job is a request, immutable once queued; what changes while a step request runs (how far it got, its
-outputs so far, its backup lane) lives in its `Progress`, which only the batcher thread holds.
+outputs so far, its backup lanes) lives in its `Progress`, which only the batcher thread holds. A step request
+is one session's (`StepJob`) or several sessions' run as one unit (`PackJob`, StreamPackedSteps): both give the
+batch frame `rows` rows of `steps` steps each, their inputs entry-major.
 """
 
 from __future__ import annotations
@@ -32,6 +34,35 @@ class StepJob:
     def steps(self) -> int:
         return len(self.inputs)
 
+    @property
+    def rows(self) -> int:
+        return 1
+
+    @property
+    def sessions(self) -> tuple[SessionRecord, ...]:
+        return (self.session,)
+
+
+@dataclass(frozen=True, eq=False)
+class PackJob:
+    """Steps of several sessions as one unit: inputs (E, T, I), entry e for sessions[e]. It is queued behind each
+    session's earlier jobs, runs once it heads all E queues, joins one batch whole, and is applied whole or not
+    at all (service/scheduler.py, service/batcher.py)."""
+
+    sessions: tuple[SessionRecord, ...]  # E distinct sessions of one model version
+    inputs: np.ndarray  # (E, T, I) float32, C-contiguous
+    attention: bool
+    done: Done
+    expect_steps: tuple[int | None, ...]  # per entry: apply only if every session stands where its entry expects
+
+    @property
+    def steps(self) -> int:
+        return int(self.inputs.shape[1])
+
+    @property
+    def rows(self) -> int:
+        return len(self.sessions)
+
 
 @dataclass(frozen=True, eq=False)
 class ControlJob:
@@ -42,27 +73,29 @@ class ControlJob:
     done: Done
 
 
-Job = StepJob | ControlJob
+Job = StepJob | PackJob | ControlJob
+RowJob = StepJob | PackJob  # what the batch frame steps
 
 
 @dataclass(eq=False)
 class Progress:
     """A step request the batcher has started: its outputs so far and where it stands. While it is in the batch,
-    its arrays are views of its rows in the batch frame (service/batch_frame.py), which also keeps its `t`."""
+    its arrays are views of its rows in the batch frame (service/batch_frame.py), which also keeps its `t`.
+    Arrays are entry-major, E = job.rows entries of T = job.steps rows each (E = 1 for a StepJob)."""
 
-    job: StepJob
-    outputs: np.ndarray  # (T, O)
-    read_weights: np.ndarray | None  # (T, R, N) when asked
-    write_weights: np.ndarray | None  # (T, W, N) when asked
-    t: int = 0  # steps applied so far
-    lane: int | None = None  # backup lane holding the session's row from before step 1 (multi-step requests)
+    job: RowJob
+    outputs: np.ndarray  # (E * T, O)
+    read_weights: np.ndarray | None  # (E * T, R, N) when asked
+    write_weights: np.ndarray | None  # (E * T, W, N) when asked
+    t: int = 0  # steps applied so far (the same for every entry)
+    lanes: list[int] | None = None  # backup lanes holding the sessions' rows from before step 1 (T > 1)
 
     @classmethod
-    def start(cls, job: StepJob, output_size: int, state_shapes: dict[str, tuple[int, ...]]) -> Progress:
-        t = job.steps
-        attention = {name: np.empty((t, *state_shapes[name]), dtype=np.float32) if job.attention else None
-                     for name in ("read_weights", "write_weights")}  # (T, R|W, N)
-        return cls(job, np.empty((t, output_size), dtype=np.float32), attention["read_weights"],
+    def start(cls, job: RowJob, output_size: int, state_shapes: dict[str, tuple[int, ...]]) -> Progress:
+        rows = job.rows * job.steps
+        attention = {name: np.empty((rows, *state_shapes[name]), dtype=np.float32) if job.attention else None
+                     for name in ("read_weights", "write_weights")}  # (E * T, R|W, N)
+        return cls(job, np.empty((rows, output_size), dtype=np.float32), attention["read_weights"],
                    attention["write_weights"])
 
     @property
@@ -76,3 +109,11 @@ class StepOutcome:
     steps: int  # the session's total after this request
     read_weights: np.ndarray | None
     write_weights: np.ndarray | None
+
+
+@dataclass(frozen=True)
+class PackOutcome:
+    outputs: np.ndarray  # (E, T, O)
+    steps: list[int]  # each session's total after this message
+    read_weights: np.ndarray | None  # (E, T, R, N) when asked
+    write_weights: np.ndarray | None  # (E, T, W, N) when asked

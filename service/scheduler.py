@@ -4,6 +4,12 @@ The `Scheduler` is the one owner of the queue state (each session's FIFO of jobs
 run, the requests in progress); callers on any thread submit, the batcher thread asks for a `Plan`.
 `take` is the policy: given the queues, which control jobs run now and which requests share the next
 step call. Nothing here touches onnxruntime; service/batcher.py runs the plans.
+
+A packed message (`PackJob`, E sessions) is queued behind each of its sessions' earlier jobs, all at once under
+the lock (so two packs sharing sessions are in the same order in every queue they share: none waits for the
+other). Each of its sessions that reaches the head of its queue waits on it (leaves `ready`); when the last one
+does, the pack is checked (expect_steps of every entry) and joins the batch whole, E rows. A pack that does not
+fit waits, first in line: no new request joins until it does (the batch drains within one request's steps).
 """
 
 from __future__ import annotations
@@ -12,22 +18,23 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 
-from service.errors import ServiceError, exhausted, internal, unavailable
-from service.jobs import ControlJob, Job, StepJob
+from service.errors import PackError, ServiceError, exhausted, internal, unavailable
+from service.jobs import ControlJob, Job, PackJob, RowJob
 from service.sessions import SessionRecord
 
 
 @dataclass(frozen=True)
 class Plan:
-    """What the batcher runs next: control jobs first (in order), then one step call of `batch` (may be
-    empty). Requests in progress come first in `batch`, in the order they joined."""
+    """What the batcher runs next: control jobs first (in order), packed messages refused at their turn, then one
+    step call of `batch` (may be empty). Requests in progress come first in `batch`, in the order they joined."""
 
     controls: list[ControlJob]
-    batch: list[StepJob]
+    batch: list[RowJob]
+    refused: list[tuple[PackJob, ServiceError]] = field(default_factory=list)
 
 
 def _no_row(engine: object, session: SessionRecord) -> None:
@@ -43,25 +50,61 @@ def _stale(expected: int) -> Callable[[object, SessionRecord], None]:
     return refuse
 
 
-def take(ready: deque[SessionRecord], queues: dict[SessionRecord, deque[Job]], active: list[StepJob],
-         max_batch: int) -> Plan:
-    """The policy. Pops ready sessions (in arrival order) until the batch holds `max_batch` requests: a head
+def _pack_refusal(pack: PackJob) -> PackError | None:
+    """Why a pack whose sessions all stand at its turn cannot run (a session without a row, or not at the step
+    count its entry expects), entry by entry; None when it can."""
+    refused: dict[int, ServiceError] = {}
+    for e, (session, expected) in enumerate(zip(pack.sessions, pack.expect_steps, strict=True)):
+        if session.slot < 0:
+            refused[e] = internal(f"session {session.id} has no state row")
+        elif expected is not None and expected != session.steps:
+            refused[e] = ServiceError(grpc.StatusCode.FAILED_PRECONDITION,
+                                      f"session {session.id} stands at {session.steps} steps, the entry expects "
+                                      f"{expected}")
+    return PackError(refused, pack.rows) if refused else None
+
+
+def take(ready: deque[SessionRecord], queues: dict[SessionRecord, deque[Job]], active: list[RowJob],
+         max_batch: int, arrived: dict[PackJob, int] | None = None, held: deque[PackJob] | None = None) -> Plan:
+    """The policy. Pops ready sessions (in arrival order) until the batch holds `max_batch` rows: a head
     control job runs now; a head step request joins the batch, unless it cannot run (no row, or not at the
-    step count it expects: then a control job refuses it, in its turn)."""
+    step count it expects: then a control job refuses it, in its turn). A packed message joins when the last of
+    its sessions is popped (`arrived` counts them), whole, if it fits; else it waits in `held`, and while one
+    waits nothing else joins. An empty batch takes a pack of any size (the servicer bounds it by max_batch)."""
+    arrived = {} if arrived is None else arrived
+    held = deque() if held is None else held
     controls: list[ControlJob] = []
+    refused: list[tuple[PackJob, ServiceError]] = []
     batch = list(active)
-    while ready and len(batch) < max_batch:
+    rows = sum(job.rows for job in batch)
+    while held and (rows == 0 or rows + held[0].rows <= max_batch):
+        pack = held.popleft()
+        batch.append(pack)
+        rows += pack.rows
+    while ready and rows < max_batch and not held:
         session = ready.popleft()
         job = queues[session][0]
         if isinstance(job, ControlJob):
             controls.append(job)  # the session comes back to ready after it, if it has more jobs
+        elif isinstance(job, PackJob):
+            count = arrived.pop(job, 0) + 1
+            if count < job.rows:  # the session waits on the pack's other sessions
+                arrived[job] = count
+            elif (why := _pack_refusal(job)) is not None:
+                refused.append((job, why))
+            elif rows and rows + job.rows > max_batch:
+                held.append(job)
+            else:
+                batch.append(job)
+                rows += job.rows
         elif session.slot < 0:  # no row (never happens: ids are handed out after the row exists)
             controls.append(ControlJob(session, _no_row, job.done))
         elif job.expect_steps is not None and job.expect_steps != session.steps:  # checked when its turn comes
             controls.append(ControlJob(session, _stale(job.expect_steps), job.done))
         else:
             batch.append(job)
-    return Plan(controls, batch)
+            rows += 1
+    return Plan(controls, batch, refused)
 
 
 class Scheduler:
@@ -82,10 +125,12 @@ class Scheduler:
         self._cond = threading.Condition()
         self._queues: dict[SessionRecord, deque[Job]] = {}  # sessions with jobs waiting or running, FIFO each
         self._ready: deque[SessionRecord] = deque()  # sessions whose head job waits, in arrival order
-        self._active: list[StepJob] = []  # requests in the middle of their steps (they keep their place)
+        self._active: list[RowJob] = []  # requests in the middle of their steps (they keep their place)
+        self._arrived: dict[PackJob, int] = {}  # packs heading some of their sessions' queues: how many
+        self._held: deque[PackJob] = deque()  # packs heading all their queues, waiting for room in the batch
         self._queued = 0  # jobs waiting or running
         self._previous: set[str] = set()  # session ids of the last batch
-        self._previous_batch: list[StepJob] = []  # the last batch itself (its ids are recomputed when it changes)
+        self._previous_batch: list[RowJob] = []  # the last batch itself (its ids are recomputed when it changes)
         self._returned = 0  # how many of them are in _ready again
         self._stopping = False
 
@@ -94,22 +139,25 @@ class Scheduler:
         return self._queued
 
     def submit(self, job: Job, force: bool = False) -> None:
-        """Queue a job behind the session's earlier ones. RESOURCE_EXHAUSTED when the queue is full
-        and UNAVAILABLE once stopping; `force` skips both (jobs that free resources, snapshot reads)."""
+        """Queue a job behind the session's earlier ones (a pack: behind each of its sessions' earlier ones, all
+        at once; it counts as one job per session). RESOURCE_EXHAUSTED when the queue is full and UNAVAILABLE
+        once stopping; `force` skips both (jobs that free resources, snapshot reads)."""
+        sessions = job.sessions if isinstance(job, PackJob) else (job.session,)
         with self._cond:
             if self._stopping and not force:
                 raise unavailable("server is shutting down")
-            if self._queued >= self.max_queue and not force:
+            if self._queued + len(sessions) > self.max_queue and not force:
                 raise exhausted(f"model {self.model}: {self._queued} requests queued (limit {self.max_queue}); "
                                 "retry later")
-            self._queued += 1
-            queue = self._queues.get(job.session)
-            if queue is not None:
-                queue.append(job)
-            else:
-                self._queues[job.session] = deque([job])
-                self._make_ready(job.session)
-                self._cond.notify()
+            self._queued += len(sessions)
+            for session in sessions:
+                queue = self._queues.get(session)
+                if queue is not None:
+                    queue.append(job)
+                else:
+                    self._queues[session] = deque([job])
+                    self._make_ready(session)
+            self._cond.notify()
         self._on_depth(self._queued)
 
     def stop(self) -> None:
@@ -121,35 +169,37 @@ class Scheduler:
     def next_plan(self) -> Plan | None:
         """Block until there is work; None when stopping and nothing is left."""
         with self._cond:
-            while not self._ready and not self._active:
+            while not self._ready and not self._active and not self._held:
                 if self._stopping:
                     return None
                 self._cond.wait()
-            if self.batching and not self._active:
+            if self.batching and not self._active and not self._held:
                 self._wait_for_batch()
-            plan = take(self._ready, self._queues, self._active, self.max_batch)
+            plan = take(self._ready, self._queues, self._active, self.max_batch, self._arrived, self._held)
             if plan.batch:
-                if plan.batch != self._previous_batch:  # StepJobs compare by identity: a C loop, no Python per job
+                if plan.batch != self._previous_batch:  # jobs compare by identity: a C loop, no Python per job
                     self._previous_batch = plan.batch
-                    self._previous = {job.session.id for job in plan.batch}
+                    self._previous = {session.id for job in plan.batch for session in job.sessions}
                 self._returned = 0  # none of them is in _ready now: a session is in one place at a time
             return plan
 
-    def carry(self, in_progress: list[StepJob]) -> None:
+    def carry(self, in_progress: list[RowJob]) -> None:
         """After a step call: the requests that have steps left (they open the next plan's batch)."""
         with self._cond:
             self._active = in_progress
 
-    def finish(self, session: SessionRecord) -> None:
-        """The session's head job is done: the session goes back to ready if it has more (at the end: fairness)."""
+    def finish(self, *sessions: SessionRecord) -> None:
+        """The sessions' head job is done (one job, or a pack's sessions): each goes back to ready if it has more
+        (at the end: fairness)."""
         with self._cond:
-            queue = self._queues[session]
-            queue.popleft()
-            self._queued -= 1
-            if queue:
-                self._make_ready(session)
-            else:
-                del self._queues[session]
+            for session in sessions:
+                queue = self._queues[session]
+                queue.popleft()
+                self._queued -= 1
+                if queue:
+                    self._make_ready(session)
+                else:
+                    del self._queues[session]
         self._on_depth(self._queued)
 
     def _make_ready(self, session: SessionRecord) -> None:

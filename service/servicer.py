@@ -20,11 +20,12 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import grpc
 from google.rpc import status_pb2
 
+from service import packed
 from service.auth import TokenAuth
 from service.batcher import defer_wakeup
 from service.config import ServiceConfig
 from service.errors import ServiceError, internal, invalid, not_found
-from service.jobs import ControlJob, StepJob, StepOutcome
+from service.jobs import ControlJob, PackJob, StepJob, StepOutcome
 from service.metrics import Metrics
 from service.proto_gen.ntm.v1 import ntm_pb2, ntm_pb2_grpc
 from service.registry import ModelSet, ServedModel
@@ -187,6 +188,19 @@ class NTMServicer(ntm_pb2_grpc.NTMServicer):
                                                   self.metrics.requests.labels(model, rpc))
         return found
 
+    def _timed(self, model: str, rpc: str, on_result: Callable[[Any], None]) -> Done:
+        """A job's answer: `on_result` posted to the event loop, after the request's latency and count are recorded."""
+        post = self.inbox.callback(on_result)
+        began = time.perf_counter()
+        latency, requests = self._step_metrics(model, rpc)
+
+        def done(result: Any) -> None:
+            latency.observe(time.perf_counter() - began)
+            requests.inc()
+            post(result)
+
+        return done
+
     def _count_error(self, method: str, err: ServiceError) -> None:
         self.metrics.errors.labels(method, err.code.name).inc()
         log.debug("refused", extra={"method": method, "code": err.code.name, "detail": err.message})
@@ -258,14 +272,7 @@ class NTMServicer(ntm_pb2_grpc.NTMServicer):
         expect = request.expect_steps if request.HasField("expect_steps") else None
         if expect is not None and expect < 0:
             raise invalid(f"expect_steps must be >= 0, got {expect}")
-        post = self.inbox.callback(on_result)
-        began = time.perf_counter()
-        latency, requests = self._step_metrics(session.model, rpc)
-
-        def done(result: Any) -> None:
-            latency.observe(time.perf_counter() - began)
-            requests.inc()
-            post(result)
+        done = self._timed(session.model, rpc, on_result)
 
         def make(s: SessionRecord, d: Done) -> StepJob:
             return StepJob(s, inputs, request.return_attention, d, expect)
@@ -351,14 +358,25 @@ class NTMServicer(ntm_pb2_grpc.NTMServicer):
         """Reads with `context.read()` in one task (the reader) and writes with `context.write()` here, in each
         session's request order; results reach the writer through the stream's queue straight from the
         inbox's drain (no future per request)."""
+        await self._serve_stream(context, "StreamSteps", self._read_stream)
+
+    async def StreamPackedSteps(self, request_iterator: AsyncIterator[ntm_pb2.PackedStepRequest],
+                                context: Any) -> None:
+        """As StreamSteps, for packed messages (service/packed.py); responses leave in request order."""
+        await self._serve_stream(context, "StreamPackedSteps", self._read_packed_stream)
+
+    async def _serve_stream(self, context: Any, rpc: str,
+                            read: Callable[[Any, str, _StreamOrder, asyncio.Semaphore], Any]) -> None:
+        """A stream's writer: `read` (a coroutine, run as its own task) reads the requests and puts their answers in
+        the stream's order line; here they are written out, at most `stream_window` unanswered at a time."""
         try:
             owner = self._owner(context)
         except ServiceError as err:
-            self._count_error("StreamSteps", err)
+            self._count_error(rpc, err)
             await context.abort(err.code, err.message)
         order = _StreamOrder()
         window = asyncio.Semaphore(self.config.stream_window)
-        reader = asyncio.create_task(self._read_stream(context, owner, order, window))
+        reader = asyncio.create_task(read(context, owner, order, window))
         self._streams.add(reader)
         reader.add_done_callback(self._streams.discard)
         reading = True
@@ -378,13 +396,17 @@ class NTMServicer(ntm_pb2_grpc.NTMServicer):
         finally:
             reader.cancel()
 
+    @staticmethod
+    async def _next_request(context: Any, window: asyncio.Semaphore) -> Any:
+        """A stream's next request once the window has room for its answer, or grpc.aio.EOF."""
+        request = await context.read()
+        if request is not grpc.aio.EOF:
+            await window.acquire()
+        return request
+
     async def _read_stream(self, context: Any, owner: str, order: _StreamOrder, window: asyncio.Semaphore) -> None:
         try:
-            while True:
-                request = await context.read()
-                if request is grpc.aio.EOF:
-                    return
-                await window.acquire()
+            while (request := await self._next_request(context, window)) is not grpc.aio.EOF:
                 if isinstance(request, Malformed):  # answered, and the stream goes on
                     err = invalid(request.message)
                     self._count_error("StreamSteps", err)
@@ -417,16 +439,65 @@ class NTMServicer(ntm_pb2_grpc.NTMServicer):
         finally:
             order.out.put_nowait(_READ_DONE)
 
+    async def _read_packed_stream(self, context: Any, owner: str, order: _StreamOrder,
+                                  window: asyncio.Semaphore) -> None:
+        """StreamPackedSteps' reader: one order line for the whole stream (responses in request order)."""
+        try:
+            while (request := await self._next_request(context, window)) is not grpc.aio.EOF:
+                cell = order.reserve("")
+                request_id = "" if isinstance(request, Malformed) else request.request_id[:MAX_REQUEST_ID_CHARS]
+                try:
+                    if isinstance(request, Malformed):
+                        raise invalid(request.message)
+                    self._submit_pack(request, owner, functools.partial(self._packed_done, order, cell, request_id))
+                except ServiceError as err:
+                    self._count_error("StreamPackedSteps", err)
+                    order.fill("", cell, packed.refusal(request_id, err))
+                except Exception as err:  # a bug must not end the stream
+                    log.exception("StreamPackedSteps: message failed")
+                    order.fill("", cell, packed.refusal(request_id, internal(str(err))))
+        finally:
+            order.out.put_nowait(_READ_DONE)
+
+    def _submit_pack(self, request: ntm_pb2.PackedStepRequest, owner: str, on_result: Callable[[Any], None]) -> None:
+        """Check a packed message whole and queue it as one PackJob; `on_result` runs on the event loop with a
+        PackOutcome or a ServiceError. A refused message raises here (a PackError names its entries) and queues
+        nothing."""
+        if self.cluster is not None:
+            raise ServiceError(grpc.StatusCode.UNIMPLEMENTED, "StreamPackedSteps is not served in replica mode "
+                               "(--store-url): a message's sessions may live on different replicas; use StreamSteps")
+        entries = len(request.entries)
+        if not 1 <= entries <= self.config.max_batch:
+            raise invalid(f"a packed message carries 1 to {self.config.max_batch} entries (the server's max_batch), "
+                          f"got {entries}")
+        if len(request.request_id) > MAX_REQUEST_ID_CHARS:
+            raise invalid(f"request_id has {len(request.request_id)} characters, more than {MAX_REQUEST_ID_CHARS}")
+        found = self.registry.find_many([entry.session_id for entry in request.entries], owner)
+        checked = packed.check(request, found, self._served, self.config.max_steps)
+        done = self._timed(checked.sessions[0].model, "StreamPackedSteps", on_result)
+        self.registry.submit_pack(checked.sessions, lambda sessions, d: PackJob(
+            sessions, checked.inputs, request.return_attention, d, checked.expect_steps), done)
+
+    def _response(self, rpc: str, result: Any, refuse: Callable[[ServiceError], Any],
+                  answer: Callable[[Any], Any]) -> Any:
+        """A stream request's response from its result: `answer(outcome)`, or `refuse(error)` (counted)."""
+        if isinstance(result, ServiceError):
+            self._count_error(rpc, result)
+            return refuse(result)
+        if isinstance(result, BaseException):
+            return refuse(internal(str(result)))
+        return answer(result)
+
+    def _packed_done(self, order: _StreamOrder, cell: list[Any], request_id: str, result: Any) -> None:
+        """On the event loop: a packed message's result (PackOutcome or an error) into its place in the line."""
+        order.fill("", cell, self._response("StreamPackedSteps", result, functools.partial(packed.refusal, request_id),
+                                            functools.partial(packed.answer, request_id)))
+
     def _stream_done(self, order: _StreamOrder, cell: list[Any], request: ntm_pb2.StepRequest, result: Any) -> None:
         """On the event loop: a stream request's result (StepOutcome or an error) into its place in the line."""
-        if isinstance(result, ServiceError):
-            self._count_error("StreamSteps", result)
-            response = self._error_response(request, result)
-        elif isinstance(result, BaseException):
-            response = self._error_response(request, internal(str(result)))
-        else:
-            response = self._step_response(request, result)
-        order.fill(request.session_id, cell, response)
+        order.fill(request.session_id, cell, self._response(
+            "StreamSteps", result, functools.partial(self._error_response, request),
+            functools.partial(self._step_response, request)))
 
     @_unary
     async def ExportSession(self, request: ntm_pb2.ExportSessionRequest, context: Any) -> ntm_pb2.SessionState:

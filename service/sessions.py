@@ -14,13 +14,13 @@ import secrets
 import threading
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 import grpc
 
-from service.errors import ServiceError, exhausted, invalid, not_found
+from service.errors import PackError, ServiceError, exhausted, invalid, not_found
 
 if TYPE_CHECKING:
     from service.engine import Engine
@@ -169,6 +169,17 @@ class SessionRegistry:
             session.last_used = self.clock()
             return session
 
+    def find_many(self, session_ids: Sequence[str], owner: str) -> list[SessionRecord | ServiceError]:
+        """Each id's live session, or why there is none for `owner` (what `get` would raise); touches none."""
+        found: list[SessionRecord | ServiceError] = []
+        with self._lock:
+            for session_id in session_ids:
+                try:
+                    found.append(self._find(session_id, owner))
+                except ServiceError as err:
+                    found.append(err)
+        return found
+
     def sessions(self) -> list[SessionRecord]:
         """Every live session (a snapshot of the table: for state snapshots and reports)."""
         with self._lock:
@@ -203,6 +214,30 @@ class SessionRegistry:
             session = self._find(session_id, owner)
             self._enqueue(session, make_job, done)
             return session
+
+    def submit_pack(self, sessions: Sequence[SessionRecord], make_job: Callable[[tuple[SessionRecord, ...], Done], Any],
+                    done: Done) -> None:
+        """Queue one job for several sessions of one model version (a packed message), atomically with respect to
+        eviction and delete: a session that ended since it was looked up refuses the whole job (PackError)."""
+        with self._lock:
+            ended = {e: not_found(f"session {s.id} ended while the message was checked")
+                     for e, s in enumerate(sessions) if s.ended}
+            if ended:
+                raise PackError(ended, len(sessions))
+
+            def finished(result: Any) -> None:
+                with self._lock:
+                    now = self.clock()
+                    for session in sessions:
+                        session.inflight -= 1
+                        session.last_used = now
+                done(result)
+
+            self._batchers[sessions[0].key].submit(make_job(tuple(sessions), finished))  # RESOURCE_EXHAUSTED if full
+            now = self.clock()
+            for session in sessions:
+                session.inflight += 1
+                session.last_used = now
 
     def submit_to(self, session: SessionRecord, make_job: MakeJob, done: Done) -> None:
         """Queue a job for a record already in hand (its create)."""

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from onnx_contract import STATE_NAMES
-from service.errors import invalid
+from service.errors import ServiceError, invalid
 from service.proto_gen.ntm.v1 import ntm_pb2
 
 # `values` travels as packed little-endian float32 (proto3 packs repeated scalars): the bytes of a numpy array.
@@ -99,21 +99,48 @@ def _finite(array: np.ndarray, what: str) -> None:
         raise invalid(f"{what}: values must be finite, found {array[tuple(where)]} at index {where}")
 
 
-def step_inputs(tensor: ntm_pb2.Tensor, input_size: int, max_steps: int) -> np.ndarray:
-    """A request's inputs as (T, I) float32: rank 2, 1 <= T <= max_steps, I = the model's input size, finite."""
-    shape = list(tensor.shape)
-    if len(shape) != 2:
-        raise invalid(f"inputs must have shape [T, {input_size}], got rank {len(shape)} shape {shape}")
-    steps, width = shape
+def _check_steps(steps: int, width: int, input_size: int, max_steps: int) -> None:
     if steps < 1:
         raise invalid(f"inputs must hold at least one step (T >= 1), got T = {steps}")
     if steps > max_steps:
         raise invalid(f"inputs has T = {steps} steps, more than the server's limit of {max_steps} per request")
     if width != input_size:
         raise invalid(f"inputs must have width {input_size} (the model's input size), got {width}")
+
+
+def step_inputs(tensor: ntm_pb2.Tensor, input_size: int, max_steps: int) -> np.ndarray:
+    """A request's inputs as (T, I) float32: rank 2, 1 <= T <= max_steps, I = the model's input size, finite."""
+    shape = list(tensor.shape)
+    if len(shape) != 2:
+        raise invalid(f"inputs must have shape [T, {input_size}], got rank {len(shape)} shape {shape}")
+    _check_steps(shape[0], shape[1], input_size, max_steps)
     array = to_array(tensor, "inputs")
     _finite(array, "inputs")
     return np.ascontiguousarray(array)
+
+
+def packed_inputs(tensor: ntm_pb2.Tensor, entries: int, input_size: int, max_steps: int) -> np.ndarray:
+    """A packed message's inputs as (E, T, I) float32: rank 3, E = its number of entries, 1 <= T <= max_steps,
+    I = the model's input size. Finiteness is checked per entry (`nonfinite_entries`)."""
+    shape = list(tensor.shape)
+    if len(shape) != 3:
+        raise invalid(f"inputs must have shape [E, T, {input_size}] (E = {entries} entries), got rank {len(shape)} "
+                      f"shape {shape}")
+    if shape[0] != entries:
+        raise invalid(f"inputs has {shape[0]} rows of steps (its first dimension) for {entries} entries")
+    _check_steps(shape[1], shape[2], input_size, max_steps)
+    return np.ascontiguousarray(to_array(tensor, "inputs"))
+
+
+def nonfinite_entries(inputs: np.ndarray) -> dict[int, ServiceError]:
+    """Entry -> why, for the entries of inputs (E, T, I) holding a value that is not finite (one pass over all)."""
+    bad = ~np.isfinite(inputs)  # (E, T, I)
+    refused = {}
+    for e in np.flatnonzero(bad.reshape(len(inputs), -1).any(axis=1)).tolist():
+        step, channel = np.argwhere(bad[e])[0].tolist()
+        refused[e] = invalid(f"inputs of entry {e} must be finite, found {inputs[e, step, channel]} at step {step}, "
+                             f"channel {channel}")
+    return refused
 
 
 def state_tensors(tensors: Mapping[str, ntm_pb2.Tensor],

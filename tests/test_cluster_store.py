@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from helpers import ROOT, Offline, bits, service_config
 
-from service.client import NTMClient
+from service.client import NTMClient, PackedStepError
 from service.cluster.launcher import LOCAL, Proc, _ping, free_port, store_binary
 from service.server import ServerThread
 from service.store import SessionStore, StoreError
@@ -141,6 +141,17 @@ def test_retry_of_a_committed_request_is_answered_again(pair: tuple, rng: np.ran
             cb.step(sid, x, request_id="r-2", expect_steps=0)
         assert other.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert cb.get_session(sid).steps == 6
+
+
+def test_packed_messages_are_not_served_by_a_replica(pair: tuple, rng: np.random.Generator) -> None:
+    """A packed message's sessions may live on different replicas: a replica refuses it whole (UNIMPLEMENTED,
+    naming StreamSteps), and the session is untouched."""
+    with NTMClient(pair[0].target, timeout=30) as client:
+        sid = client.create_session("copy").session_id
+        with pytest.raises(PackedStepError) as err:
+            client.step_packed([sid], bits(rng, 2)[None])
+        assert err.value.code == grpc.StatusCode.UNIMPLEMENTED and "StreamSteps" in err.value.message
+        assert client.get_session(sid).steps == 0
 
 
 def test_delete_is_seen_by_every_replica(pair: tuple, rng: np.random.Generator) -> None:

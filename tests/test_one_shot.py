@@ -174,7 +174,7 @@ def test_lru_rows_sets_how_many_least_used_rows_a_write_takes() -> None:
 
 def test_input_skip_starts_at_zero_so_a_warm_start_begins_as_its_source() -> None:
     from training.model import NTM
-    from training.train import transplant
+    from training.transplant import transplant
 
     torch.manual_seed(0)
     base = NTMConfig(69, 5, controller_size=16, memory_rows=8, memory_width=4, read_heads=2, heads="lru")
@@ -288,7 +288,9 @@ def test_served_session_learns_held_out_classes(client, one_shot_info, models_di
     with capsys.disabled():  # the figure is the report
         print(f"\n  served one_shot, {SERVED_EPISODES} held-out episodes, accuracy by instance 1..10: "
               + " ".join(f"{a:.2f}" for a in accuracy))
-    assert accuracy[0] < 0.4  # a class's first sight is a guess: nothing can be known before its label
+    # A class's first sight is a guess among the labels not yet used in the episode: at best 1/5, 1/4, .., 1/1 for the
+    # 5 classes in turn, 45.7 % on average; 0.6 leaves room for 40 episodes' noise and still catches a label leak.
+    assert accuracy[0] < 0.6
     for instance, bar in SERVED_BARS.items():
         assert accuracy[instance - 1] >= bar, (instance, accuracy[instance - 1])
 
@@ -328,3 +330,44 @@ def test_demo_refuses_a_model_without_label_outputs(server, capsys) -> None:
 
     assert main(["one_shot", "--target", server.target, "--model", "copy"]) == 1
     assert "does not output label probabilities" in capsys.readouterr().out
+
+
+def test_nearest_neighbour_reference_uses_only_labels_that_have_arrived() -> None:
+    """The weightless reference answers with the label of the closest earlier sample, known one step late."""
+    from training.one_shot_reference import NearestNeighbour
+
+    features = torch.zeros(4, 1, 64)
+    features[0, 0, 0] = features[2, 0, 0] = 1.0  # steps 0 and 2 show class A; 1 and 3 class B
+    features[1, 0, 1] = features[3, 0, 1] = 1.0
+    labels = torch.tensor([[3], [1], [3], [1]])  # (T, B)
+    batch = one_shot.encode_episode(features, labels)
+    logits = NearestNeighbour()(batch.inputs)[0]  # (T, 1, 5)
+    # t=1: only step 0 (label 3) is known, so 3 although B is new; t=2, t=3: the matching earlier sample's label
+    assert logits[1:, 0].argmax(-1).tolist() == [3, 3, 1]
+    flipped = one_shot.synthetic_episodes(torch.Generator().manual_seed(0), 8)
+    hits, seen = one_shot.accuracy_by_instance(NearestNeighbour()(flipped.inputs)[0], flipped.targets)
+    assert hits[1] / seen[1] > 0.95  # 10 % bit flips: a second sight of a random prototype is easy
+
+
+def test_a_following_write_head_adds_to_the_row_the_first_head_wrote_last_step() -> None:
+    """write_follows: head 2 writes where head 1 wrote one step earlier (the sample's row, when its label comes)."""
+    from training.model import NTM
+    from training.transplant import transplant
+
+    torch.manual_seed(0)
+    config = NTMConfig(69, 5, controller_size=16, memory_rows=8, memory_width=4, read_heads=2, write_heads=2,
+                       heads="lru", lru_rows=1, heads_see_input=True, write_follows=True)
+    model = NTM(config).eval()
+    with torch.no_grad():
+        writes = model(torch.rand(5, 3, 69))[3]  # (T, B, W, N)
+    assert torch.equal(writes[1:, :, 1], writes[:-1, :, 0])  # head 2 at t = head 1 at t - 1
+    assert torch.equal(lru.follow_first(writes[1], writes[0])[:, 1], writes[0][:, 0])
+    with pytest.raises(ValueError, match="write_follows"):
+        NTMConfig(69, 5, heads="lru", write_follows=True)  # one write head: nothing to follow
+    source = NTM(NTMConfig(**{**config.to_dict(), "write_heads": 1, "write_follows": False})).eval()
+    transplant(source, model)  # the new head is appended: zero keys, small adds
+    x = torch.rand(12, 3, 69)
+    with torch.no_grad():
+        assert torch.allclose(source(x)[0], model(x)[0], atol=0.5)
+        assert torch.equal(model.write_proj.linear.weight[:source.write_proj.linear.out_features],
+                           source.write_proj.linear.weight)

@@ -27,8 +27,8 @@ from service.client import NTMClient, step_request
 from service.config import SETTINGS, ServiceConfig, default_text, load_config
 from service.server import ServerThread
 
-RPCS = {"ListModels", "CreateSession", "GetSession", "DeleteSession", "Step", "StreamSteps", "ExportSession",
-        "ImportSession"}
+RPCS = {"ListModels", "CreateSession", "GetSession", "DeleteSession", "Step", "StreamSteps", "StreamPackedSteps",
+        "ExportSession", "ImportSession"}
 
 
 def test_health_checking(server: ServerThread) -> None:

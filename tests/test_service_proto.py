@@ -22,6 +22,9 @@ FIXED_FIELDS = {
     "StepRequest": {"session_id", "inputs", "return_attention", "request_id"},
     "StepResponse": {"session_id", "outputs", "steps", "attention", "request_id", "error"},
     "Attention": {"read_weights", "write_weights"},
+    "PackedStepRequest": {"entries", "inputs", "return_attention", "request_id"},
+    "PackedEntry": {"session_id", "expect_steps"},
+    "PackedStepResponse": {"request_id", "outputs", "steps", "attention", "error", "entry_errors"},
     "ExportSessionRequest": {"session_id"},
     "SessionState": {"model", "steps", "tensors"},
     "ImportSessionRequest": {"state"},
@@ -55,7 +58,7 @@ def test_contract_names() -> None:
     service = ntm_pb2.DESCRIPTOR.services_by_name["NTM"]
     assert ntm_pb2.DESCRIPTOR.package == "ntm.v1"
     assert {m.name for m in service.methods} == {"ListModels", "CreateSession", "GetSession", "DeleteSession", "Step",
-                                                 "StreamSteps", "ExportSession", "ImportSession"}
+                                                 "StreamSteps", "StreamPackedSteps", "ExportSession", "ImportSession"}
     for message, fields in FIXED_FIELDS.items():
         assert fields <= set(ntm_pb2.DESCRIPTOR.message_types_by_name[message].fields_by_name), message
     tensor = ntm_pb2.Tensor.DESCRIPTOR.fields_by_name

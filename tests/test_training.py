@@ -482,7 +482,7 @@ def test_transplant_copies_shared_channels_and_keeps_new_ones_fresh() -> None:
     """--init-from: a copy NTM seeds a repeat-copy NTM; x columns, read/h columns and output rows line up."""
     from training.config import NTMConfig
     from training.model import NTM
-    from training.train import transplant
+    from training.transplant import transplant
 
     torch.manual_seed(0)
     source = NTM(NTMConfig(9, 8))
@@ -498,7 +498,7 @@ def test_transplant_copies_shared_channels_and_keeps_new_ones_fresh() -> None:
     assert torch.equal(dst["output.weight"][8], fresh["output.weight"][8])  # the end-marker channel
     assert torch.equal(dst["memory0"], src["memory0"]) and torch.equal(dst["r0"], src["r0"])
     with pytest.raises(ValueError, match="cannot transplant"):
-        transplant(NTM(NTMConfig(9, 8, memory_width=10)), NTM(NTMConfig(9, 8)))
+        transplant(NTM(NTMConfig(9, 8, controller_size=50)), NTM(NTMConfig(9, 8)))  # h0 and every row differ
 
 
 def test_wrap_variant_queries_every_item_at_every_point() -> None:

@@ -10,7 +10,8 @@ MemoryInit = Literal["constant", "learned"]
 Heads = Literal["ntm", "lru"]
 # Options added later: left out of to_dict() at their defaults, so older models' config (and graph metadata) bytes
 # stay the same.
-_LATER_DEFAULTS: dict[str, Any] = {"heads": "ntm", "usage_decay": 0.95, "lru_rows": 0, "heads_see_input": False}
+_LATER_DEFAULTS: dict[str, Any] = {"heads": "ntm", "usage_decay": 0.95, "lru_rows": 0, "heads_see_input": False,
+                                   "write_follows": False}
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,9 @@ class NTMConfig:
     # The head projections also see the step's raw input (a linear skip past the controller, zero at init), so a
     # key can be a plain projection of the image: comparing samples need not go through the LSTM.
     heads_see_input: bool = False
+    # LRU: write heads after the first write to the rows the first one wrote at the previous step. A one-shot
+    # sample's label arrives one step after the sample, so a second head can add the label to the sample's row.
+    write_follows: bool = False
 
     @property
     def write_rows(self) -> int:
@@ -64,6 +68,8 @@ class NTMConfig:
             raise ValueError(f"heads must be 'ntm' or 'lru', got {self.heads!r}")
         if self.heads == "lru" and self.read_heads > self.memory_rows:
             raise ValueError("lru heads need read_heads <= memory_rows")
+        if self.write_follows and (self.heads != "lru" or self.write_heads < 2):
+            raise ValueError("write_follows needs heads='lru' and write_heads >= 2")
         if not 0 <= self.lru_rows <= self.memory_rows:
             raise ValueError(f"lru_rows must be in [0, memory_rows={self.memory_rows}], got {self.lru_rows}")
 

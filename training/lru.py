@@ -8,6 +8,9 @@ update what was just recalled) or to the least-used row, which is erased first (
     w^u_t = gamma * w^u_{t-1} + w^r_t + w^w_t            (usage, decay gamma)
     w^lu_t = 1 on the n rows of least usage (n = `lru_rows`, default the read heads), 0 elsewhere
 
+With `write_follows`, write heads 2.. instead write where head 1 wrote at the previous step (`follow_first`):
+a one-shot label arrives a step after its sample, and this puts it in the sample's row.
+
 Each row's usage travels with the row: it is one extra memory column (the session state keeps its six
 tensors; the `memory` tensor is (N, M + 1) for an LRU model). Ties go to the first row, so a fresh memory
 fills from row 0.
@@ -42,6 +45,14 @@ def write_weights(previous_read: Tensor, least: Tensor, gate: Tensor) -> Tensor:
     least = least / least.sum(dim=-1, keepdim=True)  # (B, N): one unit of weight over the n least-used rows
     g = gate.unsqueeze(-1)  # (B, W, 1)
     return g * last_read + (1.0 - g) * least.unsqueeze(1)  # (B, W, N)
+
+
+def follow_first(write: Tensor, previous_write: Tensor) -> Tensor:
+    """Write heads 2.. take head 1's weights of the previous step (`write_follows`): where the last sample went.
+
+    write (B, W, N) this step's weights, previous_write (B, W, N) the last step's -> (B, W, N)
+    """
+    return torch.cat([write[:, :1], previous_write[:, :1].expand(-1, write.shape[1] - 1, -1)], dim=1)
 
 
 def erase_least_used(memory: Tensor, least: Tensor) -> Tensor:

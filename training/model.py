@@ -93,6 +93,8 @@ class NTM(nn.Module):
         least = lru.least_used(old_usage, self.config.write_rows)  # (B, N)
         w = self.write_proj(h, x)
         write_weights = lru.write_weights(state.read_weights, least, w.gate)  # (B, W, N)
+        if self.config.write_follows:
+            write_weights = lru.follow_first(write_weights, state.write_weights)  # (B, W, N)
         new_memory = lru.erase_least_used(old, least) + write_weights.transpose(1, 2) @ w.add  # (B, N, M)
         r = self.read_proj(h, x)
         read_weights = addressing.content_weighting(new_memory, r.key, r.beta)  # (B, R, N)

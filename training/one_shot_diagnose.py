@@ -19,6 +19,7 @@ from torch import nn
 from training import one_shot
 from training.checkpoint import load_model
 from training.one_shot_eval import INSTANCES, instance_accuracy
+from training.one_shot_reference import NearestNeighbour
 from training.tasks import Sampler
 
 DEFAULT_SEED = 7
@@ -48,13 +49,20 @@ def markdown(rows: dict[str, dict[str, Any]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m training.one_shot_diagnose", description=__doc__.split("\n")[0])
-    p.add_argument("folder", help="a one_shot model folder (checkpoint.pt)")
+    p.add_argument("folder", nargs="?", help="a one_shot model folder (checkpoint.pt)")
+    p.add_argument("--nearest", action="store_true",
+                   help="also the weightless reference: the nearest labelled sample in pixel space (1-NN)")
     p.add_argument("--episodes", type=int, default=500, help="episodes per row")
     p.add_argument("--seed", type=int, default=DEFAULT_SEED)
     a = p.parse_args(argv)
     torch.set_num_threads(1)
-    model, _ = load_model(a.folder)
-    print(markdown(diagnose(model, a.episodes, a.seed)))
+    if a.folder is None and not a.nearest:
+        p.error("give a model folder, --nearest, or both")
+    if a.folder is not None:
+        print(f"{a.folder}:\n" + markdown(diagnose(load_model(a.folder)[0], a.episodes, a.seed)))
+    if a.nearest:
+        rows = diagnose(NearestNeighbour(), a.episodes, a.seed)
+        print("nearest labelled sample in pixel space (no weights):\n" + markdown(rows))
     return 0
 
 

@@ -31,6 +31,7 @@ from training.model import NTM, LSTMBaseline
 from training.plots import learning_curve
 from training.progress import Progress
 from training.tasks import Errors, Sampler, TaskSpec, get_task
+from training.transplant import transplant
 
 log = logging.getLogger(__name__)
 EVAL_SEED = 1_000_003  # held-out sequences come from their own stream, never the training one
@@ -70,37 +71,6 @@ def build_model(cfg: TrainConfig, task: TaskSpec) -> nn.Module:
     if cfg.model == "lstm_baseline":
         return LSTMBaseline(task.input_size, task.output_size, **cfg.baseline)
     raise ValueError(f"unknown model {cfg.model!r}")
-
-
-@torch.no_grad()
-def transplant(source: nn.Module, target: nn.Module) -> None:
-    """Warm-start `target` from a trained NTM of another task (e.g. repeat copy from copy).
-
-    Parameters of equal shape are copied. Where only the task's input or output width differs, the
-    shared channels are copied and the new ones keep their fresh initialisation: the controller's input
-    columns are laid out as [x (I), read vectors (R*M), h], so x's columns and the rest are copied
-    separately; the output layer's rows are the output channels. A head input skip the source lacks
-    (`heads_see_input`) keeps its zero initialisation.
-    """
-    if not (isinstance(source, NTM) and isinstance(target, NTM)):
-        raise ValueError("init_from needs an NTM checkpoint and an NTM run")
-    src_in, dst_in = source.config.input_size, target.config.input_size
-    source_state = source.state_dict()
-    for name, dst in target.state_dict().items():
-        if name not in source_state and ".skip." in name:
-            continue  # an input skip the source has not (heads_see_input): stays zero, the source's behaviour
-        src = source_state[name]
-        if src.shape == dst.shape:
-            dst.copy_(src)
-        elif name.startswith("controller.") and name.endswith("weight") and src.shape[0] == dst.shape[0]:
-            shared = min(src_in, dst_in)
-            dst[:, :shared] = src[:, :shared]
-            dst[:, dst_in:] = src[:, src_in:]
-        elif name.startswith("output.") and src.shape[1:] == dst.shape[1:]:
-            shared = min(src.shape[0], dst.shape[0])
-            dst[:shared] = src[:shared]
-        else:
-            raise ValueError(f"cannot transplant {name}: {tuple(src.shape)} -> {tuple(dst.shape)}")
 
 
 def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:

@@ -168,6 +168,42 @@ class StepResponse(_message.Message):
     error: _status_pb2.Status
     def __init__(self, session_id: _Optional[str] = ..., outputs: _Optional[_Union[Tensor, _Mapping]] = ..., steps: _Optional[int] = ..., attention: _Optional[_Union[Attention, _Mapping]] = ..., request_id: _Optional[str] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ...) -> None: ...
 
+class PackedStepRequest(_message.Message):
+    __slots__ = ("entries", "inputs", "return_attention", "request_id")
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    RETURN_ATTENTION_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    entries: _containers.RepeatedCompositeFieldContainer[PackedEntry]
+    inputs: Tensor
+    return_attention: bool
+    request_id: str
+    def __init__(self, entries: _Optional[_Iterable[_Union[PackedEntry, _Mapping]]] = ..., inputs: _Optional[_Union[Tensor, _Mapping]] = ..., return_attention: _Optional[bool] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class PackedEntry(_message.Message):
+    __slots__ = ("session_id", "expect_steps")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    EXPECT_STEPS_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    expect_steps: int
+    def __init__(self, session_id: _Optional[str] = ..., expect_steps: _Optional[int] = ...) -> None: ...
+
+class PackedStepResponse(_message.Message):
+    __slots__ = ("request_id", "outputs", "steps", "attention", "error", "entry_errors")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    OUTPUTS_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    ATTENTION_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    ENTRY_ERRORS_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    outputs: Tensor
+    steps: _containers.RepeatedScalarFieldContainer[int]
+    attention: Attention
+    error: _status_pb2.Status
+    entry_errors: _containers.RepeatedCompositeFieldContainer[_status_pb2.Status]
+    def __init__(self, request_id: _Optional[str] = ..., outputs: _Optional[_Union[Tensor, _Mapping]] = ..., steps: _Optional[_Iterable[int]] = ..., attention: _Optional[_Union[Attention, _Mapping]] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ..., entry_errors: _Optional[_Iterable[_Union[_status_pb2.Status, _Mapping]]] = ...) -> None: ...
+
 class ExportSessionRequest(_message.Message):
     __slots__ = ("session_id",)
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]

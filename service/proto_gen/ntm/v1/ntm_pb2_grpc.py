@@ -66,6 +66,11 @@ class NTMStub:
                 request_serializer=ntm_dot_v1_dot_ntm__pb2.StepRequest.SerializeToString,
                 response_deserializer=ntm_dot_v1_dot_ntm__pb2.StepResponse.FromString,
                 _registered_method=True)
+        self.StreamPackedSteps = channel.stream_stream(
+                '/ntm.v1.NTM/StreamPackedSteps',
+                request_serializer=ntm_dot_v1_dot_ntm__pb2.PackedStepRequest.SerializeToString,
+                response_deserializer=ntm_dot_v1_dot_ntm__pb2.PackedStepResponse.FromString,
+                _registered_method=True)
         self.ExportSession = channel.unary_unary(
                 '/ntm.v1.NTM/ExportSession',
                 request_serializer=ntm_dot_v1_dot_ntm__pb2.ExportSessionRequest.SerializeToString,
@@ -125,6 +130,15 @@ class NTMServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StreamPackedSteps(self, request_iterator, context):
+        """Steps of many sessions per message (e.g. one tick of a client hosting many agents): each message's entries run
+        together as one unit, in the same step calls, and the message is applied whole or not at all. Responses come in
+        request order; a refused message gets a response with `error` set, changes nothing, and the stream goes on.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ExportSession(self, request, context):
         """A session's full state, to store or move elsewhere.
         """
@@ -171,6 +185,11 @@ def add_NTMServicer_to_server(servicer, server):
                     servicer.StreamSteps,
                     request_deserializer=ntm_dot_v1_dot_ntm__pb2.StepRequest.FromString,
                     response_serializer=ntm_dot_v1_dot_ntm__pb2.StepResponse.SerializeToString,
+            ),
+            'StreamPackedSteps': grpc.stream_stream_rpc_method_handler(
+                    servicer.StreamPackedSteps,
+                    request_deserializer=ntm_dot_v1_dot_ntm__pb2.PackedStepRequest.FromString,
+                    response_serializer=ntm_dot_v1_dot_ntm__pb2.PackedStepResponse.SerializeToString,
             ),
             'ExportSession': grpc.unary_unary_rpc_method_handler(
                     servicer.ExportSession,
@@ -346,6 +365,33 @@ class NTM:
             '/ntm.v1.NTM/StreamSteps',
             ntm_dot_v1_dot_ntm__pb2.StepRequest.SerializeToString,
             ntm_dot_v1_dot_ntm__pb2.StepResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamPackedSteps(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/ntm.v1.NTM/StreamPackedSteps',
+            ntm_dot_v1_dot_ntm__pb2.PackedStepRequest.SerializeToString,
+            ntm_dot_v1_dot_ntm__pb2.PackedStepResponse.FromString,
             options,
             channel_credentials,
             insecure,
