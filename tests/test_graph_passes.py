@@ -37,8 +37,10 @@ SHIPPED = shipped_folders(REPO / "models")
 STEP_NODES = 75  # after onnxruntime's optimisation; 125 before the passes, 76 after two rounds (docs/performance.md)
 # The one-shot models' LRU heads (usage kept in an extra memory column) and 4 read heads add their own ops:
 # one_shot_synthetic (4 least-used rows) 73 raw, 68 after onnxruntime; one_shot (one row, input skip) 61 / 56
-# (102 / 98 before any pass, 79 / 74 after two rounds; outputs bit-identical over 300 steps).
-LRU_STEP_NODES = 68
+# (102 / 98 before any pass, 79 / 74 after two rounds; outputs bit-identical over 300 steps). Then +6 each for the
+# write gate as 1 / (1 + exp(-x)) (training/heads.py:exact_sigmoid; onnxruntime's Sigmoid loses relative accuracy
+# below -10): one_shot_synthetic 74, one_shot 62, one_shot_follow (two write heads) 66.
+LRU_STEP_NODES = 74
 # The heads of one kind run batched over a head dimension: a second read head adds 4 nodes, not a second
 # addressing. With unequal read and write head counts the two kinds keep separate head projections, so the
 # gates' complements stay two Subs (one more node): associative_recall_wrap, 2 read heads, 80.

@@ -28,7 +28,7 @@ class NTM(nn.Module):
         self.read_proj = HeadProjection(c.controller_size, c.read_heads, c.memory_width, c.shift_range, write=False,
                                         input_size=skip)
         self.write_proj = HeadProjection(c.controller_size, c.write_heads, c.memory_width, c.shift_range, write=True,
-                                         input_size=skip)
+                                         input_size=skip, exact_gate=c.heads == "lru")
         self.output = nn.Linear(c.controller_size + c.read_heads * c.memory_width, c.output_size)
         self.register_buffer("shift_index", addressing.shift_index(c.memory_rows, c.shift_range), persistent=False)
 
