@@ -235,6 +235,8 @@ SERVED_EPISODES = 40  # small for CI; the >= 1000-episode figures are eval.md's
 # Bars for the served model on held-out classes over SERVED_EPISODES episodes (the issue's full-size targets are
 # checked on >= 1000 episodes in models/one_shot/eval.json): well above chance (20%), below the measured figures.
 SERVED_BARS = {2: 0.60, 10: 0.80}
+# one_shot_follow (write_follows: 85.1 % / 97.6 % at the 2nd / 10th instance in its eval.md) is held higher.
+SERVED_MODELS = {"one_shot": SERVED_BARS, "one_shot_follow": {2: 0.75, 10: 0.90}}
 
 
 @pytest.fixture(scope="module")
@@ -262,18 +264,21 @@ def test_list_models_says_what_the_outputs_are(client, one_shot_info, models_dir
             assert (info.output_activation, info.task_metadata) == ("sigmoid", ""), info.name
 
 
-def test_served_session_learns_held_out_classes(client, one_shot_info, models_dir: Path,
+@pytest.mark.parametrize("name", list(SERVED_MODELS))
+def test_served_session_learns_held_out_classes(client, one_shot_info, models_dir: Path, name: str,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     """Episodes of held-out classes through real sessions: probabilities as offline torch, accuracy above a bar."""
     from training.checkpoint import load_model
 
-    model, _ = load_model(models_dir / "one_shot")
+    if not (models_dir / name / "step.onnx").is_file():
+        pytest.skip(f"no shipped models/{name} graphs")
+    model, _ = load_model(models_dir / name)
     classes = one_shot_np.test_classes(one_shot_info.task_metadata)
     rng = np.random.default_rng(2016)
     hits, seen = np.zeros(10), np.zeros(10)
     for i in range(SERVED_EPISODES):
         episode = one_shot_np.digit_episode(rng, classes)
-        session = client.create_session("one_shot")
+        session = client.create_session(name)
         out = client.step(session.session_id, episode.inputs).outputs  # (50, 5)
         client.delete_session(session.session_id)
         np.testing.assert_allclose(out.sum(-1), 1.0, atol=1e-5)  # a distribution over 5 labels
@@ -286,12 +291,12 @@ def test_served_session_learns_held_out_classes(client, one_shot_info, models_di
         hits, seen = hits + h, seen + s
     accuracy = hits / np.maximum(seen, 1)
     with capsys.disabled():  # the figure is the report
-        print(f"\n  served one_shot, {SERVED_EPISODES} held-out episodes, accuracy by instance 1..10: "
+        print(f"\n  served {name}, {SERVED_EPISODES} held-out episodes, accuracy by instance 1..10: "
               + " ".join(f"{a:.2f}" for a in accuracy))
     # A class's first sight is a guess among the labels not yet used in the episode: at best 1/5, 1/4, .., 1/1 for the
     # 5 classes in turn, 45.7 % on average; 0.6 leaves room for 40 episodes' noise and still catches a label leak.
     assert accuracy[0] < 0.6
-    for instance, bar in SERVED_BARS.items():
+    for instance, bar in SERVED_MODELS[name].items():
         assert accuracy[instance - 1] >= bar, (instance, accuracy[instance - 1])
 
 
