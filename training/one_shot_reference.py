@@ -4,7 +4,7 @@ It sees exactly what a model sees (the inputs, each label one step late) and ans
 closest earlier sample whose label has arrived. On the digits it is the ceiling of any learner that compares
 raw images: an NTM trained on permuted episodes can learn no better comparison than this one (the weights
 see no fixed pixel layout), and a metric learned on the 18 training classes does worse on held-out digits
-(docs/training.md, "How far comparing samples can go"). It is a reference row, not a served model.
+(docs/training.md, "Binding the late label"). It is a reference row, not a served model.
 """
 
 from __future__ import annotations

@@ -22,6 +22,8 @@ from training.model import NTM
 
 Fill = Literal["fresh", "zero", "small"]
 SMALL = 0.1  # scale of a new add component's fresh initialisation
+# Per target entry: copied from the source, or new and filled by its segment's rule. Higher codes win in 2-D.
+COPIED, FILL_CODES = 0, {"fresh": 1, "zero": 2, "small": 3}
 
 
 class Segment(NamedTuple):
@@ -74,18 +76,17 @@ def layouts(c: NTMConfig) -> dict[str, tuple[Layout, ...]]:
 
 def segment_index(source: Layout, target: Layout) -> tuple[Tensor, Tensor, Tensor]:
     """Along one axis: (source positions, their target positions) of the shared entries, and each target
-    position's fill code (0 copied, 1 fresh, 2 zero, 3 small)."""
+    position's fill code (COPIED or FILL_CODES)."""
     if len(source) > len(target):
         raise ValueError(f"layouts lose segments: {len(source)} -> {len(target)}")
     source = source + [Segment(0, "fresh")] * (len(target) - len(source))  # more heads: appended, all new
-    codes = {"fresh": 1, "zero": 2, "small": 3}
     src_idx, dst_idx, fill = [], [], []
     s0 = d0 = 0
     for s, d in zip(source, target, strict=True):
         shared = min(s.size, d.size)
         src_idx += range(s0, s0 + shared)
         dst_idx += range(d0, d0 + shared)
-        fill += [0] * shared + [codes[d.fill]] * (d.size - shared)
+        fill += [COPIED] * shared + [FILL_CODES[d.fill]] * (d.size - shared)
         s0, d0 = s0 + s.size, d0 + d.size
     return torch.tensor(src_idx), torch.tensor(dst_idx), torch.tensor(fill)
 
@@ -98,8 +99,8 @@ def remap(src: Tensor, fresh: Tensor, source: tuple[Layout, ...], target: tuple[
     fills = [m[2] for m in maps]
     # 2-D: an entry new along either axis is new, and the higher code rules (a zero column beats a fresh row)
     fill = torch.maximum(fills[0].unsqueeze(1), fills[1].unsqueeze(0)) if len(maps) == 2 else fills[0]
-    out[fill == 2] = 0.0
-    out[fill == 3] *= SMALL
+    out[fill == FILL_CODES["zero"]] = 0.0
+    out[fill == FILL_CODES["small"]] *= SMALL
     if len(maps) == 2:
         out[maps[0][1].unsqueeze(1), maps[1][1].unsqueeze(0)] = src[maps[0][0].unsqueeze(1), maps[1][0].unsqueeze(0)]
     else:
