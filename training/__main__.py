@@ -43,6 +43,9 @@ def parse(argv: list[str]) -> TrainConfig:
                    help="associative_recall only: the query may be the last item (its answer wraps to item 1)")
     p.add_argument("--max-length", type=int, default=d.max_length,
                    help="copy only: train on L in [1, max_length] (default: the task's 1..20)")
+    p.add_argument("--min-items", type=int, default=d.min_items,
+                   help="priority_sort only: train on n in [min_items, 20] items, keeping the ceil(4n/5) highest "
+                        "(default: always 20 -> 16)")
     p.add_argument("--select-on", default=d.select_on,
                    help='eval point whose held-out figure picks the shipped checkpoint, e.g. "L=80" '
                         '(default: the training range)')
@@ -57,7 +60,7 @@ def parse(argv: list[str]) -> TrainConfig:
         sequences=a.sequences, optimizer=a.optimizer, lr=a.lr, momentum=a.momentum, clip=a.clip,
         eval_every=a.eval_every, eval_sequences=a.eval_sequences, stop_below=a.stop_below, threads=a.threads,
         ntm=a.ntm, baseline=a.baseline, wrap=a.wrap, init_from=a.init_from, max_length=a.max_length,
-        select_on=a.select_on, device=a.device, permute=a.permute, compile=a.compile,
+        min_items=a.min_items, select_on=a.select_on, device=a.device, permute=a.permute, compile=a.compile,
     )
 
 

@@ -78,7 +78,10 @@ def associative_recall_batch(gen: torch.Generator, batch: int, items: int, wrap:
     return Batch(inputs, targets)
 
 
-def priority_sort_batch(gen: torch.Generator, batch: int, count: int = 20, keep: int = 16) -> Batch:
+SORT_ITEMS, SORT_KEEP = 20, 16  # the issue-2 encoding: 20 prioritised vectors in, the 16 highest out
+
+
+def priority_sort_batch(gen: torch.Generator, batch: int, count: int = SORT_ITEMS, keep: int = SORT_KEEP) -> Batch:
     """20 vectors with a priority in [-1, 1] on ch 8, a delimiter (ch 9), 16 blanks; target the
     16 highest-priority vectors, highest first."""
     seq = _bits(gen, count, batch, 8)  # (20, B, 8)
@@ -180,11 +183,12 @@ TASKS: dict[str, TaskSpec] = {
 }
 
 
-def get_task(name: str, wrap: bool = False, max_length: int = 0, permute: float = 0.0) -> TaskSpec:
+def get_task(name: str, wrap: bool = False, max_length: int = 0, permute: float = 0.0, min_items: int = 0) -> TaskSpec:
     """The task by name. `wrap` selects the seed's associative-recall variant (the query may be the last item,
     whose answer wraps around to item 1); `max_length` trains copy on L in [1, max_length] (0: 1..20), with the
     usual points still reported; `permute` the one_shot training episodes of which that fraction has its pixels
-    permuted (training only: the evaluation points are the plain task's)."""
+    permuted (training only: the evaluation points are the plain task's); `min_items` trains priority sort on
+    n in [min_items, 20] items, keeping the ceil(4n/5) highest (0: always 20 -> 16; evaluated on 20 -> 16)."""
     try:
         spec = TASKS[name]
     except KeyError:
@@ -201,13 +205,18 @@ def get_task(name: str, wrap: bool = False, max_length: int = 0, permute: float 
         if name != "one_shot":
             raise ValueError(f"permute applies to one_shot only, not {name!r}")
         spec = replace(spec, sample=_fixed(one_shot.digit_episodes, "train", one_shot.EPISODE_STEPS, permute))
+    if min_items:
+        if name != "priority_sort":
+            raise ValueError(f"min_items applies to priority_sort only, not {name!r}")
+        spec = _fewer_items_sort(spec, min_items)
     return spec
 
 
 def task_of(meta: dict[str, Any]) -> TaskSpec:
     """The task a checkpoint was trained on, variant included (its metadata's task and training config)."""
     train_config = meta.get("train_config", {})
-    return get_task(meta["task"], train_config.get("wrap", False), train_config.get("max_length", 0))
+    return get_task(meta["task"], train_config.get("wrap", False), train_config.get("max_length", 0),
+                    min_items=train_config.get("min_items", 0))
 
 
 def _wrapped_recall(spec: TaskSpec) -> TaskSpec:
@@ -226,3 +235,17 @@ def _longer_copy(spec: TaskSpec, max_length: int) -> TaskSpec:
         return copy_batch(gen, batch, _uniform_int(gen, 1, max_length))
 
     return replace(spec, sample=sample, eval_points=((f"L in [1,{max_length}]", sample), *spec.eval_points))
+
+
+def _fewer_items_sort(spec: TaskSpec, min_items: int) -> TaskSpec:
+    """Priority sort over n in [min_items, 20] items per batch (a curriculum mixed into every stage, like copy's
+    random L): a few items need little precision in the priority comparison, so the mechanism is found early."""
+    if not 1 <= min_items <= SORT_ITEMS:
+        raise ValueError(f"min_items must be in [1, {SORT_ITEMS}], got {min_items}")
+
+    def sample(gen: torch.Generator, batch: int) -> Batch:
+        n = _uniform_int(gen, min_items, SORT_ITEMS)
+        return priority_sort_batch(gen, batch, n, -(-4 * n // 5))
+
+    # 20 -> 16 stays first: it picks the shipped checkpoint.
+    return replace(spec, sample=sample, eval_points=(*spec.eval_points, (f"n in [{min_items},20]", sample)))

@@ -59,6 +59,7 @@ class TrainConfig:
     permute: float = 0.0  # one_shot: fraction of training episodes with pixels permuted (one_shot.permuted)
     init_from: str = ""  # warm start: an NTM checkpoint folder whose weights seed this run (see transplant)
     max_length: int = 0  # copy only: train on L in [1, max_length] (0: the task's 1..20)
+    min_items: int = 0  # priority_sort only: train on n in [min_items, 20] items (0: always 20)
     select_on: str = ""  # eval point whose held-out figure picks the shipped checkpoint ("": the training range)
     device: str = "auto"  # auto (CUDA when torch sees one), cpu, cuda; not part of the run's identity
     compile: bool = False  # NTM.step compiled in chunks, Adam fused (training/compiled.py); not part of the identity
@@ -117,7 +118,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
     """Train (or resume) a model; writes checkpoint, resume file, JSONL log and learning curve to cfg.out."""
     torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
-    task = get_task(cfg.task, cfg.wrap, cfg.max_length, cfg.permute)
+    task = get_task(cfg.task, cfg.wrap, cfg.max_length, cfg.permute, cfg.min_items)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     run = _start_or_resume(cfg, task, out, device)
