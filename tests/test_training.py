@@ -550,3 +550,20 @@ def test_progress_off_a_terminal_writes_periodic_plain_lines(caplog: pytest.LogC
     bar.close()
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 3 and "\r" not in "".join(lines) and lines[-1].startswith("30/100 sequences")
+
+
+def test_priority_sort_min_items_mixes_fewer_items_and_is_judged_on_20_to_16() -> None:
+    task = get_task("priority_sort", min_items=2)
+    assert [n for n, _ in task.eval_points] == ["20 -> 16"]  # evaluated and selected on the encoding
+    shapes = set()
+    for s in range(300):
+        batch = task.sample(torch.Generator().manual_seed(s), 2)
+        items, keep = batch.inputs.shape[0] - 1 - batch.targets.shape[0], batch.targets.shape[0]
+        assert keep == -(-4 * items // 5) and batch.inputs[items, :, 9].eq(1).all()  # ceil(4n/5) kept; delimiter
+        shapes.add(items)
+    assert min(shapes) == 2 and max(shapes) == 20
+    assert get_task("priority_sort").sample(torch.Generator().manual_seed(0), 1).inputs.shape[0] == 37
+    with pytest.raises(ValueError, match="priority_sort only"):
+        get_task("copy", min_items=2)
+    with pytest.raises(ValueError, match="min_items must be"):
+        get_task("priority_sort", min_items=21)
