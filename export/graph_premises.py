@@ -19,7 +19,8 @@ memory so large that its norms overflow, which a finite import can hold) stays N
 or an infinity, `NaN + 1e-30` is the same NaN, and no finite peak below 2**-75 can come out of such a row (tested).
 
 What the floors still guard, and this pass gives up, is a weighting that is not a distribution: an all-zero row
-gives 0 / (0 + 1e-30) = 0 with the floors and 0 / 0 = NaN without them. No accepted state holds one.
+gives 0 / (0 + 1e-30) = 0 with the floors (then each entry floored to 1e-30: a flat weighting) and 0 / 0 = NaN
+without them. No accepted state holds one.
 """
 
 from __future__ import annotations
