@@ -10,7 +10,9 @@ its pattern fully (constants, attributes, single consumers, static shapes) and o
 graph alone, so the op graphs (every axis dynamic) and any NTMConfig go through the same code.
 The second round's passes (one activation per block, FusedGemm-shaped Gemms, the least-used rows) live in
 export/graph_fusions.py, the third round's (folds of known or already computed results) in export/graph_folds.py;
-`lean` runs them after these. The index they share is export/graph_index.py.
+`lean` runs them after these. The index they share is export/graph_index.py. The last pass
+(export/graph_premises.py) is exact on every state the server accepts (weightings that are distributions), not on
+every input: its premise is enforced where states enter (service/tensors.py) and documented there.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from export.graph_index import (
     _rename_input,
     _standard,
 )
+from export.graph_premises import drop_sharpen_floors_on_distributions
 
 # ORT's Softplus for x > 0 is x + log1p(exp(-x)); from x = 16 on, exp(-x) < ulp(x) / 2 in float32,
 # so it returns x exactly and torch's `where(x > threshold, x, softplus(x))` is Softplus alone.
@@ -354,6 +357,7 @@ PASSES: tuple[Callable[[_Graph], int], ...] = (
     divide_one_hot_count_by_its_sum,
     least_used_as_a_column,
     split_for_last_axis_pieces,
+    drop_sharpen_floors_on_distributions,
 )
 
 

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from onnx_contract import STATE_NAMES
+from onnx_contract import ATTENTION_OF, STATE_NAMES
 from service.errors import ServiceError, invalid
 from service.proto_gen.ntm.v1 import ntm_pb2
 
@@ -25,6 +25,13 @@ _FLOAT32 = np.dtype("<f4")
 # can carry more values than this anyway.
 MAX_RANK = 32
 MAX_ELEMENTS = 2**31 - 1
+# An imported read/write weighting must be a distribution: finite, >= 0, each head's row summing to 1 within this.
+# The served step graphs rely on it (export/graph_premises.py: the sharpening's 1e-30 floors are dropped, exact
+# whenever a row's peak is >= 2**-75, which any such row keeps). The model's own rows miss 1 by at most N float32
+# roundings (N * 2**-24 = 7.6e-6 for N = 128; measured <= 1.1e-6 on every shipped model), so 1e-3 refuses nothing the
+# server exported, leaves room for a client's own rounding, and is far from any row that could break the premise.
+WEIGHTING_SUM_TOLERANCE = 1e-3
+WEIGHTINGS = tuple(ATTENTION_OF.values())  # the state tensors that hold attention weightings, (H, N) per session
 _VALUES_TAG = 0x12  # field 2, length-delimited
 _SHAPE_TAG = 0x0A  # field 1, length-delimited (packed)
 
@@ -145,7 +152,8 @@ def nonfinite_entries(inputs: np.ndarray) -> dict[int, ServiceError]:
 
 def state_tensors(tensors: Mapping[str, ntm_pb2.Tensor],
                   shapes: Mapping[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
-    """An imported state: exactly the six state tensors, each of the model's per-session shape, finite."""
+    """An imported state: exactly the six state tensors, each of the model's per-session shape, finite; the read and
+    write weightings distributions (`weighting_rows`)."""
     names = set(tensors)
     missing = [s for s in STATE_NAMES if s not in names]
     extra = sorted(names - set(STATE_NAMES))
@@ -157,5 +165,24 @@ def state_tensors(tensors: Mapping[str, ntm_pb2.Tensor],
         if array.shape != tuple(shapes[name]):
             raise invalid(f"state tensor {name} must have shape {list(shapes[name])}, got {list(array.shape)}")
         _finite(array, f"state tensor {name}")
+        if name in WEIGHTINGS:
+            weighting_rows(array, name)
         state[name] = array
     return state
+
+
+def weighting_rows(array: np.ndarray, name: str) -> None:
+    """Each head's row of a finite weighting (..., H, N) must be a distribution: entries >= 0, sum within
+    WEIGHTING_SUM_TOLERANCE of 1. Anything else is INVALID_ARGUMENT naming the tensor, the head and why."""
+    negative = np.argwhere(array < 0)
+    if negative.size:
+        where = negative[0].tolist()
+        raise invalid(f"state tensor {name} must hold attention weightings (each head's row a distribution over the "
+                      f"memory rows): entry {where} is {array[tuple(where)]}, below 0")
+    sums = array.astype(np.float64).sum(axis=-1)  # (..., H)
+    off = np.argwhere(np.abs(sums - 1.0) > WEIGHTING_SUM_TOLERANCE)
+    if off.size:
+        head = off[0].tolist()
+        raise invalid(f"state tensor {name} must hold attention weightings (each head's row a distribution over the "
+                      f"memory rows): row {head} sums to {sums[tuple(head)]:.6g}, not 1 (within "
+                      f"{WEIGHTING_SUM_TOLERANCE:g})")

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from helpers import ROOT, Offline, bits, service_config
 
-from service.client import NTMClient, PackedStepError
+from service.client import NTMClient, PackedStepError, SessionStateData
 from service.cluster.launcher import LOCAL, Proc, _ping, free_port, store_binary
 from service.server import ServerThread
 from service.store import SessionStore, StoreError
@@ -175,6 +175,25 @@ def test_imported_state_lands_in_the_store(pair: tuple, offline: Offline, rng: n
         copy = cb.import_session(ca.export_session(sid)).session_id
         tail = ca.step(copy, x[5:], expect_steps=5).outputs
     assert np.array_equal(np.concatenate([head, tail]), offline.run(x)["outputs"])
+
+
+def test_an_import_whose_weightings_are_not_distributions_is_refused(pair: tuple, store_url: str) -> None:
+    """The cluster path checks an imported state as a single server does (the served graphs rely on it): refused
+    with INVALID_ARGUMENT naming the tensor, and nothing lands in the store."""
+    a, _ = pair
+    store = SessionStore(store_url)
+    try:
+        with NTMClient(a.target, timeout=30) as ca:
+            good = ca.export_session(ca.create_session("copy").session_id)
+            before = set(store.sync.keys(store.key("*")))
+            tensors = {**good.tensors, "write_weights": np.zeros_like(good.tensors["write_weights"])}
+            with pytest.raises(grpc.RpcError) as refused:
+                ca.import_session(SessionStateData(good.model, good.steps, tensors, good.checkpoint_sha256))
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "write_weights must hold attention weightings" in refused.value.details()
+            assert set(store.sync.keys(store.key("*"))) == before
+    finally:
+        store.close()
 
 
 def test_a_replica_without_the_weights_refuses_retryably(pair: tuple, models_dir: Path, store_url: str,

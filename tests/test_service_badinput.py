@@ -23,7 +23,7 @@ from onnx_contract import STATE_NAMES
 from service.client import NTMClient, SessionStateData, step_request
 from service.proto_gen.ntm.v1 import ntm_pb2
 from service.server import ServerThread
-from service.tensors import to_tensor
+from service.tensors import WEIGHTING_SUM_TOLERANCE, WEIGHTINGS, to_tensor
 
 INVALID, NOT_FOUND = grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND
 GARBAGE = b"\xff\xff\xff\xff not a protobuf"
@@ -238,6 +238,17 @@ def _finite(shape: tuple[int, ...], seed: int) -> ntm_pb2.Tensor:
     return to_tensor(np.random.default_rng(seed).uniform(-4, 4, shape).astype(np.float32))
 
 
+def _weighting(shape: tuple[int, ...], seed: int) -> ntm_pb2.Tensor:
+    """A valid read/write weighting: each head's row a distribution (sharp or flat, zeros included)."""
+    rng = np.random.default_rng(seed)
+    x = np.exp(rng.uniform(0, 40) * rng.standard_normal(shape))
+    return to_tensor((x / x.sum(-1, keepdims=True)).astype(np.float32))
+
+
+def _state_tensor(name: str, shape: tuple[int, ...], seed: int) -> ntm_pb2.Tensor:
+    return (_weighting if name in WEIGHTINGS else _finite)(shape, seed)
+
+
 @st.composite
 def tensors(draw: st.DrawFn, good: tuple[int, ...]) -> ntm_pb2.Tensor:
     """Anything near `good`: a shape around it, with values that fit it or any list of float32s."""
@@ -252,9 +263,9 @@ TENSOR_FAULTS = ("nan", "inf", "-inf", "extra dim", "fewer dims", "dim + 1", "di
                  "one value more", "negative dim", "no shape", "any tensor")
 
 
-def _spoil(draw: st.DrawFn, good: tuple[int, ...], fault: str) -> ntm_pb2.Tensor:
+def _spoil(draw: st.DrawFn, good: tuple[int, ...], fault: str, name: str = "inputs") -> ntm_pb2.Tensor:
     """A tensor of shape `good` with exactly this one thing wrong ("any tensor": anything, maybe even right)."""
-    tensor = _finite(good, draw(st.integers(0, 2**32 - 1)))
+    tensor = _state_tensor(name, good, draw(st.integers(0, 2**32 - 1)))
     size, shape = len(tensor.values), list(good)
     if fault in ("nan", "inf", "-inf"):
         tensor.values[draw(st.integers(0, size - 1))] = float(fault)
@@ -321,9 +332,12 @@ def step_requests(draw: st.DrawFn, ids: list[str]) -> ntm_pb2.StepRequest | byte
     return request
 
 
-def _valid_tensor(tensor: ntm_pb2.Tensor, shape: tuple[int, ...]) -> bool:
-    return tuple(tensor.shape) == shape and len(tensor.values) == math.prod(shape) and \
-        bool(np.isfinite(np.asarray(tensor.values, np.float32)).all())
+def _valid_tensor(tensor: ntm_pb2.Tensor, shape: tuple[int, ...], weighting: bool = False) -> bool:
+    if not (tuple(tensor.shape) == shape and len(tensor.values) == math.prod(shape) and
+            bool(np.isfinite(np.asarray(tensor.values, np.float32)).all())):
+        return False
+    rows = np.asarray(tensor.values, np.float64).reshape(shape)
+    return not weighting or bool((rows >= 0).all() and (np.abs(rows.sum(-1) - 1) <= WEIGHTING_SUM_TOLERANCE).all())
 
 
 def expected_step_code(request: ntm_pb2.StepRequest, live: set[str], steps: int = 0) -> grpc.StatusCode:
@@ -371,7 +385,7 @@ def expected_import_code(request: ntm_pb2.ImportSessionRequest, shapes: dict[str
     if state.checkpoint_sha256 not in ("", checkpoint):
         return grpc.StatusCode.FAILED_PRECONDITION
     if not 0 <= state.steps <= 2**62 or set(state.tensors) != set(shapes) or \
-            not all(_valid_tensor(state.tensors[name], shape) for name, shape in shapes.items()):
+            not all(_valid_tensor(state.tensors[name], shape, name in WEIGHTINGS) for name, shape in shapes.items()):
         return INVALID
     ttl = request.ttl_seconds
     return INVALID if math.isnan(ttl) or ttl < 0 else grpc.StatusCode.OK
@@ -460,7 +474,7 @@ def test_fuzzed_step_requests(server: ServerThread, client: NTMClient, offline: 
 
 
 STATE_FAULTS = ("valid", "valid", "wild", "model", "steps", "checkpoint", "missing tensor", "extra tensor",
-                *TENSOR_FAULTS)
+                "not a distribution", *TENSOR_FAULTS)
 
 
 @st.composite
@@ -478,7 +492,7 @@ def session_states(draw: st.DrawFn, shapes: dict[str, tuple[int, ...]], checkpoi
     state = ntm_pb2.SessionState(model="copy", steps=draw(st.integers(0, 10**6)),
                                  checkpoint_sha256=draw(st.sampled_from([checkpoint, ""])))
     for name, shape in shapes.items():
-        state.tensors[name].CopyFrom(_finite(shape, draw(st.integers(0, 2**32 - 1))))
+        state.tensors[name].CopyFrom(_state_tensor(name, shape, draw(st.integers(0, 2**32 - 1))))
     name = draw(st.sampled_from(STATE_NAMES))
     if fault == "model":
         state.model = draw(st.sampled_from(["", "no-such-model", "Copy", "copy "]))
@@ -490,8 +504,17 @@ def session_states(draw: st.DrawFn, shapes: dict[str, tuple[int, ...]], checkpoi
         del state.tensors[name]
     elif fault == "extra tensor":
         state.tensors[draw(st.text(max_size=15).filter(lambda n: n not in shapes))].CopyFrom(_finite((2,), 0))
+    elif fault == "not a distribution":  # a weighting with one entry negative, or one head's row scaled
+        name = draw(st.sampled_from(WEIGHTINGS))
+        rows = np.asarray(state.tensors[name].values, np.float32).reshape(shapes[name])
+        head, row = draw(st.integers(0, len(rows) - 1)), draw(st.integers(0, rows.shape[-1] - 1))
+        if draw(st.booleans()):
+            rows[head, row] = -draw(st.floats(2.0**-100, 1.0, width=32))
+        else:
+            rows[head] *= draw(st.sampled_from([0.0, 0.5, 0.99, 1.01, 2.0]))
+        state.tensors[name].CopyFrom(to_tensor(rows))
     elif fault != "valid":
-        state.tensors[name].CopyFrom(_spoil(draw, shapes[name], fault))
+        state.tensors[name].CopyFrom(_spoil(draw, shapes[name], fault, name))
     return state
 
 

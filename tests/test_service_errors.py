@@ -120,7 +120,14 @@ def test_malformed_imports_are_refused(client: NTMClient, server: ServerThread, 
 
     nan_memory = good.tensors["memory"].copy()
     nan_memory[3, 4] = np.nan
+    negative, zeros = good.tensors["read_weights"].copy(), np.zeros_like(good.tensors["write_weights"])
+    negative[0, :2] = [-0.25, negative[0, 0] + negative[0, 1] + 0.25]  # still sums to 1: the sign alone is wrong
+    half = good.tensors["read_weights"] * np.float32(0.5)
     cases = [
+        # weightings that are not distributions (the served graphs rely on it: docs/performance.md "Fourth round")
+        (variant(tensors={"read_weights": negative}), INVALID, "read_weights must hold attention weightings"),
+        (variant(tensors={"write_weights": zeros}), INVALID, "write_weights must hold attention weightings"),
+        (variant(tensors={"read_weights": half}), INVALID, "row [0] sums to 0.5, not 1"),
         (variant(model="no-such-model"), NOT_FOUND, "unknown model"),
         (variant(model=""), INVALID, "model is required"),
         (variant(tensors={"memory": None}), INVALID, "missing ['memory']"),
