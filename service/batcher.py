@@ -111,10 +111,12 @@ class Batcher:
                 self.scheduler.finish(*pack.sessions)
                 self._deliver(pack, err)
             if plan.batch:
-                if self.batching or isinstance(plan.batch[0], PackJob):  # batching off: a pack is one unit
-                    self._iterate(plan.batch)
-                else:
+                if not (self.batching or isinstance(plan.batch[0], PackJob)):  # batching off: a pack is one unit
                     self._run_alone(plan.batch[0])
+                elif plan.one_step and not len(self._frame):
+                    self._tick(plan.batch)
+                else:
+                    self._iterate(plan.batch)
 
     def _run_control(self, job: ControlJob) -> None:
         try:
@@ -167,9 +169,43 @@ class Batcher:
         for p in leaving:
             self._release(p)
             if isinstance(p.job, PackJob):
-                self._complete_pack(p.job, p)
+                self._complete_pack(p.job, p.outputs, p.read_weights, p.write_weights)
             else:
                 self._complete(p.job, p.outputs, p.read_weights, p.write_weights)
+
+    def _tick(self, batch: list[RowJob]) -> None:
+        """A batch that finishes in one step call (every request takes one step, none is in progress): the
+        requests' inputs go to the engine and its outputs to their answers directly, without the batch frame,
+        progress records or backup lanes (a failed call applies nothing: there is nothing to undo)."""
+        width = self.engine.spec.input_size
+        if len(batch) == 1:  # e.g. one packed message per tick: its inputs (E, 1, I) are the step's (B, I) as they are
+            job = batch[0]
+            slots = np.fromiter((s.slot for s in job.sessions), dtype=np.int64, count=job.rows)  # (B,)
+            x = np.ascontiguousarray(job.inputs.reshape(job.rows, width))  # (B, I)
+        else:
+            slots = np.fromiter((s.slot for job in batch for s in job.sessions), dtype=np.int64)
+            x = np.concatenate([job.inputs.reshape(job.rows, width) for job in batch])
+        attention = any(job.attention for job in batch)
+        self._wake_callers()  # the event loop answers the finished requests while onnxruntime runs
+        began = time.perf_counter()
+        try:
+            result = self.engine.step(slots, x, attention)
+        except Exception as err:
+            log.exception("model %s: step of %d sessions failed", self.model, len(slots))
+            self._fail(batch, err)
+            return
+        self._observe(began, len(slots), len(slots))
+        reads, writes = result.read_weights, result.write_weights
+        end = 0
+        for job in batch:  # the result's rows are fresh arrays: each answer is a view of its rows
+            rows = slice(end, end + job.rows)
+            end = rows.stop
+            weights = (reads[rows], writes[rows]) if job.attention and reads is not None and writes is not None \
+                else (None, None)
+            if isinstance(job, PackJob):
+                self._complete_pack(job, result.outputs[rows], *weights)
+            else:
+                self._complete(job, result.outputs[rows], *weights)
 
     def _run_alone(self, job: StepJob) -> None:
         """Batching off: the whole request in one call."""
@@ -209,15 +245,16 @@ class Batcher:
         self.scheduler.finish(session)
         self._deliver(job, outcome)
 
-    def _complete_pack(self, job: PackJob, progress: Progress) -> None:
-        """Every session of a pack has taken its T steps: one answer for all of them."""
+    def _complete_pack(self, job: PackJob, outputs: np.ndarray, reads: np.ndarray | None,
+                       writes: np.ndarray | None) -> None:
+        """Every session of a pack has taken its T steps: one answer for all of them. Arrays entry-major:
+        outputs (E * T, O), the heads' weightings (E * T, R|W, N) when asked."""
         shape = (job.rows, job.steps)
         steps = []
         for session in job.sessions:
             session.steps += job.steps
             steps.append(session.steps)
-        reads, writes = progress.read_weights, progress.write_weights
-        outcome = PackOutcome(progress.outputs.reshape(*shape, -1), steps,  # (E, T, O)
+        outcome = PackOutcome(outputs.reshape(*shape, -1), steps,  # (E, T, O)
                               None if reads is None else reads.reshape(*shape, *reads.shape[1:]),  # (E, T, R, N)
                               None if writes is None else writes.reshape(*shape, *writes.shape[1:]))
         self.scheduler.finish(*job.sessions)

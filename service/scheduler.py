@@ -36,6 +36,12 @@ class Plan:
     batch: list[RowJob]
     refused: list[tuple[PackJob, ServiceError]] = field(default_factory=list)
 
+    @property
+    def one_step(self) -> bool:
+        """Whether the step call finishes every request of `batch` (each takes one step; one in progress never
+        does, it has more than one): the batcher then needs no record of where they stand."""
+        return all(job.steps == 1 for job in self.batch)
+
 
 def _no_row(engine: object, session: SessionRecord) -> None:
     raise internal(f"session {session.id} has no state row")
