@@ -17,7 +17,7 @@ from service.batch_frame import BatchFrame
 from service.engine import SequenceResult, StepResult
 from service.errors import ServiceError, internal
 from service.jobs import ControlJob, Job, PackJob, PackOutcome, Progress, RowJob, StepJob, StepOutcome
-from service.scheduler import Scheduler
+from service.scheduler import Plan, Scheduler
 from service.sessions import Action, Done, SessionRecord
 
 if TYPE_CHECKING:
@@ -47,7 +47,9 @@ class Batcher:
     """A model's thread: runs plans (control jobs, one step call of a batch) and answers every job once."""
 
     def __init__(self, engine: Engine, metrics: Metrics, *, batching: bool = True, max_batch: int = 64,
-                 max_wait_s: float = 0.001, max_queue: int = 10_000) -> None:
+                 max_wait_s: float = 0.001, max_queue: int = 10_000, inline_rows: int = 0) -> None:
+        """`inline_rows`: one-step batches of at most this many rows may run on the thread that queued them
+        (`run_now`); 0: only on the model's thread."""
         self.engine = engine
         self.model = engine.spec.name
         # This model's metric children, looked up once: labels() costs microseconds on every message.
@@ -63,15 +65,39 @@ class Batcher:
         # The requests of the step calls (batching on), laid out for the step: service/batch_frame.py.
         self._frame = BatchFrame(engine.spec.input_size, engine.spec.output_size)
         self._thread = threading.Thread(target=self._loop, name=f"batcher-{self.model}", daemon=True)
+        self.inline_rows = inline_rows
+        # Held by the thread running a plan: the model's thread, or a caller's in run_now. The engine, the frame
+        # and the progress records are used under it only (one plan at a time; the scheduler orders them).
+        self._turn = threading.Lock()
+        self._running = False  # started and not stopped: run_now may run plans
 
     # --- called from other threads --------------------------------------------------------------------
 
     def start(self) -> None:
         self._thread.start()
+        self._running = True
 
-    def submit(self, job: Job, force: bool = False) -> None:
-        """Queue a job behind the session's earlier ones (see Scheduler.submit)."""
-        self.scheduler.submit(job, force)
+    def submit(self, job: Job, force: bool = False, wake: bool = True) -> None:
+        """Queue a job behind the session's earlier ones (see Scheduler.submit). `wake` False: the caller calls
+        `run_now` next, which runs it here or wakes the model's thread."""
+        self.scheduler.submit(job, force, wake)
+
+    def run_now(self) -> None:
+        """On the caller's thread (the event loop, right after it queued a job): run the next plan here if it is a
+        small one-step batch that the model's thread would start at once (`Scheduler.plan_now`) and that thread is
+        not running a plan. Saves two thread switches per tick: the model's thread would be woken to run it, and
+        would wake the loop to answer (docs/service.md, "Continuous batching"). Otherwise the model's thread runs
+        it, as always."""
+        if self.inline_rows > 0 and self._running and self._turn.acquire(blocking=False):
+            try:
+                plan = self.scheduler.plan_now(self.inline_rows)
+                if plan is not None:
+                    self._run(plan)
+            except Exception:  # the jobs are queued already: a bug here must not fail the caller's request twice
+                log.exception("model %s: running a plan on the caller's thread failed", self.model)
+            finally:
+                self._turn.release()
+        self.scheduler.wake()  # what is left is the model's thread's
 
     def submit_control(self, session: SessionRecord, action: Action, done: Done, force: bool = False) -> None:
         self.scheduler.submit(ControlJob(session, action, done), force)
@@ -80,6 +106,8 @@ class Batcher:
         """Finish every queued job, then end the thread."""
         self.scheduler.stop()
         self._thread.join(timeout)
+        with self._turn:  # a plan running on another thread (run_now) has finished too
+            self._running = False
 
     @property
     def queued(self) -> int:
@@ -89,7 +117,7 @@ class Batcher:
 
     def _wake_callers(self) -> None:
         """Run the wake-ups the deliveries since the last hand-off deferred (defer_wakeup)."""
-        pending = _thread_state.wakeups
+        pending = getattr(_thread_state, "wakeups", None)  # None on a thread that runs plans in run_now
         while pending:
             wake = pending.pop(0)
             try:
@@ -105,18 +133,23 @@ class Batcher:
             plan = self.scheduler.next_plan()
             if plan is None:
                 return
-            for job in plan.controls:
-                self._run_control(job)
-            for pack, err in plan.refused:
-                self.scheduler.finish(*pack.sessions)
-                self._deliver(pack, err)
-            if plan.batch:
-                if not (self.batching or isinstance(plan.batch[0], PackJob)):  # batching off: a pack is one unit
-                    self._run_alone(plan.batch[0])
-                elif plan.one_step and not len(self._frame):
-                    self._tick(plan.batch)
-                else:
-                    self._iterate(plan.batch)
+            with self._turn:
+                self._run(plan)
+
+    def _run(self, plan: Plan) -> None:
+        """Run one plan; the caller holds the turn."""
+        for job in plan.controls:
+            self._run_control(job)
+        for pack, err in plan.refused:
+            self.scheduler.finish(*pack.sessions)
+            self._deliver(pack, err)
+        if plan.batch:
+            if not (self.batching or isinstance(plan.batch[0], PackJob)):  # batching off: a pack is one unit
+                self._run_alone(plan.batch[0])
+            elif plan.one_step and not len(self._frame):
+                self._tick(plan.batch)
+            else:
+                self._iterate(plan.batch)
 
     def _run_control(self, job: ControlJob) -> None:
         try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import grpc
 import numpy as np
@@ -44,6 +45,7 @@ def _sessions(found: Sequence[SessionRecord | ServiceError], served: Callable[[S
     refused: dict[int, ServiceError] = {}
     seen: dict[str, int] = {}
     model: ServedModel | None = None
+    key = None  # the model's key: a session on the same version is served by the same model (one lookup per key)
     first = -1
     for e, session in enumerate(found):
         if isinstance(session, ServiceError):
@@ -54,13 +56,15 @@ def _sessions(found: Sequence[SessionRecord | ServiceError], served: Callable[[S
                                  "each session once")
             continue
         seen[session.id] = e
+        if session.key == key:
+            continue
         try:
             own = served(session)
         except ServiceError as err:
             refused[e] = err
             continue
         if model is None:
-            model, first = own, e
+            model, key, first = own, own.key, e
         elif own.key != model.key:
             refused[e] = invalid(f"session {session.id} runs on {own.label}, entry {first}'s on {model.label}: "
                                  "a message steps sessions of one model version")
@@ -86,7 +90,7 @@ def check(request: ntm_pb2.PackedStepRequest, found: Sequence[SessionRecord | Se
         expect.append(value)
     if refused:
         raise PackError(refused, len(found))
-    sessions = tuple(s for s in found if isinstance(s, SessionRecord))  # all of them: none was refused
+    sessions = cast(tuple[SessionRecord, ...], tuple(found))  # all of them: none was refused
     return CheckedPack(sessions, model, inputs, tuple(expect))
 
 

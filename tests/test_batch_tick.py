@@ -18,8 +18,9 @@ from helpers import Offline, bits
 from service.batcher import Batcher
 from service.engine import Engine
 from service.errors import ServiceError
-from service.jobs import PackJob, PackOutcome, RowJob, StepJob, StepOutcome
+from service.jobs import ControlJob, PackJob, PackOutcome, RowJob, StepJob, StepOutcome
 from service.metrics import Metrics
+from service.scheduler import Scheduler
 from service.sessions import SessionRecord
 
 
@@ -131,3 +132,92 @@ def test_a_failed_one_step_call_answers_every_job_and_changes_no_state(models_di
         after = engine.read_row(session.slot)
         for name, value in state.items():
             np.testing.assert_array_equal(after[name], value, err_msg=name)
+
+
+def _pack(sessions: tuple[SessionRecord, ...], steps: int, answers: _Answers, name: str) -> PackJob:
+    return PackJob(sessions, np.zeros((len(sessions), steps, 9), np.float32), False, answers.done(name),
+                   (None,) * len(sessions))
+
+
+def test_plan_now_takes_only_a_complete_batch_of_one_step_requests() -> None:
+    """The policy of running on the caller's thread (pure: no engine). Whatever it declines stays queued."""
+    scheduler = Scheduler("m", batching=True, max_batch=8, max_wait_s=0.001, max_queue=100)
+    s0, s1 = (SessionRecord(f"s{i}", "m", "test", 600.0, 0.0, 0.0, slot=i) for i in range(2))
+    answers = _Answers()
+    first = _pack((s0, s1), 1, answers, "first")
+    scheduler.submit(first)
+    assert scheduler.plan_now(16) is None  # no batch before it: the policy would wait for more sessions
+    assert scheduler.next_plan().batch == [first]
+    scheduler.finish(s0, s1)
+    longer, short = StepJob(s0, np.zeros((2, 9), np.float32), False, answers.done("a")), \
+        StepJob(s1, np.zeros((1, 9), np.float32), False, answers.done("b"))
+    scheduler.submit(longer, wake=False)
+    scheduler.submit(short, wake=False)
+    assert scheduler.plan_now(16) is None  # a two-step request: the batch frame's work, on the model's thread
+    assert scheduler.next_plan().batch == [longer, short]  # still queued
+    scheduler.finish(s1)
+    scheduler.carry([longer])  # in progress
+    again = StepJob(s1, np.zeros((1, 9), np.float32), False, answers.done("c"))
+    scheduler.submit(again, wake=False)
+    assert scheduler.plan_now(16) is None  # a request in progress
+    scheduler.carry([])
+    scheduler.finish(s0)
+    assert scheduler.next_plan().batch == [again]
+    scheduler.finish(s1)
+    control = ControlJob(s0, lambda engine, session: None, answers.done("control"))
+    scheduler.submit(control, wake=False)
+    assert scheduler.plan_now(16) is None  # a control job at a head
+    assert scheduler.next_plan().controls == [control]
+    scheduler.finish(s0)
+    scheduler.submit(_pack((s0,), 1, answers, "half"), wake=False)
+    assert scheduler.plan_now(16) is None  # the last batch (s1 alone) is not back yet: it would wait for it
+    assert scheduler.next_plan().batch
+    scheduler.finish(s0)
+    scheduler.submit(_pack((s0, s1), 1, answers, "both"), wake=False)
+    assert scheduler.plan_now(1) is None  # more rows than allowed
+    plan = scheduler.plan_now(2)
+    assert plan is not None and len(plan.batch) == 1 and plan.one_step
+    scheduler.finish(s0, s1)
+    scheduler.stop()
+    scheduler.submit(_pack((s0, s1), 1, answers, "late"), force=True, wake=False)
+    assert scheduler.plan_now(16) is None  # stopping: the model's thread finishes what is queued
+
+
+def test_run_now_steps_a_pack_on_the_callers_thread_and_the_model_thread_runs_what_follows(
+        models_dir: Path, offline: Offline, rng: np.random.Generator) -> None:
+    engine = Engine(models_dir / "copy", "cpu")
+    batcher = Batcher(engine, Metrics(), inline_rows=8)
+    threads: list[str] = []
+    tick = batcher._tick
+    batcher._tick = lambda batch: (threads.append(threading.current_thread().name), tick(batch))[1]  # type: ignore
+    sessions, answers = _sessions(engine, 2), _Answers()
+    x = bits(rng, 2)  # (2 steps, I): step t of both sessions
+    batcher.start()
+    try:
+        done = threading.Event()
+        batcher.submit(PackJob(tuple(sessions), np.ascontiguousarray(np.stack([x[:1], x[:1]])), False,
+                               lambda r: (answers.done("first")(r), done.set()), (None, None)))
+        assert done.wait(30)
+        with batcher._turn:  # the model's thread has finished that plan and waits
+            pass
+        second = PackJob(tuple(sessions), np.ascontiguousarray(np.stack([x[1:], x[1:]])), True,
+                         answers.done("second"), (None, None))
+        read = threading.Event()
+        batcher.submit(second, wake=False)
+        batcher.scheduler.submit(ControlJob(sessions[0], lambda e, s: e.read_row(s.slot),
+                                            lambda r: (answers.done("read")(r), read.set())), wake=False)
+        batcher.run_now()
+        assert "second" in answers.got  # answered before run_now returned: it ran here
+        assert threads == ["batcher-copy", threading.current_thread().name]
+        assert read.wait(30)  # queued behind the pack: the model's thread ran it once the pack finished
+    finally:
+        batcher.stop(timeout=30)
+    want = offline.run(x)
+    got = answers.got["second"]
+    assert got.steps == [2, 2]
+    for e in range(2):
+        np.testing.assert_array_equal(answers.got["first"].outputs[e, 0], want["outputs"][0])
+        np.testing.assert_array_equal(got.outputs[e, 0], want["outputs"][1])
+        np.testing.assert_array_equal(got.read_weights[e, 0], want["read_weights"][1])
+    for name, value in want["state"].items():
+        np.testing.assert_array_equal(answers.got["read"][name], value, err_msg=name)
