@@ -285,7 +285,7 @@ class Batcher:
         shape = (job.rows, job.steps)
         steps = []
         for session in job.sessions:
-            session.steps += job.steps
+            session.steps += shape[1]
             steps.append(session.steps)
         outcome = PackOutcome(outputs.reshape(*shape, -1), steps,  # (E, T, O)
                               None if reads is None else reads.reshape(*shape, *reads.shape[1:]),  # (E, T, R, N)

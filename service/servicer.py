@@ -475,8 +475,9 @@ class NTMServicer(ntm_pb2_grpc.NTMServicer):
                           f"got {entries}")
         if len(request.request_id) > MAX_REQUEST_ID_CHARS:
             raise invalid(f"request_id has {len(request.request_id)} characters, more than {MAX_REQUEST_ID_CHARS}")
-        found = self.registry.find_many([entry.session_id for entry in request.entries], owner)
-        checked = packed.check(request, found, self._served, self.config.max_steps)
+        ids, expect = packed.entry_fields(request)
+        found = self.registry.find_many(ids, owner)
+        checked = packed.check(request, found, expect, self._served, self.config.max_steps)
         done = self._timed(checked.sessions[0].model, "StreamPackedSteps", on_result)
         self.registry.submit_pack(checked.sessions, lambda sessions, d: PackJob(
             sessions, checked.inputs, request.return_attention, d, checked.expect_steps), done, wake=False)
