@@ -69,7 +69,7 @@ class Batcher:
         # Held by the thread running a plan: the model's thread, or a caller's in run_now. The engine, the frame
         # and the progress records are used under it only (one plan at a time; the scheduler orders them).
         self._turn = threading.Lock()
-        self._running = False  # started and not stopped: run_now may run plans
+        self._running = False  # started: run_now may run plans (before, the engine is the loader's: snapshots)
 
     # --- called from other threads --------------------------------------------------------------------
 
@@ -104,10 +104,10 @@ class Batcher:
 
     def stop(self, timeout: float | None = None) -> None:
         """Finish every queued job, then end the thread."""
-        self.scheduler.stop()
+        self.scheduler.stop()  # from now on run_now finds no plan to run (Scheduler.plan_now)
         self._thread.join(timeout)
-        with self._turn:  # a plan running on another thread (run_now) has finished too
-            self._running = False
+        if self._turn.acquire(timeout=-1 if timeout is None else timeout):  # a plan run_now began has ended too
+            self._turn.release()
 
     @property
     def queued(self) -> int:
