@@ -152,7 +152,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("max_batch", int, "most sessions stepped in one onnxruntime call"),
     Setting("max_wait_ms", float, "longest a new batch waits for more sessions to join"),
     Setting("inline_rows", int, "a packed one-step message of at most this many sessions runs on the event "
-            "loop's thread when the model's thread is idle, saving two thread switches per step call (0: never)"),
+            "loop's thread when the model's thread is idle, saving two thread switches per step call (CPU only; "
+            "0: never)"),
     Setting("max_sessions", int, "most live sessions (RESOURCE_EXHAUSTED past it)"),
     Setting("max_sessions_per_owner", int, "most live sessions per auth token (0: no per-token limit)"),
     Setting("default_ttl_s", float, "idle time before a session is evicted, when the client asks for none"),
