@@ -12,16 +12,20 @@ The targets are issue 12's items 1 and 2.
 Packed rows (`--modes per-session,packed`, the default: both, side by side in one run): the same cells with one
 StreamPackedSteps message per tick carrying every session's steps (one client hosting all the sessions;
 `--packed-clients K` splits them among K clients, each with its own stream), against this tree's server, the echo
-floor and the in-process batcher fed packs. The baseline runs only per-session (an older tree has no packed RPC).
+floor and the in-process batcher fed packs. With `--baseline-packed`, the baseline tree runs the PACKED rows too
+(its server, and its batcher in a child process importing that tree): before/after of the packed path in one run.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import os
 import statistics
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -57,6 +61,8 @@ FLOOR_ITERATOR = "gRPC floor, request iterator + generator"  # the same, as Stre
 PACKED = "PACKED: this tree"  # one StreamPackedSteps message per tick carries every session's steps
 FLOOR_PACKED = "PACKED: gRPC floor (echo, no model)"
 BATCHER_ALONE_PACKED = "PACKED: batcher + engine, no gRPC"  # one PackJob of every session, resubmitted at once
+PACKED_BASELINE = "PACKED: baseline"  # --baseline-packed: the baseline tree's server, packed messages
+BATCHER_ALONE_PACKED_BASELINE = "PACKED: baseline batcher + engine, no gRPC"  # the baseline tree's batcher
 MODES = ("per-session", "packed")
 
 
@@ -116,6 +122,19 @@ def batcher_alone(model: ModelFolder, sessions: int, steps: int, seconds: float,
     return {"steps_per_s": done_steps / wall, "cpu_us_per_step": cpu / max(done_steps, 1) * 1e6}
 
 
+def batcher_alone_in(tree: Path, model: ModelFolder, sessions: int, steps: int, seconds: float) -> dict[str, float]:
+    """`batcher_alone(packed=True)` with the `service` package of source tree `tree` (a child process whose
+    import path puts `tree` first: this tree's benchmarks, that tree's batcher and engine)."""
+    code = ("import json, sys; from pathlib import Path; from benchmarks.models import find_model; "
+            "from benchmarks.overhead import batcher_alone; "
+            f"m = find_model(explicit=Path({str(model.path.resolve())!r})); "
+            f"print(json.dumps(batcher_alone(m, {sessions}, {steps}, {seconds}, packed=True)))")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tree.resolve()), str(REPO)])}
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=tree, capture_output=True, text=True,
+                         check=True).stdout
+    return json.loads(out.splitlines()[-1])
+
+
 def _median(rounds: list[dict[str, float]]) -> dict[str, float]:
     return {k: statistics.median(r[k] for r in rounds) for k in rounds[0]}
 
@@ -134,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
                              "carries every session), or both (default), side by side")
     parser.add_argument("--packed-clients", type=int, default=1,
                         help="packed mode: clients (streams) the sessions are split among (default 1)")
+    parser.add_argument("--baseline-packed", action="store_true",
+                        help="the baseline tree runs the PACKED rows too (server and in-process batcher)")
     parser.add_argument("--server-arg", action="append", default=[], help="extra argument for both servers")
     add_model_options(parser)
     args = parser.parse_args(argv)
@@ -166,6 +187,9 @@ def _rows(args: argparse.Namespace) -> tuple[dict[str, tuple[Path, str]], list[t
             rows += [(FLOOR, FLOOR, False), (FLOOR_ITERATOR, FLOOR_ITERATOR, False)]
     if "packed" in modes:
         rows += [(PACKED, "this tree", True)] + ([(FLOOR_PACKED, FLOOR, True)] if floor else [])
+        if args.baseline and args.baseline_packed:
+            trees["baseline"] = (args.baseline.resolve(), "service")
+            rows.append((PACKED_BASELINE, "baseline", True))
     return trees, rows
 
 
@@ -181,6 +205,9 @@ def _run(args: argparse.Namespace, model: ModelFolder, models_dir: Path, cells: 
     alone = {BATCHER_ALONE: {f"{s}x{t}": batcher_alone(model, s, t, window) for s, t in cells}}
     if packed:
         alone[BATCHER_ALONE_PACKED] = {f"{s}x{t}": batcher_alone(model, s, t, window, packed=True) for s, t in cells}
+        if args.baseline and args.baseline_packed:
+            alone[BATCHER_ALONE_PACKED_BASELINE] = {f"{s}x{t}": batcher_alone_in(args.baseline, model, s, t, window)
+                                                    for s, t in cells}
     pin_here(client_cores)
     extra = ("--max-batch", str(MAX_BATCH), *args.server_arg)
     results: dict[str, dict[str, list[dict[str, float]]]] = {row: {} for row, _, _ in rows}
@@ -210,7 +237,8 @@ def _run(args: argparse.Namespace, model: ModelFolder, models_dir: Path, cells: 
     print(table.markdown())
     payload = {"benchmark": "overhead", "machine": machine.describe(), "pinned": where, "load_before": load_before,
                "model": model.describe(), "bare_engine": bare, "batcher_alone": alone[BATCHER_ALONE],
-               "batcher_alone_packed": alone.get(BATCHER_ALONE_PACKED, {}), "results": results,
+               "batcher_alone_packed": alone.get(BATCHER_ALONE_PACKED, {}),
+               "batcher_alone_packed_baseline": alone.get(BATCHER_ALONE_PACKED_BASELINE, {}), "results": results,
                "packed_clients": args.packed_clients,
                "trees": {k: f"{v[0]} ({v[1]})" for k, v in trees.items()}, "targets": found}
     write_result(args.out, "overhead", payload, [table])
@@ -243,7 +271,8 @@ def _tables(cells: list[tuple[int, ...]], rows: list[str], results: dict[str, An
                       int(med["errors"]))
             if name in (FLOOR, FLOOR_ITERATOR, FLOOR_PACKED):
                 continue
-            found.append({"cell": f"{sessions}x{steps}", "server": name, "packed": name == PACKED, "share": share,
+            found.append({"cell": f"{sessions}x{steps}", "server": name, "packed": name in (PACKED, PACKED_BASELINE),
+                          "share": share,
                           "cpu_ratio": ratio, "cpu_ratio_met": ratio <= CPU_RATIO.get(steps, CPU_RATIO[1]),
                           "share_met": share >= SHARE, "p99_ms": med["p99_ms"],
                           "p99_met": med["p99_ms"] <= P99_MS if (sessions, steps) == (8, 1) else None})

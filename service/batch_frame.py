@@ -24,11 +24,6 @@ from service.jobs import Progress, RowJob
 _EMPTY = np.empty(0, dtype=np.int64)
 
 
-def _frozen(values: np.ndarray) -> np.ndarray:
-    values.flags.writeable = False  # the engine keys a cached placement on this very array
-    return values
-
-
 class BatchFrame:
     """The batch's requests, in batch order, over flat (rows, ...) arenas. Used by the batcher thread only."""
 
@@ -37,7 +32,7 @@ class BatchFrame:
         self.progress: list[Progress] = []
         self.jobs: list[RowJob] = []
         self.offsets = self.t = self.lengths = _EMPTY  # (B,) per session row: first arena row, steps applied, in all
-        self.slots = _frozen(_EMPTY.copy())  # (B,) the sessions' pool rows
+        self.slots = _EMPTY  # (B,) the sessions' pool rows
         self.first = self.spans = _EMPTY  # (J,) per request: its first position in the (B,) vectors, its sessions
         self.attention = False  # whether any request asked for the heads' weightings
         self._inputs = np.empty((rows, input_size), dtype=np.float32)  # arena (rows, I)
@@ -89,7 +84,7 @@ class BatchFrame:
         self.offsets = np.concatenate([self.offsets, np.asarray(offsets, dtype=np.int64)])
         self.t = np.concatenate([self.t, np.asarray(t, dtype=np.int64)])
         self.lengths = np.concatenate([self.lengths, np.asarray(lengths, dtype=np.int64)])
-        self.slots = _frozen(np.concatenate([self.slots, np.asarray(slots, dtype=np.int64)]))
+        self.slots = np.concatenate([self.slots, np.asarray(slots, dtype=np.int64)])
 
     def remove(self, positions: np.ndarray) -> list[Progress]:
         """Take the requests at `positions` (of `jobs`) out (their Progress gets its final step count); returns
@@ -105,7 +100,7 @@ class BatchFrame:
         self.jobs = [p.job for p in self.progress]
         rows = np.repeat(keep, self.spans)  # (B,)
         self.offsets, self.t, self.lengths = self.offsets[rows], self.t[rows], self.lengths[rows]
-        self.slots = _frozen(self.slots[rows])
+        self.slots = self.slots[rows]
         self.spans = self.spans[keep]
         self.first = np.cumsum(self.spans) - self.spans
         self.attention = any(p.read_weights is not None for p in self.progress)
@@ -134,7 +129,7 @@ class BatchFrame:
         self._used = 0
         self.progress, self.jobs = [], []
         self.offsets = self.t = self.lengths = self.first = self.spans = _EMPTY
-        self.slots = _frozen(_EMPTY.copy())
+        self.slots = _EMPTY
         self.attention = False
         if progress:
             self.add(progress)

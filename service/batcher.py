@@ -17,7 +17,7 @@ from service.batch_frame import BatchFrame
 from service.engine import SequenceResult, StepResult
 from service.errors import ServiceError, internal
 from service.jobs import ControlJob, Job, PackJob, PackOutcome, Progress, RowJob, StepJob, StepOutcome
-from service.scheduler import Scheduler
+from service.scheduler import Plan, Scheduler
 from service.sessions import Action, Done, SessionRecord
 
 if TYPE_CHECKING:
@@ -47,7 +47,9 @@ class Batcher:
     """A model's thread: runs plans (control jobs, one step call of a batch) and answers every job once."""
 
     def __init__(self, engine: Engine, metrics: Metrics, *, batching: bool = True, max_batch: int = 64,
-                 max_wait_s: float = 0.001, max_queue: int = 10_000) -> None:
+                 max_wait_s: float = 0.001, max_queue: int = 10_000, inline_rows: int = 0) -> None:
+        """`inline_rows`: one-step batches of at most this many rows may run on the thread that queued them
+        (`run_now`, CPU engines only); 0: only on the model's thread."""
         self.engine = engine
         self.model = engine.spec.name
         # This model's metric children, looked up once: labels() costs microseconds on every message.
@@ -63,23 +65,51 @@ class Batcher:
         # The requests of the step calls (batching on), laid out for the step: service/batch_frame.py.
         self._frame = BatchFrame(engine.spec.input_size, engine.spec.output_size)
         self._thread = threading.Thread(target=self._loop, name=f"batcher-{self.model}", daemon=True)
+        # On CUDA, onnxruntime's provider keeps per-thread state (its CUDA-graph captures among it): the model's
+        # steps stay on one thread there; the saving was measured on the CPU only.
+        self.inline_rows = inline_rows if engine.device.type == "cpu" else 0
+        # Held by the thread running a plan: the model's thread, or a caller's in run_now. The engine, the frame
+        # and the progress records are used under it only (one plan at a time; the scheduler orders them).
+        self._turn = threading.Lock()
+        self._running = False  # started: run_now may run plans (before, the engine is the loader's: snapshots)
 
     # --- called from other threads --------------------------------------------------------------------
 
     def start(self) -> None:
         self._thread.start()
+        self._running = True
 
-    def submit(self, job: Job, force: bool = False) -> None:
-        """Queue a job behind the session's earlier ones (see Scheduler.submit)."""
-        self.scheduler.submit(job, force)
+    def submit(self, job: Job, force: bool = False, wake: bool = True) -> None:
+        """Queue a job behind the session's earlier ones (see Scheduler.submit). `wake` False: the caller calls
+        `run_now` next, which runs it here or wakes the model's thread."""
+        self.scheduler.submit(job, force, wake)
+
+    def run_now(self) -> None:
+        """On the caller's thread (the event loop, right after it queued a job): run the next plan here if it is a
+        small one-step batch that the model's thread would start at once (`Scheduler.plan_now`) and that thread is
+        not running a plan. Saves two thread switches per tick: the model's thread would be woken to run it, and
+        would wake the loop to answer (docs/service.md, "Continuous batching"). Otherwise the model's thread runs
+        it, as always."""
+        if self.inline_rows > 0 and self._running and self._turn.acquire(blocking=False):
+            try:
+                plan = self.scheduler.plan_now(self.inline_rows)
+                if plan is not None:
+                    self._run(plan)
+            except Exception:  # the jobs are queued already: a bug here must not fail the caller's request twice
+                log.exception("model %s: running a plan on the caller's thread failed", self.model)
+            finally:
+                self._turn.release()
+        self.scheduler.wake()  # what is left is the model's thread's
 
     def submit_control(self, session: SessionRecord, action: Action, done: Done, force: bool = False) -> None:
         self.scheduler.submit(ControlJob(session, action, done), force)
 
     def stop(self, timeout: float | None = None) -> None:
         """Finish every queued job, then end the thread."""
-        self.scheduler.stop()
+        self.scheduler.stop()  # from now on run_now finds no plan to run (Scheduler.plan_now)
         self._thread.join(timeout)
+        if self._turn.acquire(timeout=-1 if timeout is None else timeout):  # a plan run_now began has ended too
+            self._turn.release()
 
     @property
     def queued(self) -> int:
@@ -89,7 +119,7 @@ class Batcher:
 
     def _wake_callers(self) -> None:
         """Run the wake-ups the deliveries since the last hand-off deferred (defer_wakeup)."""
-        pending = _thread_state.wakeups
+        pending = getattr(_thread_state, "wakeups", None)  # None on a thread that runs plans in run_now
         while pending:
             wake = pending.pop(0)
             try:
@@ -105,16 +135,23 @@ class Batcher:
             plan = self.scheduler.next_plan()
             if plan is None:
                 return
-            for job in plan.controls:
-                self._run_control(job)
-            for pack, err in plan.refused:
-                self.scheduler.finish(*pack.sessions)
-                self._deliver(pack, err)
-            if plan.batch:
-                if self.batching or isinstance(plan.batch[0], PackJob):  # batching off: a pack is one unit
-                    self._iterate(plan.batch)
-                else:
-                    self._run_alone(plan.batch[0])
+            with self._turn:
+                self._run(plan)
+
+    def _run(self, plan: Plan) -> None:
+        """Run one plan; the caller holds the turn."""
+        for job in plan.controls:
+            self._run_control(job)
+        for pack, err in plan.refused:
+            self.scheduler.finish(*pack.sessions)
+            self._deliver(pack, err)
+        if plan.batch:
+            if not (self.batching or isinstance(plan.batch[0], PackJob)):  # batching off: a pack is one unit
+                self._run_alone(plan.batch[0])
+            elif plan.one_step and not len(self._frame):
+                self._tick(plan.batch)
+            else:
+                self._iterate(plan.batch)
 
     def _run_control(self, job: ControlJob) -> None:
         try:
@@ -167,9 +204,43 @@ class Batcher:
         for p in leaving:
             self._release(p)
             if isinstance(p.job, PackJob):
-                self._complete_pack(p.job, p)
+                self._complete_pack(p.job, p.outputs, p.read_weights, p.write_weights)
             else:
                 self._complete(p.job, p.outputs, p.read_weights, p.write_weights)
+
+    def _tick(self, batch: list[RowJob]) -> None:
+        """A batch that finishes in one step call (every request takes one step, none is in progress): the
+        requests' inputs go to the engine and its outputs to their answers directly, without the batch frame,
+        progress records or backup lanes (a failed call applies nothing: there is nothing to undo)."""
+        width = self.engine.spec.input_size
+        if len(batch) == 1:  # e.g. one packed message per tick: its inputs (E, 1, I) are the step's (B, I) as they are
+            job = batch[0]
+            slots = np.fromiter((s.slot for s in job.sessions), dtype=np.int64, count=job.rows)  # (B,)
+            x = np.ascontiguousarray(job.inputs.reshape(job.rows, width))  # (B, I)
+        else:
+            slots = np.fromiter((s.slot for job in batch for s in job.sessions), dtype=np.int64)
+            x = np.concatenate([job.inputs.reshape(job.rows, width) for job in batch])
+        attention = any(job.attention for job in batch)
+        self._wake_callers()  # the event loop answers the finished requests while onnxruntime runs
+        began = time.perf_counter()
+        try:
+            result = self.engine.step(slots, x, attention)
+        except Exception as err:
+            log.exception("model %s: step of %d sessions failed", self.model, len(slots))
+            self._fail(batch, err)
+            return
+        self._observe(began, len(slots), len(slots))
+        reads, writes = result.read_weights, result.write_weights
+        end = 0
+        for job in batch:  # the result's rows are fresh arrays: each answer is a view of its rows
+            rows = slice(end, end + job.rows)
+            end = rows.stop
+            weights = (reads[rows], writes[rows]) if job.attention and reads is not None and writes is not None \
+                else (None, None)
+            if isinstance(job, PackJob):
+                self._complete_pack(job, result.outputs[rows], *weights)
+            else:
+                self._complete(job, result.outputs[rows], *weights)
 
     def _run_alone(self, job: StepJob) -> None:
         """Batching off: the whole request in one call."""
@@ -209,15 +280,16 @@ class Batcher:
         self.scheduler.finish(session)
         self._deliver(job, outcome)
 
-    def _complete_pack(self, job: PackJob, progress: Progress) -> None:
-        """Every session of a pack has taken its T steps: one answer for all of them."""
+    def _complete_pack(self, job: PackJob, outputs: np.ndarray, reads: np.ndarray | None,
+                       writes: np.ndarray | None) -> None:
+        """Every session of a pack has taken its T steps: one answer for all of them. Arrays entry-major:
+        outputs (E * T, O), the heads' weightings (E * T, R|W, N) when asked."""
         shape = (job.rows, job.steps)
         steps = []
         for session in job.sessions:
-            session.steps += job.steps
+            session.steps += shape[1]
             steps.append(session.steps)
-        reads, writes = progress.read_weights, progress.write_weights
-        outcome = PackOutcome(progress.outputs.reshape(*shape, -1), steps,  # (E, T, O)
+        outcome = PackOutcome(outputs.reshape(*shape, -1), steps,  # (E, T, O)
                               None if reads is None else reads.reshape(*shape, *reads.shape[1:]),  # (E, T, R, N)
                               None if writes is None else writes.reshape(*shape, *writes.shape[1:]))
         self.scheduler.finish(*job.sessions)

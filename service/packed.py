@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import grpc
 import numpy as np
@@ -41,9 +42,17 @@ def _sessions(found: Sequence[SessionRecord | ServiceError], served: Callable[[S
               ) -> tuple[dict[int, ServiceError], ServedModel | None]:
     """Entry -> why, for entries whose session is unknown, someone else's, named twice, or on another model
     version than the first good entry's; and that model (None when no entry has a session)."""
+    if found and all(isinstance(s, SessionRecord) for s in found):  # the usual message, checked in bulk
+        sessions = cast(Sequence[SessionRecord], found)
+        if len({s.key for s in sessions}) == 1 and len({s.id for s in sessions}) == len(sessions):
+            try:
+                return {}, served(sessions[0])
+            except ServiceError:
+                pass  # the entry-by-entry pass below says which entries, and why
     refused: dict[int, ServiceError] = {}
     seen: dict[str, int] = {}
     model: ServedModel | None = None
+    key = None  # the model's key: a session on the same version is served by the same model (one lookup per key)
     first = -1
     for e, session in enumerate(found):
         if isinstance(session, ServiceError):
@@ -54,23 +63,36 @@ def _sessions(found: Sequence[SessionRecord | ServiceError], served: Callable[[S
                                  "each session once")
             continue
         seen[session.id] = e
+        if session.key == key:
+            continue
         try:
             own = served(session)
         except ServiceError as err:
             refused[e] = err
             continue
         if model is None:
-            model, first = own, e
+            model, key, first = own, own.key, e
         elif own.key != model.key:
             refused[e] = invalid(f"session {session.id} runs on {own.label}, entry {first}'s on {model.label}: "
                                  "a message steps sessions of one model version")
     return refused, model
 
 
+def entry_fields(request: ntm_pb2.PackedStepRequest) -> tuple[list[str], list[int | None]]:
+    """Each entry's session id and expect_steps (None when unset), in one pass over the entries."""
+    ids: list[str] = []
+    expect: list[int | None] = []
+    for entry in request.entries:
+        ids.append(entry.session_id)
+        expect.append(entry.expect_steps if entry.HasField("expect_steps") else None)
+    return ids, expect
+
+
 def check(request: ntm_pb2.PackedStepRequest, found: Sequence[SessionRecord | ServiceError],
-          served: Callable[[SessionRecord], ServedModel], max_steps: int) -> CheckedPack:
-    """Every check of a packed message whose sessions were looked up (`found`, entry order). Raises a ServiceError
-    for the message as a whole (a wrong inputs shape), or a PackError naming every refused entry."""
+          expect: Sequence[int | None], served: Callable[[SessionRecord], ServedModel], max_steps: int) -> CheckedPack:
+    """Every check of a packed message whose sessions were looked up (`found`, entry order; `expect`: each entry's
+    expect_steps, from `entry_fields`). Raises a ServiceError for the message as a whole (a wrong inputs shape), or
+    a PackError naming every refused entry."""
     refused, model = _sessions(found, served)
     if model is None:
         raise PackError(refused, len(found))
@@ -78,15 +100,12 @@ def check(request: ntm_pb2.PackedStepRequest, found: Sequence[SessionRecord | Se
         raise invalid(f"inputs is required: a tensor of shape [E, T, {model.spec.input_size}] (E = {len(found)})")
     inputs = packed_inputs(request.inputs, len(found), model.spec.input_size, max_steps)
     refused |= {e: err for e, err in nonfinite_entries(inputs).items() if e not in refused}
-    expect: list[int | None] = []
-    for e, entry in enumerate(request.entries):
-        value = entry.expect_steps if entry.HasField("expect_steps") else None
+    for e, value in enumerate(expect):
         if value is not None and value < 0 and e not in refused:
             refused[e] = invalid(f"expect_steps of entry {e} must be >= 0, got {value}")
-        expect.append(value)
     if refused:
         raise PackError(refused, len(found))
-    sessions = tuple(s for s in found if isinstance(s, SessionRecord))  # all of them: none was refused
+    sessions = cast(tuple[SessionRecord, ...], tuple(found))  # all of them: none was refused
     return CheckedPack(sessions, model, inputs, tuple(expect))
 
 

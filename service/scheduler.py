@@ -36,6 +36,12 @@ class Plan:
     batch: list[RowJob]
     refused: list[tuple[PackJob, ServiceError]] = field(default_factory=list)
 
+    @property
+    def one_step(self) -> bool:
+        """Whether the step call finishes every request of `batch` (each takes one step; one in progress never
+        does, it has more than one): the batcher then needs no record of where they stand."""
+        return all(job.steps == 1 for job in self.batch)
+
 
 def _no_row(engine: object, session: SessionRecord) -> None:
     raise internal(f"session {session.id} has no state row")
@@ -138,10 +144,11 @@ class Scheduler:
     def queued(self) -> int:
         return self._queued
 
-    def submit(self, job: Job, force: bool = False) -> None:
+    def submit(self, job: Job, force: bool = False, wake: bool = True) -> None:
         """Queue a job behind the session's earlier ones (a pack: behind each of its sessions' earlier ones, all
         at once; it counts as one job per session). RESOURCE_EXHAUSTED when the queue is full and UNAVAILABLE
-        once stopping; `force` skips both (jobs that free resources, snapshot reads)."""
+        once stopping; `force` skips both (jobs that free resources, snapshot reads). `wake` False: the batcher
+        thread is not woken (the caller calls `wake` or gets a plan with `plan_now` next)."""
         sessions = job.sessions if isinstance(job, PackJob) else (job.session,)
         with self._cond:
             if self._stopping and not force:
@@ -157,7 +164,8 @@ class Scheduler:
                 else:
                     self._queues[session] = deque([job])
                     self._make_ready(session)
-            self._cond.notify()
+            if wake:
+                self._cond.notify()
         self._on_depth(self._queued)
 
     def stop(self) -> None:
@@ -165,6 +173,12 @@ class Scheduler:
         with self._cond:
             self._stopping = True
             self._cond.notify()
+
+    def wake(self) -> None:
+        """Wake the batcher thread if jobs wait for it (after `submit(wake=False)`)."""
+        with self._cond:
+            if self._ready or self._held:
+                self._cond.notify()
 
     def next_plan(self) -> Plan | None:
         """Block until there is work; None when stopping and nothing is left."""
@@ -175,13 +189,33 @@ class Scheduler:
                 self._cond.wait()
             if self.batching and not self._active and not self._held:
                 self._wait_for_batch()
-            plan = take(self._ready, self._queues, self._active, self.max_batch, self._arrived, self._held)
-            if plan.batch:
-                if plan.batch != self._previous_batch:  # jobs compare by identity: a C loop, no Python per job
-                    self._previous_batch = plan.batch
-                    self._previous = {session.id for job in plan.batch for session in job.sessions}
-                self._returned = 0  # none of them is in _ready now: a session is in one place at a time
-            return plan
+            return self._take()
+
+    def plan_now(self, max_rows: int) -> Plan | None:
+        """A plan that may run at once on the caller's thread, or None. Only one the batcher thread would take
+        now without waiting and run in one step call with nothing to remember: no request in progress or held,
+        the batch complete by the policy (full, or every session of the last batch back; batching off: any), and
+        every ready session's next job a one-step request, at most `max_rows` rows in all."""
+        with self._cond:
+            if self._stopping or self._active or self._held or not self._ready or len(self._ready) > max_rows:
+                return None
+            if self.batching and not self._complete():
+                return None
+            for session in self._ready:
+                job = self._queues[session][0]
+                if isinstance(job, ControlJob) or job.steps != 1:
+                    return None
+            return self._take()
+
+    def _take(self) -> Plan:
+        """Under the lock: the next plan by the policy (`take`), remembering its sessions as the last batch."""
+        plan = take(self._ready, self._queues, self._active, self.max_batch, self._arrived, self._held)
+        if plan.batch:
+            if plan.batch != self._previous_batch:  # jobs compare by identity: a C loop, no Python per job
+                self._previous_batch = plan.batch
+                self._previous = {session.id for job in plan.batch for session in job.sessions}
+            self._returned = 0  # none of them is in _ready now: a session is in one place at a time
+        return plan
 
     def carry(self, in_progress: list[RowJob]) -> None:
         """After a step call: the requests that have steps left (they open the next plan's batch)."""
@@ -208,12 +242,16 @@ class Scheduler:
         if session.id in self._previous:
             self._returned += 1
 
+    def _complete(self) -> bool:
+        """Under the lock: whether a new batch need wait no longer: it is full, or every session of the last
+        batch is back."""
+        full = len(self._ready) >= self.max_batch
+        return full or (bool(self._previous) and self._returned >= len(self._previous))
+
     def _wait_for_batch(self) -> None:
         """Under the lock: let a new batch fill, until full, every session of the last batch is back, or max_wait."""
         deadline = time.monotonic() + self.max_wait_s
-        while not self._stopping and len(self._ready) < self.max_batch:
-            if self._previous and self._returned >= len(self._previous):
-                return
+        while not self._stopping and not self._complete():
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return

@@ -82,7 +82,10 @@ class LoopInbox:
             self._wake()
 
     def _wake(self) -> None:
-        self._loop.call_soon_threadsafe(self._drain)
+        if asyncio._get_running_loop() is self._loop:  # on the loop itself (Batcher.run_now): no self-pipe write
+            self._loop.call_soon(self._drain)
+        else:
+            self._loop.call_soon_threadsafe(self._drain)
 
     def _drain(self) -> None:
         with self._lock:
@@ -472,11 +475,13 @@ class NTMServicer(ntm_pb2_grpc.NTMServicer):
                           f"got {entries}")
         if len(request.request_id) > MAX_REQUEST_ID_CHARS:
             raise invalid(f"request_id has {len(request.request_id)} characters, more than {MAX_REQUEST_ID_CHARS}")
-        found = self.registry.find_many([entry.session_id for entry in request.entries], owner)
-        checked = packed.check(request, found, self._served, self.config.max_steps)
+        ids, expect = packed.entry_fields(request)
+        found = self.registry.find_many(ids, owner)
+        checked = packed.check(request, found, expect, self._served, self.config.max_steps)
         done = self._timed(checked.sessions[0].model, "StreamPackedSteps", on_result)
         self.registry.submit_pack(checked.sessions, lambda sessions, d: PackJob(
-            sessions, checked.inputs, request.return_attention, d, checked.expect_steps), done)
+            sessions, checked.inputs, request.return_attention, d, checked.expect_steps), done, wake=False)
+        checked.model.batcher.run_now()  # a small complete one-step batch runs here; else the model's thread is woken
 
     def _response(self, rpc: str, result: Any, refuse: Callable[[ServiceError], Any],
                   answer: Callable[[Any], Any]) -> Any:

@@ -16,7 +16,7 @@ import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import grpc
 
@@ -173,6 +173,10 @@ class SessionRegistry:
         """Each id's live session, or why there is none for `owner` (what `get` would raise); touches none."""
         found: list[SessionRecord | ServiceError] = []
         with self._lock:
+            table = self._sessions
+            every = [table.get(session_id) for session_id in session_ids]
+            if all(s is not None and s.owner == owner for s in every):  # the usual message: one pass, no errors
+                return cast(list[SessionRecord | ServiceError], every)
             for session_id in session_ids:
                 try:
                     found.append(self._find(session_id, owner))
@@ -216,9 +220,10 @@ class SessionRegistry:
             return session
 
     def submit_pack(self, sessions: Sequence[SessionRecord], make_job: Callable[[tuple[SessionRecord, ...], Done], Any],
-                    done: Done) -> None:
+                    done: Done, wake: bool = True) -> None:
         """Queue one job for several sessions of one model version (a packed message), atomically with respect to
-        eviction and delete: a session that ended since it was looked up refuses the whole job (PackError)."""
+        eviction and delete: a session that ended since it was looked up refuses the whole job (PackError).
+        `wake` False: the caller calls the batcher's `run_now` next (which wakes the model's thread if needed)."""
         with self._lock:
             ended = {e: not_found(f"session {s.id} ended while the message was checked")
                      for e, s in enumerate(sessions) if s.ended}
@@ -233,7 +238,7 @@ class SessionRegistry:
                         session.last_used = now
                 done(result)
 
-            self._batchers[sessions[0].key].submit(make_job(tuple(sessions), finished))  # RESOURCE_EXHAUSTED if full
+            self._batchers[sessions[0].key].submit(make_job(tuple(sessions), finished), wake=wake)  # may be full
             now = self.clock()
             for session in sessions:
                 session.inflight += 1

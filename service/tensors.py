@@ -141,7 +141,10 @@ def packed_inputs(tensor: ntm_pb2.Tensor, entries: int, input_size: int, max_ste
 
 def nonfinite_entries(inputs: np.ndarray) -> dict[int, ServiceError]:
     """Entry -> why, for the entries of inputs (E, T, I) holding a value that is not finite (one pass over all)."""
-    bad = ~np.isfinite(inputs)  # (E, T, I)
+    finite = np.isfinite(inputs)  # (E, T, I)
+    if finite.all():  # the usual case: one pass and one reduction
+        return {}
+    bad = ~finite
     refused = {}
     for e in np.flatnonzero(bad.reshape(len(inputs), -1).any(axis=1)).tolist():
         step, channel = np.argwhere(bad[e])[0].tolist()

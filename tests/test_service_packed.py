@@ -5,6 +5,7 @@ changes no session; packed and per-session calls mix on the same sessions; the m
 from __future__ import annotations
 
 import itertools
+import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -102,6 +103,49 @@ def test_packed_and_per_session_calls_mix_on_the_same_sessions(client: NTMClient
         assert state.steps == 12
         for name, value in offline.run(inputs[sid])["state"].items():
             np.testing.assert_array_equal(state.tensors[name], value, err_msg=name)
+
+
+def test_sessions_stepped_tick_by_tick_are_read_moved_and_ended_exactly(client: NTMClient, server: ServerThread,
+                                                                        offline: Offline,
+                                                                        rng: np.random.Generator) -> None:
+    """One-step packs of the same sessions step them in place, tick after tick, on the event loop's thread
+    (docs/service.md, "Continuous batching"). Whatever else reads or moves a session in between — an export, a
+    step through another RPC, a delete, an import of its state — sees or continues exactly the state a session
+    that was never resident would have: the offline run of its inputs."""
+    a, b, c, d = ids = [client.create_session("copy").session_id for _ in range(4)]
+    inputs = {sid: bits(rng, 8) for sid in ids}
+    batcher = server.server.models["copy"].batcher
+    threads: list[str] = []
+    tick = batcher._tick
+    batcher._tick = lambda batch: (threads.append(threading.current_thread().name), tick(batch))[1]
+    try:
+        list(client.stream_packed([packed_request(ids, np.stack([inputs[sid][t:t + 1] for sid in ids]))
+                                   for t in range(3)]))
+        exported = client.export_session(a)  # the latest state, read from the resident batch
+        assert exported.steps == 3
+        for name, value in offline.run(inputs[a][:3])["state"].items():
+            np.testing.assert_array_equal(exported.tensors[name], value, err_msg=name)
+        np.testing.assert_array_equal(client.step(b, inputs[b][3:5]).outputs, offline.run(inputs[b])["outputs"][3:5])
+        client.delete_session(c)
+        refused = _refused(client, packed_request([a, c, d], _inputs(rng, 3, 1)))
+        assert refused.entries[1].code == grpc.StatusCode.NOT_FOUND
+        e = client.import_session(exported).session_id  # a's state, now in a second session
+        inputs[e] = inputs[a]
+        order = [d, e, a, b]
+        start = {d: 3, e: 3, a: 3, b: 5}
+        got = [client.step_packed(order, np.stack([inputs[sid][start[sid] + t:start[sid] + t + 1] for sid in order]))
+               for t in range(2)]
+    finally:
+        batcher._tick = tick
+    assert threading.current_thread().name not in threads and "ntm-server" in threads  # the loop ran some ticks
+    for i, sid in enumerate(order):
+        want = offline.run(inputs[sid][:start[sid] + 2])
+        for t in range(2):
+            np.testing.assert_array_equal(got[t].outputs[i, 0], want["outputs"][start[sid] + t], err_msg=sid)
+        state = client.export_session(sid)
+        assert state.steps == start[sid] + 2
+        for name, value in want["state"].items():
+            np.testing.assert_array_equal(state.tensors[name], value, err_msg=f"{sid} {name}")
 
 
 def test_packs_and_streams_run_side_by_side_exactly(copy_dir: Path, offline: Offline) -> None:
