@@ -248,7 +248,7 @@ def test_interrupted_and_resumed_run_ends_where_the_uninterrupted_run_ends(
         return real.sample(gen, batch)
 
     crashing = dataclasses.replace(real, sample=crashing_sample)
-    monkeypatch.setattr(train_module, "get_task", lambda name, wrap=False, max_length=0, permute=0.0: crashing)
+    monkeypatch.setattr(train_module, "get_task", lambda name, *args, **kwargs: crashing)
     with pytest.raises(KeyboardInterrupt):
         train(cfg, progress=False)
     monkeypatch.undo()
