@@ -567,3 +567,7 @@ def test_priority_sort_min_items_mixes_fewer_items_and_is_judged_on_20_to_16() -
         get_task("copy", min_items=2)
     with pytest.raises(ValueError, match="min_items must be"):
         get_task("priority_sort", min_items=21)
+    # The trainer picks such a run's checkpoint on 20 -> 16, not on the easier mixture it trains on.
+    cfg = train_module.TrainConfig(task="priority_sort", out="unused", min_items=2)
+    assert train_module._selection_sampler(cfg, task) is task.eval_points[0][1]
+    assert train_module._selection_sampler(dataclasses.replace(cfg, min_items=0), task) is None

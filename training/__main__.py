@@ -44,8 +44,8 @@ def parse(argv: list[str]) -> TrainConfig:
     p.add_argument("--max-length", type=int, default=d.max_length,
                    help="copy only: train on L in [1, max_length] (default: the task's 1..20)")
     p.add_argument("--min-items", type=int, default=d.min_items,
-                   help="priority_sort only: train on n in [min_items, 20] items, keeping the ceil(4n/5) highest "
-                        "(default: always 20 -> 16)")
+                   help="priority_sort only: train on n in [min_items, 20] items, keeping the ceil(4n/5) highest; "
+                        "the checkpoint is still picked on 20 -> 16 (default: always 20 -> 16)")
     p.add_argument("--select-on", default=d.select_on,
                    help='eval point whose held-out figure picks the shipped checkpoint, e.g. "L=80" '
                         '(default: the training range)')
