@@ -571,3 +571,19 @@ def test_priority_sort_min_items_mixes_fewer_items_and_is_judged_on_20_to_16() -
     cfg = train_module.TrainConfig(task="priority_sort", out="unused", min_items=2)
     assert train_module._selection_sampler(cfg, task) is task.eval_points[0][1]
     assert train_module._selection_sampler(dataclasses.replace(cfg, min_items=0), task) is None
+
+
+def test_priority_sort_narrow_batches_squeeze_the_priorities_and_still_sort_them() -> None:
+    task = get_task("priority_sort", min_items=20, narrow=1.0)
+    widths = []
+    for s in range(100):
+        batch = task.sample(torch.Generator().manual_seed(s), 8)
+        priority, seq = batch.inputs[:20, :, 8], batch.inputs[:20, :, :8]  # (20, B), (20, B, 8)
+        assert bool((priority >= -1).all() and (priority <= 1).all())
+        order = torch.argsort(priority, dim=0, descending=True)[:16]  # (16, B)
+        assert torch.equal(batch.targets, seq[order, torch.arange(8)])
+        widths.append(float(priority.max() - priority.min()))
+    assert min(widths) < 0.1 and max(widths) > 1.0  # log-uniform half-ranges from 0.02 to 1
+    assert [n for n, _ in task.eval_points] == ["20 -> 16"]
+    with pytest.raises(ValueError, match="narrow must be"):
+        get_task("priority_sort", narrow=1.5)

@@ -46,6 +46,9 @@ def parse(argv: list[str]) -> TrainConfig:
     p.add_argument("--min-items", type=int, default=d.min_items,
                    help="priority_sort only: train on n in [min_items, 20] items, keeping the ceil(4n/5) highest; "
                         "the checkpoint is still picked on 20 -> 16 (default: always 20 -> 16)")
+    p.add_argument("--narrow", type=float, default=d.narrow,
+                   help="priority_sort only: fraction of training batches whose priorities lie in a random narrower "
+                        "interval (closer priorities; evaluated on the plain task)")
     p.add_argument("--select-on", default=d.select_on,
                    help='eval point whose held-out figure picks the shipped checkpoint, e.g. "L=80" '
                         '(default: the training range)')
@@ -60,7 +63,8 @@ def parse(argv: list[str]) -> TrainConfig:
         sequences=a.sequences, optimizer=a.optimizer, lr=a.lr, momentum=a.momentum, clip=a.clip,
         eval_every=a.eval_every, eval_sequences=a.eval_sequences, stop_below=a.stop_below, threads=a.threads,
         ntm=a.ntm, baseline=a.baseline, wrap=a.wrap, init_from=a.init_from, max_length=a.max_length,
-        min_items=a.min_items, select_on=a.select_on, device=a.device, permute=a.permute, compile=a.compile,
+        min_items=a.min_items, narrow=a.narrow, select_on=a.select_on, device=a.device, permute=a.permute,
+        compile=a.compile,
     )
 
 

@@ -79,13 +79,17 @@ def associative_recall_batch(gen: torch.Generator, batch: int, items: int, wrap:
 
 
 SORT_ITEMS, SORT_KEEP = 20, 16  # the issue-2 encoding: 20 prioritised vectors in, the 16 highest out
+NARROW_SPREAD = 0.02  # the narrowest priority half-range a `narrow` training batch draws (log-uniform up to 1)
 
 
-def priority_sort_batch(gen: torch.Generator, batch: int, count: int = SORT_ITEMS, keep: int = SORT_KEEP) -> Batch:
+def priority_sort_batch(gen: torch.Generator, batch: int, count: int = SORT_ITEMS, keep: int = SORT_KEEP,
+                        centre: float = 0.0, spread: float = 1.0) -> Batch:
     """20 vectors with a priority in [-1, 1] on ch 8, a delimiter (ch 9), 16 blanks; target the
     16 highest-priority vectors, highest first."""
     seq = _bits(gen, count, batch, 8)  # (20, B, 8)
     priority = torch.rand(count, batch, generator=gen) * 2.0 - 1.0  # (20, B)
+    if spread != 1.0 or centre != 0.0:  # training only: priorities in [centre - spread, centre + spread]
+        priority = centre + spread * priority
     inputs = torch.zeros(count + 1 + keep, batch, 10)  # (37, B, 10)
     inputs[:count, :, :8] = seq
     inputs[:count, :, 8] = priority
@@ -183,12 +187,15 @@ TASKS: dict[str, TaskSpec] = {
 }
 
 
-def get_task(name: str, wrap: bool = False, max_length: int = 0, permute: float = 0.0, min_items: int = 0) -> TaskSpec:
+def get_task(name: str, wrap: bool = False, max_length: int = 0, permute: float = 0.0, min_items: int = 0,
+             narrow: float = 0.0) -> TaskSpec:
     """The task by name. `wrap` selects the seed's associative-recall variant (the query may be the last item,
     whose answer wraps around to item 1); `max_length` trains copy on L in [1, max_length] (0: 1..20), with the
     usual points still reported; `permute` the one_shot training episodes of which that fraction has its pixels
     permuted (training only: the evaluation points are the plain task's); `min_items` trains priority sort on
-    n in [min_items, 20] items, keeping the ceil(4n/5) highest (0: always 20 -> 16; evaluated on 20 -> 16)."""
+    n in [min_items, 20] items, keeping the ceil(4n/5) highest (0: always 20 -> 16; evaluated on 20 -> 16), and
+    `narrow` is the fraction of those training batches whose priorities are squeezed into a random sub-interval of
+    [-1, 1] (near-ties: what a trained sorter still gets wrong)."""
     try:
         spec = TASKS[name]
     except KeyError:
@@ -205,10 +212,10 @@ def get_task(name: str, wrap: bool = False, max_length: int = 0, permute: float 
         if name != "one_shot":
             raise ValueError(f"permute applies to one_shot only, not {name!r}")
         spec = replace(spec, sample=_fixed(one_shot.digit_episodes, "train", one_shot.EPISODE_STEPS, permute))
-    if min_items:
+    if min_items or narrow:
         if name != "priority_sort":
-            raise ValueError(f"min_items applies to priority_sort only, not {name!r}")
-        spec = _fewer_items_sort(spec, min_items)
+            raise ValueError(f"min_items and narrow apply to priority_sort only, not {name!r}")
+        spec = _fewer_items_sort(spec, min_items or SORT_ITEMS, narrow)
     return spec
 
 
@@ -216,7 +223,7 @@ def task_of(meta: dict[str, Any]) -> TaskSpec:
     """The task a checkpoint was trained on, variant included (its metadata's task and training config)."""
     train_config = meta.get("train_config", {})
     return get_task(meta["task"], train_config.get("wrap", False), train_config.get("max_length", 0),
-                    min_items=train_config.get("min_items", 0))
+                    min_items=train_config.get("min_items", 0), narrow=train_config.get("narrow", 0.0))
 
 
 def _wrapped_recall(spec: TaskSpec) -> TaskSpec:
@@ -237,14 +244,22 @@ def _longer_copy(spec: TaskSpec, max_length: int) -> TaskSpec:
     return replace(spec, sample=sample, eval_points=((f"L in [1,{max_length}]", sample), *spec.eval_points))
 
 
-def _fewer_items_sort(spec: TaskSpec, min_items: int) -> TaskSpec:
+def _fewer_items_sort(spec: TaskSpec, min_items: int, narrow: float = 0.0) -> TaskSpec:
     """Priority sort over n in [min_items, 20] items per batch (a curriculum mixed into every stage, like copy's
-    random L): a few items need little precision in the priority comparison, so the mechanism is found early."""
+    random L): a few items need little precision in the priority comparison, so the mechanism is found early.
+    With `narrow`, that fraction of batches draws its priorities from [c - s, c + s] with s log-uniform in
+    [NARROW_SPREAD, 1]: closer priorities, so the comparison has to get sharper."""
     if not 1 <= min_items <= SORT_ITEMS:
         raise ValueError(f"min_items must be in [1, {SORT_ITEMS}], got {min_items}")
+    if not 0.0 <= narrow <= 1.0:
+        raise ValueError(f"narrow must be in [0, 1], got {narrow}")
 
     def sample(gen: torch.Generator, batch: int) -> Batch:
         n = _uniform_int(gen, min_items, SORT_ITEMS)
+        if narrow and float(torch.rand((), generator=gen)) < narrow:
+            spread = NARROW_SPREAD ** float(torch.rand((), generator=gen))  # log-uniform in [NARROW_SPREAD, 1]
+            centre = (1.0 - spread) * (2.0 * float(torch.rand((), generator=gen)) - 1.0)
+            return priority_sort_batch(gen, batch, n, -(-4 * n // 5), centre, spread)
         return priority_sort_batch(gen, batch, n, -(-4 * n // 5))
 
     return replace(spec, sample=sample)  # evaluated, selected and plotted on 20 -> 16 only

@@ -60,6 +60,7 @@ class TrainConfig:
     init_from: str = ""  # warm start: an NTM checkpoint folder whose weights seed this run (see transplant)
     max_length: int = 0  # copy only: train on L in [1, max_length] (0: the task's 1..20)
     min_items: int = 0  # priority_sort only: train on n in [min_items, 20] items (0: always 20)
+    narrow: float = 0.0  # priority_sort only: fraction of training batches with priorities in a narrower interval
     select_on: str = ""  # eval point whose held-out figure picks the shipped checkpoint ("": the training range)
     device: str = "auto"  # auto (CUDA when torch sees one), cpu, cuda; not part of the run's identity
     compile: bool = False  # NTM.step compiled in chunks, Adam fused (training/compiled.py); not part of the identity
@@ -118,7 +119,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict[str, Any]:
     """Train (or resume) a model; writes checkpoint, resume file, JSONL log and learning curve to cfg.out."""
     torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
-    task = get_task(cfg.task, cfg.wrap, cfg.max_length, cfg.permute, cfg.min_items)
+    task = get_task(cfg.task, cfg.wrap, cfg.max_length, cfg.permute, cfg.min_items, cfg.narrow)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     run = _start_or_resume(cfg, task, out, device)
@@ -185,7 +186,7 @@ def _selection_sampler(cfg: TrainConfig, task: TaskSpec) -> Sampler | None:
 
     A priority sort trained on fewer items (min_items) is picked on its encoding, 20 -> 16, not on the mixture.
     """
-    name = cfg.select_on or (task.eval_points[0][0] if cfg.min_items else "")
+    name = cfg.select_on or (task.eval_points[0][0] if cfg.min_items or cfg.narrow else "")
     if not name:
         return None
     points = dict(task.eval_points)
