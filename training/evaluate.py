@@ -44,6 +44,7 @@ TARGETS: dict[str, tuple[tuple[str, str, float], ...]] = {
     "repeat_copy": (("L,R in [1,10]", "<", 0.1),),
     "associative_recall": (("K in [2,6]", "<", 0.1), ("K=12", "<=", 0.5),
                            ("K in [2,6], wrap", "<", 0.1), ("K=12, wrap", "<=", 0.5)),
+    "priority_sort": (("20 -> 16", "<=", 2.0),),
 }
 
 
