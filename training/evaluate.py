@@ -27,7 +27,7 @@ from training.checkpoint import MODEL_FILE, checkpoint_hash, load_model
 from training.device import DEVICES, resolve_device
 from training.metrics import bit_errors
 from training.model import NTM
-from training.plots import attention_figure
+from training.plots import attention_figure, used_rows
 from training.tasks import Batch, Errors, Sampler, TaskSpec, task_of
 
 log = logging.getLogger("training.evaluate")  # not "__main__" under `python -m`
@@ -171,6 +171,8 @@ def example_figure(model: nn.Module, task: TaskSpec, seed: int, out: Path, devic
         memory=None if state is None else state.memory[0].cpu().numpy(),  # (N, M)
         out=out,
         title=f"{task.name} ({model_kind(model)}), {name}: {errors:g} bit errors",
+        # Only the rows the heads visited: a 20-row path drawn over 128 rows is a few pixels high.
+        rows=None if read_w is None else used_rows(torch.cat([read_w, write_w], dim=2)[:, 0].cpu().numpy()),
     )
 
 
