@@ -6,7 +6,12 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import signal
 import subprocess
+import sys
+import time
+from pathlib import Path
 
 import kubernetes_validate
 import pytest
@@ -105,3 +110,53 @@ def test_compose_cluster_profile_validates_with_docker_compose() -> None:
         assert replica["environment"]["NTM_REPLICA_NAME"] == name
         assert replica["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
     assert services["ntm-proxy"]["volumes"][0]["source"].endswith("deploy/compose/envoy.json")
+
+
+def _alive(pid: int) -> bool:
+    """A process that exists and is not a zombie."""
+    stat = Path(f"/proc/{pid}/stat")
+    try:
+        return stat.read_text().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_launched_processes_die_with_their_launcher_and_start_without_fork(tmp_path: Path) -> None:
+    """The death-signal shim: a child started through `die_with_parent` is SIGKILLed when its launcher is killed
+    with -9 (no clean-up ran), and it is started by vfork/posix_spawn, never fork(): fork() would run gRPC's fork
+    handlers, which deadlock in a process that has used gRPC (a full test run hung there once)."""
+    launcher = (
+        "import subprocess, sys, time\n"
+        "from service.cluster.launcher import die_with_parent\n"
+        "p = subprocess.Popen(die_with_parent(['sleep', '60']), start_new_session=True)\n"
+        "print(p.pid, flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", launcher], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    assert parent.stdout is not None
+    child = int(parent.stdout.readline())
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not Path(f"/proc/{child}/cmdline").read_bytes().startswith(b"sleep"):
+        time.sleep(0.05)  # the shim execs sleep in the same process
+    assert Path(f"/proc/{child}/cmdline").read_bytes().startswith(b"sleep")
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and _alive(child):
+        time.sleep(0.05)
+    assert not _alive(child)
+    # No fork(): a C-level fork handler (what gRPC installs) counts the starts that run it; a preexec_fn start is the
+    # control that it counts at all. In its own process, so the handler does not outlive this test.
+    probe = (
+        "import ctypes, subprocess\n"
+        "from service.cluster.launcher import die_with_parent\n"
+        "calls = []\n"
+        "handler = ctypes.CFUNCTYPE(None)(lambda: calls.append(1))\n"
+        "assert ctypes.CDLL('libc.so.6').__register_atfork(handler, None, None, None) == 0\n"
+        "subprocess.Popen(die_with_parent(['true']), start_new_session=True).wait()\n"
+        "shim = len(calls)\n"
+        "subprocess.Popen(['true'], preexec_fn=lambda: None).wait()\n"
+        "print(shim, len(calls) - shim)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["0", "1"], done.stdout + done.stderr

@@ -68,14 +68,25 @@ def envoy_binary() -> str:
     return found
 
 
-def _die_with_parent() -> None:
-    """In the child: SIGKILL when the thread that started it ends (Linux), so a launcher killed without its
-    clean-up (kill -9, a test timeout) leaves no store, replica or proxy behind. Start and restart processes
-    from a thread that lives as long as the cluster (the main thread)."""
-    with contextlib.suppress(Exception):
-        import ctypes
+# Run in front of every process the launcher starts: ask the kernel to SIGKILL it when the thread that started it
+# ends (Linux PR_SET_PDEATHSIG), check that parent is still there, then exec the real command in the same process.
+# So a launcher killed without its clean-up (kill -9, a test timeout) leaves no store, replica or proxy behind.
+# A shim rather than a preexec_fn: a preexec_fn forces fork(), which runs gRPC's fork handlers, and those deadlock
+# in a process that has used gRPC (a test that drove a server, then restarts a replica); without one, subprocess
+# starts the child with vfork/posix_spawn and no handler runs.
+DIE_WITH_PARENT = (
+    "import ctypes, os, signal, sys\n"
+    "ctypes.CDLL('libc.so.6', use_errno=True).prctl(1, signal.SIGKILL)\n"
+    "if os.getppid() != int(sys.argv[1]):\n"
+    "    os._exit(1)\n"
+    "os.execvp(sys.argv[2], sys.argv[2:])\n"
+)
 
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+def die_with_parent(argv: list[str]) -> list[str]:
+    """argv run behind the death-signal shim (DIE_WITH_PARENT). Start and restart processes from a thread that lives
+    as long as the cluster (the main thread): the signal follows the starting thread."""
+    return [sys.executable, "-c", DIE_WITH_PARENT, str(os.getpid()), *argv]
 
 
 @dataclass
@@ -89,8 +100,8 @@ class Proc:
 
     def start(self) -> None:
         with self.log.open("ab") as log:
-            self.popen = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, env=self.env,
-                                          start_new_session=True, preexec_fn=_die_with_parent)
+            self.popen = subprocess.Popen(die_with_parent(self.argv), stdout=log, stderr=subprocess.STDOUT,
+                                          env=self.env, start_new_session=True)
 
     @property
     def pid(self) -> int:
