@@ -256,10 +256,11 @@ def _fewer_items_sort(spec: TaskSpec, min_items: int, narrow: float = 0.0) -> Ta
 
     def sample(gen: torch.Generator, batch: int) -> Batch:
         n = _uniform_int(gen, min_items, SORT_ITEMS)
+        keep = -(-SORT_KEEP * n // SORT_ITEMS)  # ceil(4n/5): 20 -> 16 keeps its 16
         if narrow and float(torch.rand((), generator=gen)) < narrow:
             spread = NARROW_SPREAD ** float(torch.rand((), generator=gen))  # log-uniform in [NARROW_SPREAD, 1]
             centre = (1.0 - spread) * (2.0 * float(torch.rand((), generator=gen)) - 1.0)
-            return priority_sort_batch(gen, batch, n, -(-4 * n // 5), centre, spread)
-        return priority_sort_batch(gen, batch, n, -(-4 * n // 5))
+            return priority_sort_batch(gen, batch, n, keep, centre, spread)
+        return priority_sort_batch(gen, batch, n, keep)
 
     return replace(spec, sample=sample)  # evaluated, selected and plotted on 20 -> 16 only
