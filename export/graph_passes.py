@@ -48,7 +48,7 @@ from export.graph_index import (
     _rename_input,
     _standard,
 )
-from export.graph_premises import drop_sharpen_floors_on_distributions
+from export.graph_premises import drop_sharpen_floors_on_distributions, group_softplus_block
 
 # ORT's Softplus for x > 0 is x + log1p(exp(-x)); from x = 16 on, exp(-x) < ulp(x) / 2 in float32,
 # so it returns x exactly and torch's `where(x > threshold, x, softplus(x))` is Softplus alone.
@@ -352,6 +352,7 @@ PASSES: tuple[Callable[[_Graph], int], ...] = (
     mask_each_pick_once,
     broadcast_scalar_in_where,
     complements_in_the_gate_block,
+    group_softplus_block,
     add_inside_gemm,
     sum_of_indicators,
     divide_one_hot_count_by_its_sum,

@@ -1,13 +1,17 @@
-"""A graph pass that is exact on every state the server accepts, not on every input (issue 12, item 3).
+"""Graph passes that are exact on every call the server makes, not on every input (issue 12, item 3).
 
 The passes of export/graph_passes.py, graph_fusions.py and graph_folds.py give the same bits for *every* input.
-This one gives the same bits whenever its premise holds, and the premise is enforced where states enter:
+The two here give the same bits whenever their premise holds, and the server makes the premise hold.
 
-**Premise: every read and write weighting in the state is a distribution** (finite, >= 0, each head's row summing
-to 1 within `service.tensors.WEIGHTING_SUM_TOLERANCE`). The server's own steps keep it (sharpening ends in
-`powered / sum`), `CreateSession` starts from the model's initial state (distributions), and `ImportSession`, the
-only path that takes a state from a client (the cluster's replicas and the snapshot store only reload states the
-server made itself), refuses any other weighting with INVALID_ARGUMENT (`service.tensors.state_tensors`).
+`group_softplus_block` (see its docstring) is exact on calls whose row count is a multiple of `SOFTPLUS_PACKET`,
+which every server call is (service/buckets.py, ROW_MULTIPLE).
+
+`drop_sharpen_floors_on_distributions`: **premise: every read and write weighting in the state is a distribution**
+(finite, >= 0, each head's row summing to 1 within `service.tensors.WEIGHTING_SUM_TOLERANCE`). The server's own
+steps keep it (sharpening ends in `powered / sum`), `CreateSession` starts from the model's initial state
+(distributions), and `ImportSession`, the only path that takes a state from a client (the cluster's replicas and the
+snapshot store only reload states the server made itself), refuses any other weighting with INVALID_ARGUMENT
+(`service.tensors.state_tensors`).
 
 Why the sharpening's floors are then no-ops (training/addressing.py:sharpen: `peak + 1e-30`, `sum + 1e-30`): the
 weighting entering the sharpening is the shift (a convolution with a softmax) of `g * content + (1 - g) * previous`,
@@ -28,7 +32,9 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from export.graph_index import _attrs, _Graph, _rename_input, _standard
+from export.graph_folds import _piece
+from export.graph_fusions import _split_node
+from export.graph_index import _attrs, _constant, _Graph, _head_view, _plain_gemm, _rename_input, _standard
 from training.addressing import SHARPEN_FLOOR
 
 FLOOR = np.float32(SHARPEN_FLOOR)
@@ -101,3 +107,126 @@ def drop_sharpen_floors_on_distributions(g: _Graph) -> int:
         _rename_input(g, sum_add.output[0], total.output[0])
         done += 1
     return done
+
+
+# onnxruntime's CPU Softplus is an Eigen expression: it runs whole packets of this many float32 elements vectorised
+# and the rest of the call (the tail) scalar, and the two paths round differently in the last bit
+# (tests/test_graph_premises.py measures both, and that threads do not move the packets).
+SOFTPLUS_PACKET = 4
+
+
+def _sole_reader(g: _Graph, name: str, op: str) -> onnx.NodeProto | None:
+    """The one node reading `name`, if it is a standard `op` without attributes."""
+    if not g.only_use(name):
+        return None
+    (user,) = g.consumers[name]
+    return user if _standard(user, op) and not user.attribute else None
+
+
+def _plus_one(g: _Graph, name: str) -> onnx.NodeProto | None:
+    """The one reader of `name` when it is `name + 1` (a float32 scalar constant): gamma's `1 + softplus`."""
+    add = _sole_reader(g, name, "Add")
+    if add is None or len(add.input) != 2 or add.output[0] in g.outputs:
+        return None
+    other = add.input[1] if add.input[0] == name else add.input[0]
+    value = g.constants.get(other)
+    return add if value is not None and value.size == 1 and value.dtype == np.float32 and value.reshape(-1)[
+        0] == 1 else None
+
+
+def _set_last_dim(g: _Graph, names: set[str], size: int) -> None:
+    """The recorded shapes of `names` get `size` as their last dimension (a head projection that grew columns)."""
+    for value in g.graph.value_info:
+        if value.name in names and value.type.tensor_type.shape.dim:
+            value.type.tensor_type.shape.dim[-1].dim_value = size
+
+
+def group_softplus_block(g: _Graph) -> int:
+    """`_group_softplus_block` on every head projection (one with both head kinds, or one per kind when their counts
+    differ): -> how many were grouped."""
+    done = 0
+    while _group_softplus_block(g):
+        done += 1
+        g = _Graph(g.graph)  # the index is stale after a rewrite
+    return done
+
+
+def _group_softplus_block(g: _Graph) -> int:
+    """The head parameters that go through Softplus (beta, and gamma = 1 + softplus, of every head) as one Softplus
+    over a block of whole packets, one Add of [0, 1, 0, 1, ...] for the gammas' `+ 1`, and one Split.
+
+    Their columns move to the end of the head projection, padded with copies of one of them to a multiple of
+    `SOFTPLUS_PACKET` per head row (the copies' results are dropped): every output is the same dot product as
+    before in another column. x + 0 is x for a softplus (never -0), and x + 1 is the same Add as before.
+
+    **Premise: a call of a multiple of `SOFTPLUS_PACKET` rows.** Before, each parameter had its own Softplus over
+    (B, H, 1), B * H elements: all in the vectorised path when B is a multiple of the packet, some in the scalar tail
+    otherwise. The block has B * H * k elements with k a multiple of the packet: all vectorised, at every B. So the
+    new graph gives the old graph's bits on every call of a multiple of the packet's rows (every server call:
+    service/buckets.py pads to ROW_MULTIPLE), and at every other B what the old graph gave padded, where the old graph
+    itself changed with the batch size.
+    """
+    for reshape in g.graph.node:
+        gemm = g.producer.get(reshape.input[0]) if _standard(reshape, "Reshape") else None
+        view_of = _head_view(g, gemm) if gemm is not None and _plain_gemm(g, gemm) else None
+        if view_of is None:
+            continue
+        _, heads, width = view_of
+        view = reshape.output[0]
+        readers = list(g.consumers[view])
+        pieces = [_piece(g, reader, view, 3, width) for reader in readers]
+        if any(p is None for p in pieces):
+            continue
+        group = [(reader, start, act) for reader, (start, end) in zip(readers, pieces, strict=True)  # type: ignore[misc]
+                 if end - start == 1 and (act := _sole_reader(g, reader.output[0], "Softplus")) is not None]
+        if len(group) < 2:
+            continue
+        taken = [start for _, start, _ in group]
+        pad = -len(taken) % SOFTPLUS_PACKET
+        rest = [c for c in range(width) if c not in taken]
+        columns = [*rest, *taken, *[taken[0]] * pad]
+        moved = {old: new for new, old in enumerate(columns[:width])}
+        grown = width + pad
+        w, b = g.constants[gemm.input[1]], g.constants[gemm.input[2]]  # type: ignore[union-attr]
+        tag = f"{view}_softplus"
+        gemm.input[1] = _constant(g, f"{tag}_weight", w.reshape(heads, width, -1)[:, columns].reshape(  # type: ignore[union-attr]
+            heads * grown, -1))
+        gemm.input[2] = _constant(g, f"{tag}_bias", b.reshape(heads, width)[:, columns].reshape(-1))  # type: ignore[union-attr]
+        reshape.input[1] = _constant(g, f"{tag}_shape", np.array([0, heads, grown], dtype=np.int64))
+        grouped = {reader.output[0] for reader, _, _ in group}
+        for reader, (start, end) in zip(readers, pieces, strict=True):  # type: ignore[misc]
+            if reader.output[0] in grouped:
+                continue
+            if _standard(reader, "Gather"):
+                reader.input[1] = _constant(g, f"{reader.output[0]}_{tag}_index", np.array([moved[start]], np.int64))
+            else:
+                reader.input[1] = _constant(g, f"{reader.output[0]}_{tag}_start", np.array([moved[start]], np.int64))
+                reader.input[2] = _constant(g, f"{reader.output[0]}_{tag}_end",
+                                            np.array([moved[start] + end - start], np.int64))
+        outputs, plus = [], []
+        for reader, _, act in group:  # each piece's reader, Softplus and `+ 1` go: the block's Split gives their value
+            add = _plus_one(g, act.output[0])
+            outputs.append((add or act).output[0])
+            plus.append(1.0 if add is not None else 0.0)
+            for node in (reader, act, *([add] if add is not None else [])):
+                g.graph.node.remove(node)
+        block = f"{tag}_block"
+        new = [
+            onnx.helper.make_node("Slice", [view, _constant(g, f"{tag}_start", np.array([len(rest)], np.int64)),
+                                            _constant(g, f"{tag}_end", np.array([grown], np.int64)),
+                                            _constant(g, f"{tag}_axis", np.array([2], np.int64))], [f"{block}_in"]),
+            onnx.helper.make_node("Softplus", [f"{block}_in"], [block]),
+        ]
+        if any(plus):
+            ones = np.array([*plus, *[0.0] * pad], np.float32)
+            new.append(onnx.helper.make_node("Add", [block, _constant(g, f"{tag}_plus", ones)], [f"{block}_plus"]))
+        if pad:
+            outputs.append(f"{tag}_padding")
+        new.append(_split_node(new[-1].output[0], outputs, [1] * len(group) + ([pad] if pad else []), 2, g, tag))
+        index = list(g.graph.node).index(reshape) + 1
+        for offset, made in enumerate(new):
+            g.graph.node.insert(index + offset, made)
+        _set_last_dim(g, {view}, grown)
+        _set_last_dim(g, {gemm.output[0]}, heads * grown)  # type: ignore[union-attr]
+        return 1  # the index is stale now
+    return 0
