@@ -14,6 +14,8 @@ import errno
 import json
 import os
 import socket
+import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +92,20 @@ def read_port_file(path: Path, pid: int | None = None) -> dict[str, Any] | None:
         return None
     if not isinstance(ports, dict) or (pid is not None and ports.get("pid") != pid):
         return None
+    return ports
+
+
+def wait_port_file(path: Path, process: subprocess.Popen[Any], log: Path, timeout: float = 120.0) -> dict[str, Any]:
+    """The port file of `process` (a server started with `--port-file path`) once it has written it: every port
+    bound and health SERVING. A RuntimeError with the tail of its `log` if it exits first or takes over `timeout`."""
+    deadline = time.monotonic() + timeout
+    while (ports := read_port_file(path, process.pid)) is None:
+        if process.poll() is not None or time.monotonic() > deadline:
+            what = f"exited with {process.returncode}" if process.poll() is not None else f"no {path} after {timeout} s"
+            with contextlib.suppress(OSError):
+                what += ":\n" + log.read_text(errors="replace")[-3000:]
+            raise RuntimeError(f"server did not start: {what}")
+        time.sleep(0.1)
     return ports
 
 

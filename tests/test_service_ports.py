@@ -9,7 +9,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +19,7 @@ from helpers import ROOT, service_config
 
 from service.client import NTMClient
 from service.healthcheck import check
-from service.ports import IN_USE, LOCAL, BindError, bind_error, listens, read_port_file, write_port_file
+from service.ports import IN_USE, LOCAL, BindError, bind_error, listens, read_port_file, wait_port_file, write_port_file
 from service.server import ServerThread
 
 
@@ -74,11 +73,7 @@ def test_port_0_with_a_port_file_serves_on_the_port_the_file_names(copy_dir: Pat
                                    cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ,
                                                                                         "PYTHONPATH": str(ROOT)})
     try:
-        deadline = time.monotonic() + 120
-        while (ports := read_port_file(path)) is None:
-            assert process.poll() is None, log_path.read_text()
-            assert time.monotonic() < deadline, "no port file:\n" + log_path.read_text()
-            time.sleep(0.1)
+        ports = wait_port_file(path, process, log_path)
         assert ports["pid"] == process.pid
         port, metrics_port, health_port = ports["port"], ports["metrics_port"], ports["health_port"]
         assert 0 not in (port, metrics_port, health_port) and len({port, metrics_port, health_port}) == 3
