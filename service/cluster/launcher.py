@@ -197,7 +197,7 @@ def start_on_free_ports(build: Callable[[], Proc], ready: Callable[[Proc], bool]
             proc.signal(signal.SIGKILL)
             proc.wait(10)
             raise
-    raise ClusterError(f"a process lost its port to another process {attempts} times in a row; the last: {taken}")
+    raise ClusterError(f"another process took a picked port {attempts} times in a row; the last time: {taken}")
 
 
 def store_proc(port: int, data: Path, log: Path, durable: bool = True) -> Proc:
@@ -323,7 +323,7 @@ class LocalCluster:
     def _restart(self, proc: Proc, ready: Callable[[], bool], timeout: float) -> None:
         """Start `proc` again on its own port: the others address it there (the proxy's config, the replicas'
         store URL), so it cannot move. A port another process holds meanwhile (e.g. the kernel gave it to an
-        outgoing connection) is waited for up to port_wait_s; then a ClusterError says which port, and who may."""
+        outgoing connection) is waited for up to port_wait_s; then a ClusterError names the port."""
         deadline = time.monotonic() + self.port_wait_s
         while True:
             while bind_error(LOCAL, proc.port) and time.monotonic() < deadline:
