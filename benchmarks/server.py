@@ -7,7 +7,6 @@ import contextlib
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,18 +23,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from benchmarks.loadgen import LoadSpec, run_load
 from benchmarks.models import ModelFolder, find_model, single_model_dir
 from benchmarks.procstat import cpu_seconds
+from service.ports import free_port
 from service.proto_gen.ntm.v1 import ntm_pb2, ntm_pb2_grpc
 
 log = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[1]
 HOST = "127.0.0.1"  # loopback only: the load generator never leaves the machine
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

@@ -54,6 +54,7 @@ class ServiceConfig:
     models: Path = Path("models")
     host: str = "[::]"
     port: int = 50051
+    port_file: Path | None = None
     metrics_host: str = "0.0.0.0"
     metrics_port: int = 9090
     provider: str = "auto"
@@ -141,6 +142,9 @@ SETTINGS: tuple[Setting, ...] = (
             "(several versions side by side)"),
     Setting("host", str, "gRPC bind address"),
     Setting("port", int, "gRPC port (0 picks a free one, logged)"),
+    Setting("port_file", _optional_path, "once every port is bound and health says SERVING, write "
+            "{\"pid\", \"port\", \"metrics_port\", \"health_port\"} here as JSON (null: port off), removed on a clean "
+            "exit: with port 0, how a supervisor learns the port without racing for it (empty: no file)"),
     Setting("metrics_host", str, "Prometheus metrics bind address"),
     Setting("metrics_port", int, "Prometheus metrics HTTP port (0 picks a free one, -1 turns metrics off)"),
     Setting("provider", str, "execution provider: auto (CUDA when it really loads, else CPU), cuda (fail "

@@ -29,6 +29,7 @@ from service.engine import ModelLoadError
 from service.lifecycle import Lifecycle
 from service.logs import setup_logging
 from service.metrics import Metrics
+from service.ports import BindError, bind_error, remove_port_file, write_port_file
 from service.proto_gen.ntm.v1 import ntm_pb2
 from service.registry import ModelSet
 from service.servicer import LoopInbox, NTMServicer
@@ -43,12 +44,22 @@ log = logging.getLogger(__name__)
 NTM_SERVICE = ntm_pb2.DESCRIPTOR.services_by_name["NTM"].full_name  # "ntm.v1.NTM"
 ADMIN_SERVICE = ntm_pb2.DESCRIPTOR.services_by_name["ModelAdmin"].full_name  # "ntm.v1.ModelAdmin"
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
-STARTUP_ERRORS = (ModelLoadError, StateDirError, TLSConfigError, StoreError)  # reported in one line, exit status 2
+# reported in one line, exit status 2
+STARTUP_ERRORS = (ModelLoadError, StateDirError, TLSConfigError, StoreError, BindError)
 LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
 
 
 async def loop_run(function: Any) -> Any:
     return await asyncio.get_running_loop().run_in_executor(None, function)
+
+
+def bound(what: str, host: str, port: int, bind: Any) -> Any:
+    """bind(): add a listener on host:port; its failure as a BindError that names the port and says why (e.g.
+    "Address already in use", which is how a launcher knows to try again: service.cluster.launcher)."""
+    try:
+        return bind()
+    except (RuntimeError, OSError) as err:
+        raise BindError(f"cannot bind the {what} port {host}:{port}: {bind_error(host, port) or err}") from None
 
 
 class Server:
@@ -87,9 +98,13 @@ class Server:
         await self._start_grpc(auth, admin, credentials)
         await self._start_health_port()
         if c.metrics_port >= 0:
-            self._metrics_http, self.metrics_port = self.metrics.serve(c.metrics_host, c.metrics_port)
+            self._metrics_http, self.metrics_port = bound("metrics", c.metrics_host, c.metrics_port,
+                                                          lambda: self.metrics.serve(c.metrics_host, c.metrics_port))
         for service in ("", NTM_SERVICE):
             await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        if c.port_file is not None:  # last: a supervisor that reads it finds every port bound and serving
+            write_port_file(c.port_file, {"port": self.port, "metrics_port": self.metrics_port,
+                                          "health_port": self.health_port})
         self._reaper = asyncio.create_task(self._reap())
         if self.snapshotter is not None:
             self.snapshotter.start()
@@ -144,11 +159,11 @@ class Server:
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
         reflection.enable_server_reflection((NTM_SERVICE, ADMIN_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME),
                                             self._grpc)
-        address = f"{c.host}:{c.port}"
+        address, grpc_server = f"{c.host}:{c.port}", self._grpc
         if credentials is not None:
-            self.port = self._grpc.add_secure_port(address, credentials)
+            self.port = bound("gRPC", c.host, c.port, lambda: grpc_server.add_secure_port(address, credentials))
         else:
-            self.port = self._grpc.add_insecure_port(address)
+            self.port = bound("gRPC", c.host, c.port, lambda: grpc_server.add_insecure_port(address))
         await self._grpc.start()
 
     async def _start_health_port(self) -> None:
@@ -157,7 +172,9 @@ class Server:
         if c.health_port >= 0:
             self._health_grpc = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
             health_pb2_grpc.add_HealthServicer_to_server(self._health, self._health_grpc)
-            self.health_port = self._health_grpc.add_insecure_port(f"{c.health_host}:{c.health_port}")
+            health_server = self._health_grpc
+            self.health_port = bound("health", c.health_host, c.health_port,
+                                     lambda: health_server.add_insecure_port(f"{c.health_host}:{c.health_port}"))
             await self._health_grpc.start()
 
     def _log_serving(self, auth: TokenAuth, admin: TokenAuth, tls: bool) -> None:
@@ -227,6 +244,8 @@ class Server:
         if self._metrics_http is not None:
             self._metrics_http.shutdown()
             self._metrics_http.server_close()
+        if self.config.port_file is not None:
+            remove_port_file(self.config.port_file)
         log.info("stopped")
 
 

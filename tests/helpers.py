@@ -1,11 +1,10 @@
-"""What the tests share besides fixtures (those are in conftest.py): paths, free ports, random inputs, test
+"""What the tests share besides fixtures (those are in conftest.py): paths, random inputs, test
 server settings, building a models directory, and the offline reference run."""
 
 from __future__ import annotations
 
 import hashlib
 import shutil
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,12 +20,6 @@ if TYPE_CHECKING:
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL_FILES = (*GRAPH_FILES.values(), "checkpoint.pt", "config.json")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def bits(rng: np.random.Generator, steps: int, width: int = 9) -> np.ndarray:

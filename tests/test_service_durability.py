@@ -16,12 +16,12 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from helpers import ROOT, Offline, bits, free_port, service_config
+from helpers import ROOT, Offline, bits, service_config
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from service.client import NTMClient
-from service.healthcheck import check
+from service.ports import wait_port_file
 from service.server import ServerThread
 from service.snapshot_format import VERSION, SessionSnapshot, SnapshotError, decode, encode
 from service.snapshots import StateDirError, file_name
@@ -222,19 +222,15 @@ def _metric(port: int, name: str) -> float:
 
 
 def _start(copy_dir: Path, state_dir: Path, log_path: Path) -> tuple[subprocess.Popen, int, int]:
-    port, metrics_port = free_port(), free_port()
-    argv = [sys.executable, "-m", "service", "--models", str(copy_dir), "--host", "127.0.0.1", "--port", str(port),
-            "--metrics-host", "127.0.0.1", "--metrics-port", str(metrics_port), "--provider", "cpu",
+    port_file = log_path.with_suffix(".ports")
+    argv = [sys.executable, "-m", "service", "--models", str(copy_dir), "--host", "127.0.0.1", "--port", "0",
+            "--metrics-host", "127.0.0.1", "--metrics-port", "0", "--port-file", str(port_file), "--provider", "cpu",
             "--state-dir", str(state_dir), "--snapshot-interval-s", "0.3", "--log-level", "INFO"]
     with open(log_path, "a") as log:
         process = subprocess.Popen(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
                                    env={**os.environ, "PYTHONPATH": str(ROOT)})
-    deadline = time.monotonic() + 90
-    while check(f"127.0.0.1:{port}", timeout=1.0) != "SERVING":
-        assert process.poll() is None, log_path.read_text()
-        assert time.monotonic() < deadline, "server did not start:\n" + log_path.read_text()
-        time.sleep(0.2)
-    return process, port, metrics_port
+    ports = wait_port_file(port_file, process, log_path, 90)
+    return process, ports["port"], ports["metrics_port"]
 
 
 def test_kill_9_loses_at_most_the_steps_since_the_last_snapshot(copy_dir: Path, tmp_path: Path, offline: Offline,

@@ -21,10 +21,11 @@ import pytest
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
-from helpers import ROOT, Offline, bits, free_port
+from helpers import ROOT, Offline, bits
 
 from service.client import NTMClient, step_request
 from service.config import SETTINGS, ServiceConfig, default_text, load_config
+from service.ports import wait_port_file
 from service.server import ServerThread
 
 RPCS = {"ListModels", "CreateSession", "GetSession", "DeleteSession", "Step", "StreamSteps", "StreamPackedSteps",
@@ -145,20 +146,23 @@ def test_container_command_runs_here(copy_dir: Path, tmp_path: Path, offline: Of
     serves without importing torch, passes the compose health check, runs the demo, and on SIGTERM goes
     NOT_SERVING, finishes the call in flight and exits 0."""
     _, cmd, image_env = _dockerfile()
-    port, metrics_port = free_port(), free_port()
     env = {**os.environ, **image_env, **_compose()["services"]["ntm-cpu"]["environment"],
-           "NTM_MODELS": str(copy_dir), "NTM_PORT": str(port), "NTM_METRICS_PORT": str(metrics_port),
+           "NTM_MODELS": str(copy_dir), "NTM_PORT": "0", "NTM_METRICS_PORT": "0",
+           "NTM_PORT_FILE": str(tmp_path / "server.ports"),  # port 0: the ports it bound, with no race for them
            "NTM_HOST": "127.0.0.1", "NTM_METRICS_HOST": "127.0.0.1", "NTM_GRACE_S": "20",
            "NTM_STATE_DIR": str(tmp_path / "state"),  # the image's /state, mapped as a volume would be
            "PYTHONPATH": str(ROOT)}
     log_path = tmp_path / "server.log"
-    health = _compose()["services"]["ntm"]["healthcheck"]["test"][1:]  # after "CMD"
-    health = _local([part.replace(":50051", f":{port}") for part in health])
     with open(log_path, "w") as log:
         process = subprocess.Popen(_local(cmd), env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     try:
+        ports = wait_port_file(tmp_path / "server.ports", process, log_path, 90)
+        port, metrics_port = ports["port"], ports["metrics_port"]
+        health = _compose()["services"]["ntm"]["healthcheck"]["test"][1:]  # after "CMD"
+        health = _local([part.replace(":50051", f":{port}") for part in health])
+        probe_env = {**env, "NTM_PORT": str(port)}  # the probe finds the port in NTM_PORT, as in the container
         deadline = time.monotonic() + 90
-        while subprocess.run(health, env=env, cwd=ROOT, capture_output=True).returncode != 0:
+        while subprocess.run(health, env=probe_env, cwd=ROOT, capture_output=True).returncode != 0:
             assert process.poll() is None, log_path.read_text()
             assert time.monotonic() < deadline, "server never became healthy:\n" + log_path.read_text()
             time.sleep(0.5)

@@ -28,9 +28,12 @@ _T = "type.googleapis.com/"
 
 def envoy_config(listen: tuple[str, int], admin: tuple[str, int], upstreams: list[tuple[str, int]], *,
                  dns: bool = False, lb_policy: str = "MAGLEV", health_interval_s: float = 0.5,
-                 health_timeout_s: float = 1.0, connect_timeout_s: float = 0.5) -> dict[str, Any]:
+                 health_timeout_s: float = 1.0, connect_timeout_s: float = 0.5, reuse_port: bool = True
+                 ) -> dict[str, Any]:
     """The bootstrap config: a listener on `listen` routing to `upstreams` (static addresses, or with `dns`
-    host names resolved to every address they have, e.g. a Kubernetes headless service)."""
+    host names resolved to every address they have, e.g. a Kubernetes headless service). reuse_port=False: the
+    listener fails to bind a port another process listens on, instead of sharing it (SO_REUSEPORT, Envoy's
+    default on Linux), which is how the local launcher knows it lost a picked port."""
     if lb_policy not in ("RING_HASH", "MAGLEV"):
         raise ValueError(f"lb_policy must be RING_HASH or MAGLEV (consistent hashing), got {lb_policy!r}")
     if not upstreams:
@@ -78,15 +81,15 @@ def envoy_config(listen: tuple[str, int], admin: tuple[str, int], upstreams: lis
     if dns:
         cluster["dns_refresh_rate"] = "2s"
         cluster["respect_dns_ttl"] = False
+    listener: dict[str, Any] = {
+        "name": "ntm", "address": {"socket_address": {"address": listen[0], "port_value": listen[1]}},
+        "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
+                                        "typed_config": manager}]}]}
+    if not reuse_port:
+        listener["enable_reuse_port"] = False
     return {
         "admin": {"address": {"socket_address": {"address": admin[0], "port_value": admin[1]}}},
-        "static_resources": {
-            "listeners": [{"name": "ntm",
-                           "address": {"socket_address": {"address": listen[0], "port_value": listen[1]}},
-                           "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
-                                                           "typed_config": manager}]}]}],
-            "clusters": [cluster],
-        },
+        "static_resources": {"listeners": [listener], "clusters": [cluster]},
     }
 
 
