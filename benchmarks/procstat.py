@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 _TICKS = os.sysconf("SC_CLK_TCK")
+_SWITCHES = ("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")
 
 
 def cpu_seconds(pid: int) -> float:
@@ -15,6 +16,19 @@ def cpu_seconds(pid: int) -> float:
     fields = text[text.rindex(")") + 2 :].split()  # the command name may hold spaces; fields start after ')'
     utime, stime = int(fields[11]), int(fields[12])  # fields 14 and 15 of proc(5), 0-based after the name
     return (utime + stime) / _TICKS
+
+
+def context_switches(pid: int) -> int:
+    """Context switches of every thread of the process so far, voluntary and not (/proc/<pid>/task/*/status): how
+    often its threads gave up or lost the core, e.g. handing a message from one thread to another."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            lines = (task / "status").read_text().splitlines()
+        except OSError:  # the thread ended meanwhile
+            continue
+        total += sum(int(line.split()[1]) for line in lines if line.split(":")[0] in _SWITCHES)
+    return total
 
 
 def rss_bytes(pid: int) -> int:

@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks.loadgen import LoadSpec, run_load
 from benchmarks.models import ModelFolder, find_model, single_model_dir
-from benchmarks.procstat import cpu_seconds
+from benchmarks.procstat import context_switches, cpu_seconds
 from service.ports import free_port
 from service.proto_gen.ntm.v1 import ntm_pb2, ntm_pb2_grpc
 
@@ -159,7 +159,8 @@ def measure_cell(server: ServerProcess, model: str, input_size: int, spec: LoadS
     state: dict[str, Any] = {}
 
     def start() -> None:
-        state.update(wall=time.perf_counter(), cpu=cpu_seconds(server.pid), metrics=scrape(server.metrics_port))
+        state.update(wall=time.perf_counter(), cpu=cpu_seconds(server.pid), metrics=scrape(server.metrics_port),
+                     switches=context_switches(server.pid))
 
     def end(_: None) -> dict[str, float]:
         wall = time.perf_counter() - state["wall"]
@@ -167,11 +168,13 @@ def measure_cell(server: ServerProcess, model: str, input_size: int, spec: LoadS
         calls = metric_sum(m, "ntm_batch_size_count") - metric_sum(before, "ntm_batch_size_count")
         rows = metric_sum(m, "ntm_batch_size_sum") - metric_sum(before, "ntm_batch_size_sum")
         return {"server_cores": (cpu_seconds(server.pid) - state["cpu"]) / wall,
+                "switches": context_switches(server.pid) - state["switches"],
                 "mean_batch": rows / calls if calls else 0.0}
 
     r = run_load(server.target, model, input_size, spec, start, end)
     cores = r.window_hooks["server_cores"]
     return {"steps_per_s": r.steps_per_s, "p50_ms": r.percentile(50) * 1e3, "p99_ms": r.percentile(99) * 1e3,
             "mean_batch": r.window_hooks["mean_batch"],
+            "switches_per_message": r.window_hooks["switches"] / r.messages if r.messages else float("nan"),
             "server_cpu_us_per_step": cores / r.steps_per_s * 1e6 if r.steps_per_s else float("nan"),
             "errors": r.errors}

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import sys
+
+# gRPC's tuning for this server, read when gRPC starts, so set before anything imports grpc; a GRPC_EXPERIMENTS of
+# the caller's own wins. "-event_engine_listener": accepted connections are polled by the thread that runs the
+# completion queue instead of handed between EventEngine threads, half the context switches per message
+# (docs/performance.md, section 3, "gRPC's thread hops").
+os.environ.setdefault("GRPC_EXPERIMENTS", "-event_engine_listener")
 
 from service.config import load_config
 from service.server import run
