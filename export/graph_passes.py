@@ -335,7 +335,9 @@ def merge_sibling_head_projections(g: _Graph) -> int:
     return 0
 
 
-PASSES: tuple[Callable[[_Graph], int], ...] = (
+Pass = Callable[[_Graph], int]  # a rewrite of the graph an index describes: -> how many places it changed
+
+PASSES: tuple[Pass, ...] = (
     drop_identity_arithmetic,
     fuse_thresholded_softplus,
     keep_axis_through_elementwise,

@@ -9,11 +9,15 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import onnx
 import torch
 
+from export import graph_passes
 from export.exporter import build_graphs
+from export.graphs import step_graph
 from export.model_files import load_checkpoint, model_bytes, write_atomically
+from export.parity import onnx_step
 from onnx_contract import GRAPH_FILES
 from training.checkpoint import save_model
 from training.config import NTMConfig
@@ -78,3 +82,34 @@ def load_graphs(folder: Path) -> dict[str, onnx.ModelProto]:
 def shipped_folders(root: Path = Path("models")) -> list[Path]:
     """Model folders that ship ONNX graphs next to an NTM checkpoint (`models/*/step.onnx`)."""
     return sorted(p.parent for p in root.glob(f"*/{GRAPH_FILES['step']}") if (p.parent / "checkpoint.pt").is_file())
+
+
+def around_pass(name: str, run: graph_passes.Pass) -> tuple[onnx.ModelProto, onnx.ModelProto]:
+    """The step graph of dev configuration `name` with every pass before `run` applied, and with `run` too (which
+    must rewrite something)."""
+    checkpoint = load_checkpoint(dev_folder(name))
+    graph = step_graph(checkpoint.model, checkpoint.output_activation, lean=False)
+    names = [p.__name__ for p in graph_passes.PASSES]
+    for earlier in graph_passes.PASSES[:names.index(run.__name__)]:
+        earlier(graph_passes._Graph(graph.graph))
+        graph_passes.remove_dead(graph.graph)
+    before = onnx.ModelProto()
+    before.CopyFrom(graph)
+    assert run(graph_passes._Graph(graph.graph)) > 0
+    graph_passes.remove_dead(graph.graph)
+    onnx.checker.check_model(graph, full_check=True)
+    return before, graph
+
+
+def assert_same_rollout(want: object, got: object, start: dict[str, np.ndarray], rng: np.random.Generator,
+                        input_size: int, steps: int = 25) -> None:
+    """Two step-graph sessions fed the same random bits from `start`: every output and state bit equal, NaN too."""
+    want_state, got_state = start, start
+    batch = next(iter(start.values())).shape[0]
+    for _ in range(steps):
+        x = (rng.random((batch, input_size)) < 0.5).astype(np.float32)
+        want_out, want_state = onnx_step(want, x, want_state)  # type: ignore[arg-type]
+        got_out, got_state = onnx_step(got, x, got_state)  # type: ignore[arg-type]
+        np.testing.assert_array_equal(got_out.view(np.int32), want_out.view(np.int32))
+        for key in want_state:
+            np.testing.assert_array_equal(got_state[key].view(np.int32), want_state[key].view(np.int32), err_msg=key)

@@ -157,6 +157,19 @@ def test_overhead_quick_runs_every_contender_and_writes_json(model: ModelFolder,
     assert f"| 4 × 2 | {overhead.PACKED} |" in out and "PACKED rows:" in out
 
 
+def test_grpc_hops_quick_measures_every_setting_and_server(model: ModelFolder, tmp_path: Path) -> None:
+    """Each GRPC_EXPERIMENTS value starts its own real server and echo floor; every one answers packed messages,
+    and the switch counts come from /proc (positive: a message always wakes a thread)."""
+    out = _run_benchmark("benchmarks.grpc_hops", "--quick", "--cells", "4x1", "--model", str(model.path),
+                         "--out", str(tmp_path))
+    written = json.loads((tmp_path / "grpc_hops.json").read_text())
+    assert set(written["results"]) == {f"4x1|{value}|{server}" for value in ("", "-event_engine_listener")
+                                       for server in ("server", "echo floor")}
+    for rounds in written["results"].values():
+        assert rounds[0]["steps_per_s"] > 0 and rounds[0]["errors"] == 0 and rounds[0]["switches_per_message"] > 0
+    assert "| 4 × 1 | `-event_engine_listener` | echo floor |" in out
+
+
 def test_profile_server_prints_both_tables(model: ModelFolder, tmp_path: Path) -> None:
     """The server profiler drives a pinned server and reads perf's and py-spy's samples (a tool that is not
     installed gives a note instead of rows)."""

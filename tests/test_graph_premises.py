@@ -25,11 +25,9 @@ from torch import nn
 
 from export import graph_passes
 from export.graph_premises import FLOOR, drop_sharpen_floors_on_distributions
-from export.graphs import step_graph
-from export.model_files import load_checkpoint
-from export.parity import onnx_initial_state, onnx_step
+from export.parity import onnx_initial_state
 from export.runtime import session
-from export.testing import DEV_CONFIGS, dev_folder, load_graphs, shipped_folders
+from export.testing import DEV_CONFIGS, around_pass, assert_same_rollout, dev_folder, load_graphs, shipped_folders
 from export.torch_onnx import torch_to_onnx
 from training.addressing import sharpen, shift, shift_index
 
@@ -42,17 +40,7 @@ PASS = drop_sharpen_floors_on_distributions.__name__
 
 def _before_and_after(name: str) -> tuple[onnx.ModelProto, onnx.ModelProto]:
     """The step graph of dev configuration `name` with every pass before this one applied, and with this one too."""
-    checkpoint = load_checkpoint(dev_folder(name))
-    graph = step_graph(checkpoint.model, checkpoint.output_activation, lean=False)
-    names = [p.__name__ for p in graph_passes.PASSES]
-    for run in graph_passes.PASSES[:names.index(PASS)]:
-        run(graph_passes._Graph(graph.graph))
-        graph_passes.remove_dead(graph.graph)
-    before = copy.deepcopy(graph)
-    assert drop_sharpen_floors_on_distributions(graph_passes._Graph(graph.graph)) > 0
-    graph_passes.remove_dead(graph.graph)
-    onnx.checker.check_model(graph, full_check=True)
-    return before, graph
+    return around_pass(name, drop_sharpen_floors_on_distributions)
 
 
 def _distribution_state(initial: dict[str, np.ndarray], rng: np.random.Generator, sharpness: float,
@@ -87,15 +75,7 @@ def test_dropping_the_floors_is_bit_identical_on_accepted_states(name: str) -> N
         want_session, got_session = session(before, threads=threads), session(after, threads=threads)
         for batch in (1, 3, 64):
             for start in _states(name, batch, rng):
-                want_state, got_state = start, start
-                for _ in range(25):
-                    x = (rng.random((batch, input_size)) < 0.5).astype(np.float32)
-                    want, want_state = onnx_step(want_session, x, want_state)
-                    got, got_state = onnx_step(got_session, x, got_state)
-                    np.testing.assert_array_equal(got.view(np.int32), want.view(np.int32))
-                    for key in want_state:
-                        np.testing.assert_array_equal(got_state[key].view(np.int32), want_state[key].view(np.int32),
-                                                      err_msg=key)
+                assert_same_rollout(want_session, got_session, start, rng, input_size)
 
 
 def _with_peaks(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:

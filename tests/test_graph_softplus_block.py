@@ -13,20 +13,15 @@
 
 from __future__ import annotations
 
-import copy
-
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
 
-from export import graph_passes
 from export.graph_premises import SOFTPLUS_PACKET, group_softplus_block
-from export.graphs import step_graph
-from export.model_files import load_checkpoint
 from export.parity import onnx_initial_state, onnx_step
 from export.runtime import optimised_node_count, session
-from export.testing import DEV_CONFIGS, dev_folder, load_graphs
+from export.testing import DEV_CONFIGS, around_pass, assert_same_rollout, dev_folder, load_graphs
 from service.buckets import ROW_MULTIPLE
 
 NTM_CONFIGS = ["copy_default", "repeat_copy_ff_multihead", "copy_shift_n_learned"]
@@ -35,17 +30,7 @@ ALL = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
 
 def _before_and_after(name: str) -> tuple[onnx.ModelProto, onnx.ModelProto]:
     """The step graph of dev configuration `name` with every pass before this one applied, and with this one too."""
-    checkpoint = load_checkpoint(dev_folder(name))
-    graph = step_graph(checkpoint.model, checkpoint.output_activation, lean=False)
-    names = [p.__name__ for p in graph_passes.PASSES]
-    for run in graph_passes.PASSES[:names.index(group_softplus_block.__name__)]:
-        run(graph_passes._Graph(graph.graph))
-        graph_passes.remove_dead(graph.graph)
-    before = copy.deepcopy(graph)
-    assert group_softplus_block(graph_passes._Graph(graph.graph)) == 1
-    graph_passes.remove_dead(graph.graph)
-    onnx.checker.check_model(graph, full_check=True)
-    return before, graph
+    return around_pass(name, group_softplus_block)
 
 
 def _softplus() -> object:
@@ -100,15 +85,7 @@ def test_the_block_is_bit_identical_on_calls_of_whole_packets(name: str) -> None
         for batch in (SOFTPLUS_PACKET, 2 * SOFTPLUS_PACKET, 64):
             initial = onnx_initial_state(initial_session, batch)
             for start in (initial, _random_state(initial, rng), _random_state(initial, rng)):
-                want_state, got_state = start, start
-                for _ in range(25):
-                    x = (rng.random((batch, input_size)) < 0.5).astype(np.float32)
-                    want, want_state = onnx_step(want_session, x, want_state)
-                    got, got_state = onnx_step(got_session, x, got_state)
-                    np.testing.assert_array_equal(got.view(np.int32), want.view(np.int32))
-                    for key in want_state:
-                        np.testing.assert_array_equal(got_state[key].view(np.int32), want_state[key].view(np.int32),
-                                                      err_msg=key)
+                assert_same_rollout(want_session, got_session, start, rng, input_size)
 
 
 def _alone_and_padded(model: onnx.ModelProto, name: str, batch: int, seed: int) -> tuple[int, int]:
