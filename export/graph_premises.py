@@ -29,6 +29,9 @@ without them. No accepted state holds one.
 
 from __future__ import annotations
 
+import itertools
+from typing import cast
+
 import numpy as np
 import onnx
 
@@ -168,16 +171,18 @@ def _group_softplus_block(g: _Graph) -> int:
     """
     for reshape in g.graph.node:
         gemm = g.producer.get(reshape.input[0]) if _standard(reshape, "Reshape") else None
-        view_of = _head_view(g, gemm) if gemm is not None and _plain_gemm(g, gemm) else None
-        if view_of is None:
+        if gemm is None or not _plain_gemm(g, gemm) or (view_of := _head_view(g, gemm)) is None:
             continue
         _, heads, width = view_of
         view = reshape.output[0]
         readers = list(g.consumers[view])
-        pieces = [_piece(g, reader, view, 3, width) for reader in readers]
-        if any(p is None for p in pieces):
+        found = [_piece(g, reader, view, 3, width) for reader in readers]
+        if any(p is None for p in found):
             continue
-        group = [(reader, start, act) for reader, (start, end) in zip(readers, pieces, strict=True)  # type: ignore[misc]
+        pieces = cast(list[tuple[int, int]], found)
+        if any(a[1] > b[0] for a, b in itertools.pairwise(sorted(pieces))):
+            continue  # overlapping readers: moving columns would split one of them
+        group = [(reader, start, act) for reader, (start, end) in zip(readers, pieces, strict=True)
                  if end - start == 1 and (act := _sole_reader(g, reader.output[0], "Softplus")) is not None]
         if len(group) < 2:
             continue
@@ -187,14 +192,14 @@ def _group_softplus_block(g: _Graph) -> int:
         columns = [*rest, *taken, *[taken[0]] * pad]
         moved = {old: new for new, old in enumerate(columns[:width])}
         grown = width + pad
-        w, b = g.constants[gemm.input[1]], g.constants[gemm.input[2]]  # type: ignore[union-attr]
+        w, b = g.constants[gemm.input[1]], g.constants[gemm.input[2]]
         tag = f"{view}_softplus"
-        gemm.input[1] = _constant(g, f"{tag}_weight", w.reshape(heads, width, -1)[:, columns].reshape(  # type: ignore[union-attr]
-            heads * grown, -1))
-        gemm.input[2] = _constant(g, f"{tag}_bias", b.reshape(heads, width)[:, columns].reshape(-1))  # type: ignore[union-attr]
+        moved_rows = w.reshape(heads, width, -1)[:, columns]  # (H, P + pad, inputs)
+        gemm.input[1] = _constant(g, f"{tag}_weight", moved_rows.reshape(heads * grown, -1))
+        gemm.input[2] = _constant(g, f"{tag}_bias", b.reshape(heads, width)[:, columns].reshape(-1))
         reshape.input[1] = _constant(g, f"{tag}_shape", np.array([0, heads, grown], dtype=np.int64))
         grouped = {reader.output[0] for reader, _, _ in group}
-        for reader, (start, end) in zip(readers, pieces, strict=True):  # type: ignore[misc]
+        for reader, (start, end) in zip(readers, pieces, strict=True):
             if reader.output[0] in grouped:
                 continue
             if _standard(reader, "Gather"):
@@ -227,6 +232,6 @@ def _group_softplus_block(g: _Graph) -> int:
         for offset, made in enumerate(new):
             g.graph.node.insert(index + offset, made)
         _set_last_dim(g, {view}, grown)
-        _set_last_dim(g, {gemm.output[0]}, heads * grown)  # type: ignore[union-attr]
+        _set_last_dim(g, {gemm.output[0]}, heads * grown)
         return 1  # the index is stale now
     return 0
