@@ -96,6 +96,23 @@ def split_cores() -> tuple[set[int], set[int]] | None:
     return ({cores[0]}, set(cores[1:])) if len(cores) > 1 else None
 
 
+# Run in front of a server to pin it: set the CPU affinity (every thread the server starts inherits it), then exec
+# the real command in the same process. A shim rather than a preexec_fn: a preexec_fn forces fork(), which runs
+# gRPC's fork handlers in a process that has used gRPC (this one has, once a server answered), and those can
+# deadlock or abort the child; without one, subprocess starts it with vfork/posix_spawn (as
+# service/cluster/launcher.py does for its processes).
+PIN_THEN_EXEC = (
+    "import os, sys\n"
+    "os.sched_setaffinity(0, {int(c) for c in sys.argv[1].split(',')})\n"
+    "os.execvp(sys.argv[2], sys.argv[2:])\n"
+)
+
+
+def pinned(argv: list[str], cores: set[int] | None) -> list[str]:
+    """argv run on `cores` (behind PIN_THEN_EXEC); argv itself when cores is None."""
+    return argv if cores is None else [sys.executable, "-c", PIN_THEN_EXEC, ",".join(map(str, sorted(cores))), *argv]
+
+
 def start_server(models_dir: Path, extra: Sequence[str] = (), ready_timeout: float = 120.0,
                  tree: Path = REPO, cores: set[int] | None = None, module: str = "service") -> ServerProcess:
     """Start the server (the `service` package of source tree `tree`) on free loopback ports and wait until
@@ -107,8 +124,7 @@ def start_server(models_dir: Path, extra: Sequence[str] = (), ready_timeout: flo
            "--metrics-host", HOST, "--metrics-port", str(metrics_port), "--log-level", "WARNING", *extra]
     env = {**os.environ, "PYTHONPATH": str(tree) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     with log_file.open("wb") as out:
-        proc = subprocess.Popen(cmd, cwd=tree, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                preexec_fn=(lambda: pin_here(cores)) if cores is not None else None)
+        proc = subprocess.Popen(pinned(cmd, cores), cwd=tree, env=env, stdout=out, stderr=subprocess.STDOUT)
     server = ServerProcess(proc, port, metrics_port, log_file)
     deadline = time.monotonic() + ready_timeout
     with grpc.insecure_channel(server.target) as channel:

@@ -126,6 +126,18 @@ def test_launches_are_the_nodes_onnxruntime_runs(model: ModelFolder) -> None:
     assert per_step(Counter(a=10), Counter(a=10), 5).replayed  # no node in the added steps: replays
 
 
+def test_servers_are_pinned_by_an_exec_shim_not_a_fork_hook() -> None:
+    """benchmarks.server starts its servers on their cores through PIN_THEN_EXEC (no preexec_fn, so no fork(): a
+    CI run once lost a server to gRPC's fork handlers, "epoll_wait error: Bad file descriptor", SIGABRT)."""
+    from benchmarks.server import pinned
+
+    core = min(os.sched_getaffinity(0))
+    shown = subprocess.run(pinned([sys.executable, "-c", "import os; print(sorted(os.sched_getaffinity(0)))"], {core}),
+                           capture_output=True, text=True, timeout=60, check=True)
+    assert shown.stdout.strip() == f"[{core}]"
+    assert pinned(["true"], None) == ["true"]
+
+
 def _run_benchmark(module: str, *args: str) -> str:
     """A server benchmark in its own process: they drive servers through grpc.aio, and a process that has run
     grpc.aio can deadlock in gRPC's fork handlers when it later starts a subprocess with a preexec_fn (the
