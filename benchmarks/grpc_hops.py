@@ -14,13 +14,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
-import statistics
-from collections.abc import Iterator
 
 from benchmarks import machine
 from benchmarks.loadgen import LoadSpec
-from benchmarks.report import Table, fmt_rate, write_result
+from benchmarks.report import Table, fmt_rate, median_of_rounds, write_result
 from benchmarks.server import (
     ServerProcess,
     add_model_options,
@@ -32,20 +29,6 @@ from benchmarks.server import (
 )
 
 SERVERS = {"server": "service", "echo floor": "benchmarks.echo_server"}
-
-
-@contextlib.contextmanager
-def _experiments(value: str) -> Iterator[None]:
-    """GRPC_EXPERIMENTS set to `value` for the processes started inside (this process's gRPC has already started)."""
-    before = os.environ.get("GRPC_EXPERIMENTS")
-    os.environ["GRPC_EXPERIMENTS"] = value
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop("GRPC_EXPERIMENTS")
-        else:
-            os.environ["GRPC_EXPERIMENTS"] = before
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,9 +53,8 @@ def main(argv: list[str] | None = None) -> int:
         servers: dict[tuple[str, str], ServerProcess] = {}
         for value in values:
             for name, module in SERVERS.items():
-                with _experiments(value):
-                    servers[value, name] = start_server(models_dir, ("--max-batch", "256"), cores=server_cores,
-                                                        module=module)
+                servers[value, name] = start_server(models_dir, ("--max-batch", "256"), cores=server_cores,
+                                                    module=module, env={"GRPC_EXPERIMENTS": value})
                 stack.callback(servers[value, name].stop)
         for sessions, steps in cells:
             spec = LoadSpec(sessions, steps, 0.5, window, 100_000, packed=True)
@@ -83,13 +65,13 @@ def main(argv: list[str] | None = None) -> int:
     table = Table("gRPC's thread hops: CPU and context switches per packed message (pinned, median of rounds)",
                   ["sessions × steps/msg", "GRPC_EXPERIMENTS", "server", "messages/s", "p50 ms", "p99 ms",
                    "server CPU µs / message", "context switches / message"])
-    for (cell, value, name), rounds_got in results.items():
-        med = {k: statistics.median(r[k] for r in rounds_got) for k in rounds_got[0]}
-        entries = int(cell.split("x")[0])
-        table.add(cell.replace("x", " × "), f"`{value}`" if value else "(gRPC's default)", name,
-                  fmt_rate(med["steps_per_s"] / (entries * int(cell.split("x")[1]))), f"{med['p50_ms']:.2f}",
-                  f"{med['p99_ms']:.2f}", f"{med['server_cpu_us_per_step'] * entries * int(cell.split('x')[1]):.0f}",
-                  f"{med['switches_per_message']:.1f}")
+    for sessions, steps in cells:
+        for value, name in servers:
+            med = median_of_rounds(results[f"{sessions}x{steps}", value, name])
+            per_message = sessions * steps  # session-steps in one packed message
+            table.add(f"{sessions} × {steps}", f"`{value}`" if value else "(gRPC's default)", name,
+                      fmt_rate(med["steps_per_s"] / per_message), f"{med['p50_ms']:.2f}", f"{med['p99_ms']:.2f}",
+                      f"{med['server_cpu_us_per_step'] * per_message:.0f}", f"{med['switches_per_message']:.1f}")
     where = (f"load generator on core {sorted(client_cores)}, servers on cores {sorted(server_cores)}" if split
              else "not pinned (one core)")
     table.notes = [f"{where}; every server started with its GRPC_EXPERIMENTS, all running at once, measured in turn; "

@@ -23,7 +23,6 @@ import contextlib
 import json
 import logging
 import os
-import statistics
 import subprocess
 import sys
 import threading
@@ -38,7 +37,7 @@ from benchmarks import machine
 from benchmarks.loadgen import LoadSpec
 from benchmarks.models import ModelFolder
 from benchmarks.ort_engine import BoundStep, copy_task_inputs, initial_state, make_session
-from benchmarks.report import Table, fmt_rate, write_result
+from benchmarks.report import Table, fmt_rate, median_of_rounds, write_result
 from benchmarks.server import REPO, add_model_options, measure_cell, pin_here, prepare, split_cores, start_server
 from benchmarks.timing import FULL, QUICK, Contender, measure
 from service.batcher import Batcher
@@ -133,10 +132,6 @@ def batcher_alone_in(tree: Path, model: ModelFolder, sessions: int, steps: int, 
     out = subprocess.run([sys.executable, "-c", code], env=env, cwd=tree, capture_output=True, text=True,
                          check=True).stdout
     return json.loads(out.splitlines()[-1])
-
-
-def _median(rounds: list[dict[str, float]]) -> dict[str, float]:
-    return {k: statistics.median(r[k] for r in rounds) for k in rounds[0]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -262,7 +257,7 @@ def _tables(cells: list[tuple[int, ...]], rows: list[str], results: dict[str, An
                       f"{inproc['cpu_us_per_step']:.1f}", f"{engine['cpu_us_per_step']:.1f}",
                       f"{inproc['cpu_us_per_step'] / engine['cpu_us_per_step']:.2f}×", 0)
         for name in rows:
-            med = _median(results[name][f"{sessions}x{steps}"])
+            med = median_of_rounds(results[name][f"{sessions}x{steps}"])
             share = med["steps_per_s"] / engine["steps_per_s"]
             ratio = med["server_cpu_us_per_step"] / engine["cpu_us_per_step"]
             table.add(f"{sessions} × {steps}", name, fmt_rate(med["steps_per_s"]), f"{share:.0%}",

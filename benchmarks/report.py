@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,6 +58,11 @@ def fmt_rate(per_second: float | None) -> str:
     if per_second >= 1e3:
         return f"{per_second / 1e3:.1f} k"
     return f"{per_second:.0f}"
+
+
+def median_of_rounds(rounds: Sequence[dict[str, float]]) -> dict[str, float]:
+    """Each figure's median over the rounds of one cell (every round has the same keys)."""
+    return {k: statistics.median(r[k] for r in rounds) for k in rounds[0]}
 
 
 def write_result(out_dir: Path, name: str, payload: dict[str, Any], tables: Sequence[Table]) -> Path:

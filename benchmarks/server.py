@@ -12,7 +12,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -114,17 +114,18 @@ def pinned(argv: list[str], cores: set[int] | None) -> list[str]:
 
 
 def start_server(models_dir: Path, extra: Sequence[str] = (), ready_timeout: float = 120.0,
-                 tree: Path = REPO, cores: set[int] | None = None, module: str = "service") -> ServerProcess:
+                 tree: Path = REPO, cores: set[int] | None = None, module: str = "service",
+                 env: Mapping[str, str] | None = None) -> ServerProcess:
     """Start the server (the `service` package of source tree `tree`) on free loopback ports and wait until
     ListModels answers. `cores`: pin the server process (every thread it starts) to these CPUs; `module`: what
-    runs (`benchmarks.echo_server`: the same contract without a model)."""
+    runs (`benchmarks.echo_server`: the same contract without a model); `env`: variables set for it alone."""
     port, metrics_port = free_port(), free_port()
     log_file = Path(tempfile.mkstemp(prefix="ntm-bench-server-", suffix=".log")[1])
     cmd = [sys.executable, "-m", *module.split(), "--models", str(models_dir), "--host", HOST, "--port", str(port),
            "--metrics-host", HOST, "--metrics-port", str(metrics_port), "--log-level", "WARNING", *extra]
-    env = {**os.environ, "PYTHONPATH": str(tree) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    variables = {**os.environ, **(env or {}), "PYTHONPATH": str(tree) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     with log_file.open("wb") as out:
-        proc = subprocess.Popen(pinned(cmd, cores), cwd=tree, env=env, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(pinned(cmd, cores), cwd=tree, env=variables, stdout=out, stderr=subprocess.STDOUT)
     server = ServerProcess(proc, port, metrics_port, log_file)
     deadline = time.monotonic() + ready_timeout
     with grpc.insecure_channel(server.target) as channel:

@@ -43,8 +43,9 @@ from training.addressing import SHARPEN_FLOOR
 FLOOR = np.float32(SHARPEN_FLOOR)
 
 
-def _floor_add(g: _Graph, name: str) -> onnx.NodeProto | None:
-    """The single reader of `name` when it is `name + SHARPEN_FLOOR` (a float32 scalar), else None."""
+def _adds_constant(g: _Graph, name: str, constant: float) -> onnx.NodeProto | None:
+    """The single reader of `name` when it is `name + constant` (a float32 scalar), else None: the sharpening's
+    floors, gamma's `1 + softplus`."""
     if not g.only_use(name):
         return None
     (add,) = g.consumers[name]
@@ -52,7 +53,7 @@ def _floor_add(g: _Graph, name: str) -> onnx.NodeProto | None:
         return None
     other = add.input[1] if add.input[0] == name else add.input[0]
     value = g.constants.get(other)
-    ok = value is not None and value.size == 1 and value.dtype == np.float32 and value.reshape(-1)[0] == FLOOR
+    ok = value is not None and value.size == 1 and value.dtype == np.float32 and value.reshape(-1)[0] == constant
     return add if ok else None
 
 
@@ -83,7 +84,7 @@ def drop_sharpen_floors_on_distributions(g: _Graph) -> int:
         if shift is None or not _standard(shift, "Einsum") or not any(
                 (p := g.producer.get(n)) is not None and _standard(p, "Softmax") for n in shift.input):
             continue
-        peak_add = _floor_add(g, reduce_max.output[0])
+        peak_add = _adds_constant(g, reduce_max.output[0], FLOOR)
         if peak_add is None or not g.only_use(peak_add.output[0]):
             continue
         (scale,) = g.consumers[peak_add.output[0]]
@@ -100,7 +101,7 @@ def drop_sharpen_floors_on_distributions(g: _Graph) -> int:
         total = _reader(g, power.output[0], "ReduceSum")
         if total is None or not _last_axis_reduce(g, total, "ReduceSum", len(dims)):
             continue
-        sum_add = _floor_add(g, total.output[0])
+        sum_add = _adds_constant(g, total.output[0], FLOOR)
         if sum_add is None or not g.only_use(sum_add.output[0]):
             continue
         (normalise,) = g.consumers[sum_add.output[0]]
@@ -124,17 +125,6 @@ def _sole_reader(g: _Graph, name: str, op: str) -> onnx.NodeProto | None:
         return None
     (user,) = g.consumers[name]
     return user if _standard(user, op) and not user.attribute else None
-
-
-def _plus_one(g: _Graph, name: str) -> onnx.NodeProto | None:
-    """The one reader of `name` when it is `name + 1` (a float32 scalar constant): gamma's `1 + softplus`."""
-    add = _sole_reader(g, name, "Add")
-    if add is None or len(add.input) != 2 or add.output[0] in g.outputs:
-        return None
-    other = add.input[1] if add.input[0] == name else add.input[0]
-    value = g.constants.get(other)
-    return add if value is not None and value.size == 1 and value.dtype == np.float32 and value.reshape(-1)[
-        0] == 1 else None
 
 
 def _set_last_dim(g: _Graph, names: set[str], size: int) -> None:
@@ -210,7 +200,7 @@ def _group_softplus_block(g: _Graph) -> int:
                                             np.array([moved[start] + end - start], np.int64))
         outputs, plus = [], []
         for reader, _, act in group:  # each piece's reader, Softplus and `+ 1` go: the block's Split gives their value
-            add = _plus_one(g, act.output[0])
+            add = _adds_constant(g, act.output[0], 1.0)
             outputs.append((add or act).output[0])
             plus.append(1.0 if add is not None else 0.0)
             for node in (reader, act, *([add] if add is not None else [])):
