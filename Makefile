@@ -30,7 +30,7 @@ $(VENV)/.dev-installed: pyproject.toml $(VENV)/bin/activate
 	@touch $@ $(VENV)/.serve-installed
 
 ## The native front end for --native-port (native/front.cc; installs Debian's libgrpc++-dev when missing).
-NATIVE := native/build/ntm-front
+NATIVE := native/build/libntmfront.so
 $(NATIVE): native/front.cc native/build.sh
 	bash native/build.sh
 native: $(NATIVE)

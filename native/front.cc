@@ -1,34 +1,27 @@
-// ntm-front: a native gRPC front end for StreamPackedSteps (docs/service.md, "Native front end").
+// libntmfront: a native gRPC front end for StreamPackedSteps, loaded into the server's process (docs/service.md,
+// "Native front end"; the Python side is service/native_front.py, through ctypes).
 //
-// Why: Python gRPC's own cost per message is about the engine's whole step at 8 sessions x 1 step on a CPU
-// (docs/performance.md). This process speaks HTTP/2 and gRPC in C++ and hands each message's bytes, unparsed,
-// to the Python server over one Unix socket; the Python server checks and runs them and hands back the
-// response bytes. What a message means (sessions, checks, errors) stays defined once, in Python.
+// Why: Python gRPC's own cost per message is about the engine's whole step at 8 sessions x 1 step on a CPU, much
+// of it thread hand-offs (docs/performance.md). Here HTTP/2 and gRPC run in C++ (Debian's gRPC C++ library), each
+// request's bytes wait in a queue that one Python thread takes them from (`ntmf_next`, blocking without the GIL),
+// and the response bytes are written from the thread that finished the message (`ntmf_reply`). What a message
+// means (sessions, checks, errors) stays defined once, in Python.
 //
-// The socket carries frames: a 24-byte header (little-endian u32 payload length, u8 kind, 3 bytes zero, u64 stream,
-// u64 seq) and the payload. The frame kinds and their meaning are in service/native_front.py (one definition on
-// the Python side; this file mirrors the numbers). Responses of a stream leave in request order (seq); at most
-// `--window` of a stream's requests are unanswered at a time (a client that stops reading stops being read).
-//
-// Usage: ntm-front --listen HOST:PORT --engine-socket PATH [--window N] [--max-message-bytes N]
-//                  [--tls-cert F --tls-key F [--tls-client-ca F]]
-// It connects to PATH, binds, sends READY (seq = the bound port) and serves until the socket closes, then ends
-// every open stream with UNAVAILABLE and exits 0. Start-up errors: one line on stderr, exit 2.
+// Events (`ntmf_next`'s kind; service/native_front.py's Kind mirrors the numbers): a stream opened (payload: its
+// authorization header), a request of a stream (seq: its index in the stream), the client half-closed, a stream
+// ended, every stream drained, the front end stopped. Responses of a stream leave in request order (seq); at most
+// `window` of a stream's requests are unanswered at a time (a client that stops reading stops being read).
 
 #include <grpcpp/generic/async_generic_service.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/security/server_credentials.h>
-#include <sys/prctl.h>
-#include <sys/socket.h>
-#include <sys/un.h>
-#include <unistd.h>
 
 #include <atomic>
-#include <csignal>
+#include <condition_variable>
 #include <cstdint>
 #include <cstring>
+#include <deque>
 #include <fstream>
-#include <iostream>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -39,53 +32,53 @@
 
 namespace {
 
-// Frame kinds: keep in step with service/native_front.py (Kind).
-enum Kind : uint8_t {
-  kReady = 1,      // front -> engine: seq = the bound port
-  kOpen = 2,       // front -> engine: a stream opened; payload = its authorization header's value
-  kMessage = 3,    // front -> engine: one request of a stream (seq = its index in the stream)
-  kHalfClose = 4,  // front -> engine: the client sent its last request
-  kGone = 5,       // front -> engine: the stream ended (cancelled, or finished)
-  kReply = 6,      // engine -> front: the response to request `seq`
-  kFinish = 7,     // engine -> front: end the stream now with status `seq`, message = payload
-  kAccept = 8,     // engine -> front: the stream may be read (after kOpen)
-  kDrain = 9,      // engine -> front: read no more; end each stream UNAVAILABLE once what it sent is answered
-  kDrained = 10,   // front -> engine: after kDrain, every stream has ended
+// Event kinds: keep in step with service/native_front.py (Kind).
+enum Kind : int {
+  kStopped = 0,    // the front end stopped: no more events
+  kOpen = 2,       // a stream opened; payload = its authorization header's value
+  kMessage = 3,    // one request of a stream (seq = its index in the stream)
+  kHalfClose = 4,  // the client sent its last request
+  kGone = 5,       // the stream ended
+  kDrained = 10,   // after ntmf_drain, every stream has ended
 };
-constexpr size_t kHeader = 24;
 constexpr char kMethod[] = "/ntm.v1.NTM/StreamPackedSteps";
 
-std::string Header(uint32_t length, uint8_t kind, uint64_t stream, uint64_t seq) {
-  std::string h(kHeader, '\0');
-  std::memcpy(&h[0], &length, 4);
-  h[4] = static_cast<char>(kind);
-  std::memcpy(&h[8], &stream, 8);
-  std::memcpy(&h[16], &seq, 8);
-  return h;
-}
+struct Event {
+  int kind;
+  uint64_t stream, seq;
+  std::string payload;
+};
 
-// The engine's socket: one writer at a time (many gRPC threads send), one reader thread.
-class Engine {
+// What Python takes, in order: one consumer (ntmf_next), many producers (gRPC's threads).
+class Events {
  public:
-  explicit Engine(int fd) : fd_(fd) {}
-  bool Send(uint8_t kind, uint64_t stream, uint64_t seq, const std::string& payload) {
-    std::string frame = Header(static_cast<uint32_t>(payload.size()), kind, stream, seq);
-    frame += payload;
-    std::lock_guard<std::mutex> lock(mu_);
-    size_t sent = 0;
-    while (sent < frame.size()) {
-      ssize_t n = ::send(fd_, frame.data() + sent, frame.size() - sent, MSG_NOSIGNAL);
-      if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) return false;
-      sent += static_cast<size_t>(n);
+  void Push(int kind, uint64_t stream, uint64_t seq, std::string payload) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      queue_.push_back({kind, stream, seq, std::move(payload)});
     }
-    return true;
+    ready_.notify_one();
   }
-  int fd() const { return fd_; }
+  // The next event, copied into buf when it fits (its payload length returned); -length when buf is too small (the
+  // event stays first, for a call with a larger buf).
+  long Next(char* buf, long cap, int* kind, uint64_t* stream, uint64_t* seq) {
+    std::unique_lock<std::mutex> lock(mu_);
+    ready_.wait(lock, [this] { return !queue_.empty(); });
+    Event& e = queue_.front();
+    long length = static_cast<long>(e.payload.size());
+    if (length > cap) return -length;
+    std::memcpy(buf, e.payload.data(), e.payload.size());
+    *kind = e.kind;
+    *stream = e.stream;
+    *seq = e.seq;
+    queue_.pop_front();
+    return length;
+  }
 
  private:
-  int fd_;
   std::mutex mu_;
+  std::condition_variable ready_;
+  std::deque<Event> queue_;
 };
 
 std::string Flatten(const grpc::ByteBuffer& buffer) {
@@ -99,12 +92,11 @@ std::string Flatten(const grpc::ByteBuffer& buffer) {
 
 class Stream;
 
-// Live streams by id, for the reader thread's replies. A stream leaves in OnDone.
+// Live streams by id, for replies from Python. A stream leaves in OnDone.
 class Streams {
  public:
-  explicit Streams(Engine* engine) : engine_(engine) {}
-  // False when draining: the stream is refused.
-  bool Add(uint64_t id, Stream* s) {
+  explicit Streams(Events* events) : events_(events) {}
+  bool Add(uint64_t id, Stream* s) {  // false while draining: the stream is refused
     std::lock_guard<std::mutex> lock(mu_);
     if (draining_) return false;
     live_[id] = s;
@@ -113,59 +105,55 @@ class Streams {
   void Remove(uint64_t id) {
     std::lock_guard<std::mutex> lock(mu_);
     live_.erase(id);
-    if (draining_ && live_.empty()) engine_->Send(kDrained, 0, 0, "");
+    if (draining_ && live_.empty()) events_->Push(kDrained, 0, 0, "");
   }
-  // kDrain: every live stream drains (Stream::Drain); kDrained once none is left.
+  // Runs f(stream) under the map's lock, so the stream cannot be deleted meanwhile (OnDone removes it first).
+  template <typename F>
+  bool With(uint64_t id, F f) {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = live_.find(id);
+    if (it == live_.end()) return false;
+    f(it->second);
+    return true;
+  }
   template <typename F>
   void Drain(F drain) {
     std::lock_guard<std::mutex> lock(mu_);
     draining_ = true;
     for (auto& [id, s] : live_) drain(s);
-    if (live_.empty()) engine_->Send(kDrained, 0, 0, "");
-  }
-  // Runs f(stream) under the map's lock, so the stream cannot be deleted meanwhile (OnDone removes it first).
-  template <typename F>
-  void With(uint64_t id, F f) {
-    std::lock_guard<std::mutex> lock(mu_);
-    auto it = live_.find(id);
-    if (it != live_.end()) f(it->second);
-  }
-  template <typename F>
-  void ForEach(F f) {
-    std::lock_guard<std::mutex> lock(mu_);
-    for (auto& [id, s] : live_) f(s);
+    if (live_.empty()) events_->Push(kDrained, 0, 0, "");
   }
 
  private:
-  Engine* engine_;
+  Events* events_;
   std::mutex mu_;
   bool draining_ = false;
   std::unordered_map<uint64_t, Stream*> live_;
 };
 
-// One StreamPackedSteps call: reads requests (at most `window` unanswered), forwards each to the engine, writes
-// the engine's replies in request order, and finishes once the client is done and every request is answered.
+// One StreamPackedSteps call: reads requests (at most `window` unanswered) into the event queue, writes the
+// replies in request order, and finishes once the client is done and every request is answered.
 class Stream : public grpc::ServerGenericBidiReactor {
  public:
-  Stream(grpc::GenericCallbackServerContext* ctx, Engine* engine, Streams* streams, uint64_t id, size_t window)
-      : engine_(engine), streams_(streams), id_(id), window_(window) {
+  Stream(grpc::GenericCallbackServerContext* ctx, Events* events, Streams* streams, uint64_t id, size_t window)
+      : events_(events), streams_(streams), id_(id), window_(window) {
     if (ctx->method() != kMethod) {
       Finish(grpc::Status(grpc::StatusCode::UNIMPLEMENTED,
                           "this port serves " + std::string(kMethod) + " only; every other call is on the main port"));
       return;
     }
-    std::string token;
-    auto found = ctx->client_metadata().find("authorization");
-    if (found != ctx->client_metadata().end()) token.assign(found->second.data(), found->second.size());
     if (!streams_->Add(id_, this)) {
       Finish(Draining());
       return;
     }
     registered_ = true;
-    if (!engine_->Send(kOpen, id_, 0, token)) FinishLocked(Unavailable());
+    std::string token;
+    auto found = ctx->client_metadata().find("authorization");
+    if (found != ctx->client_metadata().end()) token.assign(found->second.data(), found->second.size());
+    events_->Push(kOpen, id_, 0, std::move(token));
   }
 
-  // From the reader thread, under Streams' lock.
+  // From Python, under Streams' lock.
   void Accept() {
     std::lock_guard<std::mutex> lock(mu_);
     if (finishing_) return;
@@ -178,7 +166,7 @@ class Stream : public grpc::ServerGenericBidiReactor {
     replies_.emplace(seq, std::move(bytes));
     MaybeWriteLocked();
   }
-  void End(grpc::Status status) {
+  void End(const grpc::Status& status) {
     std::lock_guard<std::mutex> lock(mu_);
     FinishLocked(status);
   }
@@ -192,17 +180,13 @@ class Stream : public grpc::ServerGenericBidiReactor {
     std::lock_guard<std::mutex> lock(mu_);
     reading_ = false;
     if (finishing_) return;
-    if (!ok) {  // the client half-closed (or the call broke: OnCancel/OnDone follow)
+    if (!ok) {  // the client half-closed (or the call broke: OnDone follows)
       client_done_ = true;
-      engine_->Send(kHalfClose, id_, 0, "");
+      events_->Push(kHalfClose, id_, 0, "");
       MaybeFinishLocked();
       return;
     }
-    if (!engine_->Send(kMessage, id_, next_read_, Flatten(request_))) {
-      FinishLocked(Unavailable());
-      return;
-    }
-    ++next_read_;
+    events_->Push(kMessage, id_, next_read_++, Flatten(request_));
     MaybeReadLocked();
   }
 
@@ -223,15 +207,12 @@ class Stream : public grpc::ServerGenericBidiReactor {
   void OnDone() override {
     if (registered_) {
       streams_->Remove(id_);
-      engine_->Send(kGone, id_, 0, "");
+      events_->Push(kGone, id_, 0, "");
     }
     delete this;
   }
 
  private:
-  static grpc::Status Unavailable() {
-    return grpc::Status(grpc::StatusCode::UNAVAILABLE, "the server's engine is gone: reconnect");
-  }
   static grpc::Status Draining() {
     return grpc::Status(grpc::StatusCode::UNAVAILABLE,
                         "the server is stopping: every request it read from this stream was answered; reconnect "
@@ -269,7 +250,7 @@ class Stream : public grpc::ServerGenericBidiReactor {
     Finish(status);
   }
 
-  Engine* engine_;
+  Events* events_;
   Streams* streams_;
   const uint64_t id_;
   const size_t window_;
@@ -283,52 +264,17 @@ class Stream : public grpc::ServerGenericBidiReactor {
 
 class Service : public grpc::CallbackGenericService {
  public:
-  Service(Engine* engine, Streams* streams, size_t window) : engine_(engine), streams_(streams), window_(window) {}
+  Service(Events* events, Streams* streams, size_t window) : events_(events), streams_(streams), window_(window) {}
   grpc::ServerGenericBidiReactor* CreateReactor(grpc::GenericCallbackServerContext* ctx) override {
-    return new Stream(ctx, engine_, streams_, next_id_.fetch_add(1), window_);
+    return new Stream(ctx, events_, streams_, next_id_.fetch_add(1), window_);
   }
 
  private:
-  Engine* engine_;
+  Events* events_;
   Streams* streams_;
   size_t window_;
   std::atomic<uint64_t> next_id_{1};
 };
-
-// The reader thread: the engine's frames to their streams, until the socket closes.
-void ReadEngine(Engine* engine, Streams* streams) {
-  std::string buffer;
-  std::vector<char> chunk(1 << 16);
-  for (;;) {
-    ssize_t n = ::recv(engine->fd(), chunk.data(), chunk.size(), 0);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return;
-    buffer.append(chunk.data(), static_cast<size_t>(n));
-    size_t at = 0;
-    while (buffer.size() - at >= kHeader) {
-      uint32_t length;
-      uint64_t stream, seq;
-      std::memcpy(&length, buffer.data() + at, 4);
-      uint8_t kind = static_cast<uint8_t>(buffer[at + 4]);
-      std::memcpy(&stream, buffer.data() + at + 8, 8);
-      std::memcpy(&seq, buffer.data() + at + 16, 8);
-      if (buffer.size() - at - kHeader < length) break;
-      std::string payload = buffer.substr(at + kHeader, length);
-      at += kHeader + length;
-      streams->With(stream, [&](Stream* s) {
-        if (kind == kReply) {
-          s->Reply(seq, std::move(payload));
-        } else if (kind == kAccept) {
-          s->Accept();
-        } else if (kind == kFinish) {
-          s->End(grpc::Status(static_cast<grpc::StatusCode>(seq), payload));
-        }
-      });
-      if (kind == kDrain) streams->Drain([](Stream* s) { s->Drain(); });
-    }
-    buffer.erase(0, at);
-  }
-}
 
 std::string ReadFile(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
@@ -338,67 +284,99 @@ std::string ReadFile(const std::string& path) {
   return ss.str();
 }
 
-int Fail(const std::string& message) {
-  std::cerr << "ntm-front: " << message << std::endl;
-  return 2;
+// One front end: its event queue, its streams, its gRPC server.
+struct Front {
+  Events events;
+  Streams streams{&events};
+  std::unique_ptr<Service> service;
+  std::unique_ptr<grpc::Server> server;
+};
+
+void Fail(char* error, long cap, const std::string& message) {
+  if (cap > 0) {
+    std::strncpy(error, message.c_str(), static_cast<size_t>(cap - 1));
+    error[cap - 1] = '\0';
+  }
 }
 
 }  // namespace
 
-int main(int argc, char** argv) {
-  std::map<std::string, std::string> args;
-  for (int i = 1; i + 1 < argc; i += 2) args[argv[i]] = argv[i + 1];
-  if (argc % 2 == 0 || !args.count("--listen") || !args.count("--engine-socket")) {
-    return Fail("usage: ntm-front --listen HOST:PORT --engine-socket PATH [--window N] [--max-message-bytes N] "
-                "[--tls-cert F --tls-key F [--tls-client-ca F]]");
-  }
-  prctl(PR_SET_PDEATHSIG, SIGTERM);  // the Python server owns this process: it ends with it
-  std::signal(SIGPIPE, SIG_IGN);
-  size_t window = args.count("--window") ? std::stoul(args["--window"]) : 256;
-  int max_bytes = args.count("--max-message-bytes") ? std::stoi(args["--max-message-bytes"]) : 4 << 20;
+#pragma GCC visibility push(default)  // the library's only exports: the C functions below (ctypes calls them)
+extern "C" {
 
-  int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  const std::string& path = args["--engine-socket"];
-  if (path.size() >= sizeof(addr.sun_path)) return Fail("engine socket path too long: " + path);
-  std::strncpy(addr.sun_path, path.c_str(), sizeof(addr.sun_path) - 1);
-  if (fd < 0 || ::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
-    return Fail("cannot connect to the engine socket " + path + ": " + std::strerror(errno));
-  }
-  Engine engine(fd);
-  Streams streams(&engine);
-  Service service(&engine, &streams, window);
-
+// Binds `listen` (host:port; port 0 picks) and serves: a handle for the calls below (the bound port in *port), or
+// null with the reason in `error`. TLS when cert and key are non-empty (with a client CA: mutual TLS).
+void* ntmf_start(const char* listen, int window, int max_message_bytes, const char* cert, const char* key,
+                 const char* client_ca, int* port, char* error, long error_cap) {
   std::shared_ptr<grpc::ServerCredentials> credentials = grpc::InsecureServerCredentials();
-  if (args.count("--tls-cert")) {
+  if (cert[0] != '\0') {
     grpc::SslServerCredentialsOptions ssl;
     try {
-      ssl.pem_key_cert_pairs.push_back({ReadFile(args["--tls-key"]), ReadFile(args["--tls-cert"])});
-      if (args.count("--tls-client-ca")) {
-        ssl.pem_root_certs = ReadFile(args["--tls-client-ca"]);
+      ssl.pem_key_cert_pairs.push_back({ReadFile(key), ReadFile(cert)});
+      if (client_ca[0] != '\0') {
+        ssl.pem_root_certs = ReadFile(client_ca);
         ssl.client_certificate_request = GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY;
       }
     } catch (const std::exception& err) {
-      return Fail(err.what());
+      Fail(error, error_cap, err.what());
+      return nullptr;
     }
     credentials = grpc::SslServerCredentials(ssl);
   }
-  int port = 0;
+  auto f = std::make_unique<Front>();
+  f->service = std::make_unique<Service>(&f->events, &f->streams, static_cast<size_t>(window));
+  *port = 0;
   grpc::ServerBuilder builder;
-  builder.AddListeningPort(args["--listen"], credentials, &port);
-  builder.RegisterCallbackGenericService(&service);
-  builder.SetMaxReceiveMessageSize(max_bytes);
-  builder.SetMaxSendMessageSize(max_bytes);
+  builder.AddListeningPort(listen, credentials, port);
+  builder.RegisterCallbackGenericService(f->service.get());
+  builder.SetMaxReceiveMessageSize(max_message_bytes);
+  builder.SetMaxSendMessageSize(max_message_bytes);
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);  // a taken port is an error, not a shared port
-  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
-  if (!server || port == 0) return Fail("cannot bind " + args["--listen"]);
-  if (!engine.Send(kReady, 0, static_cast<uint64_t>(port), "")) return Fail("the engine socket closed at start");
-
-  ReadEngine(&engine, &streams);  // until the Python server closes the socket
-  streams.ForEach([](Stream* s) {
-    s->End(grpc::Status(grpc::StatusCode::UNAVAILABLE, "the server is stopping: reconnect"));
-  });
-  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
-  return 0;
+  f->server = builder.BuildAndStart();
+  if (!f->server || *port == 0) {
+    Fail(error, error_cap, std::string("cannot bind ") + listen);
+    return nullptr;
+  }
+  return f.release();
 }
+
+// The next event (blocks: call it without holding Python's GIL): see Events::Next.
+long ntmf_next(void* f, char* buf, long cap, int* kind, uint64_t* stream, uint64_t* seq) {
+  return static_cast<Front*>(f)->events.Next(buf, cap, kind, stream, seq);
+}
+
+// The stream may be read (after its kOpen event). 0, or -1 when the stream has ended.
+int ntmf_accept(void* f, uint64_t stream) {
+  return static_cast<Front*>(f)->streams.With(stream, [](Stream* s) { s->Accept(); }) ? 0 : -1;
+}
+
+// The response to request `seq` of `stream`; written in request order. 0, or -1 when the stream has ended.
+int ntmf_reply(void* f, uint64_t stream, uint64_t seq, const char* data, long length) {
+  std::string bytes(data, static_cast<size_t>(length));
+  return static_cast<Front*>(f)->streams.With(stream, [&](Stream* s) { s->Reply(seq, std::move(bytes)); }) ? 0 : -1;
+}
+
+// End the stream now with status `code` and `message`.
+int ntmf_finish(void* f, uint64_t stream, int code, const char* message) {
+  grpc::Status status(static_cast<grpc::StatusCode>(code), message);
+  return static_cast<Front*>(f)->streams.With(stream, [&](Stream* s) { s->End(status); }) ? 0 : -1;
+}
+
+// Read no more; each stream ends UNAVAILABLE once every request it read is answered; kDrained when none is left.
+void ntmf_drain(void* f) {
+  static_cast<Front*>(f)->streams.Drain([](Stream* s) { s->Drain(); });
+}
+
+// Stop serving (streams still open end, UNAVAILABLE) and queue kStopped, which ends the consumer's loop.
+void ntmf_stop(void* f, int grace_ms) {
+  auto* front = static_cast<Front*>(f);
+  front->server->Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(grace_ms));
+  front->server->Wait();
+  front->events.Push(kStopped, 0, 0, "");
+}
+
+// After ntmf_stop, once the consumer has seen kStopped: release everything.
+void ntmf_free(void* f) { delete static_cast<Front*>(f); }
+
+}  // extern "C"
+#pragma GCC visibility pop

@@ -56,7 +56,7 @@ class ServiceConfig:
     port: int = 50051
     port_file: Path | None = None
     native_port: int = -1
-    native_binary: Path | None = None
+    native_library: Path | None = None
     metrics_host: str = "0.0.0.0"
     metrics_port: int = 9090
     provider: str = "auto"
@@ -152,10 +152,10 @@ SETTINGS: tuple[Setting, ...] = (
             "{\"pid\", \"port\", \"metrics_port\", \"health_port\", \"native_port\"} here as JSON (null: port off), "
             "removed on a clean exit: with port 0, how a supervisor learns the port without racing for it (empty: "
             "no file)"),
-    Setting("native_port", int, "also serve StreamPackedSteps on this port through the native (C++) front end, "
-            "native/front.cc: the same messages and answers, with HTTP/2 and gRPC in C++ instead of Python (0 picks a "
-            "free one, logged and in port_file; -1: off; not in replica mode)"),
-    Setting("native_binary", _optional_path, "the ntm-front executable for native_port (empty: native/build/ntm-front "
+    Setting("native_port", int, "also serve StreamPackedSteps on this port through the native front end "
+            "(native/front.cc, C++ gRPC in this process): the same messages and answers, with HTTP/2 and gRPC in C++ "
+            "instead of Python (0 picks a free one, logged and in port_file; -1: off; not in replica mode)"),
+    Setting("native_library", _optional_path, "libntmfront.so for native_port (empty: native/build/libntmfront.so "
             "of this checkout, built by `make native`)"),
     Setting("metrics_host", str, "Prometheus metrics bind address"),
     Setting("metrics_port", int, "Prometheus metrics HTTP port (0 picks a free one, -1 turns metrics off)"),

@@ -29,7 +29,7 @@ from service.engine import ModelLoadError
 from service.lifecycle import Lifecycle
 from service.logs import setup_logging
 from service.metrics import Metrics
-from service.native_front import NativeFront, NativeFrontError, find_binary
+from service.native_front import NativeFront, NativeFrontError, find_library
 from service.ports import BindError, bind_error, remove_port_file, write_port_file
 from service.proto_gen.ntm.v1 import ntm_pb2
 from service.registry import ModelSet
@@ -176,9 +176,9 @@ class Server:
         if c.native_port < 0:
             return
         tls = (c.tls_cert, c.tls_key, c.tls_client_ca) if c.tls_cert and c.tls_key else None
-        self.native = NativeFront(self.servicer, find_binary(c.native_binary), c.stream_window, c.max_message_bytes,
-                                  tls)
-        self.native_port = await loop_run(functools.partial(self.native.start, c.host, c.native_port))
+        native = NativeFront(self.servicer, find_library(c.native_library), c.stream_window, c.max_message_bytes, tls)
+        self.native_port = await loop_run(functools.partial(native.start, c.host, c.native_port))
+        self.native = native
 
     async def _start_health_port(self) -> None:
         """Plaintext, health only: for probes that cannot speak (m)TLS (off unless --health-port is set)."""
