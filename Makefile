@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 PORT ?= 50051
 METRICS_PORT ?= 9090
 
-.PHONY: native serve test lint setup-serve setup-dev export train-all evaluate-all bench bench-quick bench-train soak clean proto cluster cluster-faults
+.PHONY: serve test lint setup-serve setup-dev export train-all evaluate-all bench bench-quick bench-train soak clean proto cluster cluster-faults
 
 $(VENV)/bin/activate:
 	@test -n "$(PYTHON)" || { echo "need Python >= 3.11: none of $(PYTHON_CANDIDATES) is (or run make PYTHON=...)"; \
@@ -29,12 +29,6 @@ $(VENV)/.dev-installed: pyproject.toml $(VENV)/bin/activate
 	$(PY) -m pip install -q -e ".[train,export,dev]"
 	@touch $@ $(VENV)/.serve-installed
 
-## The native front end for --native-port (native/front.cc; installs Debian's libgrpc++-dev when missing).
-NATIVE := native/build/libntmfront.so
-$(NATIVE): native/front.cc native/build.sh
-	bash native/build.sh
-native: $(NATIVE)
-
 setup-serve: $(VENV)/.serve-installed
 setup-dev: $(VENV)/.dev-installed
 
@@ -43,7 +37,7 @@ serve: setup-serve
 	$(PY) -m service --models models --port $(PORT) --metrics-port $(METRICS_PORT)
 
 ## Quickstart 2: lint and run every test.
-test: setup-dev $(NATIVE)
+test: setup-dev
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
 

@@ -39,7 +39,6 @@ class LoadSpec:
     max_messages_per_session: int
     packed: bool = False  # one StreamPackedSteps message per tick carries every session of a client
     packed_clients: int = 1  # clients (streams) the sessions are split among, when packed
-    native: bool = False  # packed messages go to the server's native front end (--native-port)
 
 
 @dataclass
@@ -136,13 +135,11 @@ async def _session(stub: ntm_pb2_grpc.NTMStub, requests: list[Any], spec: LoadSp
 
 
 async def _run(target: str, model: str, input_size: int, spec: LoadSpec,
-               at_window_start: Callable[[], Any] | None, at_window_end: Callable[[Any], dict[str, Any]] | None,
-               packed_target: str | None) -> LoadResult:
+               at_window_start: Callable[[], Any] | None, at_window_end: Callable[[Any], dict[str, Any]] | None
+               ) -> LoadResult:
     options = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
-    async with grpc.aio.insecure_channel(target, options=options) as channel, \
-            grpc.aio.insecure_channel(packed_target or target, options=options) as packed_channel:
+    async with grpc.aio.insecure_channel(target, options=options) as channel:
         stub = ntm_pb2_grpc.NTMStub(channel)
-        stepper = ntm_pb2_grpc.NTMStub(packed_channel) if spec.packed else stub
         ids = [(await stub.CreateSession(ntm_pb2.CreateSessionRequest(model=model, ttl_seconds=600))).session_id
                for _ in range(spec.sessions)]
         rng = np.random.default_rng(spec.sessions * 100 + spec.steps_per_message)
@@ -163,7 +160,7 @@ async def _run(target: str, model: str, input_size: int, spec: LoadSpec,
             if at_window_end:
                 result.window_hooks.update(await asyncio.to_thread(at_window_end, token))
 
-        await asyncio.gather(observe(), *(_session(stepper, r, spec, window, result) for r in requests))
+        await asyncio.gather(observe(), *(_session(stub, r, spec, window, result) for r in requests))
         for sid in ids:
             await stub.DeleteSession(ntm_pb2.DeleteSessionRequest(session_id=sid))
         return result
@@ -171,8 +168,6 @@ async def _run(target: str, model: str, input_size: int, spec: LoadSpec,
 
 def run_load(target: str, model: str, input_size: int, spec: LoadSpec,
              at_window_start: Callable[[], Any] | None = None,
-             at_window_end: Callable[[Any], dict[str, Any]] | None = None,
-             packed_target: str | None = None) -> LoadResult:
-    """Drive the server at `target` with `spec` (packed messages to `packed_target` when given: the server's native
-    front end); the hooks run (in a thread) at the window's start and end."""
-    return asyncio.run(_run(target, model, input_size, spec, at_window_start, at_window_end, packed_target))
+             at_window_end: Callable[[Any], dict[str, Any]] | None = None) -> LoadResult:
+    """Drive the server at `target` with `spec`; the hooks run (in a thread) at the window's start and end."""
+    return asyncio.run(_run(target, model, input_size, spec, at_window_start, at_window_end))

@@ -14,8 +14,6 @@ StreamPackedSteps message per tick carrying every session's steps (one client ho
 `--packed-clients K` splits them among K clients, each with its own stream), against this tree's server, the echo
 floor and the in-process batcher fed packs. With `--baseline-packed`, the baseline tree runs the PACKED rows too
 (its server, and its batcher in a child process importing that tree): before/after of the packed path in one run.
-Native rows (`native` in `--modes`): the same packed messages sent to this tree's server's native front end
-(`--native-port`, native/front.cc; build it with `make native`); the server's CPU counts its ntm-front child too.
 """
 
 from __future__ import annotations
@@ -64,8 +62,7 @@ FLOOR_PACKED = "PACKED: gRPC floor (echo, no model)"
 BATCHER_ALONE_PACKED = "PACKED: batcher + engine, no gRPC"  # one PackJob of every session, resubmitted at once
 PACKED_BASELINE = "PACKED: baseline"  # --baseline-packed: the baseline tree's server, packed messages
 BATCHER_ALONE_PACKED_BASELINE = "PACKED: baseline batcher + engine, no gRPC"  # the baseline tree's batcher
-NATIVE = "PACKED: native front end"  # the same messages to this tree's --native-port (ntm-front, C++ gRPC)
-MODES = ("per-session", "packed", "native")
+MODES = ("per-session", "packed")
 
 
 def bare_engine(model: ModelFolder, batches: set[int], quick: bool) -> dict[int, dict[str, float]]:
@@ -148,8 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-floor", action="store_true", help="skip the echo server (gRPC alone, no model)")
     parser.add_argument("--modes", default=",".join(MODES),
                         help="per-session (one stream per session), packed (one StreamPackedSteps message per tick "
-                             "carries every session), native (packed, through the native front end), comma-separated "
-                             "(default: all three), side by side")
+                             "carries every session), or both (default), side by side")
     parser.add_argument("--packed-clients", type=int, default=1,
                         help="packed mode: clients (streams) the sessions are split among (default 1)")
     parser.add_argument("--baseline-packed", action="store_true",
@@ -168,30 +164,27 @@ def main(argv: list[str] | None = None) -> int:
         pin_here(original)  # a caller in this process (a test) gets its cores back
 
 
-def _rows(args: argparse.Namespace) -> tuple[dict[str, tuple[Path, str]], list[tuple[str, str, bool, bool]]]:
-    """The servers to start (name -> (source tree, module)) and the rows to measure: (row, server, packed,
-    native)."""
+def _rows(args: argparse.Namespace) -> tuple[dict[str, tuple[Path, str]], list[tuple[str, str, bool]]]:
+    """The servers to start (name -> (source tree, module)) and the rows to measure: (row, server, packed)."""
     modes = set(args.modes.split(","))
     floor = not args.no_floor
     trees: dict[str, tuple[Path, str]] = {"this tree": (REPO, "service")}
     if floor:
         trees[FLOOR] = (REPO, "benchmarks.echo_server")
-    rows: list[tuple[str, str, bool, bool]] = []
+    rows: list[tuple[str, str, bool]] = []
     if "per-session" in modes:
-        rows.append(("this tree", "this tree", False, False))
+        rows.append(("this tree", "this tree", False))
         if args.baseline:
             trees["baseline"] = (args.baseline.resolve(), "service")
-            rows.append(("baseline", "baseline", False, False))
+            rows.append(("baseline", "baseline", False))
         if floor:
             trees[FLOOR_ITERATOR] = (REPO, "benchmarks.echo_server --echo-iterator")
-            rows += [(FLOOR, FLOOR, False, False), (FLOOR_ITERATOR, FLOOR_ITERATOR, False, False)]
+            rows += [(FLOOR, FLOOR, False), (FLOOR_ITERATOR, FLOOR_ITERATOR, False)]
     if "packed" in modes:
-        rows += [(PACKED, "this tree", True, False)] + ([(FLOOR_PACKED, FLOOR, True, False)] if floor else [])
+        rows += [(PACKED, "this tree", True)] + ([(FLOOR_PACKED, FLOOR, True)] if floor else [])
         if args.baseline and args.baseline_packed:
             trees["baseline"] = (args.baseline.resolve(), "service")
-            rows.append((PACKED_BASELINE, "baseline", True, False))
-    if "native" in modes:
-        rows.append((NATIVE, "this tree", True, True))
+            rows.append((PACKED_BASELINE, "baseline", True))
     return trees, rows
 
 
@@ -200,7 +193,7 @@ def _run(args: argparse.Namespace, model: ModelFolder, models_dir: Path, cells: 
     window, rounds = (0.5, 1) if args.quick else (args.window, args.rounds)
     client_cores, server_cores = split if split else (None, None)
     trees, rows = _rows(args)
-    packed = any(p for _, _, p, _ in rows)
+    packed = any(p for _, _, p in rows)
     load_before = machine.load_average()
     pin_here(server_cores)  # the bare engine runs where the server will
     bare = bare_engine(model, {min(s, MAX_BATCH) for s, _ in cells}, args.quick)
@@ -212,24 +205,22 @@ def _run(args: argparse.Namespace, model: ModelFolder, models_dir: Path, cells: 
                                                     for s, t in cells}
     pin_here(client_cores)
     extra = ("--max-batch", str(MAX_BATCH), *args.server_arg)
-    results: dict[str, dict[str, list[dict[str, float]]]] = {row: {} for row, _, _, _ in rows}
-    native = any(n for _, _, _, n in rows)
+    results: dict[str, dict[str, list[dict[str, float]]]] = {row: {} for row, _, _ in rows}
     with contextlib.ExitStack() as stack:
         servers = {}
         for name, (tree, module) in trees.items():
-            servers[name] = start_server(models_dir, extra, tree=tree, cores=server_cores, module=module,
-                                         native=native and name == "this tree")
+            servers[name] = start_server(models_dir, extra, tree=tree, cores=server_cores, module=module)
             stack.callback(servers[name].stop)
         for sessions, steps in cells:
             for _ in range(rounds):
-                for row, server, is_packed, is_native in rows:
-                    spec = LoadSpec(sessions, steps, 0.5, window, 100_000, is_packed, args.packed_clients, is_native)
+                for row, server, is_packed in rows:
+                    spec = LoadSpec(sessions, steps, 0.5, window, 100_000, is_packed, args.packed_clients)
                     got = measure_cell(servers[server], model.path.name, model.config["input_size"], spec)
                     results[row].setdefault(f"{sessions}x{steps}", []).append(got)
     note = machine.load_note(load_before, machine.load_average())
     where = (f"load generator on core {sorted(client_cores)}, server on cores {sorted(server_cores)} "
              "(sched_setaffinity before start, so every thread inherits it)" if split else "not pinned")
-    table, found = _tables(cells, [row for row, _, _, _ in rows], results, bare, alone)
+    table, found = _tables(cells, [row for row, _, _ in rows], results, bare, alone)
     table.notes = [f"{where}; `python -m service --max-batch {MAX_BATCH}` (1 intra-op thread); {rounds} round(s) of "
                    f"{window:g} s per cell and server, median; bare engine: the step graph through IOBinding at "
                    "batch = sessions, one thread, timed on the server's core in the same run"]
@@ -275,8 +266,7 @@ def _tables(cells: list[tuple[int, ...]], rows: list[str], results: dict[str, An
                       int(med["errors"]))
             if name in (FLOOR, FLOOR_ITERATOR, FLOOR_PACKED):
                 continue
-            found.append({"cell": f"{sessions}x{steps}", "server": name,
-                          "packed": name in (PACKED, PACKED_BASELINE, NATIVE), "native": name == NATIVE,
+            found.append({"cell": f"{sessions}x{steps}", "server": name, "packed": name in (PACKED, PACKED_BASELINE),
                           "share": share,
                           "cpu_ratio": ratio, "cpu_ratio_met": ratio <= CPU_RATIO.get(steps, CPU_RATIO[1]),
                           "share_met": share >= SHARE, "p99_ms": med["p99_ms"],

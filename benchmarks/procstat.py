@@ -10,57 +10,24 @@ _TICKS = os.sysconf("SC_CLK_TCK")
 _SWITCHES = ("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")
 
 
-def process_tree(pid: int) -> list[int]:
-    """The process and its live descendants (/proc/<pid>/task/*/children): a server's helper processes, such as
-    the native front end (service/native_front.py), are part of what it costs."""
-    found, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        found.append(current)
-        try:
-            tasks = list(Path(f"/proc/{current}/task").iterdir())
-        except OSError:  # it ended meanwhile
-            continue
-        for task in tasks:
-            try:
-                todo += [int(child) for child in (task / "children").read_text().split()]
-            except OSError:
-                continue
-    return found
-
-
-def _own_cpu_seconds(pid: int) -> float:
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:  # a descendant that ended meanwhile
-        return 0.0
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds the process has used (all its threads), from /proc/<pid>/stat."""
+    text = Path(f"/proc/{pid}/stat").read_text()
     fields = text[text.rindex(")") + 2 :].split()  # the command name may hold spaces; fields start after ')'
     utime, stime = int(fields[11]), int(fields[12])  # fields 14 and 15 of proc(5), 0-based after the name
     return (utime + stime) / _TICKS
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds the process and its live descendants have used (all their threads), from
-    /proc/<pid>/stat: a measured window must not outlive a descendant (its time would leave the sum)."""
-    return sum(_own_cpu_seconds(p) for p in process_tree(pid))
-
-
 def context_switches(pid: int) -> int:
-    """Context switches of every thread of the process and its descendants so far, voluntary and not
-    (/proc/<pid>/task/*/status): how often its threads gave up or lost the core, e.g. handing a message from one
-    thread to another."""
+    """Context switches of every thread of the process so far, voluntary and not (/proc/<pid>/task/*/status): how
+    often its threads gave up or lost the core, e.g. handing a message from one thread to another."""
     total = 0
-    for p in process_tree(pid):
+    for task in Path(f"/proc/{pid}/task").iterdir():
         try:
-            tasks = list(Path(f"/proc/{p}/task").iterdir())
-        except OSError:
+            lines = (task / "status").read_text().splitlines()
+        except OSError:  # the thread ended meanwhile
             continue
-        for task in tasks:
-            try:
-                lines = (task / "status").read_text().splitlines()
-            except OSError:  # the thread ended meanwhile
-                continue
-            total += sum(int(line.split()[1]) for line in lines if line.split(":")[0] in _SWITCHES)
+        total += sum(int(line.split()[1]) for line in lines if line.split(":")[0] in _SWITCHES)
     return total
 
 

@@ -38,7 +38,6 @@ class ServerProcess:
     port: int
     metrics_port: int
     log_path: Path
-    native_port: int | None = None  # --native-port: StreamPackedSteps through the native front end
 
     @property
     def pid(self) -> int:
@@ -47,10 +46,6 @@ class ServerProcess:
     @property
     def target(self) -> str:
         return f"{HOST}:{self.port}"
-
-    @property
-    def native_target(self) -> str | None:
-        return f"{HOST}:{self.native_port}" if self.native_port is not None else None
 
     def log_tail(self, lines: int = 30) -> str:
         try:
@@ -120,22 +115,18 @@ def pinned(argv: list[str], cores: set[int] | None) -> list[str]:
 
 def start_server(models_dir: Path, extra: Sequence[str] = (), ready_timeout: float = 120.0,
                  tree: Path = REPO, cores: set[int] | None = None, module: str = "service",
-                 env: Mapping[str, str] | None = None, native: bool = False) -> ServerProcess:
+                 env: Mapping[str, str] | None = None) -> ServerProcess:
     """Start the server (the `service` package of source tree `tree`) on free loopback ports and wait until
     ListModels answers. `cores`: pin the server process (every thread it starts) to these CPUs; `module`: what
-    runs (`benchmarks.echo_server`: the same contract without a model); `env`: variables set for it alone;
-    `native`: also serve StreamPackedSteps through the native front end (--native-port)."""
+    runs (`benchmarks.echo_server`: the same contract without a model); `env`: variables set for it alone."""
     port, metrics_port = free_port(), free_port()
-    native_port = free_port() if native else None
     log_file = Path(tempfile.mkstemp(prefix="ntm-bench-server-", suffix=".log")[1])
     cmd = [sys.executable, "-m", *module.split(), "--models", str(models_dir), "--host", HOST, "--port", str(port),
            "--metrics-host", HOST, "--metrics-port", str(metrics_port), "--log-level", "WARNING", *extra]
-    if native_port is not None:
-        cmd += ["--native-port", str(native_port)]
     variables = {**os.environ, **(env or {}), "PYTHONPATH": str(tree) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     with log_file.open("wb") as out:
         proc = subprocess.Popen(pinned(cmd, cores), cwd=tree, env=variables, stdout=out, stderr=subprocess.STDOUT)
-    server = ServerProcess(proc, port, metrics_port, log_file, native_port)
+    server = ServerProcess(proc, port, metrics_port, log_file)
     deadline = time.monotonic() + ready_timeout
     with grpc.insecure_channel(server.target) as channel:
         stub = ntm_pb2_grpc.NTMStub(channel)
@@ -197,8 +188,7 @@ def measure_cell(server: ServerProcess, model: str, input_size: int, spec: LoadS
                 "switches": context_switches(server.pid) - state["switches"],
                 "mean_batch": rows / calls if calls else 0.0}
 
-    r = run_load(server.target, model, input_size, spec, start, end,
-                 packed_target=server.native_target if spec.native else None)
+    r = run_load(server.target, model, input_size, spec, start, end)
     cores = r.window_hooks["server_cores"]
     return {"steps_per_s": r.steps_per_s, "p50_ms": r.percentile(50) * 1e3, "p99_ms": r.percentile(99) * 1e3,
             "mean_batch": r.window_hooks["mean_batch"],

@@ -264,29 +264,24 @@ class NTMClient:
     Session-scoped calls carry the `x-ntm-session` header (a cluster's proxy routes on it). `retry` is the
     policy for steps given `expect_steps` and for `stream_session(..., start_steps=...)`: UNAVAILABLE and
     ABORTED are retried (streams also resume after a break), never without `expect_steps`; `stats` counts
-    what happened. `packed_target`: StreamPackedSteps goes there (the server's --native-port: the native front end),
-    on its own channel with the same credentials; every other call goes to `target`."""
+    what happened."""
 
     def __init__(self, target: str = "localhost:50051", *, token: str | None = None, timeout: float | None = None,
                  max_message_bytes: int = 4 * 1024 * 1024, channel: grpc.Channel | None = None,
                  tls: bool = False, tls_ca: Pem | None = None, tls_cert: Pem | None = None,
                  tls_key: Pem | None = None, tls_server_name: str | None = None,
-                 retry: RetryPolicy | None = DEFAULT_RETRY, packed_target: str | None = None) -> None:
+                 retry: RetryPolicy | None = DEFAULT_RETRY) -> None:
         options = [("grpc.max_receive_message_length", max_message_bytes),
                    ("grpc.max_send_message_length", max_message_bytes)]
         if tls_server_name:
             options.append(("grpc.ssl_target_name_override", tls_server_name))
-        secure = tls or tls_ca is not None or tls_cert is not None
-
-        def dial(address: str) -> grpc.Channel:
-            if secure:
-                return grpc.secure_channel(address, channel_credentials(tls_ca, tls_cert, tls_key), options=options)
-            return grpc.insecure_channel(address, options=options)
-
-        self.channel = channel if channel is not None else dial(target)
+        if channel is not None:
+            self.channel = channel
+        elif tls or tls_ca is not None or tls_cert is not None:
+            self.channel = grpc.secure_channel(target, channel_credentials(tls_ca, tls_cert, tls_key), options=options)
+        else:
+            self.channel = grpc.insecure_channel(target, options=options)
         self.stub = ntm_pb2_grpc.NTMStub(self.channel)
-        self._packed_channel = dial(packed_target) if packed_target else None
-        self._packed_stub = ntm_pb2_grpc.NTMStub(self._packed_channel) if self._packed_channel else self.stub
         self.timeout = timeout
         self.metadata: tuple[tuple[str, str], ...] = (("authorization", f"Bearer {token}"),) if token else ()
         self.retry = retry
@@ -294,8 +289,6 @@ class NTMClient:
 
     def close(self) -> None:
         self.channel.close()
-        if self._packed_channel is not None:
-            self._packed_channel.close()
 
     def __enter__(self) -> NTMClient:
         return self
@@ -368,8 +361,8 @@ class NTMClient:
                       route: str | None = None) -> Iterator[PackedOutput]:
         """One StreamPackedSteps stream (make requests with `packed_request`): answers in request order, refused
         messages with `.error`. Not served by a replica (--store-url): UNIMPLEMENTED."""
-        for response in self._packed_stub.StreamPackedSteps(iter(requests), timeout=self.timeout,
-                                                            metadata=self._routed(route)):
+        for response in self.stub.StreamPackedSteps(iter(requests), timeout=self.timeout,
+                                                    metadata=self._routed(route)):
             yield _packed_output(response)
 
     def step_packed(self, session_ids: Sequence[str], inputs: np.ndarray, return_attention: bool = False,

@@ -55,8 +55,6 @@ class ServiceConfig:
     host: str = "[::]"
     port: int = 50051
     port_file: Path | None = None
-    native_port: int = -1
-    native_library: Path | None = None
     metrics_host: str = "0.0.0.0"
     metrics_port: int = 9090
     provider: str = "auto"
@@ -109,12 +107,8 @@ class ServiceConfig:
         for name in ("default_ttl_s", "max_ttl_s", "reap_interval_s", "snapshot_interval_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        if not 0 <= self.port <= 65535 or not all(-1 <= p <= 65535 for p in (self.native_port, self.metrics_port,
-                                                                              self.health_port)):
-            raise ValueError("ports must be in 0..65535 (native_port, metrics_port and health_port: -1 turns them off)")
-        if self.native_port >= 0 and self.store_url:
-            raise ValueError("native_port serves StreamPackedSteps, which replica mode (store_url) does not serve: "
-                             "a message's sessions may live on different replicas; give one")
+        if not 0 <= self.port <= 65535 or not -1 <= self.metrics_port <= 65535 or not -1 <= self.health_port <= 65535:
+            raise ValueError("ports must be in 0..65535 (metrics_port and health_port -1 turn them off)")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert and tls_key go together: give both (TLS) or neither (plaintext)")
         if self.tls_client_ca is not None and self.tls_cert is None:
@@ -149,14 +143,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("host", str, "gRPC bind address"),
     Setting("port", int, "gRPC port (0 picks a free one, logged)"),
     Setting("port_file", _optional_path, "once every port is bound and health says SERVING, write "
-            "{\"pid\", \"port\", \"metrics_port\", \"health_port\", \"native_port\"} here as JSON (null: port off), "
-            "removed on a clean exit: with port 0, how a supervisor learns the port without racing for it (empty: "
-            "no file)"),
-    Setting("native_port", int, "also serve StreamPackedSteps on this port through the native front end "
-            "(native/front.cc, C++ gRPC in this process): the same messages and answers, with HTTP/2 and gRPC in C++ "
-            "instead of Python (0 picks a free one, logged and in port_file; -1: off; not in replica mode)"),
-    Setting("native_library", _optional_path, "libntmfront.so for native_port (empty: native/build/libntmfront.so "
-            "of this checkout, built by `make native`)"),
+            "{\"pid\", \"port\", \"metrics_port\", \"health_port\"} here as JSON (null: port off), removed on a clean "
+            "exit: with port 0, how a supervisor learns the port without racing for it (empty: no file)"),
     Setting("metrics_host", str, "Prometheus metrics bind address"),
     Setting("metrics_port", int, "Prometheus metrics HTTP port (0 picks a free one, -1 turns metrics off)"),
     Setting("provider", str, "execution provider: auto (CUDA when it really loads, else CPU), cuda (fail "

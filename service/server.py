@@ -29,7 +29,6 @@ from service.engine import ModelLoadError
 from service.lifecycle import Lifecycle
 from service.logs import setup_logging
 from service.metrics import Metrics
-from service.native_front import NativeFront, NativeFrontError, find_library
 from service.ports import BindError, bind_error, remove_port_file, write_port_file
 from service.proto_gen.ntm.v1 import ntm_pb2
 from service.registry import ModelSet
@@ -46,7 +45,7 @@ NTM_SERVICE = ntm_pb2.DESCRIPTOR.services_by_name["NTM"].full_name  # "ntm.v1.NT
 ADMIN_SERVICE = ntm_pb2.DESCRIPTOR.services_by_name["ModelAdmin"].full_name  # "ntm.v1.ModelAdmin"
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 # reported in one line, exit status 2
-STARTUP_ERRORS = (ModelLoadError, StateDirError, TLSConfigError, StoreError, BindError, NativeFrontError)
+STARTUP_ERRORS = (ModelLoadError, StateDirError, TLSConfigError, StoreError, BindError)
 LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
 
 
@@ -71,8 +70,6 @@ class Server:
         self.lifecycle = Lifecycle(config, self.metrics, self.models)
         self.registry: SessionRegistry | None = None
         self.port = 0
-        self.native_port: int | None = None
-        self.native: NativeFront | None = None
         self.metrics_port: int | None = None
         self.health_port: int | None = None
         self.snapshotter: Snapshotter | None = None
@@ -99,7 +96,6 @@ class Server:
         self._load_models_and_sessions()
         self._start_batchers()
         await self._start_grpc(auth, admin, credentials)
-        await self._start_native_front()
         await self._start_health_port()
         if c.metrics_port >= 0:
             self._metrics_http, self.metrics_port = bound("metrics", c.metrics_host, c.metrics_port,
@@ -108,7 +104,7 @@ class Server:
             await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
         if c.port_file is not None:  # last: a supervisor that reads it finds every port bound and serving
             write_port_file(c.port_file, {"port": self.port, "metrics_port": self.metrics_port,
-                                          "health_port": self.health_port, "native_port": self.native_port})
+                                          "health_port": self.health_port})
         self._reaper = asyncio.create_task(self._reap())
         if self.snapshotter is not None:
             self.snapshotter.start()
@@ -170,16 +166,6 @@ class Server:
             self.port = bound("gRPC", c.host, c.port, lambda: grpc_server.add_insecure_port(address))
         await self._grpc.start()
 
-    async def _start_native_front(self) -> None:
-        """StreamPackedSteps through ntm-front (--native-port; off unless set), with the main port's TLS."""
-        c = self.config
-        if c.native_port < 0:
-            return
-        tls = (c.tls_cert, c.tls_key, c.tls_client_ca) if c.tls_cert and c.tls_key else None
-        native = NativeFront(self.servicer, find_library(c.native_library), c.stream_window, c.max_message_bytes, tls)
-        self.native_port = await loop_run(functools.partial(native.start, c.host, c.native_port))
-        self.native = native
-
     async def _start_health_port(self) -> None:
         """Plaintext, health only: for probes that cannot speak (m)TLS (off unless --health-port is set)."""
         c = self.config
@@ -196,8 +182,7 @@ class Server:
         assert self.registry is not None
         if (auth.enabled or admin.enabled) and not tls and c.host not in LOOPBACK:
             log.warning("bearer tokens travel in plaintext: serve with --tls-cert/--tls-key off loopback")
-        log.info("serving", extra={"port": self.port, "native_port": self.native_port,
-                                   "metrics_port": self.metrics_port, "models": sorted(self.models),
+        log.info("serving", extra={"port": self.port, "metrics_port": self.metrics_port, "models": sorted(self.models),
                                    "versions": [f"{m.spec.name}/{m.version}" for m in self.models.every()],
                                    "provider": self.lifecycle.provider, "batching": c.batching,
                                    "cuda_graph_buckets": list(c.buckets()) if self.lifecycle.cuda_graph else None,
@@ -232,11 +217,6 @@ class Server:
             self._reaper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reaper
-        if self.native is not None:  # what its streams sent is answered, then they end UNAVAILABLE
-            native = self.native
-            if not await loop_run(functools.partial(native.drain, grace)):
-                log.warning("native front end: streams still open after the grace period; ending them")
-            await loop_run(native.stop)
         if self._grpc is not None:
             await self._grpc.stop(grace)
         if self._health_grpc is not None:

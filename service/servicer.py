@@ -191,11 +191,9 @@ class NTMServicer(ntm_pb2_grpc.NTMServicer):
                                                   self.metrics.requests.labels(model, rpc))
         return found
 
-    def _timed(self, model: str, rpc: str, on_result: Callable[[Any], None],
-               post_with: Callable[[Callable[[Any], None]], Done] | None = None) -> Done:
-        """A job's answer: `on_result` posted to the event loop (or through `post_with`), after the request's
-        latency and count are recorded."""
-        post = (post_with or self.inbox.callback)(on_result)
+    def _timed(self, model: str, rpc: str, on_result: Callable[[Any], None]) -> Done:
+        """A job's answer: `on_result` posted to the event loop, after the request's latency and count are recorded."""
+        post = self.inbox.callback(on_result)
         began = time.perf_counter()
         latency, requests = self._step_metrics(model, rpc)
 
@@ -454,7 +452,7 @@ class NTMServicer(ntm_pb2_grpc.NTMServicer):
                 try:
                     if isinstance(request, Malformed):
                         raise invalid(request.message)
-                    self.submit_pack(request, owner, functools.partial(self._packed_done, order, cell, request_id))
+                    self._submit_pack(request, owner, functools.partial(self._packed_done, order, cell, request_id))
                 except ServiceError as err:
                     self._count_error("StreamPackedSteps", err)
                     order.fill("", cell, packed.refusal(request_id, err))
@@ -464,11 +462,10 @@ class NTMServicer(ntm_pb2_grpc.NTMServicer):
         finally:
             order.out.put_nowait(_READ_DONE)
 
-    def submit_pack(self, request: ntm_pb2.PackedStepRequest, owner: str, on_result: Callable[[Any], None],
-                    post: Callable[[Callable[[Any], None]], Done] | None = None) -> None:
-        """Check a packed message whole and queue it as one PackJob; `on_result` runs on the event loop (or where
-        `post` delivers it: the native front end's thread, service/native_front.py) with a PackOutcome or a
-        ServiceError. A refused message raises here (a PackError names its entries) and queues nothing."""
+    def _submit_pack(self, request: ntm_pb2.PackedStepRequest, owner: str, on_result: Callable[[Any], None]) -> None:
+        """Check a packed message whole and queue it as one PackJob; `on_result` runs on the event loop with a
+        PackOutcome or a ServiceError. A refused message raises here (a PackError names its entries) and queues
+        nothing."""
         if self.cluster is not None:
             raise ServiceError(grpc.StatusCode.UNIMPLEMENTED, "StreamPackedSteps is not served in replica mode "
                                "(--store-url): a message's sessions may live on different replicas; use StreamSteps")
@@ -481,7 +478,7 @@ class NTMServicer(ntm_pb2_grpc.NTMServicer):
         ids, expect = packed.entry_fields(request)
         found = self.registry.find_many(ids, owner)
         checked = packed.check(request, found, expect, self._served, self.config.max_steps)
-        done = self._timed(checked.sessions[0].model, "StreamPackedSteps", on_result, post)
+        done = self._timed(checked.sessions[0].model, "StreamPackedSteps", on_result)
         self.registry.submit_pack(checked.sessions, lambda sessions, d: PackJob(
             sessions, checked.inputs, request.return_attention, d, checked.expect_steps), done, wake=False)
         checked.model.batcher.run_now()  # a small complete one-step batch runs here; else the model's thread is woken

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import ROOT, Offline, Pki, build_dev_model, make_pki, service_config, snapshot_model
+from helpers import ROOT, Offline, build_dev_model, service_config, snapshot_model
 
 from service.client import NTMClient
 from service.server import ServerThread
@@ -68,10 +68,3 @@ def client(server: ServerThread) -> Iterator[NTMClient]:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
-
-
-@pytest.fixture(scope="session")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    """A CA, a server certificate for localhost / 127.0.0.1, a client certificate, and a rogue CA with its own
-    client certificate: all made now, in a temporary directory (no key is committed)."""
-    return make_pki(tmp_path_factory.mktemp("pki"))

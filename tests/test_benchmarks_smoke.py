@@ -150,26 +150,23 @@ def _run_benchmark(module: str, *args: str) -> str:
 
 def test_overhead_quick_runs_every_contender_and_writes_json(model: ModelFolder, tmp_path: Path) -> None:
     """The server-against-engine benchmark (pinned when there are two cores): this tree's server, the echo
-    floor (both StreamSteps styles) and the in-process batcher all answer, per session, packed (one
-    StreamPackedSteps message per tick) and packed through the native front end, and the JSON has every figure."""
+    floor (both StreamSteps styles) and the in-process batcher all answer, per session and packed (one
+    StreamPackedSteps message per tick), and the JSON has every figure."""
     from benchmarks import overhead
 
     out = _run_benchmark("benchmarks.overhead", "--quick", "--cells", "4x2", "--model", str(model.path),
                          "--out", str(tmp_path))
     written = json.loads((tmp_path / "overhead.json").read_text())
     assert set(written["results"]) == {"this tree", overhead.FLOOR, overhead.FLOOR_ITERATOR, overhead.PACKED,
-                                       overhead.FLOOR_PACKED, overhead.NATIVE}
+                                       overhead.FLOOR_PACKED}
     for rounds in written["results"].values():
         assert rounds["4x2"][0]["steps_per_s"] > 0 and rounds["4x2"][0]["errors"] == 0
-    for packed in (overhead.PACKED, overhead.NATIVE):  # every tick: all 4 sessions in one call
-        assert written["results"][packed]["4x2"][0]["mean_batch"] == 4
+    assert written["results"][overhead.PACKED]["4x2"][0]["mean_batch"] == 4  # every tick: all 4 sessions in one call
     assert written["batcher_alone"]["4x2"]["steps_per_s"] > 0
     assert written["batcher_alone_packed"]["4x2"]["steps_per_s"] > 0
     assert written["bare_engine"]["4"]["cpu_us_per_step"] > 0
-    assert [(t["cell"], t["packed"], t["native"]) for t in written["targets"]] == [
-        ("4x2", False, False), ("4x2", True, False), ("4x2", True, True)]
-    assert f"| 4 × 2 | {overhead.PACKED} |" in out and f"| 4 × 2 | {overhead.NATIVE} |" in out
-    assert "PACKED rows:" in out
+    assert [(t["cell"], t["packed"]) for t in written["targets"]] == [("4x2", False), ("4x2", True)]
+    assert f"| 4 × 2 | {overhead.PACKED} |" in out and "PACKED rows:" in out
 
 
 def test_grpc_hops_quick_measures_every_setting_and_server(model: ModelFolder, tmp_path: Path) -> None:

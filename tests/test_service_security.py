@@ -4,14 +4,21 @@ plaintext health-only port for probes."""
 
 from __future__ import annotations
 
+import datetime
+import ipaddress
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from helpers import Offline, Pki, bits, service_config
+from helpers import Offline, bits, service_config
 
 from service import client as client_cli
 from service import healthcheck
@@ -23,6 +30,64 @@ from service.tls import TLSConfigError
 
 ALPHA, BETA = "alpha-token-" + "a" * 32, "beta-token-" + "b" * 32
 RPCS = ("ListModels", "CreateSession", "GetSession", "DeleteSession", "Step", "ExportSession", "ImportSession")
+
+
+# --- a throwaway PKI ------------------------------------------------------------------------------------
+
+
+def _name(common: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)])
+
+
+def _certificate(subject: str, key: ec.EllipticCurvePrivateKey, issuer: tuple[str, ec.EllipticCurvePrivateKey] | None,
+                 *, ca: bool = False, server: bool = False) -> x509.Certificate:
+    now = datetime.datetime.now(datetime.UTC)
+    issuer_name, issuer_key = (_name(issuer[0]), issuer[1]) if issuer else (_name(subject), key)
+    builder = (x509.CertificateBuilder().subject_name(_name(subject)).issuer_name(issuer_name)
+               .public_key(key.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+               .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+    if server:
+        builder = builder.add_extension(x509.SubjectAlternativeName(
+            [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+    if not ca:
+        usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
+        builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+    return builder.sign(issuer_key, hashes.SHA256())
+
+
+@dataclass(frozen=True)
+class Pki:
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+    rogue_ca: Path
+    rogue_cert: Path
+    rogue_key: Path
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    """A CA, a server certificate for localhost / 127.0.0.1, a client certificate, and a rogue CA with its own
+    client certificate: all made now, in a temporary directory."""
+    folder = tmp_path_factory.mktemp("pki")
+
+    def write(name: str, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey | None = None) -> None:
+        (folder / f"{name}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        if key is not None:
+            (folder / f"{name}.key").write_bytes(key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+
+    keys = {name: ec.generate_private_key(ec.SECP256R1()) for name in ("ca", "server", "client", "rogue_ca", "rogue")}
+    write("ca", _certificate("test CA", keys["ca"], None, ca=True))
+    write("server", _certificate("localhost", keys["server"], ("test CA", keys["ca"]), server=True), keys["server"])
+    write("client", _certificate("client", keys["client"], ("test CA", keys["ca"])), keys["client"])
+    write("rogue_ca", _certificate("rogue CA", keys["rogue_ca"], None, ca=True))
+    write("rogue", _certificate("client", keys["rogue"], ("rogue CA", keys["rogue_ca"])), keys["rogue"])
+    return Pki(folder / "ca.pem", folder / "server.pem", folder / "server.key", folder / "client.pem",
+               folder / "client.key", folder / "rogue_ca.pem", folder / "rogue.pem", folder / "rogue.key")
 
 
 @pytest.fixture(scope="module")
