@@ -182,6 +182,17 @@ def test_grpc_hops_quick_measures_every_setting_and_server(model: ModelFolder, t
     assert "| 4 × 1 | `-event_engine_listener` | echo floor |" in out
 
 
+def test_idle_gap_quick_times_every_gap(model: ModelFolder, tmp_path: Path) -> None:
+    """The step after each kind of gap is timed (wall and thread CPU) and the table compares it with back to back."""
+    out = _run_benchmark("benchmarks.idle_gap", "--quick", "--batch", "4", "--model", str(model.path), "--out",
+                         str(tmp_path))
+    written = json.loads((tmp_path / "idle_gap.json").read_text())
+    assert len(written["results"]) == 4
+    for rounds in written["results"].values():
+        assert rounds[0]["cpu_mean_us"] > 0 and rounds[0]["wall_median_us"] > 0
+    assert "| none (back to back) |" in out and "1.00×" in out
+
+
 def test_profile_server_prints_both_tables(model: ModelFolder, tmp_path: Path) -> None:
     """The server profiler drives a pinned server and reads perf's and py-spy's samples (a tool that is not
     installed gives a note instead of rows)."""
