@@ -203,16 +203,16 @@ class Server:
                 log.exception("reaping sessions failed")
 
     async def stop(self, grace: float | None = None) -> None:
-        """Health NOT_SERVING, refuse new calls, let in-flight ones finish (up to `grace`), drain queues, and
-        (with a state dir) snapshot every session changed since the last pass."""
+        """Health NOT_SERVING, open streams answer what they read and end (UNAVAILABLE), refuse new calls, let
+        in-flight ones finish (up to `grace`), drain queues, and (with a state dir) snapshot every session changed
+        since the last pass."""
         grace = self.config.grace_s if grace is None else grace
         log.info("shutting down", extra={"grace_s": grace})
         if self._health is not None:
             await self._health.enter_graceful_shutdown()
-        if self.replica is not None and self._grpc is not None:
-            await asyncio.sleep(self.config.drain_delay_s)  # still serving while the proxy notices NOT_SERVING
-            if self.servicer is not None:
-                self.servicer.drain()
+        if self._grpc is not None and self.servicer is not None:
+            await asyncio.sleep(self.config.drain_delay_s)  # still serving while a proxy notices NOT_SERVING
+            self.servicer.drain()  # open streams answer what they read and end UNAVAILABLE
         if self._reaper is not None:
             self._reaper.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -172,7 +172,8 @@ class NTMServicer(ntm_pb2_grpc.NTMServicer):
         self.auth = auth
         self._metric_children: dict[tuple[str, str], tuple[Any, Any]] = {}
         self.cluster: Replica | None = None  # replica mode (--store-url): sessions live in the shared store
-        self._streams: set[asyncio.Task[None]] = set()  # stream readers, stopped by drain() (replica mode)
+        self._streams: set[asyncio.Task[None]] = set()  # stream readers, stopped by drain()
+        self._draining = False
 
     # --- helpers --------------------------------------------------------------------------------------
 
@@ -209,10 +210,21 @@ class NTMServicer(ntm_pb2_grpc.NTMServicer):
         log.debug("refused", extra={"method": method, "code": err.code.name, "detail": err.message})
 
     def drain(self) -> None:
-        """Replica mode, on SIGTERM: stop reading every open stream; each answers what it read, then ends with
-        UNAVAILABLE so its client reopens it through the proxy on another replica."""
+        """On SIGTERM: stop reading every open stream; each answers what it read, then ends with UNAVAILABLE (a
+        stream opened from now on ends so at once). So a client knows exactly what was applied: every answered
+        request, and no other. A replica's client reopens the stream through the proxy on another replica; a single
+        server's client resends the rest once it is back (with --state-dir its sessions are)."""
+        self._draining = True
         for reader in list(self._streams):
             reader.cancel()
+
+    def _drained(self) -> str:
+        """The status message of a stream ended by drain()."""
+        if self.cluster is not None:
+            return ("replica draining: reopen the stream (the proxy routes it to another replica) and resend the "
+                    "unanswered requests")
+        return ("server stopping: every request it read from this stream was answered and applied, no other; "
+                "resend the unanswered ones when it is back")
 
     def _served(self, session: SessionRecord) -> ServedModel:
         """The model version a live session runs on."""
@@ -377,6 +389,8 @@ class NTMServicer(ntm_pb2_grpc.NTMServicer):
         except ServiceError as err:
             self._count_error(rpc, err)
             await context.abort(err.code, err.message)
+        if self._draining:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, self._drained())
         order = _StreamOrder()
         window = asyncio.Semaphore(self.config.stream_window)
         reader = asyncio.create_task(read(context, owner, order, window))
@@ -392,9 +406,8 @@ class NTMServicer(ntm_pb2_grpc.NTMServicer):
                 order.outstanding -= 1
                 window.release()
                 await context.write(item)
-            if reader.cancelled() and self.cluster is not None:  # drain(): answered all it read; go elsewhere
-                await context.abort(grpc.StatusCode.UNAVAILABLE, "replica draining: reopen the stream (the proxy "
-                                    "routes it to another replica) and resend the unanswered requests")
+            if reader.cancelled():  # drain(): answered all it read
+                await context.abort(grpc.StatusCode.UNAVAILABLE, self._drained())
             await reader  # re-raises what ended the reading, if anything did
         finally:
             reader.cancel()

@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -20,7 +21,7 @@ from helpers import ROOT, Offline, bits, service_config
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service.client import NTMClient
+from service.client import NTMClient, packed_request, step_request
 from service.ports import wait_port_file
 from service.server import ServerThread
 from service.snapshot_format import VERSION, SessionSnapshot, SnapshotError, decode, encode
@@ -136,6 +137,50 @@ def test_graceful_restart_restores_sessions_with_owners_and_ttls(copy_dir: Path,
         assert alpha.get_session(s_a.session_id).steps == 30
     np.testing.assert_array_equal(a_rest, offline.run(a_inputs)["outputs"][13:])
     np.testing.assert_array_equal(b_rest, offline.run(b_inputs)["outputs"][7:])
+
+
+@pytest.mark.parametrize("rpc", ["StreamSteps", "StreamPackedSteps"])
+def test_a_stop_mid_stream_answers_what_it_read_and_applies_nothing_else(copy_dir: Path, tmp_path: Path,
+                                                                        offline: Offline, rng: np.random.Generator,
+                                                                        rpc: str) -> None:
+    """SIGTERM while a client streams 1-step requests without pause: the stream stops being read, answers every
+    request it read and ends UNAVAILABLE at once (not after --grace-s); the final snapshot holds exactly the
+    answered steps, so the client knows what was applied and resends the rest to the restarted server."""
+    state = tmp_path / "state"
+    config = service_config(copy_dir, state_dir=state, snapshot_interval_s=3600.0, grace_s=30.0)
+    server = ServerThread(config).start()
+    inputs = bits(rng, 100_000)
+    try:
+        with NTMClient(server.target, timeout=60) as client:
+            ids = [client.create_session("copy").session_id for _ in range(2 if rpc == "StreamPackedSteps" else 1)]
+
+        def requests():
+            for t in range(len(inputs)):
+                if t == 20:
+                    threading.Thread(target=server.stop).start()
+                x = inputs[t:t + 1]
+                yield (packed_request(ids, np.stack([x] * len(ids)), request_id=str(t)) if rpc == "StreamPackedSteps"
+                       else step_request(ids[0], x, request_id=str(t)))
+
+        answered: list[np.ndarray] = []
+        began = time.monotonic()
+        with NTMClient(server.target, timeout=60) as client, pytest.raises(grpc.RpcError) as err:
+            for answer in (client.stream_packed(requests()) if rpc == "StreamPackedSteps"
+                           else client.stream(requests())):
+                answered.append(answer.check().outputs[0] if rpc == "StreamPackedSteps" else answer.check().outputs)
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE and "server stopping" in err.value.details()
+        assert time.monotonic() - began < 20  # ended by the drain, not by the 30 s grace period
+    finally:
+        server.stop()
+    steps = len(answered)
+    assert steps >= 20
+    with ServerThread(service_config(copy_dir, state_dir=state)) as restarted, \
+            NTMClient(restarted.target, timeout=60) as client:
+        assert [client.get_session(sid).steps for sid in ids] == [steps] * len(ids)
+        rest = client.step(ids[0], inputs[steps:steps + 5]).outputs  # the client resends from where it was answered
+    expected = offline.run(inputs[:steps + 5])["outputs"]
+    np.testing.assert_array_equal(np.concatenate(answered), expected[:steps])
+    np.testing.assert_array_equal(rest, expected[steps:])
 
 
 def test_corrupt_truncated_and_foreign_snapshots_are_skipped(copy_dir: Path, tmp_path: Path, offline: Offline,
