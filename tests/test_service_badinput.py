@@ -1,8 +1,8 @@
 """Bad input, beyond tests/test_service_errors.py: messages that do not parse, oversized messages, garbage in a
 stream after good steps, every malformed state tensor on import, over-long ids, expired sessions on every RPC;
-and two property-based fuzz tests (hypothesis) that throw arbitrary StepRequest and SessionState values at a
-live server: it never fails with UNKNOWN or INTERNAL, refused requests change nothing, accepted ones are
-exact, and a bystander session's outputs stay bit for bit right."""
+and three property-based fuzz tests (hypothesis) that throw arbitrary StepRequest, PackedStepRequest and
+SessionState values at a live server: it never fails with UNKNOWN or INTERNAL, refused requests change nothing,
+accepted ones are exact, and a bystander session's outputs stay bit for bit right."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from onnx_contract import STATE_NAMES
-from service.client import NTMClient, SessionStateData, step_request
+from service.client import NTMClient, SessionStateData, packed_request, step_request
 from service.proto_gen.ntm.v1 import ntm_pb2
 from service.server import ServerThread
 from service.tensors import WEIGHTING_SUM_TOLERANCE, WEIGHTINGS, to_tensor
@@ -471,6 +471,168 @@ def test_fuzzed_step_requests(server: ServerThread, client: NTMClient, offline: 
         k: v[0] for k, v in offline.initial.items()}
     _same(state.tensors, expected)
     np.testing.assert_array_equal(np.concatenate(bystander_out), offline.run(np.concatenate(bystander_in))["outputs"])
+
+
+PACK_FAULTS = ("valid", "valid", "valid", "bytes", "wild", "unknown session", "session twice", "no entries",
+               "too many entries", "long request_id", "no inputs", "expect right", "expect wrong", "expect negative",
+               "T = 0", "T over the limit", "E off by one", *TENSOR_FAULTS)
+MAX_BATCH = 64  # the shared server's --max-batch (service_config's default)
+
+
+@st.composite
+def packed_requests(draw: st.DrawFn, live: list[str], dead: list[str]) -> ntm_pb2.PackedStepRequest | bytes:
+    """A valid packed message over some of the `live` sessions, one with exactly one thing wrong, anything at all,
+    or raw bytes."""
+    fault = draw(st.sampled_from(PACK_FAULTS))
+    if fault == "bytes":
+        return draw(st.binary(max_size=64))
+    sessions = draw(st.lists(st.sampled_from(live), min_size=1, max_size=len(live), unique=True))
+    steps = draw(st.integers(1, 3))
+    request = ntm_pb2.PackedStepRequest(request_id=draw(st.text(max_size=10)), return_attention=draw(st.booleans()),
+                                        inputs=_finite((len(sessions), steps, 9), draw(st.integers(0, 2**32 - 1))))
+    request.entries.extend(ntm_pb2.PackedEntry(session_id=sid) for sid in sessions)
+    entry = draw(st.integers(0, len(sessions) - 1))
+    if fault == "wild":
+        del request.entries[:]
+        for sid in draw(st.lists(st.sampled_from(live + dead) | st.text(max_size=30), max_size=5)):
+            request.entries.add(session_id=sid)
+        request.inputs.CopyFrom(draw(tensors((len(request.entries), steps, 9))))
+    elif fault == "unknown session":
+        request.entries[entry].session_id = draw(st.sampled_from(dead) | st.text(max_size=140))
+    elif fault == "session twice":
+        request.entries.add(session_id=sessions[entry])
+        request.inputs.CopyFrom(_finite((len(sessions) + 1, steps, 9), draw(st.integers(0, 2**32 - 1))))
+    elif fault == "no entries":
+        del request.entries[:]
+        request.inputs.CopyFrom(_finite((0, steps, 9), 0))
+    elif fault == "too many entries":
+        request.entries.extend(ntm_pb2.PackedEntry(session_id=f"s{i}") for i in range(MAX_BATCH))
+    elif fault == "long request_id":
+        request.request_id = draw(st.text(min_size=257, max_size=300))
+    elif fault == "no inputs":
+        request.ClearField("inputs")
+    elif fault in ("expect right", "expect wrong"):
+        request.entries[entry].expect_steps = EXPECT_RIGHT if fault == "expect right" else EXPECT_WRONG
+    elif fault == "expect negative":
+        request.entries[entry].expect_steps = draw(st.integers(-(2**63), -1))
+    elif fault in ("T = 0", "T over the limit"):
+        request.inputs.CopyFrom(_finite((len(sessions), 0 if fault == "T = 0" else 1001, 9), 0))
+    elif fault == "E off by one":
+        request.inputs.CopyFrom(_finite((len(sessions) + draw(st.sampled_from([-1, 1])), steps, 9), 0))
+    elif fault != "valid":
+        request.inputs.CopyFrom(_spoil(draw, (len(sessions), steps, 9), fault))
+    return request
+
+
+def pack_verdict(request: ntm_pb2.PackedStepRequest, steps: dict[str, int]) -> tuple[bool, dict[int, bool]]:
+    """Worked out independently of the server: (the message is applied, entry -> the entry itself is at fault).
+    `steps`: where each live session stands. An entry is at fault for an unknown session, a session named in an
+    earlier entry, non-finite inputs of its own, or an expect_steps that is negative or not its session's count."""
+    ids = [e.session_id for e in request.entries]
+    shape = tuple(request.inputs.shape)
+    message_ok = (1 <= len(ids) <= MAX_BATCH and len(request.request_id) <= 256 and request.HasField("inputs")
+                  and len(shape) == 3 and shape[0] == len(ids) and 1 <= shape[1] <= 1000 and shape[2] == 9
+                  and len(request.inputs.values) == math.prod(shape))
+    values = np.asarray(request.inputs.values, np.float32).reshape(shape) if message_ok else None
+    faulty = {}
+    for e, entry in enumerate(request.entries):
+        bad = entry.session_id not in steps or entry.session_id in ids[:e]
+        if values is not None:
+            bad |= not bool(np.isfinite(values[e]).all())
+        if entry.HasField("expect_steps"):
+            bad |= entry.expect_steps < 0 or entry.expect_steps != steps.get(entry.session_id)
+        faulty[e] = bad
+    return message_ok and not any(faulty.values()), faulty
+
+
+def test_fuzzed_packed_requests(server: ServerThread, client: NTMClient, offline: Offline) -> None:
+    """Arbitrary packed messages on one StreamPackedSteps stream, with an honest message for a bystander among them:
+    every answer is allowed (never UNKNOWN or INTERNAL); a message is applied exactly when it is valid by the rules
+    of docs/service.md ("Packed steps"), worked out here independently; a refused message names each entry's fault
+    (ABORTED for the entries that were fine) or none; and every session ends bit for bit where the accepted
+    messages, and only they, take it."""
+    live = [client.create_session("copy").session_id for _ in range(3)]
+    bystander = client.create_session("copy").session_id
+    deleted = client.create_session("copy").session_id
+    client.delete_session(deleted)
+    dead = ["", "no-such-session", deleted, live[0].swapcase(), "x" * 200]
+    accepted: dict[str, list[np.ndarray]] = {sid: [] for sid in live}
+    bystander_in: list[np.ndarray] = []
+    bystander_out: list[np.ndarray] = []
+    rng = np.random.default_rng(11)
+    counts = {"applied": 0, "entry errors": 0}
+    with grpc.insecure_channel(server.target) as channel:
+        stream = channel.stream_stream("/ntm.v1.NTM/StreamPackedSteps", request_serializer=None,
+                                       response_deserializer=ntm_pb2.PackedStepResponse.FromString)
+
+        @settings(max_examples=200, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+        @given(requests=st.lists(packed_requests(live, dead), min_size=1, max_size=4))
+        def run(requests: list[ntm_pb2.PackedStepRequest | bytes]) -> None:
+            steps = {sid: sum(len(x) for x in xs) for sid, xs in accepted.items()}
+            verdicts: list[tuple[bool, dict[int, bool]] | None] = []
+            for request in requests:  # messages run in request order: each one's expect_steps sees the ones before
+                if isinstance(request, bytes):
+                    try:
+                        parsed = ntm_pb2.PackedStepRequest.FromString(request)
+                    except DecodeError:
+                        verdicts.append(None)
+                        continue
+                    verdict = pack_verdict(parsed, steps)
+                    verdicts.append(verdict)
+                    request = parsed
+                else:
+                    for e in request.entries:
+                        if e.HasField("expect_steps") and e.expect_steps in (EXPECT_RIGHT, EXPECT_WRONG):
+                            now = steps.get(e.session_id, 0)
+                            e.expect_steps = now + (0 if e.expect_steps == EXPECT_RIGHT else int(rng.integers(1, 4)))
+                    verdict = pack_verdict(request, steps)
+                    verdicts.append(verdict)
+                if verdict[0]:
+                    for e in request.entries:
+                        steps[e.session_id] += request.inputs.shape[1]
+            x = bits(rng, int(rng.integers(1, 3)))
+            bystander_in.append(x)
+            honest = packed_request([bystander], x[None], request_id="bystander").SerializeToString()
+            wire = [r if isinstance(r, bytes) else r.SerializeToString() for r in requests]
+            half = len(wire) // 2
+            responses = list(stream(iter([*wire[:half], honest, *wire[half:]]), timeout=60))
+            assert len(responses) == len(wire) + 1
+            mine = responses.pop(half)
+            assert mine.request_id == "bystander" and not mine.error.code, mine.error
+            bystander_out.append(np.asarray(mine.outputs.values, np.float32).reshape(len(x), 8))
+            for request, verdict, response in zip(requests, verdicts, responses, strict=True):
+                code = CODES[response.error.code]
+                assert code in ALLOWED | {grpc.StatusCode.ABORTED}, response.error
+                if verdict is None:  # bytes that do not parse: a fault of the message itself
+                    assert code == INVALID and not response.entry_errors
+                    continue
+                message = ntm_pb2.PackedStepRequest.FromString(request) if isinstance(request, bytes) else request
+                applied, faulty = verdict
+                assert (code == grpc.StatusCode.OK) == applied, (message, response.error)
+                if applied:
+                    counts["applied"] += 1
+                    outputs = np.asarray(response.outputs.values, np.float32)
+                    assert tuple(response.outputs.shape) == (*message.inputs.shape[:2], 8) and outputs.size
+                    inputs = np.asarray(message.inputs.values, np.float32).reshape(tuple(message.inputs.shape))
+                    for e, entry in enumerate(message.entries):
+                        accepted[entry.session_id].append(inputs[e])
+                elif response.entry_errors:  # refused entry by entry: exactly the faulty entries are blamed
+                    counts["entry errors"] += 1
+                    assert len(response.entry_errors) == len(message.entries)
+                    for e, status in enumerate(response.entry_errors):
+                        blamed = CODES[status.code] != grpc.StatusCode.ABORTED
+                        assert blamed == faulty[e], (e, message, response)
+
+        run()
+    assert counts["applied"] and counts["entry errors"]  # the strategy reaches both paths
+    for sid, xs in accepted.items():  # refused messages changed nothing; accepted ones were applied exactly
+        state = client.export_session(sid)
+        assert state.steps == sum(len(x) for x in xs)
+        _same(state.tensors, offline.run(np.concatenate(xs))["state"] if xs else
+              {k: v[0] for k, v in offline.initial.items()})
+    np.testing.assert_array_equal(np.concatenate(bystander_out), offline.run(np.concatenate(bystander_in))["outputs"])
+    for sid in (*live, bystander):
+        client.delete_session(sid)
 
 
 STATE_FAULTS = ("valid", "valid", "wild", "model", "steps", "checkpoint", "missing tensor", "extra tensor",
