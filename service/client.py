@@ -36,7 +36,7 @@ import numpy as np
 from service import tasks_np
 from service.cluster.envoy import SESSION_HEADER
 from service.proto_gen.ntm.v1 import ntm_pb2, ntm_pb2_grpc
-from service.retry import DEFAULT_RETRY, RETRYABLE, STREAM_BREAKS, RetryPolicy, RetryStats
+from service.retry import DEFAULT_RETRY, RETRYABLE, RETRYABLE_CALL, STREAM_BREAKS, RetryPolicy, RetryStats
 from service.tensors import to_array, to_tensor
 from service.tls import TLSConfigError, channel_credentials
 
@@ -262,9 +262,9 @@ class NTMClient:
     server's certificate. `token` is sent as `authorization: Bearer <token>` on every call.
 
     Session-scoped calls carry the `x-ntm-session` header (a cluster's proxy routes on it). `retry` is the
-    policy for steps given `expect_steps` and for `stream_session(..., start_steps=...)`: UNAVAILABLE and
-    ABORTED are retried (streams also resume after a break), never without `expect_steps`; `stats` counts
-    what happened."""
+    policy for steps given `expect_steps` (`step`, and `step_packed` with it on every entry) and for
+    `stream_session(..., start_steps=...)`: UNAVAILABLE, ABORTED and CANCELLED are retried (streams also resume
+    after a break), never without `expect_steps`; `stats` counts what happened."""
 
     def __init__(self, target: str = "localhost:50051", *, token: str | None = None, timeout: float | None = None,
                  max_message_bytes: int = 4 * 1024 * 1024, channel: grpc.Channel | None = None,
@@ -302,8 +302,10 @@ class NTMClient:
     def _call(self, method: str, request: object, session_id: str | None = None) -> object:
         return getattr(self.stub, method)(request, timeout=self.timeout, metadata=self._routed(session_id))
 
-    def _retrying(self, call: Callable[[], R], session_id: str) -> R:
-        """`call` again after UNAVAILABLE / ABORTED, with backoff, up to the policy's attempts."""
+    def _retrying(self, call: Callable[[], R], session_id: str,
+                  retryable: frozenset[grpc.StatusCode] = RETRYABLE_CALL) -> R:
+        """`call` again after a `retryable` failure (default: UNAVAILABLE, ABORTED, CANCELLED), with backoff, up to
+        the policy's attempts."""
         assert self.retry is not None
         since = None
         for attempt in range(self.retry.attempts + 1):
@@ -311,7 +313,7 @@ class NTMClient:
                 result = call()
             except grpc.RpcError as err:
                 code = err.code()  # type: ignore[attr-defined]
-                if code not in RETRYABLE or attempt == self.retry.attempts:
+                if code not in retryable or attempt == self.retry.attempts:
                     raise
                 since = time.monotonic() if since is None else since
                 self.stats.failed(code, (err.details() or "").replace(session_id, "<session>"))  # type: ignore[attr-defined]
@@ -341,8 +343,8 @@ class NTMClient:
              request_id: str = "", expect_steps: int | None = None) -> StepOutput:
         """Apply inputs (T, I) (or one step (I,)) to a session; raises grpc.RpcError when refused. With
         `expect_steps`, only if the session stands at that many steps (FAILED_PRECONDITION otherwise), and then
-        retried on UNAVAILABLE / ABORTED (a request id is made up when none is given: a retry of a request
-        whose answer was lost is answered again)."""
+        retried on UNAVAILABLE / ABORTED / CANCELLED (service/retry.py; a request id is made up when none is given:
+        a retry of a request whose answer was lost is answered again)."""
         if expect_steps is None or self.retry is None:
             request = step_request(session_id, inputs, return_attention, request_id, expect_steps)
             return _step_output(self._call("Step", request, session_id))  # type: ignore[arg-type]
@@ -369,9 +371,18 @@ class NTMClient:
                     request_id: str = "", expect_steps: Sequence[int | None] | None = None) -> PackedOutput:
         """T steps for each of several sessions in one message, applied whole or not at all: inputs (E, T, I), or
         (E, I) for one step each -> outputs (E, T, O). Raises PackedStepError (with each entry's status) when
-        refused. For a steady flow of messages, keep one stream open with `stream_packed`."""
-        request = packed_request(session_ids, inputs, return_attention, request_id, expect_steps)
-        return next(self.stream_packed([request])).check()
+        refused. With `expect_steps` for every entry, retried like a resumed stream when the server is unavailable
+        or the stream breaks (stopping, restarting, unreachable): a message the server had applied is then refused
+        with FAILED_PRECONDITION, never applied twice. For a steady flow of messages, keep one stream open with
+        `stream_packed`."""
+        every = expect_steps is not None and all(e is not None for e in expect_steps)
+        if not every or self.retry is None or not session_ids:
+            request = packed_request(session_ids, inputs, return_attention, request_id, expect_steps)
+            return next(self.stream_packed([request])).check()
+        request = packed_request(session_ids, inputs, return_attention, request_id or secrets.token_hex(8),
+                                 expect_steps)
+        # A stream: retried on the breaks a stream can end with (a server stopping may reset it: CANCELLED)
+        return self._retrying(lambda: next(self.stream_packed([request])), session_ids[0], STREAM_BREAKS).check()
 
     def stream_session(self, session_id: str, chunks: Iterable[np.ndarray], return_attention: bool = False,
                        start_steps: int | None = None) -> Iterator[StepOutput]:

@@ -18,9 +18,13 @@ import grpc
 # Refusals a retry can fix: the replica is draining / down / lacks the weights (UNAVAILABLE); the session was
 # taken over or its commit failed, nothing applied (ABORTED).
 RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.ABORTED})
+# A call (not a stream's in-band answer) can also end CANCELLED when the server stops under it: a stopping server's
+# transport resets calls that arrive as it closes (seen in one restart in three here), and the client cancels
+# nothing itself. Retried too: a retried step carries expect_steps, so it is never applied twice.
+RETRYABLE_CALL = RETRYABLE | {grpc.StatusCode.CANCELLED}
 # A stream that breaks in transit (a replica killed under a proxy resets it: INTERNAL / UNKNOWN / CANCELLED
 # depending on where the reset lands): resumed like the above, since every resent request carries expect_steps.
-STREAM_BREAKS = RETRYABLE | {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.CANCELLED}
+STREAM_BREAKS = RETRYABLE_CALL | {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN}
 
 
 @dataclass(frozen=True)

@@ -1,15 +1,17 @@
-"""The client demo: its table and bit-error count, against an offline run of the same example."""
+"""The client: its demo (table and bit-error count, against an offline run of the same example) and its retry policy."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
 from helpers import Offline
 
 from service import tasks_np
-from service.client import main, render
+from service.client import NTMClient, main, render
+from service.retry import RetryPolicy
 from service.server import ServerThread
 from training.plots import used_rows
 
@@ -63,3 +65,49 @@ def test_demo_plot_draws_the_used_rows(server: ServerThread, tmp_path: Path) -> 
     out = tmp_path / "copy.png"
     assert main(["copy", "--target", server.target, "--length", "5", "--seed", "1", "--plot", str(out)]) == 0
     assert out.stat().st_size > 0
+
+
+class _Failed(grpc.RpcError):
+    """A call's failure with a given status, as grpc raises it (code() and details())."""
+
+    def __init__(self, code: grpc.StatusCode) -> None:
+        self._code = code
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return f"failed with {self._code.name}"
+
+
+@pytest.mark.parametrize("code", [grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.ABORTED, grpc.StatusCode.CANCELLED])
+def test_a_call_with_expect_steps_is_retried_after_what_a_stop_or_a_move_ends_it_with(code: grpc.StatusCode) -> None:
+    """The retry policy of `step`/`step_packed` with expect_steps: UNAVAILABLE and ABORTED (draining, down, moved)
+    and CANCELLED (a stopping server's transport resets calls as it closes) are retried, with the outage counted."""
+    outcomes: list[object] = [_Failed(code), _Failed(code), "answer"]
+
+    def call() -> object:
+        outcome = outcomes.pop(0)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    with NTMClient("127.0.0.1:1", retry=RetryPolicy(attempts=3, initial_s=0.0, max_s=0.0)) as client:
+        assert client._retrying(call, "session") == "answer"
+        assert client.stats.retries == 2 and len(client.stats.outages) == 1
+
+
+@pytest.mark.parametrize("code", [grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION,
+                                  grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.INTERNAL,
+                                  grpc.StatusCode.NOT_FOUND, grpc.StatusCode.PERMISSION_DENIED])
+def test_a_refusal_a_retry_cannot_fix_is_raised_at_once(code: grpc.StatusCode) -> None:
+    calls = []
+
+    def call() -> object:
+        calls.append(1)
+        raise _Failed(code)
+
+    with NTMClient("127.0.0.1:1", retry=RetryPolicy(attempts=3, initial_s=0.0, max_s=0.0)) as client, \
+            pytest.raises(grpc.RpcError) as err:
+        client._retrying(call, "session")
+    assert err.value.code() == code and len(calls) == 1 and client.stats.retries == 0

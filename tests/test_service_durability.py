@@ -183,6 +183,45 @@ def test_a_stop_mid_stream_answers_what_it_read_and_applies_nothing_else(copy_di
     np.testing.assert_array_equal(rest, expected[steps:])
 
 
+@pytest.mark.parametrize("call", ["step", "step_packed"])
+def test_a_client_with_expect_steps_rides_out_a_restart(copy_dir: Path, tmp_path: Path, offline: Offline,
+                                                        rng: np.random.Generator, call: str) -> None:
+    """A client stepping two sessions one step at a time with `expect_steps` (`step` on each, or one `step_packed`
+    for both) while the server is stopped and started again on its port (--state-dir): its calls are retried until
+    the server is back, whatever status the stop ended them with (UNAVAILABLE, or CANCELLED when the closing
+    transport reset them: one restart in three here); every step is applied exactly once, and every output is the
+    uninterrupted run's."""
+    state = tmp_path / "state"
+    first = ServerThread(service_config(copy_dir, state_dir=state, snapshot_interval_s=3600.0)).start()
+    port = first.port
+    inputs = np.stack([bits(rng, 30), bits(rng, 30)])  # (E, T, I)
+    outputs: list[np.ndarray] = []  # (E, 1, O) per tick
+    with NTMClient(first.target, timeout=60) as client:
+        ids = [client.create_session("copy").session_id for _ in range(2)]
+
+        def ticks() -> None:
+            for t in range(inputs.shape[1]):
+                if call == "step_packed":
+                    outputs.append(client.step_packed(ids, inputs[:, t], expect_steps=[t, t]).outputs)
+                else:
+                    outputs.append(np.stack([client.step(sid, inputs[e, t:t + 1], expect_steps=t).outputs
+                                             for e, sid in enumerate(ids)]))
+
+        ticking = threading.Thread(target=ticks)
+        ticking.start()
+        while len(outputs) < 10:
+            time.sleep(0.005)
+        first.stop()
+        with ServerThread(service_config(copy_dir, state_dir=state, port=port)):
+            ticking.join(120)
+            assert not ticking.is_alive() and len(outputs) == 30  # it did not die on a status it should retry
+            assert [client.get_session(sid).steps for sid in ids] == [30, 30]
+        assert client.stats.retries > 0  # the restart was lived through, not missed
+    got = np.concatenate(outputs, axis=1)  # (E, T, O)
+    for e in range(2):
+        np.testing.assert_array_equal(got[e], offline.run(inputs[e])["outputs"])
+
+
 def test_corrupt_truncated_and_foreign_snapshots_are_skipped(copy_dir: Path, tmp_path: Path, offline: Offline,
                                                              rng: np.random.Generator,
                                                            caplog: pytest.LogCaptureFixture) -> None:
