@@ -19,6 +19,7 @@ import onnxruntime as ort
 
 from onnx_contract import (
     ATTENTION,
+    ATTENTION_OF,
     GRAPH_FILES,
     INITIAL_STATE_OUTPUTS,
     META_CHECKPOINT,
@@ -69,6 +70,11 @@ class ModelSpec:
     @property
     def output_size(self) -> int:
         return int(self.config["output_size"])
+
+    def answer_values(self, attention: bool) -> int:
+        """Values per session-step in an answer: the outputs, and with attention every head's weighting (H, N)."""
+        heads = sum(int(np.prod(self.state_shapes[state])) for state in ATTENTION_OF.values()) if attention else 0
+        return self.output_size + heads
 
 
 @dataclass

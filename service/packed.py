@@ -22,7 +22,7 @@ from service.jobs import PackOutcome
 from service.proto_gen.ntm.v1 import ntm_pb2
 from service.registry import ServedModel
 from service.sessions import SessionRecord
-from service.tensors import nonfinite_entries, packed_inputs, to_tensor
+from service.tensors import check_answer_size, nonfinite_entries, packed_inputs, to_tensor
 
 NOT_APPLIED = status_pb2.Status(code=grpc.StatusCode.ABORTED.value[0],
                                 message="not applied: another entry of the message was refused (see error)")
@@ -89,16 +89,19 @@ def entry_fields(request: ntm_pb2.PackedStepRequest) -> tuple[list[str], list[in
 
 
 def check(request: ntm_pb2.PackedStepRequest, found: Sequence[SessionRecord | ServiceError],
-          expect: Sequence[int | None], served: Callable[[SessionRecord], ServedModel], max_steps: int) -> CheckedPack:
+          expect: Sequence[int | None], served: Callable[[SessionRecord], ServedModel], max_steps: int,
+          max_bytes: int) -> CheckedPack:
     """Every check of a packed message whose sessions were looked up (`found`, entry order; `expect`: each entry's
-    expect_steps, from `entry_fields`). Raises a ServiceError for the message as a whole (a wrong inputs shape), or
-    a PackError naming every refused entry."""
+    expect_steps, from `entry_fields`). Raises a ServiceError for the message as a whole (a wrong inputs shape, an
+    answer larger than `max_bytes`), or a PackError naming every refused entry."""
     refused, model = _sessions(found, served)
     if model is None:
         raise PackError(refused, len(found))
     if not request.HasField("inputs"):
         raise invalid(f"inputs is required: a tensor of shape [E, T, {model.spec.input_size}] (E = {len(found)})")
     inputs = packed_inputs(request.inputs, len(found), model.spec.input_size, max_steps)
+    check_answer_size(inputs.shape[0] * inputs.shape[1], model.spec.answer_values(request.return_attention),
+                      max_bytes, echoed_chars=len(request.request_id), entries=inputs.shape[0])
     refused |= {e: err for e, err in nonfinite_entries(inputs).items() if e not in refused}
     for e, value in enumerate(expect):
         if value is not None and value < 0 and e not in refused:

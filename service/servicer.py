@@ -30,7 +30,7 @@ from service.metrics import Metrics
 from service.proto_gen.ntm.v1 import ntm_pb2, ntm_pb2_grpc
 from service.registry import ModelSet, ServedModel
 from service.sessions import MAX_ID_CHARS, Done, SessionRecord, SessionRegistry, init_action, read_action
-from service.tensors import state_tensors, step_inputs, to_tensor
+from service.tensors import check_answer_size, state_tensors, step_inputs, to_tensor
 from service.wire import Malformed
 
 if TYPE_CHECKING:
@@ -284,6 +284,8 @@ class NTMServicer(ntm_pb2_grpc.NTMServicer):
         if not request.HasField("inputs"):
             raise invalid(f"inputs is required: a tensor of shape [T, {model.spec.input_size}]")
         inputs = step_inputs(request.inputs, model.spec.input_size, self.config.max_steps)
+        check_answer_size(len(inputs), model.spec.answer_values(request.return_attention),
+                          self.config.max_message_bytes, echoed_chars=len(request.session_id) + len(request.request_id))
         expect = request.expect_steps if request.HasField("expect_steps") else None
         if expect is not None and expect < 0:
             raise invalid(f"expect_steps must be >= 0, got {expect}")
@@ -490,7 +492,8 @@ class NTMServicer(ntm_pb2_grpc.NTMServicer):
             raise invalid(f"request_id has {len(request.request_id)} characters, more than {MAX_REQUEST_ID_CHARS}")
         ids, expect = packed.entry_fields(request)
         found = self.registry.find_many(ids, owner)
-        checked = packed.check(request, found, expect, self._served, self.config.max_steps)
+        checked = packed.check(request, found, expect, self._served, self.config.max_steps,
+                               self.config.max_message_bytes)
         done = self._timed(checked.sessions[0].model, "StreamPackedSteps", on_result)
         self.registry.submit_pack(checked.sessions, lambda sessions, d: PackJob(
             sessions, checked.inputs, request.return_attention, d, checked.expect_steps), done, wake=False)

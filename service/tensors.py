@@ -139,6 +139,25 @@ def packed_inputs(tensor: ntm_pb2.Tensor, entries: int, input_size: int, max_ste
     return np.ascontiguousarray(to_array(tensor, "inputs"))
 
 
+ANSWER_FIELD_BYTES = 256  # an answer's tags, lengths, shapes and step count: about 110 bytes at most, with room
+STEP_COUNT_BYTES = 10  # per entry of a packed answer: its step count, a varint
+
+
+def check_answer_size(session_steps: int, values_per_step: int, limit: int, echoed_chars: int = 0,
+                      entries: int = 0) -> None:
+    """Refuse a request whose answer could not be sent: `session_steps` (steps x sessions) of `values_per_step`
+    float32 values each (4 bytes apiece on the wire), the ids it echoes (`echoed_chars`, at most 4 bytes a
+    character) and a packed answer's step counts (`entries`) would make a message over `limit` (--max-message-bytes).
+    Checked before anything is queued: otherwise the steps would be applied and the answer lost, with gRPC ending
+    the call (RESOURCE_EXHAUSTED "Sent message larger than max") and the client unable to tell what happened."""
+    size = (4 * session_steps * values_per_step + 4 * echoed_chars + STEP_COUNT_BYTES * entries
+            + ANSWER_FIELD_BYTES)
+    if size > limit:
+        raise invalid(f"the answer could take {size:,} bytes, more than the server's --max-message-bytes "
+                      f"({limit:,}): send fewer steps{' or sessions' if entries else ''} per message, or leave "
+                      "return_attention off")
+
+
 def nonfinite_entries(inputs: np.ndarray) -> dict[int, ServiceError]:
     """Entry -> why, for the entries of inputs (E, T, I) holding a value that is not finite (one pass over all)."""
     finite = np.isfinite(inputs)  # (E, T, I)

@@ -156,6 +156,37 @@ def test_oversized_messages(copy_dir: Path, offline: Offline, rng: np.random.Gen
     np.testing.assert_array_equal(rest, offline.run(inputs)["outputs"][steps:])
 
 
+def test_a_request_whose_answer_would_be_too_large_is_refused_before_it_runs(copy_dir: Path, offline: Offline,
+                                                                             rng: np.random.Generator) -> None:
+    """A request that fits --max-message-bytes but whose answer would not (attention is 264 values a step for the
+    copy model) is refused with INVALID_ARGUMENT before anything runs: no step applied, the stream goes on. Before,
+    it ran, and gRPC then ended the call (RESOURCE_EXHAUSTED "Sent message larger than max") with the steps applied
+    and the answer lost. The bound is tight: with attention, 62 steps would not fit (4 x 62 x 264 bytes of values
+    and ~130 of the rest: 65,602 > 65,536) and are refused; 61 fit and are answered."""
+    config = service_config(copy_dir, max_steps=3000, max_message_bytes=64 * 1024)
+    inputs = bits(rng, 200)
+    with ServerThread(config) as server, NTMClient(server.target, max_message_bytes=1 << 22, timeout=60) as client:
+        session, other = (client.create_session("copy").session_id for _ in range(2))
+        with pytest.raises(grpc.RpcError) as err:
+            client.step(session, inputs[:62], return_attention=True)
+        assert err.value.code() == INVALID and "the answer could take" in err.value.details()
+        assert "--max-message-bytes" in err.value.details() and client.get_session(session).steps == 0
+        edge = client.step(session, inputs[:61], return_attention=True)  # the longest it admits: answered
+        assert edge.read_weights is not None and edge.read_weights.shape == (61, 1, 128)
+        answers = list(client.stream([step_request(session, inputs[61:63]),
+                                      step_request(session, inputs[63:140], return_attention=True),
+                                      step_request(session, inputs[63:120])]))
+        assert [a.error.code if a.error else None for a in answers] == [None, INVALID, None]
+        packed = packed_request([session, other], np.stack([inputs[120:160], inputs[:40]]), return_attention=True)
+        (refused,) = list(client.stream_packed([packed]))
+        assert refused.error is not None and refused.error.code == INVALID and not refused.error.entries
+        assert "or sessions per message" in refused.error.message
+        assert [client.get_session(s).steps for s in (session, other)] == [120, 0]
+        rest = client.step(session, inputs[120:]).outputs
+    np.testing.assert_array_equal(np.concatenate([edge.outputs, answers[0].outputs, answers[2].outputs, rest]),
+                                  offline.run(inputs)["outputs"])
+
+
 # --- malformed states -----------------------------------------------------------------------------------
 
 
