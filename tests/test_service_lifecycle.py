@@ -22,7 +22,7 @@ from helpers import Offline, bits, service_config
 
 from onnx_contract import GRAPH_FILES
 from service.admin_client import ModelAdminClient
-from service.client import NTMClient
+from service.client import NTMClient, packed_request
 from service.proto_gen.ntm.v1 import ntm_pb2
 from service.registry import weights_missing
 from service.repository import scan, version_number
@@ -315,6 +315,48 @@ def test_admin_unload_waits_for_sessions_or_ends_them_when_forced(v1: Path, v2: 
         (status,) = admin.load("copy", 1)[:1]  # polling is off: the admin call loads it back
         assert (status.version, status.state) == (1, ntm_pb2.VersionStatus.LOADED)
         assert client.create_session("copy", version=1).version == 1
+
+
+def test_a_packed_stream_lives_through_a_forced_unload_of_its_version(v1: Path, v2: Path, offline: Offline,
+                                                                      tmp_path: Path) -> None:
+    """One client ticks four v1 sessions on a StreamPackedSteps stream without pause while an admin unloads v1 by
+    force: every tick before is exact, every tick after is refused whole with each entry NOT_FOUND "unloaded by
+    force" (never INTERNAL, never a broken stream), and the stream goes on serving v2 sessions."""
+    repo = tmp_path / "models"
+    _link_graphs(v1, repo / "copy" / "1")
+    _link_graphs(v2, repo / "copy" / "2")
+    rng = np.random.default_rng(5)
+    inputs = np.stack([bits(rng, 4000) for _ in range(4)])  # (E, T, I)
+    with ServerThread(service_config(repo, model_poll_interval_s=0)) as server, \
+            NTMClient(server.target, timeout=DEADLINE_S) as client, \
+            ModelAdminClient(server.target, timeout=DEADLINE_S) as admin:
+        old = [client.create_session("copy", version=1).session_id for _ in range(4)]
+        new = [client.create_session("copy", version=2).session_id for _ in range(4)]
+        unloaded = threading.Event()
+
+        def ticks() -> Iterator[ntm_pb2.PackedStepRequest]:
+            for t in range(inputs.shape[1]):
+                if t == 30:
+                    threading.Thread(target=lambda: (admin.unload("copy", 1, force=True), unloaded.set())).start()
+                if unloaded.is_set() and t % 10 == 0:  # keep going a while after the unload, then stop
+                    yield packed_request(new, inputs[:, t:t + 1], request_id=f"new{t}")
+                    if t > 200:
+                        return
+                yield packed_request(old, inputs[:, t:t + 1], request_id=str(t))
+
+        answers = list(client.stream_packed(ticks()))
+        mine = [a for a in answers if not a.request_id.startswith("new")]
+        served = [a for a in mine if a.error is None]
+        refused = [a for a in mine if a.error is not None]
+        assert served and refused and [a.request_id for a in mine] == [str(t) for t in range(len(mine))]
+        assert all(a.error.code == grpc.StatusCode.NOT_FOUND for a in refused), refused[0].error
+        assert all("unloaded by force" in e.message for a in refused for e in a.error.entries)
+        assert all(a.error is None for a in mine[:len(served)])  # served ticks, then refused ones: none after
+        got = np.concatenate([a.outputs for a in served], axis=1)  # (E, served, O)
+        for e in range(4):
+            np.testing.assert_array_equal(got[e], offline.run(inputs[e, :len(served)])["outputs"])
+        on_v2 = [a for a in answers if a.request_id.startswith("new")]
+        assert on_v2 and all(a.error is None for a in on_v2)
 
 
 def test_admin_tokens(v1: Path, tmp_path: Path) -> None:
