@@ -43,13 +43,19 @@ from training.addressing import SHARPEN_FLOOR
 FLOOR = np.float32(SHARPEN_FLOOR)
 
 
+def _sole_reader(g: _Graph, name: str, op: str) -> onnx.NodeProto | None:
+    """The one node reading `name`, if it is a standard `op` without attributes."""
+    if not g.only_use(name):
+        return None
+    (user,) = g.consumers[name]
+    return user if _standard(user, op) and not user.attribute else None
+
+
 def _adds_constant(g: _Graph, name: str, constant: float) -> onnx.NodeProto | None:
     """The single reader of `name` when it is `name + constant` (a float32 scalar), else None: the sharpening's
     floors, gamma's `1 + softplus`."""
-    if not g.only_use(name):
-        return None
-    (add,) = g.consumers[name]
-    if not _standard(add, "Add") or len(add.input) != 2 or add.output[0] in g.outputs:
+    add = _sole_reader(g, name, "Add")
+    if add is None or len(add.input) != 2 or add.output[0] in g.outputs:
         return None
     other = add.input[1] if add.input[0] == name else add.input[0]
     value = g.constants.get(other)
@@ -117,14 +123,6 @@ def drop_sharpen_floors_on_distributions(g: _Graph) -> int:
 # and the rest of the call (the tail) scalar, and the two paths round differently in the last bit
 # (tests/test_graph_premises.py measures both, and that threads do not move the packets).
 SOFTPLUS_PACKET = 4
-
-
-def _sole_reader(g: _Graph, name: str, op: str) -> onnx.NodeProto | None:
-    """The one node reading `name`, if it is a standard `op` without attributes."""
-    if not g.only_use(name):
-        return None
-    (user,) = g.consumers[name]
-    return user if _standard(user, op) and not user.attribute else None
 
 
 def _set_last_dim(g: _Graph, names: set[str], size: int) -> None:

@@ -8,8 +8,10 @@ An `Engine` is used by one thread only (its model's batcher); it is not thread-s
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,10 +73,14 @@ class ModelSpec:
     def output_size(self) -> int:
         return int(self.config["output_size"])
 
+    @functools.cached_property
+    def _attention_values(self) -> int:
+        """Every head's weighting (H, N) of one session-step, read and write: worked out once, not per request."""
+        return sum(math.prod(self.state_shapes[state]) for state in ATTENTION_OF.values())
+
     def answer_values(self, attention: bool) -> int:
         """Values per session-step in an answer: the outputs, and with attention every head's weighting (H, N)."""
-        heads = sum(int(np.prod(self.state_shapes[state])) for state in ATTENTION_OF.values()) if attention else 0
-        return self.output_size + heads
+        return self.output_size + (self._attention_values if attention else 0)
 
 
 @dataclass

@@ -92,12 +92,11 @@ def _alone_and_padded(model: onnx.ModelProto, name: str, batch: int, seed: int) 
     """25 steps of `batch` sessions alone and the same sessions as the first rows of a call padded to a multiple of
     the packet (the other rows random): -> (elements compared, elements whose bits differ)."""
     run = session(model, threads=1)
-    initial = onnx_initial_state(session(load_graphs(dev_folder(name))["initial_state"], threads=1), batch)
+    initial_session = session(load_graphs(dev_folder(name))["initial_state"], threads=1)
     rng = np.random.default_rng(seed)
-    alone = _random_state(initial, rng)
+    alone = _random_state(onnx_initial_state(initial_session, batch), rng)
     rows = batch + (-batch % SOFTPLUS_PACKET) + SOFTPLUS_PACKET
-    filler = _random_state(onnx_initial_state(session(load_graphs(dev_folder(name))["initial_state"], threads=1),
-                                              rows - batch), rng)
+    filler = _random_state(onnx_initial_state(initial_session, rows - batch), rng)
     padded = {key: np.concatenate([alone[key], filler[key]]) for key in alone}
     compared = differ = 0
     for _ in range(25):
