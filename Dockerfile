@@ -20,17 +20,16 @@ RUN apt-get update \
 ENV PATH=/opt/venv/bin:$PATH
 
 WORKDIR /app
-# The serving dependencies first (a cached layer): pyproject's base install, which has no torch.
+# The serving dependencies first (a cached layer): the base install and the [server] extra, which have no torch.
 COPY pyproject.toml ./
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+RUN python -c "import tomllib; t = tomllib.load(open('pyproject.toml', 'rb')); print('\n'.join(t['project']['dependencies'] + t['project']['optional-dependencies']['server']))" \
         > /tmp/requirements.txt \
     && pip install -r /tmp/requirements.txt \
     && rm /tmp/requirements.txt
 COPY README.md ./
-COPY onnx_contract ./onnx_contract
-COPY service ./service
+COPY ntm_serve ./ntm_serve
 RUN pip install --no-deps . \
-    && python -c "import service.server, sys; assert 'torch' not in sys.modules" \
+    && python -c "import ntm_serve.server.server, sys; assert 'torch' not in sys.modules" \
     && useradd --system --uid 10001 --no-create-home ntm \
     && install -d -o ntm -m 0700 /state
 
@@ -44,6 +43,6 @@ ENV NTM_MODELS=/models \
 EXPOSE 50051 9090
 USER ntm
 WORKDIR /
-HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 CMD ["python", "-m", "service.healthcheck"]
+HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 CMD ["python", "-m", "ntm_serve.server.healthcheck"]
 STOPSIGNAL SIGTERM
-CMD ["python", "-m", "service"]
+CMD ["python", "-m", "ntm_serve.server"]

@@ -34,7 +34,7 @@ setup-dev: $(VENV)/.dev-installed
 
 ## Quickstart 1: serve the bundled models (gRPC on $(PORT), metrics on $(METRICS_PORT)).
 serve: setup-serve
-	$(PY) -m service --models models --port $(PORT) --metrics-port $(METRICS_PORT)
+	$(PY) -m ntm_serve.server --models models --port $(PORT) --metrics-port $(METRICS_PORT)
 
 ## Quickstart 2: lint and run every test.
 test: setup-dev
@@ -46,19 +46,19 @@ lint: setup-dev
 
 ## Re-export every shipped model to ONNX (byte-identical for the same checkpoint).
 export: setup-dev
-	$(PY) -m export $$(ls -d models/*/ | grep -v _lstm_baseline)
+	$(PY) -m ntm_serve.export $$(ls -d models/*/ | grep -v _lstm_baseline)
 
 ## Re-run the exact training command of every shipped model (long: hours on 2 cores).
 train-all: setup-dev
 	for f in models/*/command.txt; do grep -v '^#' $$f | sed 's|^python|$(PY)|' | sh || exit 1; done
 
 evaluate-all: setup-dev
-	for d in models/*/; do $(PY) -m training.evaluate $$d || exit 1; done
+	for d in models/*/; do $(PY) -m ntm_serve.training.evaluate $$d || exit 1; done
 
-## Regenerate the committed generated code: gRPC stubs (service/proto_gen) and the state-pool helper graphs.
+## Regenerate the committed generated code: gRPC stubs (ntm_serve/api/proto_gen) and the state-pool helper graphs.
 proto: setup-dev
 	$(PY) protos/generate.py
-	$(PY) -m service.graphs.build
+	$(PY) -m ntm_serve.runtime.graphs.build
 
 bench-quick: setup-dev
 	$(PY) -m benchmarks --quick
@@ -77,7 +77,7 @@ soak: setup-dev
 
 ## Scale-out on loopback: Valkey + 3 replicas + Envoy (docs/scale-out.md); one JSON line, Ctrl-C stops all.
 cluster: setup-dev
-	$(PY) -m service.cluster up --replicas 3 --models models
+	$(PY) -m ntm_serve.cluster up --replicas 3 --models models
 
 ## 64 sessions streaming through kill -9, SIGTERM drain + restart and a store restart; every output checked.
 cluster-faults: setup-dev

@@ -33,9 +33,9 @@ from benchmarks.loadgen import LoadResult, LoadSpec, run_load
 from benchmarks.models import find_model, single_model_dir
 from benchmarks.report import Table, fmt_rate, write_result
 from benchmarks.server import running_server
-from service.client import NTMClient
-from service.cluster.launcher import LocalCluster
-from service.store import SessionStore
+from ntm_serve.client.sdk import NTMClient
+from ntm_serve.cluster.launcher import LocalCluster
+from ntm_serve.server.state.store import SessionStore
 
 log = logging.getLogger(__name__)
 

@@ -45,7 +45,7 @@ if [ "${ORT_GPU:-0}" = 1 ] && has ort; then
   timeout 180 $PY -m pytest -q -p no:cacheprovider -rs tests/test_service_gpu.py tests/test_service_buckets.py 2>&1 \
     | tail -12 | tee -a "$OUT/summary.txt"
   log "parity on CUDA"
-  timeout 60 $PY -m export.parity models/copy --provider cuda 2>&1 | tail -20 | tee -a "$OUT/summary.txt"
+  timeout 60 $PY -m ntm_serve.export.parity models/copy --provider cuda 2>&1 | tail -20 | tee -a "$OUT/summary.txt"
   log "GPU benchmark: engine and CUDA-graph tables, service with and without --cuda-graph"
   timeout 330 $PY -m benchmarks --only gpu --out "$OUT" 2>&1 | tee "$OUT/gpu-bench.log" | grep -v "^20" \
     | tail -80 | tee -a "$OUT/summary.txt"
@@ -58,8 +58,8 @@ if has train; then
   log "training throughput, copy task, sequences/s by batch size and device"
   timeout 120 $PY - <<'PYEOF' 2>&1 | tee -a "$OUT/summary.txt"
 import os, time, torch
-from training.train import Run, TrainConfig, _train_step, build_model, build_optimizer
-from training.tasks import get_task
+from ntm_serve.training.train import Run, TrainConfig, train_step, build_model, build_optimizer
+from ntm_serve.training.tasks import get_task
 task = get_task("copy")
 print("| device | batch | sequences/s |")
 print("|---|---:|---:|")
@@ -70,10 +70,10 @@ for device in ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",):
         model = build_model(cfg, task).to(device)
         run = Run(model, build_optimizer(cfg, model), torch.Generator().manual_seed(0))
         for _ in range(3):
-            _train_step(run, task, cfg, torch.device(device))
+            train_step(run, task, cfg, torch.device(device))
         seen, t0 = run.seen, time.perf_counter()
         while time.perf_counter() - t0 < float(os.environ.get("SECONDS_PER_POINT", "10")):
-            _train_step(run, task, cfg, torch.device(device))  # float(loss) syncs the GPU every step
+            train_step(run, task, cfg, torch.device(device))  # float(loss) syncs the GPU every step
         print(f"| {device} | {batch} | {(run.seen - seen) / (time.perf_counter() - t0):.0f} |")
 PYEOF
 fi

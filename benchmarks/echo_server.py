@@ -20,8 +20,8 @@ import grpc
 import numpy as np
 from prometheus_client import Histogram, start_http_server
 
-from service.proto_gen.ntm.v1 import ntm_pb2, ntm_pb2_grpc
-from service.tensors import to_tensor
+from ntm_serve.api.proto_gen.ntm.v1 import ntm_pb2, ntm_pb2_grpc
+from ntm_serve.api.tensors import to_tensor
 
 OUTPUT_SIZE = 8  # the copy model's output width
 

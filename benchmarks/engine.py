@@ -32,7 +32,7 @@ from benchmarks.ort_engine import (
 from benchmarks.profiling import node_counts, profile_step
 from benchmarks.report import Table, fmt_rate, fmt_us, write_result
 from benchmarks.timing import FULL, QUICK, Contender, Timing, TimingPlan, measure
-from service.ort_session import SessionSettings
+from ntm_serve.runtime.ort_session import SessionSettings
 
 log = logging.getLogger(__name__)
 

@@ -12,11 +12,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from training import addressing
+from ntm_serve.training import addressing
 
 
 def write_per_head(memory: Tensor, weights: Tensor, erase: Tensor, add: Tensor) -> Tensor:
-    """training.memory.write with the write heads unrolled (W is a fixed size of the model).
+    """ntm_serve.training.memory.write with the write heads unrolled (W is a fixed size of the model).
 
     The shipped form builds (B, W, N, M) and reduces it with ReduceProd over W (the exporter now rewrites
     that to Squeeze when W = 1) and forms the add term as a K = 1 MatMul; here each head is two broadcast
@@ -36,7 +36,7 @@ def write_per_head(memory: Tensor, weights: Tensor, erase: Tensor, add: Tensor) 
 
 
 def shift_roll(weights: Tensor, shift: Tensor, index: Tensor) -> Tensor:
-    """training.addressing.shift as the sum of S rotated copies: out = sum_j s_j roll(w, j - S//2).
+    """ntm_serve.training.addressing.shift as the sum of S rotated copies: out = sum_j s_j roll(w, j - S//2).
 
     The same circular convolution as the gather form (idx[i, j] = (i - (j - c)) mod N means
     out[i] = sum_j w[i - (j - c)] s_j, i.e. w rolled by j - c); each roll exports as Slice + Concat on a
@@ -54,7 +54,7 @@ def shift_roll(weights: Tensor, shift: Tensor, index: Tensor) -> Tensor:
 
 
 def sharpen_exp_log(weights: Tensor, gamma: Tensor) -> Tensor:
-    """training.addressing.sharpen with w^γ computed as exp(γ log w) (w is clamped to >= 1e-30 first).
+    """ntm_serve.training.addressing.sharpen with w^γ computed as exp(γ log w) (w is clamped to >= 1e-30 first).
 
     onnxruntime's Pow calls powf per element; Log, Mul and Exp are vectorised kernels.
     weights (B, H, N), gamma (B, H) -> (B, H, N)
@@ -66,7 +66,7 @@ def sharpen_exp_log(weights: Tensor, gamma: Tensor) -> Tensor:
 
 
 def content_sum_squares(memory: Tensor, key: Tensor, beta: Tensor) -> Tensor:
-    """training.addressing.content_weighting with norms as sqrt(sum(x * x)) instead of ReduceL2.
+    """ntm_serve.training.addressing.content_weighting with norms as sqrt(sum(x * x)) instead of ReduceL2.
 
     memory (B, N, M), key (B, H, M), beta (B, H) -> (B, H, N)
     """
@@ -77,10 +77,10 @@ def content_sum_squares(memory: Tensor, key: Tensor, beta: Tensor) -> Tensor:
     return torch.softmax(beta.unsqueeze(-1) * similarity, dim=-1)
 
 
-WRITE = "training.memory.write"
-SHIFT = "training.addressing.shift"
-SHARPEN = "training.addressing.sharpen"
-CONTENT = "training.addressing.content_weighting"
+WRITE = "ntm_serve.training.memory.write"
+SHIFT = "ntm_serve.training.addressing.shift"
+SHARPEN = "ntm_serve.training.addressing.sharpen"
+CONTENT = "ntm_serve.training.addressing.content_weighting"
 
 # name -> {dotted function path in training/: replacement}
 VARIANTS: dict[str, dict[str, object]] = {

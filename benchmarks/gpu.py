@@ -2,7 +2,7 @@
 
 `python -m benchmarks --only gpu` on a machine with an NVIDIA GPU. Engine contenders: IOBinding with
 the state in device memory (only the inputs go up and the outputs come down each step), the server's
-CUDA-graph path (service/cuda_graphs.py: the batch in its bucket's fixed buffers, one captured graph per
+CUDA-graph path (ntm_serve/runtime/cuda_graphs.py: the batch in its bucket's fixed buffers, one captured graph per
 bucket and direction), `session.run` with numpy (the state round-trips to the host every step), and the
 sequence graph; the CPU provider is measured in the same run. The CUDA-graph table puts side by side, per
 batch: launches per step (benchmarks/launches.py), µs per step with and without graphs, and the batch from
@@ -39,7 +39,7 @@ from benchmarks.ort_engine import (
 )
 from benchmarks.report import Table, fmt_rate, fmt_us, write_result
 from benchmarks.timing import FULL, QUICK, Contender, Timing, measure
-from service.buckets import bucket_rows, default_buckets, padded
+from ntm_serve.runtime.buckets import bucket_rows, default_buckets, padded
 
 log = logging.getLogger(__name__)
 
@@ -184,8 +184,9 @@ def graph_table(results: dict[str, dict[int, Timing]], counts: dict[str, dict[in
     cross = {"no_graphs": crossover(results, batches, acc, graphs=False),
              "graphs": crossover(results, batches, acc, graphs=True)}
     table.notes = [
-        "the CUDA-graph column runs the server's own code (service/cuda_graphs.py): the batch padded into its "
-        "bucket's fixed buffers (service/buckets.py), one graph per bucket and direction captured up front; µs are "
+        "the CUDA-graph column runs the server's own code (ntm_serve/runtime/cuda_graphs.py): the batch padded "
+        "into its bucket's fixed buffers (ntm_serve/runtime/buckets.py), one graph per bucket and direction "
+        "captured up front; µs are "
         "for the whole batch, inputs up and outputs down included, TF32 off",
         "launches: onnxruntime's profiler, the difference of two runs N steps apart (benchmarks/launches.py): "
         "nodes the executor ran per step (each launches one CUDA kernel or more; exact kernel counts only where "

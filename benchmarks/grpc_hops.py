@@ -6,7 +6,8 @@ value, pinned to the second core with the load generator on the first (as benchm
 packed messages (one StreamPackedSteps message per tick carries every session) in rounds that take the settings in
 turn. Per message it reports the server's CPU and its **context switches** (every thread, /proc): how often a
 message is handed from one thread to another, which on one core is paid in the kernel. The value "" is gRPC's own
-default; "-event_engine_listener" is what `python -m service` sets when the caller sets nothing (service/__main__.py;
+default; "-event_engine_listener" is what `python -m ntm_serve.server` sets when the caller sets nothing
+(ntm_serve/server/__main__.py;
 docs/performance.md, section 3).
 """
 

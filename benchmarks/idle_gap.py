@@ -25,7 +25,7 @@ from benchmarks.models import find_model
 from benchmarks.ort_engine import BoundStep, copy_task_inputs, initial_state, make_session
 from benchmarks.report import Table, write_result
 from benchmarks.server import add_model_options, pin_here
-from service.ort_session import SERVER
+from ntm_serve.runtime.ort_session import SERVER
 
 POLLUTE_FLOATS = 256 * 1024  # 1 MiB
 

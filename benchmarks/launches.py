@@ -1,4 +1,5 @@
-"""Launches per step, counted by onnxruntime's own profiler on the server's CUDA-graph path (service/cuda_graphs.py).
+"""Launches per step, counted by onnxruntime's own profiler on the server's CUDA-graph path
+(ntm_serve/runtime/cuda_graphs.py).
 
 Plain onnxruntime has no kernel tracer here (no torch.profiler, no CUPTI hook of ours), but its profiler
 (`enable_profiling`) writes one `Node` event per node the executor runs, with the node's provider, and, in builds

@@ -23,9 +23,9 @@ from typing import Any
 import grpc
 import numpy as np
 
-from service.cluster.envoy import SESSION_HEADER
-from service.proto_gen.ntm.v1 import ntm_pb2, ntm_pb2_grpc
-from service.tensors import to_tensor
+from ntm_serve.api.headers import SESSION_HEADER
+from ntm_serve.api.proto_gen.ntm.v1 import ntm_pb2, ntm_pb2_grpc
+from ntm_serve.api.tensors import to_tensor
 
 COPY_LENGTH = 20  # copy-task vectors per sequence: 2L + 1 = 41 steps, streamed round and round
 

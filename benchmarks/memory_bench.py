@@ -21,7 +21,7 @@ from benchmarks.models import ModelFolder, single_model_dir
 from benchmarks.procstat import rss_bytes
 from benchmarks.report import Table, write_result
 from benchmarks.server import ServerProcess, running_server
-from service.proto_gen.ntm.v1 import ntm_pb2, ntm_pb2_grpc
+from ntm_serve.api.proto_gen.ntm.v1 import ntm_pb2, ntm_pb2_grpc
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from onnx_contract import GRAPH_FILES, META_CHECKPOINT, META_CONFIG, META_TASK
-from service.ort_session import open_session
+from ntm_serve.contract import GRAPH_FILES, META_CHECKPOINT, META_CONFIG, META_TASK
+from ntm_serve.runtime.ort_session import open_session
 
 log = logging.getLogger(__name__)
 
@@ -77,11 +77,11 @@ def dev_export(folder: Path | None = None) -> ModelFolder:
     """An untrained NTM with the copy task's default sizes, saved and exported (needs torch and onnx)."""
     import torch
 
-    from export.exporter import export_folder  # dev dependencies: only here
-    from training.checkpoint import save_model
-    from training.config import NTMConfig
-    from training.model import NTM
-    from training.tasks import get_task
+    from ntm_serve.export.exporter import export_folder  # dev dependencies: only here
+    from ntm_serve.training.checkpoint import save_model
+    from ntm_serve.training.config import NTMConfig
+    from ntm_serve.training.model import NTM
+    from ntm_serve.training.tasks import get_task
 
     folder = folder or Path(tempfile.mkdtemp(prefix="ntm-bench-model-"))
     task = get_task("copy")
@@ -99,7 +99,7 @@ def load_torch_model(folder: Path, attempts: int = 5) -> tuple[Any, str] | None:
 
     Background training rewrites the file atomically but often; a failed read is retried.
     """
-    from export.model_files import load_checkpoint
+    from ntm_serve.export.model_files import load_checkpoint
 
     if not (folder / "checkpoint.pt").is_file():
         return None

@@ -1,12 +1,12 @@
-"""Step runners for the benchmarks, on the CPU or the CUDA provider, over sessions of service/ort_session.py.
+"""Step runners for the benchmarks, on the CPU or the CUDA provider, over sessions of ntm_serve/runtime/ort_session.py.
 
 Three ways to drive the exported NTM, from the plainest to the leanest:
 - `RunStep`: `session.run` with numpy in and out (what a first server would write);
-- `BoundStep`: the server's own stepping (`service.stepping.PingPong`): IOBinding over two preallocated
+- `BoundStep`: the server's own stepping (`ntm_serve.runtime.stepping.PingPong`): IOBinding over two preallocated
   state sets, A -> B then B -> A, so no step allocates or copies the state (on CUDA the state never leaves
   the device);
-- `BucketStep`: the server's CUDA-graph path (`service.cuda_graphs.BucketSteps`): the same, in the fixed
-  buffers of the batch's bucket (service/buckets.py), each direction a captured graph;
+- `BucketStep`: the server's CUDA-graph path (`ntm_serve.runtime.cuda_graphs.BucketSteps`): the same, in the fixed
+  buffers of the batch's bucket (ntm_serve/runtime/buckets.py), each direction a captured graph;
 - `SequenceRun`: the sequence graph, T steps per call.
 """
 
@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from onnx_contract import GRAPH_FILES, NEXT_STATE, STATE_NAMES
-from service.buckets import bucket_rows, padded
-from service.cuda_graphs import BucketSteps, open_graph_session
-from service.ort_session import ORT_DEFAULTS, ProviderUnavailable, SessionSettings, open_session
-from service.stepping import PingPong
+from ntm_serve.contract import GRAPH_FILES, NEXT_STATE, STATE_NAMES
+from ntm_serve.runtime.buckets import bucket_rows, padded
+from ntm_serve.runtime.cuda_graphs import BucketSteps, open_graph_session
+from ntm_serve.runtime.ort_session import ORT_DEFAULTS, ProviderUnavailable, SessionSettings, open_session
+from ntm_serve.runtime.stepping import PingPong
 
 # The engine table's settings: onnxruntime's defaults at one thread. The sweep in engine.py (docs/performance.md)
 # found nothing that beats them on this model reliably (flush-to-zero changes nothing: the state holds no

@@ -40,12 +40,12 @@ from benchmarks.ort_engine import BoundStep, copy_task_inputs, initial_state, ma
 from benchmarks.report import Table, fmt_rate, median_of_rounds, write_result
 from benchmarks.server import REPO, add_model_options, measure_cell, pin_here, prepare, split_cores, start_server
 from benchmarks.timing import FULL, QUICK, Contender, measure
-from service.batcher import Batcher
-from service.engine import Engine
-from service.jobs import PackJob, StepJob
-from service.metrics import Metrics
-from service.ort_session import SERVER
-from service.sessions import SessionRecord
+from ntm_serve.runtime.engine import Engine
+from ntm_serve.runtime.ort_session import SERVER
+from ntm_serve.server.batcher import Batcher
+from ntm_serve.server.jobs import PackJob, StepJob
+from ntm_serve.server.metrics import Metrics
+from ntm_serve.server.sessions import SessionRecord
 
 log = logging.getLogger(__name__)
 
@@ -221,7 +221,8 @@ def _run(args: argparse.Namespace, model: ModelFolder, models_dir: Path, cells: 
     where = (f"load generator on core {sorted(client_cores)}, server on cores {sorted(server_cores)} "
              "(sched_setaffinity before start, so every thread inherits it)" if split else "not pinned")
     table, found = _tables(cells, [row for row, _, _ in rows], results, bare, alone)
-    table.notes = [f"{where}; `python -m service --max-batch {MAX_BATCH}` (1 intra-op thread); {rounds} round(s) of "
+    table.notes = [f"{where}; `python -m ntm_serve.server --max-batch {MAX_BATCH}` (1 intra-op thread); "
+                   f"{rounds} round(s) of "
                    f"{window:g} s per cell and server, median; bare engine: the step graph through IOBinding at "
                    "batch = sessions, one thread, timed on the server's core in the same run"]
     if packed:

@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 
 from benchmarks.ort_engine import BoundStep
-from service.ort_session import SessionSettings, open_session
+from ntm_serve.runtime.ort_session import SessionSettings, open_session
 
 
 def _nodes(graph: onnx.GraphProto) -> list[onnx.NodeProto]:

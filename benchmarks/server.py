@@ -1,4 +1,4 @@
-"""A real `python -m service` process on loopback ports, for the service and memory benchmarks."""
+"""A real `python -m ntm_serve.server` process on loopback ports, for the service and memory benchmarks."""
 
 from __future__ import annotations
 
@@ -23,8 +23,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from benchmarks.loadgen import LoadSpec, run_load
 from benchmarks.models import ModelFolder, find_model, single_model_dir
 from benchmarks.procstat import context_switches, cpu_seconds
-from service.ports import free_port
-from service.proto_gen.ntm.v1 import ntm_pb2, ntm_pb2_grpc
+from ntm_serve.api.proto_gen.ntm.v1 import ntm_pb2, ntm_pb2_grpc
+from ntm_serve.server.ports import free_port
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ def split_cores() -> tuple[set[int], set[int]] | None:
 # the real command in the same process. A shim rather than a preexec_fn: a preexec_fn forces fork(), which runs
 # gRPC's fork handlers in a process that has used gRPC (this one has, once a server answered), and those can
 # deadlock or abort the child; without one, subprocess starts it with vfork/posix_spawn (as
-# service/cluster/launcher.py does for its processes).
+# ntm_serve/cluster/launcher.py does for its processes).
 PIN_THEN_EXEC = (
     "import os, sys\n"
     "os.sched_setaffinity(0, {int(c) for c in sys.argv[1].split(',')})\n"

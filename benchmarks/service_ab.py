@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
             table.add(sessions, steps, name, fmt_rate(med["steps_per_s"]), f"{med['p50_ms']:.2f}",
                       f"{med['p99_ms']:.2f}", f"{med['mean_batch']:.1f}", f"{med['server_cpu_us_per_step']:.1f}",
                       int(sum(r["errors"] for r in rounds)))
-    table.notes = [f"baseline: {trees['baseline']}; this tree: {REPO}; both `python -m service --max-batch "
+    table.notes = [f"baseline: {trees['baseline']}; this tree: {REPO}; both `python -m ntm_serve.server --max-batch "
                    f"{MAX_BATCH}`, running at once; {args.rounds} rounds of {args.window:g} s per cell and server; "
                    + (f"pinned: load generator on {sorted(client_cores)}, servers on {sorted(server_cores)}"
                       if split else "not pinned"),

@@ -25,7 +25,7 @@ from benchmarks.procstat import cpu_seconds
 from benchmarks.report import Table, fmt_rate, write_result
 from benchmarks.server import ServerProcess, metric_sum, running_server, scrape
 from benchmarks.timing import FULL, QUICK, Contender, TimingPlan, measure
-from service.ort_session import SERVER
+from ntm_serve.runtime.ort_session import SERVER
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ def tables(results: list[LoadResult], raw: dict[int, float], note: str, title: s
                  f"{h.get('server_cores', 0):.2f}",
                  f"{h.get('client_cores', 0):.2f}", f"{ratio:.0%}" if ratio is not None else "—", r.errors)
     main.notes = [
-        f"server: `python -m service` with --max-batch {MAX_BATCH}, 1 intra-op thread (its default), "
+        f"server: `python -m ntm_serve.server` with --max-batch {MAX_BATCH}, 1 intra-op thread (its default), "
         f"on the same {os.cpu_count()} cores as the load generator (one Python grpc.aio process)",
         "vs raw onnxruntime: service session-steps/s over the bare step graph's (IOBinding, same session options) "
         "at batch = sessions, measured in the same run: "

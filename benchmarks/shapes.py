@@ -39,8 +39,8 @@ def swapped(patches: dict[str, object]) -> Iterator[None]:
 
 
 def export_variant(torch_model: Any, patches: dict[str, object]) -> bytes:
-    from export.graphs import step_graph
-    from export.model_files import model_bytes
+    from ntm_serve.export.graphs import step_graph
+    from ntm_serve.export.model_files import model_bytes
 
     with swapped(patches):
         return model_bytes(step_graph(torch_model))

@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from training.model import NTM
-from training.state import NTMState
+from ntm_serve.training.model import NTM
+from ntm_serve.training.state import NTMState
 
 
 def torch_state(model: NTM, batch: int) -> NTMState:

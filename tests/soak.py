@@ -40,11 +40,11 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from onnx_contract import GRAPH_FILES, META_CHECKPOINT, STATE_NAMES
-from service.client import NTMClient, step_request
-from service.engine import ROW_MULTIPLE  # the server's row layout
-from service.ort_session import open_session
-from service.ports import wait_port_file
+from ntm_serve.client.sdk import NTMClient, step_request
+from ntm_serve.contract import GRAPH_FILES, META_CHECKPOINT, STATE_NAMES
+from ntm_serve.runtime.engine import ROW_MULTIPLE  # the server's row layout
+from ntm_serve.runtime.ort_session import open_session
+from ntm_serve.server.ports import wait_port_file
 
 log = logging.getLogger("soak")
 ROOT = Path(__file__).resolve().parent.parent
@@ -130,14 +130,14 @@ def rss_bytes(pid: int) -> int | None:
 
 
 class ServerProcess:
-    """`python -m service` with a state dir. Its first start binds free ports itself (port 0, --port-file: no
+    """`python -m ntm_serve.server` with a state dir. Its first start binds free ports itself (port 0, --port-file: no
     picked port to lose to another process); restarts go back to those ports, so clients reconnect to the same
     target."""
 
     def __init__(self, models: Path, state_dir: Path, log_path: Path, config: SoakConfig) -> None:
         self.port = self.metrics_port = 0
         self.port_file = log_path.with_suffix(".ports")
-        self.argv = [sys.executable, "-m", "service", "--models", str(models), "--host", "127.0.0.1",
+        self.argv = [sys.executable, "-m", "ntm_serve.server", "--models", str(models), "--host", "127.0.0.1",
                      "--metrics-host", "127.0.0.1", "--port-file", str(self.port_file),
                      "--provider", "cpu", "--state-dir", str(state_dir), "--snapshot-interval-s",
                      str(config.snapshot_interval_s), "--max-batch", str(config.max_batch), "--log-level", "WARNING",

@@ -1,5 +1,0 @@
-"""ONNX export of trained NTMs and the parity checks that prove the graphs compute what torch computes.
-
-`python -m export FOLDER...` writes `step.onnx`, `sequence.onnx` and `initial_state.onnx` into each
-model folder (see docs/onnx-contract.md); `python -m export.parity FOLDER` prints the parity table.
-"""

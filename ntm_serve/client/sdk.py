@@ -1,0 +1,432 @@
+"""Python client of the NTM service: numpy in, numpy out.
+
+    with NTMClient("localhost:50051") as client:
+        session = client.create_session("copy")
+        out = client.step(session.session_id, inputs)  # inputs (T, I) -> out.outputs (T, O)
+        # many sessions in one message (one tick of many agents): inputs (E, T, I) -> outputs (E, T, O)
+        out = client.step_packed([a.session_id, b.session_id], inputs)
+
+Over TLS, with a bearer token (and a client certificate, for mutual TLS):
+
+    NTMClient("ntm.example:50051", token="...", tls_ca="ca.pem", tls_cert="client.pem", tls_key="client.key")
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TypeVar
+
+import grpc
+import numpy as np
+
+from ntm_serve.api.headers import SESSION_HEADER
+from ntm_serve.api.proto_gen.ntm.v1 import ntm_pb2, ntm_pb2_grpc
+from ntm_serve.api.tensors import to_array, to_tensor
+from ntm_serve.api.tls import channel_credentials
+from ntm_serve.client.retry import DEFAULT_RETRY, RETRYABLE, RETRYABLE_CALL, STREAM_BREAKS, RetryPolicy, RetryStats
+
+R = TypeVar("R")
+
+
+class StepError(Exception):
+    """A streamed request the server refused (its response carried `error`)."""
+
+    def __init__(self, code: grpc.StatusCode, message: str, request_id: str = "") -> None:
+        super().__init__(f"{code.name}: {message}")
+        self.code = code
+        self.message = message
+        self.request_id = request_id
+
+
+class PackedStepError(StepError):
+    """A packed message the server refused: nothing was applied. `entries` has one StepError per entry (entry
+    order): a refused entry's own, ABORTED for an entry that was fine; empty when the message itself was wrong."""
+
+    def __init__(self, code: grpc.StatusCode, message: str, request_id: str, entries: list[StepError]) -> None:
+        super().__init__(code, message, request_id)
+        self.entries = entries
+
+
+@dataclass(frozen=True)
+class SessionInfo:
+    session_id: str
+    model: str
+    steps: int
+    expires_at: datetime
+    ttl_seconds: float
+    state: SessionStateData | None = None
+    version: int = 0  # the model version it runs on, for life
+    checkpoint_sha256: str = ""  # that version's weights
+
+
+@dataclass(frozen=True)
+class SessionStateData:
+    """A session's complete state (ExportSession / ImportSession), per-session shapes."""
+
+    model: str
+    steps: int
+    tensors: dict[str, np.ndarray]
+    checkpoint_sha256: str = ""
+    version: int = 0
+
+
+@dataclass(frozen=True)
+class StepOutput:
+    session_id: str
+    outputs: np.ndarray | None  # (T, O); None when the request was refused
+    steps: int
+    request_id: str = ""
+    read_weights: np.ndarray | None = None  # (T, R, N) when asked
+    write_weights: np.ndarray | None = None  # (T, W, N) when asked
+    error: StepError | None = field(default=None)
+
+    def check(self) -> StepOutput:
+        """Raise the error this response carries, if any."""
+        if self.error is not None:
+            raise self.error
+        return self
+
+
+@dataclass(frozen=True)
+class PackedOutput:
+    """The answer to a packed message (StreamPackedSteps): every entry's T steps, entry order."""
+
+    outputs: np.ndarray | None  # (E, T, O); None when the message was refused
+    steps: list[int]  # each session's total after the message
+    request_id: str = ""
+    read_weights: np.ndarray | None = None  # (E, T, R, N) when asked
+    write_weights: np.ndarray | None = None  # (E, T, W, N) when asked
+    error: PackedStepError | None = field(default=None)
+
+    def check(self) -> PackedOutput:
+        """Raise the error this response carries, if any."""
+        if self.error is not None:
+            raise self.error
+        return self
+
+
+_CODES = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def _state_data(message: ntm_pb2.SessionState) -> SessionStateData:
+    return SessionStateData(message.model, message.steps,
+                            {name: to_array(t, name) for name, t in message.tensors.items()},
+                            message.checkpoint_sha256, message.version)
+
+
+def _state_message(state: SessionStateData) -> ntm_pb2.SessionState:
+    message = ntm_pb2.SessionState(model=state.model, steps=state.steps, checkpoint_sha256=state.checkpoint_sha256,
+                                   version=state.version)
+    for name, array in state.tensors.items():
+        message.tensors[name].CopyFrom(to_tensor(array))
+    return message
+
+
+def _session_info(message: ntm_pb2.Session) -> SessionInfo:
+    state = _state_data(message.state) if message.HasField("state") else None
+    return SessionInfo(message.session_id, message.model, message.steps, message.expires_at.ToDatetime(tzinfo=UTC),
+                       message.ttl_seconds, state, message.version, message.checkpoint_sha256)
+
+
+def _step_output(response: ntm_pb2.StepResponse) -> StepOutput:
+    if response.HasField("error") and response.error.code != 0:
+        code = _CODES.get(response.error.code, grpc.StatusCode.UNKNOWN)
+        error = StepError(code, response.error.message, response.request_id)
+        return StepOutput(response.session_id, None, response.steps, response.request_id, error=error)
+    attention = response.HasField("attention")
+    return StepOutput(
+        response.session_id, to_array(response.outputs, "outputs"), response.steps, response.request_id,
+        to_array(response.attention.read_weights, "read_weights") if attention else None,
+        to_array(response.attention.write_weights, "write_weights") if attention else None,
+    )
+
+
+def _packed_output(response: ntm_pb2.PackedStepResponse) -> PackedOutput:
+    if response.HasField("error") and response.error.code != 0:
+        entries = [StepError(_CODES.get(s.code, grpc.StatusCode.UNKNOWN), s.message, response.request_id)
+                   for s in response.entry_errors]
+        error = PackedStepError(_CODES.get(response.error.code, grpc.StatusCode.UNKNOWN), response.error.message,
+                                response.request_id, entries)
+        return PackedOutput(None, [], response.request_id, error=error)
+    attention = response.HasField("attention")
+    return PackedOutput(
+        to_array(response.outputs, "outputs"), list(response.steps), response.request_id,
+        to_array(response.attention.read_weights, "read_weights") if attention else None,
+        to_array(response.attention.write_weights, "write_weights") if attention else None,
+    )
+
+
+def packed_request(session_ids: Sequence[str], inputs: np.ndarray, return_attention: bool = False,
+                   request_id: str = "", expect_steps: Sequence[int | None] | None = None) -> ntm_pb2.PackedStepRequest:
+    """One message of steps for several sessions: inputs (E, T, I), or (E, I) for one step each; `expect_steps`:
+    per entry, as in `step_request` (one mismatch refuses the whole message)."""
+    inputs = np.asarray(inputs, dtype=np.float32)
+    inputs = inputs[:, None] if inputs.ndim == 2 else inputs  # (E, T, I)
+    expect = expect_steps if expect_steps is not None else [None] * len(session_ids)
+    entries = [ntm_pb2.PackedEntry(session_id=sid, expect_steps=e) for sid, e in zip(session_ids, expect, strict=True)]
+    return ntm_pb2.PackedStepRequest(entries=entries, inputs=to_tensor(inputs), return_attention=return_attention,
+                                     request_id=request_id)
+
+
+def step_request(session_id: str, inputs: np.ndarray, return_attention: bool = False,
+                 request_id: str = "", expect_steps: int | None = None) -> ntm_pb2.StepRequest:
+    """`expect_steps`: apply only if the session stands at exactly this many steps (safe retries; see the proto)."""
+    return ntm_pb2.StepRequest(session_id=session_id, inputs=to_tensor(np.atleast_2d(inputs)),
+                               return_attention=return_attention, request_id=request_id, expect_steps=expect_steps)
+
+
+Pem = str | Path | bytes
+
+
+class _Outbox:
+    """The requests of one resumable session stream, numbered: each (re)opened stream sends the unanswered
+    ones again, then new ones made from `chunks`, each with the expect_steps where it must apply. `chunks` is
+    read by one stream at a time (a superseded stream's reader may still be blocked in it: what it gets is
+    numbered and sent by the next stream)."""
+
+    def __init__(self, session_id: str, chunks: Iterator[np.ndarray], attention: bool, steps: int) -> None:
+        self._session_id, self._chunks, self._attention = session_id, chunks, attention
+        self._lock = threading.Lock()
+        self._source = threading.Lock()
+        self._requests: dict[int, ntm_pb2.StepRequest] = {}
+        self._made = 0  # requests numbered so far
+        self._acked = 0  # requests answered
+        self._next_steps = steps
+        self._exhausted = False
+        self._generation = 0
+
+    def stream(self) -> Iterator[ntm_pb2.StepRequest]:
+        """The requests of a new stream (supersedes the previous one)."""
+        with self._lock:
+            self._generation += 1
+            generation, index = self._generation, self._acked
+        while True:
+            with self._lock:
+                if generation != self._generation:
+                    return
+                request = self._requests.get(index) if index < self._made else None
+                if request is None and self._exhausted:
+                    return
+            if request is None:
+                self._pull(index)
+                continue
+            index += 1
+            yield request
+
+    def _pull(self, index: int) -> None:
+        """Number the chunk at `index` (one reader of `chunks` at a time; only that lock is held while it
+        blocks). Nothing to do when a superseded stream's reader numbered it meanwhile."""
+        with self._source:
+            with self._lock:
+                if self._exhausted or index < self._made:
+                    return
+            chunk = next(self._chunks, None)
+            with self._lock:
+                if chunk is None:
+                    self._exhausted = True
+                    return
+                request = step_request(self._session_id, chunk, self._attention, str(self._made), self._next_steps)
+                self._next_steps += int(request.inputs.shape[0])
+                self._requests[self._made] = request
+                self._made += 1
+
+    def answered(self) -> None:
+        with self._lock:
+            del self._requests[self._acked]
+            self._acked += 1
+
+    def done(self) -> bool:
+        with self._lock:
+            return self._exhausted and self._acked == self._made
+
+
+class NTMClient:
+    """`tls=True` (or any `tls_*`) speaks TLS, trusting `tls_ca` (default: the system's roots); `tls_cert` and
+    `tls_key` present a client certificate (mutual TLS); `tls_server_name` overrides the name checked in the
+    server's certificate. `token` is sent as `authorization: Bearer <token>` on every call.
+
+    Session-scoped calls carry the `x-ntm-session` header (a cluster's proxy routes on it). `retry` is the
+    policy for steps given `expect_steps` (`step`, and `step_packed` with it on every entry) and for
+    `stream_session(..., start_steps=...)`: UNAVAILABLE, ABORTED and CANCELLED are retried (streams also resume
+    after a break), never without `expect_steps`; `stats` counts what happened."""
+
+    def __init__(self, target: str = "localhost:50051", *, token: str | None = None, timeout: float | None = None,
+                 max_message_bytes: int = 4 * 1024 * 1024, channel: grpc.Channel | None = None,
+                 tls: bool = False, tls_ca: Pem | None = None, tls_cert: Pem | None = None,
+                 tls_key: Pem | None = None, tls_server_name: str | None = None,
+                 retry: RetryPolicy | None = DEFAULT_RETRY) -> None:
+        options = [("grpc.max_receive_message_length", max_message_bytes),
+                   ("grpc.max_send_message_length", max_message_bytes)]
+        if tls_server_name:
+            options.append(("grpc.ssl_target_name_override", tls_server_name))
+        if channel is not None:
+            self.channel = channel
+        elif tls or tls_ca is not None or tls_cert is not None:
+            self.channel = grpc.secure_channel(target, channel_credentials(tls_ca, tls_cert, tls_key), options=options)
+        else:
+            self.channel = grpc.insecure_channel(target, options=options)
+        self.stub = ntm_pb2_grpc.NTMStub(self.channel)
+        self.timeout = timeout
+        self.metadata: tuple[tuple[str, str], ...] = (("authorization", f"Bearer {token}"),) if token else ()
+        self.retry = retry
+        self.stats = RetryStats()
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> NTMClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _routed(self, session_id: str | None) -> tuple[tuple[str, str], ...]:
+        return (*self.metadata, (SESSION_HEADER, session_id)) if session_id else self.metadata
+
+    def _call(self, method: str, request: object, session_id: str | None = None) -> object:
+        return getattr(self.stub, method)(request, timeout=self.timeout, metadata=self._routed(session_id))
+
+    def _retrying(self, call: Callable[[], R], session_id: str,
+                  retryable: frozenset[grpc.StatusCode] = RETRYABLE_CALL) -> R:
+        """`call` again after a `retryable` failure (default: UNAVAILABLE, ABORTED, CANCELLED), with backoff, up to
+        the policy's attempts."""
+        assert self.retry is not None
+        since = None
+        for attempt in range(self.retry.attempts + 1):
+            try:
+                result = call()
+            except grpc.RpcError as err:
+                code = err.code()  # type: ignore[attr-defined]
+                if code not in retryable or attempt == self.retry.attempts:
+                    raise
+                since = time.monotonic() if since is None else since
+                self.stats.failed(code, (err.details() or "").replace(session_id, "<session>"))  # type: ignore[attr-defined]
+                time.sleep(self.retry.delay(attempt))
+                continue
+            if since is not None:
+                self.stats.recovered(since)
+            return result
+        raise AssertionError("unreachable")
+
+    def list_models(self) -> list[ntm_pb2.ModelInfo]:
+        return list(self._call("ListModels", ntm_pb2.ListModelsRequest()).models)  # type: ignore[attr-defined]
+
+    def create_session(self, model: str, ttl_seconds: float = 0.0, version: int | None = None) -> SessionInfo:
+        """A new session on `version` of the model (default: the newest); it stays on that version."""
+        request = ntm_pb2.CreateSessionRequest(model=model, ttl_seconds=ttl_seconds, version=version)
+        return _session_info(self._call("CreateSession", request))
+
+    def get_session(self, session_id: str, include_state: bool = False) -> SessionInfo:
+        request = ntm_pb2.GetSessionRequest(session_id=session_id, include_state=include_state)
+        return _session_info(self._call("GetSession", request, session_id))
+
+    def delete_session(self, session_id: str) -> None:
+        self._call("DeleteSession", ntm_pb2.DeleteSessionRequest(session_id=session_id), session_id)
+
+    def step(self, session_id: str, inputs: np.ndarray, return_attention: bool = False,
+             request_id: str = "", expect_steps: int | None = None) -> StepOutput:
+        """Apply inputs (T, I) (or one step (I,)) to a session; raises grpc.RpcError when refused. With
+        `expect_steps`, only if the session stands at that many steps (FAILED_PRECONDITION otherwise), and then
+        retried on UNAVAILABLE / ABORTED / CANCELLED (ntm_serve/client/retry.py; a request id is made up when none is
+        given:
+        a retry of a request whose answer was lost is answered again)."""
+        if expect_steps is None or self.retry is None:
+            request = step_request(session_id, inputs, return_attention, request_id, expect_steps)
+            return _step_output(self._call("Step", request, session_id))  # type: ignore[arg-type]
+        request = step_request(session_id, inputs, return_attention, request_id or secrets.token_hex(8), expect_steps)
+        return self._retrying(lambda: _step_output(self._call("Step", request, session_id)),  # type: ignore[arg-type]
+                              session_id)
+
+    def stream(self, requests: Iterable[ntm_pb2.StepRequest], route: str | None = None) -> Iterator[StepOutput]:
+        """One bidirectional stream: requests may name any sessions; refused ones come back with `.error`.
+        In a cluster a stream lives on one replica (the one `route`, a session id, hashes to): sessions of a
+        multi-session stream are taken over by that replica; `stream_session` per session avoids the moves."""
+        for response in self.stub.StreamSteps(iter(requests), timeout=self.timeout, metadata=self._routed(route)):
+            yield _step_output(response)
+
+    def stream_packed(self, requests: Iterable[ntm_pb2.PackedStepRequest],
+                      route: str | None = None) -> Iterator[PackedOutput]:
+        """One StreamPackedSteps stream (make requests with `packed_request`): answers in request order, refused
+        messages with `.error`. Not served by a replica (--store-url): UNIMPLEMENTED."""
+        for response in self.stub.StreamPackedSteps(iter(requests), timeout=self.timeout,
+                                                    metadata=self._routed(route)):
+            yield _packed_output(response)
+
+    def step_packed(self, session_ids: Sequence[str], inputs: np.ndarray, return_attention: bool = False,
+                    request_id: str = "", expect_steps: Sequence[int | None] | None = None) -> PackedOutput:
+        """T steps for each of several sessions in one message, applied whole or not at all: inputs (E, T, I), or
+        (E, I) for one step each -> outputs (E, T, O). Raises PackedStepError (with each entry's status) when
+        refused. With `expect_steps` for every entry, retried like a resumed stream when the server is unavailable
+        or the stream breaks (stopping, restarting, unreachable): a message the server had applied is then refused
+        with FAILED_PRECONDITION, never applied twice. For a steady flow of messages, keep one stream open with
+        `stream_packed`."""
+        every = expect_steps is not None and all(e is not None for e in expect_steps)
+        if not every or self.retry is None or not session_ids:
+            request = packed_request(session_ids, inputs, return_attention, request_id, expect_steps)
+            return next(self.stream_packed([request])).check()
+        request = packed_request(session_ids, inputs, return_attention, request_id or secrets.token_hex(8),
+                                 expect_steps)
+        # A stream: retried on the breaks a stream can end with (a server stopping may reset it: CANCELLED)
+        return self._retrying(lambda: next(self.stream_packed([request])), session_ids[0], STREAM_BREAKS).check()
+
+    def stream_session(self, session_id: str, chunks: Iterable[np.ndarray], return_attention: bool = False,
+                       start_steps: int | None = None) -> Iterator[StepOutput]:
+        """Stream chunks (T_i, I) of one session; raises StepError on the first refused chunk. With
+        `start_steps` (where the session stands), every request carries its expect_steps and the stream is
+        resumed after a break or a retryable refusal: unanswered requests are sent again, in order."""
+        if start_steps is None or self.retry is None:
+            requests = (step_request(session_id, c, return_attention, str(i)) for i, c in enumerate(chunks))
+            for output in self.stream(requests, route=session_id):
+                yield output.check()
+            return
+        yield from self._resumable(session_id, iter(chunks), return_attention, start_steps)
+
+    def _resumable(self, session_id: str, chunks: Iterator[np.ndarray], attention: bool,
+                   steps: int) -> Iterator[StepOutput]:
+        assert self.retry is not None
+        outbox = _Outbox(session_id, chunks, attention, steps)
+        attempt, since = 0, None
+        while True:
+            call = self.stub.StreamSteps(outbox.stream(), timeout=self.timeout, metadata=self._routed(session_id))
+            failure, detail = grpc.StatusCode.UNAVAILABLE, "stream ended early"  # (a draining replica): resume
+            try:
+                for response in call:
+                    output = _step_output(response)
+                    if output.error is not None:
+                        if output.error.code not in RETRYABLE:
+                            raise output.error
+                        failure, detail = output.error.code, output.error.message
+                        call.cancel()  # the requests behind it expect its steps: resend from it
+                        break
+                    outbox.answered()
+                    if since is not None:
+                        self.stats.recovered(since)
+                        attempt, since = 0, None
+                    yield output
+                else:
+                    if outbox.done():
+                        return
+            except grpc.RpcError as err:
+                failure, detail = err.code(), err.details() or ""  # type: ignore[attr-defined]
+                if failure not in STREAM_BREAKS:
+                    raise
+            if attempt >= self.retry.attempts:
+                raise StepError(failure, f"session {session_id}: gave up after {attempt} retries ({detail})")
+            since = time.monotonic() if since is None else since
+            self.stats.failed(failure, detail.replace(session_id, "<session>"))
+            time.sleep(self.retry.delay(attempt))
+            attempt += 1
+
+    def export_session(self, session_id: str) -> SessionStateData:
+        request = ntm_pb2.ExportSessionRequest(session_id=session_id)
+        return _state_data(self._call("ExportSession", request, session_id))
+
+    def import_session(self, state: SessionStateData, ttl_seconds: float = 0.0) -> SessionInfo:
+        request = ntm_pb2.ImportSessionRequest(state=_state_message(state), ttl_seconds=ttl_seconds)
+        return _session_info(self._call("ImportSession", request))

@@ -1,0 +1,67 @@
+"""`python -m ntm_serve.cluster up --replicas 3`: store, replicas and proxy on loopback; one JSON line with the
+proxy address and every process's pid and port; everything stopped on Ctrl-C / SIGTERM.
+
+`python -m ntm_serve.cluster envoy-config --for kubernetes|compose`: the proxy config committed in
+deploy/kubernetes/proxy.yaml and deploy/compose/envoy.json."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from ntm_serve.cluster.envoy import deployment_config
+from ntm_serve.cluster.launcher import ClusterError, LocalCluster
+
+
+def main(argv: list[str] | None = None) -> int:
+    env = os.environ
+    parser = argparse.ArgumentParser(prog="python -m ntm_serve.cluster", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    up = sub.add_parser("up", help="run a local cluster until Ctrl-C / SIGTERM")
+    up.add_argument("--replicas", type=int, default=int(env.get("NTM_CLUSTER_REPLICAS", "3")),
+                    help="number of replicas [env NTM_CLUSTER_REPLICAS; default 3]")
+    up.add_argument("--models", type=Path, default=Path(env.get("NTM_MODELS", "models")),
+                    help="models directory for every replica [env NTM_MODELS; default models]")
+    up.add_argument("--provider", default=env.get("NTM_PROVIDER", "auto"), choices=("auto", "cuda", "cpu"),
+                    help="execution provider of the replicas [env NTM_PROVIDER; default auto]")
+    up.add_argument("--commit-every", type=int, default=int(env.get("NTM_COMMIT_EVERY", "1")),
+                    help="see python -m ntm_serve.server --help [env NTM_COMMIT_EVERY; default 1]")
+    up.add_argument("--lb-policy", default=env.get("NTM_CLUSTER_LB_POLICY", "MAGLEV"),
+                    choices=("RING_HASH", "MAGLEV"),
+                    help="the proxy's consistent hash [env NTM_CLUSTER_LB_POLICY; default MAGLEV]")
+    up.add_argument("--workdir", type=Path, default=Path(env["NTM_CLUSTER_WORKDIR"])
+                    if env.get("NTM_CLUSTER_WORKDIR") else None,
+                    help="store data and logs [env NTM_CLUSTER_WORKDIR; default a temporary directory]")
+    config = sub.add_parser("envoy-config", help="print the proxy config of a deployment")
+    config.add_argument("--for", dest="target", choices=("kubernetes", "compose"), default="kubernetes")
+    args = parser.parse_args(argv)
+    if args.command == "envoy-config":
+        sys.stdout.write(deployment_config(args.target))
+        return 0
+    if args.replicas < 1:
+        parser.error("--replicas must be >= 1")
+    if not args.models.is_dir():
+        parser.error(f"models directory {args.models} does not exist")
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    cluster = LocalCluster(args.models, args.replicas, args.provider, args.commit_every, args.workdir,
+                           args.lb_policy)
+    try:
+        cluster.start()
+    except ClusterError as err:
+        print(f"cannot start the cluster: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(cluster.describe()), flush=True)
+    stop.wait()
+    cluster.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

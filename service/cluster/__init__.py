@@ -1,2 +1,0 @@
-"""Scale-out: replica mode against a shared store (replica.py), the local cluster launcher (launcher.py,
-`python -m service.cluster up --replicas 3`) and the Envoy proxy configuration (envoy.py)."""

