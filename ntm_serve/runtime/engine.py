@@ -45,7 +45,7 @@ from ntm_serve.runtime.buckets import (  # ROW_MULTIPLE: the row layout, also im
     keeps,
 )
 from ntm_serve.runtime.cuda_graphs import BucketSteps, open_graph_session
-from ntm_serve.runtime.ort_session import CUDA, ProviderUnavailable, SessionSettings, open_session, provider_name
+from ntm_serve.runtime.ort_session import ProviderUnavailable, SessionSettings, open_session, provider_name
 from ntm_serve.runtime.state_pool import Device, PoolGraphs, StatePool
 from ntm_serve.runtime.stepping import PingPong
 
@@ -123,20 +123,23 @@ def _open(model: str | Path | bytes, provider: str, device_id: int, threads: int
 
 
 def resolve_provider(choice: str, device_id: int, probe: Path) -> str:
-    """'auto' -> 'cuda' when a real CUDA session loads `probe`, else 'cpu'; 'cuda' fails loudly; 'cpu' is cpu."""
-    if choice != "auto":
-        if choice == "cuda":
+    """'auto' -> 'cuda' when a real CUDA session loads `probe`, else 'cpu'; 'cuda' fails loudly; 'cpu' is cpu.
+    Logs one line: the provider that runs and why (no onnxruntime error on a machine without a GPU)."""
+    if choice == "cpu":
+        reason = "--provider cpu"
+    elif choice == "cuda":
+        _open(probe, "cuda", device_id, 1)  # ModelLoadError with the reason when CUDA does not load
+        reason = f"--provider cuda: CUDA loads on device {device_id}"
+    else:
+        try:
             _open(probe, "cuda", device_id, 1)
-        return choice
-    if CUDA not in ort.get_available_providers():
-        log.info("provider auto: this onnxruntime has no CUDA provider; using CPU")
-        return "cpu"
-    try:
-        _open(probe, "cuda", device_id, 1)
-    except Exception as err:  # any failure to bring CUDA up means: run on CPU
-        log.warning("provider auto: CUDA did not load (%s); using CPU", err)
-        return "cpu"
-    return "cuda"
+        except Exception as err:  # any failure to bring CUDA up means: run on CPU
+            why = err.__cause__.why if isinstance(err.__cause__, ProviderUnavailable) else str(err)
+            choice, reason = "cpu", f"--provider auto: {why}"
+        else:
+            choice, reason = "cuda", f"--provider auto: CUDA loads on device {device_id}"
+    log.info("execution provider %s", choice, extra={"provider": choice, "reason": reason})
+    return choice
 
 
 def _metadata(session: ort.InferenceSession, path: Path) -> dict[str, str]:

@@ -6,7 +6,11 @@ Used by the server (ntm_serve/runtime/engine.py), the parity checker (ntm_serve/
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+import ctypes
+import functools
+import os
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -26,7 +30,12 @@ LEVELS = {
 
 
 class ProviderUnavailable(RuntimeError):
-    """The requested execution provider did not load (no GPU, missing CUDA/cuDNN libraries, ...)."""
+    """The requested execution provider did not load (no GPU, missing CUDA/cuDNN libraries, ...); `why` is the
+    reason alone, for messages that say themselves what was asked."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(f"provider cuda asked for, but {why}")
+        self.why = why
 
 
 @dataclass(frozen=True)
@@ -86,18 +95,75 @@ def open_session(model: str | Path | bytes, provider: str = "cpu", settings: Ses
                  options: ort.SessionOptions | None = None) -> ort.InferenceSession:
     """An InferenceSession on exactly `provider` ('cpu' or 'cuda'); `options` replaces `settings`.
 
-    onnxruntime-gpu lists CUDA as available even when its libraries are missing and then silently runs
-    on CPU, so the session's own `get_providers()` is the truth: ProviderUnavailable when CUDA did not load.
+    onnxruntime-gpu lists CUDA as available even with no GPU or no CUDA libraries; asked for it, it prints a red
+    error and silently runs on CPU. So CUDA is first checked without onnxruntime (cuda_blocker), then opened with
+    onnxruntime's logger quiet, and the session's own `get_providers()` is the truth: ProviderUnavailable, with
+    the reason, when CUDA did not load.
     """
-    if provider == "cuda" and CUDA not in ort.get_available_providers():
-        raise ProviderUnavailable("provider cuda asked for, but this onnxruntime build has no CUDAExecutionProvider")
     source = str(model) if isinstance(model, Path) else model
-    session = ort.InferenceSession(source, options or settings.options(),
-                                   providers=provider_list(provider, device_id, cuda_graph))
+    if provider != "cuda":
+        return ort.InferenceSession(source, options or settings.options(), providers=provider_list(provider))
+    blocker = cuda_blocker(device_id)
+    if blocker is not None:
+        raise ProviderUnavailable(f"CUDA cannot run here: {blocker}")
+    with _quiet_onnxruntime():
+        session = ort.InferenceSession(source, options or settings.options(),
+                                       providers=provider_list(provider, device_id, cuda_graph))
     got = session.get_providers()
-    if provider == "cuda" and got[0] != CUDA:
-        raise ProviderUnavailable(f"provider cuda asked for, but CUDAExecutionProvider did not load (running {got})")
+    if got[0] != CUDA:
+        why = _cuda_library_error() or "see onnxruntime's CUDA requirements (CUDA 13, cuDNN 9)"
+        raise ProviderUnavailable(f"CUDAExecutionProvider did not load ({why})")
     return session
+
+
+def cuda_blocker(device_id: int = 0) -> str | None:
+    """Why CUDA cannot run in this process, found without asking onnxruntime (whose failed attempt logs an error
+    and a warning to stderr); None when nothing here rules it out (opening a session then has the last word)."""
+    if CUDA not in ort.get_available_providers():
+        return "this onnxruntime build has no CUDAExecutionProvider (install onnxruntime-gpu)"
+    return _driver_blocker(device_id)
+
+
+@functools.cache
+def _driver_blocker(device_id: int) -> str | None:
+    """The NVIDIA driver's answer (libcuda, cuInit, the device count); cached: it does not change in a process."""
+    try:
+        driver = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return "no NVIDIA driver (libcuda.so.1 not found)"
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    where = f" with CUDA_VISIBLE_DEVICES={visible!r}" if visible is not None else ""
+    code = driver.cuInit(0)
+    if code == 100:  # CUDA_ERROR_NO_DEVICE
+        return f"the NVIDIA driver sees no GPU{where}"
+    if code != 0:
+        return f"the NVIDIA driver did not start (cuInit error {code}){where}"
+    count = ctypes.c_int(0)
+    if driver.cuDeviceGetCount(ctypes.byref(count)) != 0 or device_id >= count.value:
+        return f"device {device_id} asked for, {count.value} GPU(s) visible{where}"
+    return None
+
+
+def _cuda_library_error() -> str | None:
+    """The loader's reason onnxruntime's CUDA provider library does not load (e.g. 'libcublasLt.so.13: cannot
+    open shared object file'), or None when it loads; only asked after a failed session, for the message."""
+    library = Path(ort.__file__).parent / "capi" / "libonnxruntime_providers_cuda.so"
+    try:
+        ctypes.CDLL(str(library))
+    except OSError as err:
+        return str(err)
+    return None
+
+
+@contextlib.contextmanager
+def _quiet_onnxruntime() -> Iterator[None]:
+    """onnxruntime's process-wide logger at FATAL while CUDA is tried (its failure is reported by our exception,
+    not a red error line), then back to onnxruntime's default, WARNING (it has no getter to restore from)."""
+    ort.set_default_logger_severity(4)
+    try:
+        yield
+    finally:
+        ort.set_default_logger_severity(2)
 
 
 def provider_name(provider: str) -> str:
