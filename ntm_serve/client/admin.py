@@ -59,21 +59,32 @@ class ModelAdminClient:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ntm_serve.client.admin", description=__doc__.splitlines()[0])
-    parser.add_argument("--target", default=os.environ.get("NTM_TARGET", "localhost:50051"))
-    parser.add_argument("--token", default=os.environ.get("NTM_ADMIN_TOKEN"))
-    parser.add_argument("--tls-ca", default=os.environ.get("NTM_CLIENT_TLS_CA"))
-    parser.add_argument("--timeout", type=float, default=120.0)
-    commands = parser.add_subparsers(dest="command", required=True)
-    status = commands.add_parser("status")
-    status.add_argument("model", nargs="?", default="")
-    load = commands.add_parser("load")
-    load.add_argument("model")
-    load.add_argument("--version", type=int)
-    unload = commands.add_parser("unload")
-    unload.add_argument("model")
-    unload.add_argument("--version", type=int, required=True)
-    unload.add_argument("--force", action="store_true")
+    parser = argparse.ArgumentParser(prog="python -m ntm_serve.client.admin", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--target", default=os.environ.get("NTM_TARGET", "localhost:50051"),
+                        help="server host:port (env NTM_TARGET; default localhost:50051)")
+    parser.add_argument("--token", default=os.environ.get("NTM_ADMIN_TOKEN"),
+                        help="one of the server's --admin-tokens, sent as a bearer token (env NTM_ADMIN_TOKEN)")
+    parser.add_argument("--tls-ca", default=os.environ.get("NTM_CLIENT_TLS_CA"),
+                        help="CA bundle to check the server's certificate with: the call goes over TLS "
+                             "(env NTM_CLIENT_TLS_CA; default plaintext)")
+    parser.add_argument("--timeout", type=float, default=120.0,
+                        help="seconds to wait for the answer (a load compiles the graphs; default 120)")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    status = commands.add_parser("status", help="list every version and its state (LOADED, UNLOADING, FAILED)",
+                                 description="List the versions the server knows, one JSON object each.")
+    status.add_argument("model", nargs="?", default="", help="only this model's versions (default: every model)")
+    load = commands.add_parser("load", help="load a version now, without waiting for the next poll",
+                               description="Load a model version from the models directory now.")
+    load.add_argument("model", help="model name: the folder under the server's --models")
+    load.add_argument("--version", type=int, help="version folder to load (default: the newest on disk)")
+    unload = commands.add_parser("unload", help="take a version out of service",
+                                 description="Stop a version taking new sessions; it goes when its sessions end "
+                                             "(or at once with --force).")
+    unload.add_argument("model", help="model name")
+    unload.add_argument("--version", type=int, required=True, help="the version to unload")
+    unload.add_argument("--force", action="store_true",
+                        help="end the version's live sessions now instead of waiting for them to end")
     args = parser.parse_args(argv)
     with ModelAdminClient(args.target, token=args.token, timeout=args.timeout, tls_ca=args.tls_ca) as client:
         try:

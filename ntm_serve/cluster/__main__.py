@@ -1,4 +1,6 @@
-"""`python -m ntm_serve.cluster up --replicas 3`: store, replicas and proxy on loopback; one JSON line with the
+"""Run a session-affine cluster on this machine, or print the proxy config of a deployment.
+
+`python -m ntm_serve.cluster up --replicas 3`: store, replicas and proxy on loopback; one JSON line with the
 proxy address and every process's pid and port; everything stopped on Ctrl-C / SIGTERM.
 
 `python -m ntm_serve.cluster envoy-config --for kubernetes|compose`: the proxy config committed in
@@ -20,9 +22,12 @@ from ntm_serve.cluster.launcher import ClusterError, LocalCluster
 
 def main(argv: list[str] | None = None) -> int:
     env = os.environ
-    parser = argparse.ArgumentParser(prog="python -m ntm_serve.cluster", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    up = sub.add_parser("up", help="run a local cluster until Ctrl-C / SIGTERM")
+    parser = argparse.ArgumentParser(prog="python -m ntm_serve.cluster", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    up = sub.add_parser("up", help="run a local cluster until Ctrl-C / SIGTERM",
+                        description="Start a store, replicas and an Envoy proxy on loopback and run them until "
+                                    "Ctrl-C / SIGTERM.")
     up.add_argument("--replicas", type=int, default=int(env.get("NTM_CLUSTER_REPLICAS", "3")),
                     help="number of replicas [env NTM_CLUSTER_REPLICAS; default 3]")
     up.add_argument("--models", type=Path, default=Path(env.get("NTM_MODELS", "models")),
@@ -37,8 +42,11 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--workdir", type=Path, default=Path(env["NTM_CLUSTER_WORKDIR"])
                     if env.get("NTM_CLUSTER_WORKDIR") else None,
                     help="store data and logs [env NTM_CLUSTER_WORKDIR; default a temporary directory]")
-    config = sub.add_parser("envoy-config", help="print the proxy config of a deployment")
-    config.add_argument("--for", dest="target", choices=("kubernetes", "compose"), default="kubernetes")
+    config = sub.add_parser("envoy-config", help="print the proxy config of a deployment",
+                            description="Print the Envoy config of a deployment: the committed deploy/ copies are this "
+                                        "output (a test checks they match).")
+    config.add_argument("--for", dest="target", choices=("kubernetes", "compose"), default="kubernetes",
+                        help="deploy/kubernetes/proxy.yaml or deploy/compose/envoy.json [default kubernetes]")
     args = parser.parse_args(argv)
     if args.command == "envoy-config":
         sys.stdout.write(deployment_config(args.target))

@@ -56,13 +56,14 @@ def render(example: tasks_np.Example, outputs: np.ndarray) -> tuple[str, int]:
 def demo_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="ntm-demo", description="Run one task example through "
                                 "the NTM server and show inputs, targets and outputs.")
-    p.add_argument("task", choices=sorted([*tasks_np.TASKS, *ONE_SHOT_TASKS]))
+    p.add_argument("task", choices=sorted([*tasks_np.TASKS, *ONE_SHOT_TASKS]),
+                   help="the task to run one example of (the served model of the same name unless --model)")
     p.add_argument("--target", default=os.environ.get("NTM_TARGET", "localhost:50051"), help="server host:port")
     p.add_argument("--model", help="model name (default: the task name)")
     p.add_argument("--length", type=int, help="copy / repeat_copy: sequence length L")
     p.add_argument("--repeats", type=int, help="repeat_copy: repeat count R")
     p.add_argument("--items", type=int, help="associative_recall: item count K")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed of the example (default 0)")
     p.add_argument("--token", default=os.environ.get("NTM_TOKEN"), help="bearer token (env NTM_TOKEN)")
     p.add_argument("--tls", action="store_true", default=bool(os.environ.get("NTM_CLIENT_TLS")),
                    help="speak TLS (implied by --tls-ca/--tls-cert; env NTM_CLIENT_TLS)")

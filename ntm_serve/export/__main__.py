@@ -16,7 +16,8 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m ntm_serve.export",
         description="Export NTM checkpoints (FOLDER/checkpoint.pt) to the ONNX graphs of docs/onnx-contract.md.",
     )
-    parser.add_argument("folders", nargs="+", type=Path, metavar="FOLDER")
+    parser.add_argument("folders", nargs="+", type=Path, metavar="FOLDER",
+                        help="a trained model's folder (holds checkpoint.pt; the graphs are written beside it)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     failed = 0

@@ -36,10 +36,12 @@ def default_target(env: Mapping[str, str]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m ntm_serve.server.healthcheck", description=__doc__.splitlines()[0])
-    p.add_argument("--target", default=default_target(os.environ))
+    p = argparse.ArgumentParser(prog="python -m ntm_serve.server.healthcheck", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--target", default=default_target(os.environ),
+                   help="host:port to ask (default localhost:NTM_HEALTH_PORT when set, else localhost:NTM_PORT)")
     p.add_argument("--service", default="ntm.v1.NTM", help='service name ("" for the whole server)')
-    p.add_argument("--timeout", type=float, default=3.0)
+    p.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for the answer (default 3)")
     args = p.parse_args(argv)
     status = check(args.target, args.service, args.timeout)
     print(status)

@@ -16,22 +16,27 @@ from ntm_serve.training.train import TrainConfig, train
 
 def parse(argv: list[str]) -> TrainConfig:
     p = argparse.ArgumentParser(prog="python -m ntm_serve.training", description="Train an NTM (or the LSTM baseline).")
-    p.add_argument("task", choices=sorted(TASKS))
+    p.add_argument("task", choices=sorted(TASKS), help="the task to train on")
     p.add_argument("--out", help="output folder (default models/<task>)")
-    p.add_argument("--model", choices=["ntm", "lstm_baseline"], default="ntm")
+    p.add_argument("--model", choices=["ntm", "lstm_baseline"], default="ntm",
+                   help="the NTM, or the LSTM baseline it is compared with (default ntm)")
     d = TrainConfig(task="copy", out="")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--seed", type=int, default=d.seed, help=f"seed of the weights and the data (default {d.seed})")
+    p.add_argument("--batch-size", type=int, default=d.batch_size,
+                   help=f"sequences per optimiser step (default {d.batch_size})")
     p.add_argument("--sequences", type=int, default=d.sequences, help="training budget in sequences")
-    p.add_argument("--optimizer", choices=["adam", "rmsprop"], default=d.optimizer)
-    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--optimizer", choices=["adam", "rmsprop"], default=d.optimizer,
+                   help=f"adam (Collier & Beel) or rmsprop (Graves, with --momentum) (default {d.optimizer})")
+    p.add_argument("--lr", type=float, default=d.lr, help=f"learning rate (default {d.lr:g})")
     p.add_argument("--momentum", type=float, default=d.momentum, help="RMSprop momentum")
     p.add_argument("--clip", type=float, default=d.clip, help="gradient-norm clip")
-    p.add_argument("--eval-every", type=int, default=d.eval_every)
-    p.add_argument("--eval-sequences", type=int, default=d.eval_sequences)
+    p.add_argument("--eval-every", type=int, default=d.eval_every,
+                   help=f"sequences between held-out evaluations and checkpoints (default {d.eval_every})")
+    p.add_argument("--eval-sequences", type=int, default=d.eval_sequences,
+                   help=f"held-out sequences per evaluation (default {d.eval_sequences})")
     p.add_argument("--stop-below", type=float, default=d.stop_below,
                    help="stop when held-out bit errors fall below this")
-    p.add_argument("--threads", type=int, default=d.threads)
+    p.add_argument("--threads", type=int, default=d.threads, help=f"torch CPU threads (default {d.threads})")
     p.add_argument("--ntm", type=json.loads, default={},
                    help='NTMConfig overrides as JSON, e.g. \'{"controller": "feedforward", "memory_rows": 64}\'')
     p.add_argument("--baseline", type=json.loads, default={}, help="LSTMBaseline overrides as JSON")
