@@ -10,6 +10,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 
 def learning_curve(log_path: Path, out: Path, title: str, classification: bool = False) -> None:
@@ -46,6 +49,86 @@ def used_rows(weights: np.ndarray, threshold: float = 0.01, margin: int = 2) -> 
     return (start - margin + np.arange(length)) % rows
 
 
+def row_ticks(rows: np.ndarray, most: int = 8) -> tuple[np.ndarray, list[str]]:
+    """Ticks for a panel drawing memory `rows` (K,) top to bottom: positions (indices into `rows`) and labels, the
+    memory's own row numbers, at round numbers (multiples of the 1-2-5 step that gives at most `most` ticks), so a
+    window that wraps from N-1 to 0 reads as one (..., 125, 0, 5, ...)."""
+    step = next(s * k for s in (10 ** e for e in range(12)) for k in (1, 2, 5) if len(rows) / (s * k) <= most)
+    positions = np.flatnonzero(rows % step == 0)  # (J,)
+    return positions, [str(int(rows[p])) for p in positions]
+
+
+def _wraps(rows: np.ndarray) -> np.ndarray:
+    """Positions k where the next drawn row is not row k + 1 (the window wraps from N-1 to 0 after k)."""
+    return np.flatnonzero(np.diff(rows) != 1)
+
+
+def draw_attention(
+    inputs: np.ndarray,  # (T, I)
+    targets: np.ndarray,  # (T_out, O)
+    outputs: np.ndarray,  # (T, O)
+    read_weights: np.ndarray | None,  # (T, R, N)
+    write_weights: np.ndarray | None,  # (T, W, N)
+    memory: np.ndarray | None,  # (N, M)
+    title: str,
+    rows: np.ndarray | None = None,  # (K,) the memory rows to draw (e.g. `used_rows`); None: all N
+) -> Figure:
+    """The figure of `attention_figure`, not yet saved: the axes are labelled (`Axes.get_label()`) inputs, targets,
+    outputs, write, read and memory. One orientation throughout: time on x; channels, or memory rows (labelled
+    with their own indices), on y; the final memory beside the write weighting, its rows level with the path's."""
+    padded = np.zeros_like(outputs)  # (T, O): targets at the last T_out steps
+    padded[-targets.shape[0] :] = targets
+    panels: list[tuple[str, str, np.ndarray]] = [("inputs", "inputs", inputs.T), ("targets", "targets", padded.T),
+                                                 ("outputs", "outputs", outputs.T)]
+    n = next((w.shape[-1] for w in (write_weights, read_weights) if w is not None), None)
+    n = n if n is not None else (memory.shape[0] if memory is not None else 0)
+    shown = np.arange(n) if rows is None else np.asarray(rows)  # (K,)
+    if write_weights is not None and read_weights is not None:
+        panels += [("write", "write weighting\n(memory row)", write_weights[:, 0][:, shown].T),  # (K, T)
+                   ("read", "read weighting\n(memory row)", read_weights[:, 0][:, shown].T)]  # (K, T)
+    beside = next((i for i, (key, _, _) in enumerate(panels) if key == "write"), len(panels) - 1)
+    fig = plt.figure(figsize=(11 if memory is not None else 9, 1.6 * len(panels) + 1.2))
+    grid = fig.add_gridspec(len(panels), 2 if memory is not None else 1,
+                            width_ratios=[4, 1] if memory is not None else None)
+    time_axes: list[Axes] = []
+    for i, (key, name, image) in enumerate(panels):
+        ax = fig.add_subplot(grid[i, 0], sharex=time_axes[0] if time_axes else None, label=key)
+        # Fixed 0..1 colour scale: a 0.5 output must not look like a confident bit.
+        ax.imshow(image, aspect="auto", cmap="viridis", interpolation="nearest", vmin=0.0, vmax=1.0)
+        ax.set_ylabel(name, fontsize=8)
+        if key in ("write", "read"):
+            _label_rows(ax, shown)
+        else:
+            ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # bit channels: whole numbers
+        time_axes.append(ax)
+    for ax in time_axes[:-1]:
+        ax.tick_params(labelbottom=False)
+    time_axes[-1].set_xlabel("time step")
+    time_axes[-1].xaxis.set_major_locator(MaxNLocator(integer=True))
+    if memory is not None:
+        anchor = time_axes[beside]
+        ax = fig.add_subplot(grid[beside, 1], sharey=anchor if panels[beside][0] == "write" else None,
+                             label="memory")
+        words = memory[shown]  # (K, M): memory rows on y, level with the write weighting's rows
+        scale = float(np.abs(words).max()) or 1.0  # symmetric: white is 0
+        ax.imshow(words, aspect="auto", cmap="RdBu", interpolation="nearest", vmin=-scale, vmax=scale)
+        _label_rows(ax, shown)
+        ax.tick_params(labelleft=panels[beside][0] != "write")  # the write panel's row labels serve both
+        ax.set_title("final memory", fontsize=8)
+        ax.set_xlabel(f"word (M = {words.shape[1]})", fontsize=8)
+    time_axes[0].set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def _label_rows(ax: Axes, rows: np.ndarray) -> None:
+    """y ticks at the memory's own row numbers, and a dashed line where the drawn window wraps from N-1 to 0."""
+    positions, labels = row_ticks(rows)
+    ax.set_yticks(positions, labels)
+    for k in _wraps(rows):
+        ax.axhline(k + 0.5, color="white", linestyle="--", linewidth=0.6)
+
+
 def attention_figure(
     inputs: np.ndarray,  # (T, I)
     targets: np.ndarray,  # (T_out, O)
@@ -57,29 +140,8 @@ def attention_figure(
     title: str,
     rows: np.ndarray | None = None,  # (K,) the memory rows to draw (e.g. `used_rows`); None: all N
 ) -> None:
-    """Inputs, targets, outputs, read/write weightings over time and the final memory."""
-    padded = np.zeros_like(outputs)
-    padded[-targets.shape[0] :] = targets
-    panels = [("inputs", inputs.T), ("targets", padded.T), ("outputs", outputs.T)]
-    shown = slice(None) if rows is None else rows
-    which = "" if rows is None else f"\nrows {rows[0]}..{rows[-1]}"
-    if write_weights is not None and read_weights is not None:
-        panels += [(f"write weightings{which}", write_weights[:, 0][:, shown].T),
-                   (f"read weightings{which}", read_weights[:, 0][:, shown].T)]
-    fig, axes = plt.subplots(len(panels) + (memory is not None), 1, figsize=(9, 1.6 * len(panels) + 3))
-    for ax, (name, image) in zip(axes, panels, strict=False):  # the memory panel, if any, comes after
-        # Fixed 0..1 colour scale: a 0.5 output must not look like a confident bit.
-        ax.imshow(image, aspect="auto", cmap="viridis", interpolation="nearest", vmin=0.0, vmax=1.0)
-        ax.set_ylabel(name, fontsize=8)
-    for ax in axes[: len(panels) - 1]:
-        ax.set_xticks([])
-    axes[len(panels) - 1].set_xlabel("time step")
-    if memory is not None:
-        axes[-1].imshow(memory[shown].T, aspect="auto", cmap="RdBu", interpolation="nearest")
-        axes[-1].set_ylabel("final memory\n(M x N)", fontsize=8)
-        axes[-1].set_xlabel("memory row" if rows is None else f"memory rows {rows[0]}..{rows[-1]} (the heads' path)")
-    axes[0].set_title(title)
-    fig.tight_layout()
+    """Inputs, targets, outputs, read/write weightings over time and the final memory, written to `out` (PNG)."""
+    fig = draw_attention(inputs, targets, outputs, read_weights, write_weights, memory, title, rows)
     fig.savefig(out, dpi=110)
     plt.close(fig)
 

@@ -112,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(table)
     print(f"bit errors: {errors} of {example.targets.size}")
     if args.plot:
-        from ntm_serve.plots import attention_figure, used_rows  # matplotlib only (no torch); the [train] extra
+        from ntm_serve.plots import attention_figure, used_rows  # matplotlib only (no torch); the [demo] extra
 
         memory = final.tensors["memory"] if final else None
         heads = [w for w in (out.read_weights, out.write_weights) if w is not None]  # (T, R|W, N) each
