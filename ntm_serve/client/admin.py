@@ -7,6 +7,9 @@
 
 `--target` (or NTM_TARGET, default localhost:50051), `--token` (or NTM_ADMIN_TOKEN: one of the server's
 --admin-tokens) and `--tls-ca` (or NTM_CLIENT_TLS_CA). Prints one JSON object per version.
+
+The server answers only when started with `--model-control` or `--admin-tokens`; by default every call is
+refused (PERMISSION_DENIED), so nobody who can reach the port can unload a model and end its sessions.
 """
 
 from __future__ import annotations

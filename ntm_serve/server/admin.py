@@ -1,8 +1,11 @@
 """The `ntm.v1.ModelAdmin` gRPC service: load and unload model versions at run time (ntm_serve/server/lifecycle.py).
 
 Loading reads graphs and builds onnxruntime sessions (hundreds of milliseconds), and completing an unload
-joins a batcher thread, so every call runs on an executor thread, never on the event loop. Who may call
-it is the auth interceptor's business (ntm_serve/server/auth.py, `--admin-tokens`).
+joins a batcher thread, so every call runs on an executor thread, never on the event loop.
+
+Closed unless asked for (as Triton's model control): a server started with neither `--model-control` nor
+`--admin-tokens` refuses every call PERMISSION_DENIED, so nobody on the port can unload a model and end its
+sessions. Who may call it when it is on is the auth interceptor's business (ntm_serve/server/auth.py).
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ import functools
 import logging
 from typing import Any
 
+import grpc
+
 from ntm_serve.api.errors import ServiceError, invalid
 from ntm_serve.api.proto_gen.ntm.v1 import ntm_pb2, ntm_pb2_grpc
 from ntm_serve.server.lifecycle import Lifecycle, Status
@@ -19,6 +24,9 @@ from ntm_serve.server.metrics import Metrics
 from ntm_serve.server.servicer import unary
 
 log = logging.getLogger(__name__)
+
+OFF = ("ModelAdmin is off (the default): start the server with --model-control (env NTM_MODEL_CONTROL=1) to let "
+       "callers load and unload models, or with --admin-tokens to let only holders of an admin token do it")
 
 
 def status_message(statuses: list[Status]) -> ntm_pb2.ModelStatusResponse:
@@ -30,9 +38,14 @@ def status_message(statuses: list[Status]) -> ntm_pb2.ModelStatusResponse:
 
 
 class ModelAdminServicer(ntm_pb2_grpc.ModelAdminServicer):
-    def __init__(self, lifecycle: Lifecycle, metrics: Metrics) -> None:
+    def __init__(self, lifecycle: Lifecycle, metrics: Metrics, enabled: bool = False) -> None:
         self.lifecycle = lifecycle
         self.metrics = metrics
+        self.enabled = enabled  # ServiceConfig.model_control_on: --model-control or --admin-tokens
+
+    def _check_on(self) -> None:
+        if not self.enabled:
+            raise ServiceError(grpc.StatusCode.PERMISSION_DENIED, OFF)
 
     def _count_error(self, method: str, err: ServiceError) -> None:
         self.metrics.errors.labels(method, err.code.name).inc()
@@ -44,6 +57,7 @@ class ModelAdminServicer(ntm_pb2_grpc.ModelAdminServicer):
 
     @unary
     async def LoadModel(self, request: ntm_pb2.LoadModelRequest, context: Any) -> ntm_pb2.ModelStatusResponse:
+        self._check_on()
         if not request.model:
             raise invalid("model is required")
         version = request.version if request.HasField("version") else None
@@ -54,6 +68,7 @@ class ModelAdminServicer(ntm_pb2_grpc.ModelAdminServicer):
 
     @unary
     async def UnloadModel(self, request: ntm_pb2.UnloadModelRequest, context: Any) -> ntm_pb2.ModelStatusResponse:
+        self._check_on()
         if not request.model:
             raise invalid("model is required")
         if request.version < 1:
@@ -63,4 +78,5 @@ class ModelAdminServicer(ntm_pb2_grpc.ModelAdminServicer):
 
     @unary
     async def ModelStatus(self, request: ntm_pb2.ModelStatusRequest, context: Any) -> ntm_pb2.ModelStatusResponse:
+        self._check_on()
         return await self._run(self.lifecycle.status, request.model)

@@ -154,7 +154,8 @@ class Server:
             self.replica.start()
             servicer.cluster = self.replica
         add_ntm_servicer(servicer, self._grpc)
-        add_ntm_servicer(ModelAdminServicer(self.lifecycle, self.metrics), self._grpc, "ModelAdmin")
+        add_ntm_servicer(ModelAdminServicer(self.lifecycle, self.metrics, c.model_control_on), self._grpc,
+                         "ModelAdmin")
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
         reflection.enable_server_reflection((NTM_SERVICE, ADMIN_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME),
@@ -190,8 +191,9 @@ class Server:
                                    "mtls": c.tls_client_ca is not None, "health_port": self.health_port,
                                    "state_dir": str(c.state_dir) if c.state_dir else None,
                                    "sessions": self.registry.count(), "poll_s": c.model_poll_interval_s,
-                                   "admin_auth": admin.enabled, "store": c.store_url or None,
-                                   "replica": self.replica.name if self.replica else None})
+                                   "admin_auth": admin.enabled, "model_control": c.model_control_on,
+                                   "store": c.store_url or None,
+                                   "replica": self.keeping.replica_name, "ui_port": self.ui_port})
 
     async def _reap(self) -> None:
         assert self.registry is not None

@@ -1,5 +1,6 @@
 """Every console script (pyproject's [project.scripts]) explains itself: each parser and sub-command has a
-description that is a whole sentence (not a docstring cut at its first line), and every argument has help text."""
+description that is a whole sentence (not a docstring cut at its first line), and every argument has help text
+(or is hidden on purpose, help=argparse.SUPPRESS)."""
 
 from __future__ import annotations
 
@@ -67,7 +68,7 @@ def test_every_argument_of_every_console_script_has_help(script: str) -> None:
         for action in parser._actions:
             if isinstance(action, argparse._HelpAction | argparse._SubParsersAction):
                 continue
-            if not action.help or action.help == argparse.SUPPRESS:
+            if not action.help:  # help=argparse.SUPPRESS is a deliberate choice: an old spelling kept hidden
                 missing.append(f"{name} {'/'.join(action.option_strings) or action.dest}")
     assert not missing, f"arguments without help: {missing}"
     assert not bad, f"descriptions that are not whole sentences: {bad}"

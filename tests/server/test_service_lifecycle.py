@@ -22,8 +22,10 @@ from helpers import Offline, bits, service_config
 
 from ntm_serve.api.proto_gen.ntm.v1 import ntm_pb2
 from ntm_serve.client.admin import ModelAdminClient
+from ntm_serve.client.admin import main as admin_main
 from ntm_serve.client.sdk import NTMClient, packed_request
 from ntm_serve.contract import GRAPH_FILES
+from ntm_serve.server.config import load_config
 from ntm_serve.server.registry import weights_missing
 from ntm_serve.server.repository import scan, version_number
 from ntm_serve.server.server import ServerThread
@@ -215,7 +217,7 @@ def test_broken_versions_are_refused_while_the_others_keep_serving(
     _link_graphs(v2, repo / "copy" / "2")
     rng = np.random.default_rng(3)
     caplog.set_level(logging.ERROR, logger="ntm_serve.server.lifecycle")
-    with ServerThread(service_config(repo, model_poll_interval_s=POLL_S)) as server, \
+    with ServerThread(service_config(repo, model_control=True, model_poll_interval_s=POLL_S)) as server, \
             NTMClient(server.target, timeout=DEADLINE_S) as client, \
             ModelAdminClient(server.target, timeout=DEADLINE_S) as admin:
         s1, s2 = client.create_session("copy", version=1), client.create_session("copy")
@@ -289,7 +291,7 @@ def test_admin_unload_waits_for_sessions_or_ends_them_when_forced(v1: Path, v2: 
     repo = tmp_path / "models"
     _link_graphs(v1, repo / "copy" / "1")
     _link_graphs(v2, repo / "copy" / "2")
-    with ServerThread(service_config(repo, model_poll_interval_s=0)) as server, \
+    with ServerThread(service_config(repo, model_control=True, model_poll_interval_s=0)) as server, \
             NTMClient(server.target, timeout=DEADLINE_S) as client, \
             ModelAdminClient(server.target, timeout=DEADLINE_S) as admin:
         session = client.create_session("copy", version=1)
@@ -327,7 +329,7 @@ def test_a_packed_stream_lives_through_a_forced_unload_of_its_version(v1: Path, 
     _link_graphs(v2, repo / "copy" / "2")
     rng = np.random.default_rng(5)
     inputs = np.stack([bits(rng, 4000) for _ in range(4)])  # (E, T, I)
-    with ServerThread(service_config(repo, model_poll_interval_s=0)) as server, \
+    with ServerThread(service_config(repo, model_control=True, model_poll_interval_s=0)) as server, \
             NTMClient(server.target, timeout=DEADLINE_S) as client, \
             ModelAdminClient(server.target, timeout=DEADLINE_S) as admin:
         old = [client.create_session("copy", version=1).session_id for _ in range(4)]
@@ -376,6 +378,50 @@ def test_admin_tokens(v1: Path, tmp_path: Path) -> None:
             ModelAdminClient(server.target, token="user") as admin, pytest.raises(grpc.RpcError) as err:
         admin.status()
     assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED and "--admin-tokens" in err.value.details()
+
+
+def test_model_control_is_off_by_default_and_a_refused_forced_unload_ends_nothing(
+        v1: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A default server (no tokens, no --model-control) refuses every ModelAdmin call PERMISSION_DENIED, saying
+    how to turn it on; a caller's `unload --force` leaves the live session stepping."""
+    repo = tmp_path / "models"
+    _link_graphs(v1, repo / "copy" / "1")
+    rng = np.random.default_rng(3)
+    with ServerThread(service_config(repo, model_poll_interval_s=0)) as server, \
+            NTMClient(server.target, timeout=DEADLINE_S) as client, \
+            ModelAdminClient(server.target, timeout=DEADLINE_S) as admin:
+        session = client.create_session("copy").session_id
+        client.step(session, bits(rng, 3))
+        for call in (admin.status, lambda: admin.load("copy", 1), lambda: admin.unload("copy", 1, force=True)):
+            with pytest.raises(grpc.RpcError) as err:
+                call()
+            assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            assert "--model-control" in err.value.details() and "NTM_MODEL_CONTROL=1" in err.value.details()
+        assert admin_main(["--target", server.target, "unload", "copy", "--version", "1", "--force"]) == 1
+        assert capsys.readouterr().err.startswith("PERMISSION_DENIED: ModelAdmin is off")
+        assert client.step(session, bits(rng, 2)).steps == 5  # the session lives on, on version 1
+        assert [m.version for m in client.list_models()] == [1]
+        assert metric(server, "ntm_errors_total", {"method": "UnloadModel", "code": "PERMISSION_DENIED"}) == 2
+
+
+@pytest.mark.parametrize(("argv", "env"), [(["--model-control"], {}), ([], {"NTM_MODEL_CONTROL": "1"})])
+def test_model_control_by_flag_or_environment(v1: Path, tmp_path: Path, argv: list[str], env: dict[str, str]) -> None:
+    """--model-control or NTM_MODEL_CONTROL=1 turns ModelAdmin on for every caller (admin tokens are the other
+    way: test_admin_tokens); with session tokens it needs admin tokens, or a session token would manage models."""
+    repo = tmp_path / "models"
+    _link_graphs(v1, repo / "copy" / "1")
+    base = ["--models", str(repo), "--host", "127.0.0.1", "--port", "0", "--metrics-port", "-1", "--provider", "cpu",
+            "--model-poll-interval-s", "0"]
+    assert not load_config(base, env={}).model_control_on
+    config = load_config(base + argv, env=env)
+    assert config.model_control and config.model_control_on
+    with ServerThread(config) as server, ModelAdminClient(server.target, timeout=DEADLINE_S) as admin:
+        assert [(s.version, s.state) for s in admin.status()] == [(1, ntm_pb2.VersionStatus.LOADED)]
+        (status,) = admin.unload("copy", 1)
+        assert status.state == ntm_pb2.VersionStatus.UNLOADED
+    with pytest.raises(ValueError, match="model_control with auth_tokens needs admin_tokens"):
+        load_config(base + argv + ["--auth-tokens", "user"], env=env)
+    assert load_config(base + argv + ["--auth-tokens", "user", "--admin-tokens", "root"], env=env).model_control_on
 
 
 # --- item 3: no silent change of weights: imports and restarts -----------------------------------------
