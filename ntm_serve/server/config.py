@@ -126,23 +126,23 @@ class ServiceConfig:
         if self.store_url and not self.store_url.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError(f"store_url must be redis://host:port[/db], rediss://... or unix://path, "
                              f"got {self.store_url!r}")
-        if self.cuda_graph and self.provider == "cpu":
-            raise ValueError("cuda_graph needs the CUDA provider: it cannot be used with provider cpu "
-                             "(use provider cuda, or auto to have it only where CUDA loads)")
         if self.model_control and self.auth_tokens and not self.admin_tokens:
             raise ValueError("model_control with auth_tokens needs admin_tokens: a session token does not manage "
                              "models (give admin_tokens; they alone turn ModelAdmin on)")
+        if self.cuda_graph and self.provider == "cpu":
+            raise ValueError("cuda_graph needs the CUDA provider: it cannot be used with provider cpu "
+                             "(use provider cuda, or auto to have it only where CUDA loads)")
         if self.batch_buckets:
             check_buckets(self.batch_buckets, self.max_batch)
 
-    def buckets(self) -> tuple[int, ...]:
-        """The batch sizes CUDA graphs are captured for: batch_buckets (sorted), else the default from max_batch."""
-        return check_buckets(self.batch_buckets, self.max_batch) if self.batch_buckets else default_buckets(
     @property
     def model_control_on(self) -> bool:
         """Whether ModelAdmin answers: asked for with --model-control, or admin tokens given (who holds one may)."""
         return self.model_control or bool(self.admin_tokens)
 
+    def buckets(self) -> tuple[int, ...]:
+        """The batch sizes CUDA graphs are captured for: batch_buckets (sorted), else the default from max_batch."""
+        return check_buckets(self.batch_buckets, self.max_batch) if self.batch_buckets else default_buckets(
             self.max_batch)
 
 
@@ -199,11 +199,11 @@ SETTINGS: tuple[Setting, ...] = (
             "are loaded, removed ones unloaded once their sessions end (0: no polling; ModelAdmin calls only)"),
     Setting("admin_tokens", _tokens, "comma-separated bearer tokens for the ModelAdmin service (load and unload "
             "model versions); with auth_tokens set and this empty, ModelAdmin is refused (PERMISSION_DENIED)"),
+    Setting("model_control", _bool, "turn on the ModelAdmin service (load, unload, status of model versions) for "
+            "every caller; off by default: refused PERMISSION_DENIED unless this or admin_tokens is set"),
     Setting("store_url", str, "replica mode: URL of the shared Redis-compatible session store (redis://host:port); "
             "sessions live there and any replica can take one over (empty: single process, sessions in memory)"),
     Setting("replica_name", str, "this replica's name in the store and logs (empty: host:pid)"),
-    Setting("model_control", _bool, "turn on the ModelAdmin service (load, unload, status of model versions) for "
-            "every caller; off by default: refused PERMISSION_DENIED unless this or admin_tokens is set"),
     Setting("commit_every", int, "replica mode: commit a session's state every N-th request (1: every request, "
             "before its response; N > 1 answers at once and a crash loses up to N-1 answered requests per session)"),
     Setting("drain_delay_s", float, "on SIGTERM, how long to keep serving while health says NOT_SERVING, so a "
@@ -240,6 +240,7 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
     )
     for s in SETTINGS:
         default = s.parse(env[s.env]) if s.env in env else _DEFAULTS[s.name]
+        alone = {"nargs": "?", "const": True} if isinstance(_DEFAULTS[s.name], bool) else {}  # `--flag` = true
         parser.add_argument(s.flag, dest=s.name, type=s.parse, default=default, choices=s.choices,
                             help=f"{s.help} [env {s.env}; default {default_text(s)}]", **alone)
     return parser
@@ -247,6 +248,5 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
 
 def load_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> ServiceConfig:
     """Flags over environment over defaults."""
-        alone = {"nargs": "?", "const": True} if isinstance(_DEFAULTS[s.name], bool) else {}  # `--flag` = true
     args = build_parser(env).parse_args(argv)
     return ServiceConfig(**vars(args))

@@ -193,7 +193,7 @@ class Server:
                                    "sessions": self.registry.count(), "poll_s": c.model_poll_interval_s,
                                    "admin_auth": admin.enabled, "model_control": c.model_control_on,
                                    "store": c.store_url or None,
-                                   "replica": self.keeping.replica_name, "ui_port": self.ui_port})
+                                   "replica": self.replica.name if self.replica else None})
 
     async def _reap(self) -> None:
         assert self.registry is not None
