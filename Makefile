@@ -9,6 +9,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PORT ?= 50051
 METRICS_PORT ?= 9090
+# pytest-xdist workers: most tests wait on a server, so two per core keep the box busy.
+TEST_WORKERS ?= 4
 
 .PHONY: serve test lint setup-serve setup-dev export train-all evaluate-all bench bench-quick bench-train soak clean proto cluster cluster-faults
 
@@ -20,13 +22,13 @@ $(VENV)/bin/activate:
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 
-# Serving needs no torch: the base install only.
+# Serving needs no torch: the server and the demo client (its pictures), no training or export.
 $(VENV)/.serve-installed: pyproject.toml $(VENV)/bin/activate
-	$(PY) -m pip install -q -e .
+	$(PY) -m pip install -q -e ".[server,demo]"
 	@touch $@
 
 $(VENV)/.dev-installed: pyproject.toml $(VENV)/bin/activate
-	$(PY) -m pip install -q -e ".[train,export,dev]"
+	$(PY) -m pip install -q -e ".[dev]"
 	@touch $@ $(VENV)/.serve-installed
 
 setup-serve: $(VENV)/.serve-installed
@@ -34,12 +36,12 @@ setup-dev: $(VENV)/.dev-installed
 
 ## Quickstart 1: serve the bundled models (gRPC on $(PORT), metrics on $(METRICS_PORT)).
 serve: setup-serve
-	$(PY) -m ntm_serve.server --models models --port $(PORT) --metrics-port $(METRICS_PORT)
+	$(VENV)/bin/ntm-serve --models models --port $(PORT) --metrics-port $(METRICS_PORT)
 
 ## Quickstart 2: lint and run every test.
 test: setup-dev
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS)
 
 lint: setup-dev
 	$(VENV)/bin/ruff check .

@@ -20,16 +20,18 @@ from benchmarks import machine
 from benchmarks.loadgen import LoadSpec
 from benchmarks.report import Table, fmt_rate, median_of_rounds, write_result
 from benchmarks.server import (
+    REPO,
     ServerProcess,
     add_model_options,
     measure_cell,
     pin_here,
     prepare,
+    server_module,
     split_cores,
     start_server,
 )
 
-SERVERS = {"server": "service", "echo floor": "benchmarks.echo_server"}
+SERVERS = {"server": server_module(REPO), "echo floor": "benchmarks.echo_server"}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -38,7 +38,16 @@ from benchmarks.loadgen import LoadSpec
 from benchmarks.models import ModelFolder
 from benchmarks.ort_engine import BoundStep, copy_task_inputs, initial_state, make_session
 from benchmarks.report import Table, fmt_rate, median_of_rounds, write_result
-from benchmarks.server import REPO, add_model_options, measure_cell, pin_here, prepare, split_cores, start_server
+from benchmarks.server import (
+    REPO,
+    add_model_options,
+    measure_cell,
+    pin_here,
+    prepare,
+    server_module,
+    split_cores,
+    start_server,
+)
 from benchmarks.timing import FULL, QUICK, Contender, measure
 from ntm_serve.runtime.engine import Engine
 from ntm_serve.runtime.ort_session import SERVER
@@ -168,14 +177,14 @@ def _rows(args: argparse.Namespace) -> tuple[dict[str, tuple[Path, str]], list[t
     """The servers to start (name -> (source tree, module)) and the rows to measure: (row, server, packed)."""
     modes = set(args.modes.split(","))
     floor = not args.no_floor
-    trees: dict[str, tuple[Path, str]] = {"this tree": (REPO, "service")}
+    trees: dict[str, tuple[Path, str]] = {"this tree": (REPO, server_module(REPO))}
     if floor:
         trees[FLOOR] = (REPO, "benchmarks.echo_server")
     rows: list[tuple[str, str, bool]] = []
     if "per-session" in modes:
         rows.append(("this tree", "this tree", False))
         if args.baseline:
-            trees["baseline"] = (args.baseline.resolve(), "service")
+            trees["baseline"] = (args.baseline.resolve(), server_module(args.baseline.resolve()))
             rows.append(("baseline", "baseline", False))
         if floor:
             trees[FLOOR_ITERATOR] = (REPO, "benchmarks.echo_server --echo-iterator")
@@ -183,7 +192,7 @@ def _rows(args: argparse.Namespace) -> tuple[dict[str, tuple[Path, str]], list[t
     if "packed" in modes:
         rows += [(PACKED, "this tree", True)] + ([(FLOOR_PACKED, FLOOR, True)] if floor else [])
         if args.baseline and args.baseline_packed:
-            trees["baseline"] = (args.baseline.resolve(), "service")
+            trees["baseline"] = (args.baseline.resolve(), server_module(args.baseline.resolve()))
             rows.append((PACKED_BASELINE, "baseline", True))
     return trees, rows
 

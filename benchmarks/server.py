@@ -113,12 +113,19 @@ def pinned(argv: list[str], cores: set[int] | None) -> list[str]:
     return argv if cores is None else [sys.executable, "-c", PIN_THEN_EXEC, ",".join(map(str, sorted(cores))), *argv]
 
 
+def server_module(tree: Path) -> str:
+    """The server's module in source tree `tree`: `ntm_serve.server`, or `service` in a tree from before the
+    package had one import root (a baseline checkout for A/B runs)."""
+    return "ntm_serve.server" if (tree / "ntm_serve" / "server").is_dir() else "service"
+
+
 def start_server(models_dir: Path, extra: Sequence[str] = (), ready_timeout: float = 120.0,
-                 tree: Path = REPO, cores: set[int] | None = None, module: str = "service",
+                 tree: Path = REPO, cores: set[int] | None = None, module: str | None = None,
                  env: Mapping[str, str] | None = None) -> ServerProcess:
-    """Start the server (the `service` package of source tree `tree`) on free loopback ports and wait until
-    ListModels answers. `cores`: pin the server process (every thread it starts) to these CPUs; `module`: what
-    runs (`benchmarks.echo_server`: the same contract without a model); `env`: variables set for it alone."""
+    """Start the server of source tree `tree` on free loopback ports and wait until ListModels answers. `cores`:
+    pin the server process (every thread it starts) to these CPUs; `module`: what runs (default: the tree's
+    server; `benchmarks.echo_server`: the same contract without a model); `env`: variables set for it alone."""
+    module = module or server_module(tree)
     port, metrics_port = free_port(), free_port()
     log_file = Path(tempfile.mkstemp(prefix="ntm-bench-server-", suffix=".log")[1])
     cmd = [sys.executable, "-m", *module.split(), "--models", str(models_dir), "--host", HOST, "--port", str(port),

@@ -75,16 +75,21 @@ CHAOTIC = {"priority_sort": "selection over stale rows of earlier episodes (neve
                             "turns rounding into different picks: torch float32 is as far from float64",
            "copy": "a 500-vector copy into 128 rows: near-tie reads between overwritten rows amplify rounding",
            "repeat_copy": "chaotic over 1000 steps: on input seeds 0-3 the graphs before the Softplus block failed "
-                          "this check on seeds 1 and 3, the current ones on 0, 1 and 3 (benchmarks/results/issue12/"
-                          "parity_round5/repeat_copy_seeds.md): which seed passes is rounding luck",
+                          "this check on seeds 1 and 3, the current ones on 0, 1 and 3 (benchmarks/results/parity/"
+                          "repeat_copy_seeds.md): which seed passes is rounding luck, and it differs by CPU",
            "associative_recall_wrap": "chaotic over 1000 steps of back-to-back episodes: every continuous row "
                                       "is within torch float32's own distance from float64, yet 4.9% of rounded "
                                       "bits differ"}
 
 
+# Rounding luck that differs between CPUs (their float kernels differ): on one of this project's 2-core boxes the
+# repeat-copy check fails, on another it passes, so its xfail is not strict. The others fail on every box seen.
+LUCK_BY_CPU = {"repeat_copy"}
+
+
 def _shipped_params() -> list[object]:
-    return [pytest.param(p, marks=pytest.mark.xfail(strict=True, reason=CHAOTIC[p.name]) if p.name in CHAOTIC
-                         else (), id=p.name) for p in SHIPPED]
+    return [pytest.param(p, marks=pytest.mark.xfail(strict=p.name not in LUCK_BY_CPU, reason=CHAOTIC[p.name])
+                         if p.name in CHAOTIC else (), id=p.name) for p in SHIPPED]
 
 
 @pytest.mark.skipif(not SHIPPED, reason="no shipped model yet (models/*/step.onnx next to checkpoint.pt)")

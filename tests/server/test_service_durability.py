@@ -177,12 +177,17 @@ def test_a_stop_mid_stream_answers_what_it_read_and_applies_nothing_else(copy_di
         server.stop()
     steps = len(answered)
     assert steps > 0  # (fewer than 20 is possible: requests run ahead of their answers, and unread ones are dropped)
+    # A drained stream answers exactly what it applied. When the client's transport saw the connection close
+    # first ("Stream removed"), the last answer the server sent may be lost on the wire: then one more is applied.
+    lost_on_wire = "Stream removed" in err.value.details()
     with ServerThread(service_config(copy_dir, state_dir=state)) as restarted, \
             NTMClient(restarted.target, timeout=60) as client:
-        assert [client.get_session(sid).steps for sid in ids] == [steps] * len(ids)
-        rest = client.step(ids[0], inputs[steps:steps + 5]).outputs  # the client resends from where it was answered
+        applied = [client.get_session(sid).steps for sid in ids]
+        assert applied == [steps] * len(ids) or (lost_on_wire and applied == [steps + 1] * len(ids)), applied
+        steps = applied[0]
+        rest = client.step(ids[0], inputs[steps:steps + 5]).outputs  # the client resends from where it was applied
     expected = offline.run(inputs[:steps + 5])["outputs"]
-    np.testing.assert_array_equal(np.concatenate(answered), expected[:steps])
+    np.testing.assert_array_equal(np.concatenate(answered), expected[:len(answered)])
     np.testing.assert_array_equal(rest, expected[steps:])
 
 
@@ -282,7 +287,7 @@ def test_state_dir_has_one_server_and_write_failures_do_not_stop_serving(copy_di
         with pytest.raises(StateDirError, match="in use by another server"):
             ServerThread(service_config(copy_dir, state_dir=tmp_path / "state")).start()
         session = client.create_session("copy").session_id
-        snapshotter = server.server.snapshotter
+        snapshotter = server.server.keeping.snapshotter
         real_write = snapshotter.store.write
 
         def full_disk(items):
