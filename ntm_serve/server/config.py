@@ -94,6 +94,8 @@ class ServiceConfig:
     drain_delay_s: float = 0.0
     cuda_graph: bool = False
     batch_buckets: tuple[int, ...] = ()
+    ui_host: str = "127.0.0.1"
+    ui_port: int = -1
 
     def __post_init__(self) -> None:
         positive = ("intra_op_threads", "max_batch", "max_sessions", "max_steps", "max_message_bytes",
@@ -108,8 +110,9 @@ class ServiceConfig:
         for name in ("default_ttl_s", "max_ttl_s", "reap_interval_s", "snapshot_interval_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        if not 0 <= self.port <= 65535 or not -1 <= self.metrics_port <= 65535 or not -1 <= self.health_port <= 65535:
-            raise ValueError("ports must be in 0..65535 (metrics_port and health_port -1 turn them off)")
+        if not 0 <= self.port <= 65535 or not all(-1 <= p <= 65535 for p in (self.metrics_port, self.health_port,
+                                                                             self.ui_port)):
+            raise ValueError("ports must be in 0..65535 (metrics_port, health_port and ui_port -1 turn them off)")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert and tls_key go together: give both (TLS) or neither (plaintext)")
         if self.tls_client_ca is not None and self.tls_cert is None:
@@ -214,6 +217,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("batch_buckets", parse_buckets, "with cuda_graph: the batch sizes graphs are captured for, "
             "comma-separated multiples of 4, the largest >= max_batch (empty: 4, 8, 16, ... up to the first that "
             "holds max_batch)"),
+    Setting("ui_host", str, "bind address of the inspector web page"),
+    Setting("ui_port", int, "HTTP port of the inspector web page: models, live sessions, a session's memory and "
+            "attention drawn live, a try-it panel (0 picks a free one, -1: off; needs the [ui] extra; the same "
+            "bearer tokens as gRPC)"),
 )
 
 _DEFAULTS = {f.name: f.default for f in fields(ServiceConfig)}
@@ -250,3 +257,14 @@ def load_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | None
     """Flags over environment over defaults."""
     args = build_parser(env).parse_args(argv)
     return ServiceConfig(**vars(args))
+
+
+def settings_table() -> str:
+    """Every setting as the markdown table of docs/service.md ("Settings"); a test keeps the two equal."""
+    rows = ["| flag | environment | default | meaning |", "|---|---|---|---|"]
+    rows += [f"| `{s.flag}` | `{s.env}` | `{default_text(s)}` | {s.help} |" for s in SETTINGS]
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":  # `python -m ntm_serve.server.config`: the table for docs/service.md
+    print(settings_table())

@@ -24,7 +24,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoRe
 from helpers import ROOT, Offline, bits, compose_tool
 
 from ntm_serve.client.sdk import NTMClient, step_request
-from ntm_serve.server.config import SETTINGS, ServiceConfig, default_text, load_config
+from ntm_serve.server.config import SETTINGS, ServiceConfig, default_text, load_config, settings_table
 from ntm_serve.server.ports import wait_port_file
 from ntm_serve.server.server import ServerThread
 
@@ -95,13 +95,12 @@ def test_settings_by_flag_and_environment() -> None:
         load_config(["--max-batch", "0"], env={})
 
 
-def test_every_setting_is_documented_in_the_readme() -> None:
-    readme = (ROOT / "README.md").read_text()
-    section = readme.split("\n## Service", 1)[1].split("\n## ", 1)[0]
-    for s in SETTINGS:
-        row = next((line for line in section.splitlines() if line.startswith(f"| `{s.flag}` |")), None)
-        assert row is not None, f"{s.flag} missing from README's Service section"
-        assert f"`{s.env}`" in row and f"`{default_text(s)}`" in row, row
+def test_every_setting_is_documented_in_the_service_reference() -> None:
+    """docs/service.md's "Settings" table is exactly what `python -m ntm_serve.server.config` prints."""
+    doc = (ROOT / "docs" / "service.md").read_text()
+    section = doc.split("\n## Settings", 1)[1].split("\n## ", 1)[0]
+    table = "\n".join(line for line in section.splitlines() if line.startswith("|"))
+    assert table == settings_table(), "regenerate the table: python -m ntm_serve.server.config"
 
 
 # --- the container's command, run here ------------------------------------------------------------------
