@@ -1,7 +1,9 @@
 """Run a session-affine cluster on this machine, or print the proxy config of a deployment.
 
 `python -m ntm_serve.cluster up --replicas 3`: store, replicas and proxy on loopback; one JSON line with the
-proxy address and every process's pid and port; everything stopped on Ctrl-C / SIGTERM.
+proxy address and every process's pid and port; then a process that exits is restarted, as Kubernetes would,
+after a back-off doubling from 1 s to 30 s, with one JSON line per event (ntm_serve/cluster/supervisor.py);
+everything stopped on Ctrl-C / SIGTERM.
 
 `python -m ntm_serve.cluster envoy-config --for kubernetes|compose`: the proxy config committed in
 deploy/kubernetes/proxy.yaml and deploy/compose/envoy.json."""
@@ -18,6 +20,7 @@ from pathlib import Path
 
 from ntm_serve.cluster.envoy import deployment_config
 from ntm_serve.cluster.launcher import ClusterError, LocalCluster
+from ntm_serve.cluster.supervisor import BackOff, Supervisor
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,8 +29,8 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     up = sub.add_parser("up", help="run a local cluster until Ctrl-C / SIGTERM",
-                        description="Start a store, replicas and an Envoy proxy on loopback and run them until "
-                                    "Ctrl-C / SIGTERM.")
+                        description="Start a store, replicas and an Envoy proxy on loopback, restart any that "
+                                    "exits (after a back-off), and run them until Ctrl-C / SIGTERM.")
     up.add_argument("--replicas", type=int, default=int(env.get("NTM_CLUSTER_REPLICAS", "3")),
                     help="number of replicas [env NTM_CLUSTER_REPLICAS; default 3]")
     up.add_argument("--models", type=Path, default=Path(env.get("NTM_MODELS", "models")),
@@ -42,6 +45,14 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--workdir", type=Path, default=Path(env["NTM_CLUSTER_WORKDIR"])
                     if env.get("NTM_CLUSTER_WORKDIR") else None,
                     help="store data and logs [env NTM_CLUSTER_WORKDIR; default a temporary directory]")
+    up.add_argument("--restart-backoff-s", type=float, default=BackOff.initial_s,
+                    help="wait before restarting a process that exited; doubles with each restart in a row "
+                         f"[default {BackOff.initial_s:g}]")
+    up.add_argument("--restart-backoff-max-s", type=float, default=BackOff.max_s,
+                    help=f"the longest wait before a restart [default {BackOff.max_s:g}]")
+    up.add_argument("--restart-reset-s", type=float, default=BackOff.reset_after_s,
+                    help="a process that ran this long since its restart waits the shortest time again "
+                         f"[default {BackOff.reset_after_s:g}]")
     config = sub.add_parser("envoy-config", help="print the proxy config of a deployment",
                             description="Print the Envoy config of a deployment: the committed deploy/ copies are this "
                                         "output (a test checks they match).")
@@ -53,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.replicas < 1:
         parser.error("--replicas must be >= 1")
+    if not 0 < args.restart_backoff_s <= args.restart_backoff_max_s or args.restart_reset_s < 0:
+        parser.error("restart back-off: 0 < --restart-backoff-s <= --restart-backoff-max-s, --restart-reset-s >= 0")
     if not args.models.is_dir():
         parser.error(f"models directory {args.models} does not exist")
     stop = threading.Event()
@@ -66,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cannot start the cluster: {err}", file=sys.stderr)
         return 2
     print(json.dumps(cluster.describe()), flush=True)
-    stop.wait()
+    backoff = BackOff(args.restart_backoff_s, args.restart_backoff_max_s, args.restart_reset_s)
+    Supervisor(cluster, lambda event: print(json.dumps(event), flush=True), backoff).run(stop)  # this thread
     cluster.stop()
     return 0
 

@@ -372,7 +372,7 @@ class LocalCluster:
     def restart_replica(self, i: int) -> None:
         """Start replica i again on its port (the proxy's health check brings it back into the ring)."""
         node = self.nodes[i]
-        node.argv = self._replica_argv(node)
+        self.before_restart(node)
         self._restart(node, lambda: self._serving(node), self.start_timeout_s)
 
     def restart_store(self, down_s: float = 0.5) -> None:
@@ -383,6 +383,30 @@ class LocalCluster:
         store.wait(30)
         time.sleep(down_s)
         self._restart(store, lambda: store_ready(store), 30)
+
+    # --- what a supervisor needs (ntm_serve/cluster/supervisor.py) ----------------------------------------
+
+    def processes(self) -> list[Proc]:
+        """Every process of the cluster: the store, the replicas, the proxy."""
+        return [p for p in (self.store, *self.nodes, self.envoy) if p is not None]
+
+    def is_ready(self, proc: Proc) -> bool:
+        """`proc` (one of processes()) holds its port and answers: PING for the store, health SERVING for a replica
+        and through the proxy."""
+        if proc is self.store:
+            return store_ready(proc)
+        if proc is self.envoy:
+            return self._envoy_ready(proc)
+        return self._serving(proc)
+
+    def ready_timeout(self, proc: Proc) -> float:
+        """How long `proc` may take from its start to ready."""
+        return 30.0 if proc is self.store else 60.0 if proc is self.envoy else self.start_timeout_s
+
+    def before_restart(self, proc: Proc) -> None:
+        """Make `proc` ready to start again on its own port: a replica's command names the port it bound."""
+        if any(proc is node for node in self.nodes):
+            proc.argv = self._replica_argv(proc)
 
     def describe(self) -> dict[str, Any]:
         """The one JSON line `up` prints: the proxy address, every process's pid and port."""

@@ -65,6 +65,18 @@ def test_replicas_have_probes_drain_and_the_store() -> None:
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
 
 
+def test_every_workload_has_liveness_and_readiness_probes() -> None:
+    """Kubernetes restarts a container whose liveness probe fails and routes only to ready ones: the store, the
+    replicas and the proxy each have both (the local launcher's supervisor is the same idea:
+    ntm_serve/cluster/supervisor.py)."""
+    workloads = [doc for doc in _resources() if doc["kind"] in ("Deployment", "StatefulSet")]
+    assert {doc["metadata"]["name"] for doc in workloads} == {"ntm-store", "ntm-replica", "ntm-proxy"}
+    for doc in workloads:
+        for container in doc["spec"]["template"]["spec"]["containers"]:
+            missing = {"livenessProbe", "readinessProbe"} - set(container)
+            assert not missing, f"{doc['metadata']['name']}/{container['name']} has no {sorted(missing)}"
+
+
 def test_proxy_configs_are_the_generated_ones_and_envoy_accepts_them(tmp_path) -> None:
     configmap = next(doc for doc in _resources() if doc["kind"] == "ConfigMap")
     assert configmap["data"]["envoy.json"] == deployment_config("kubernetes"), \
