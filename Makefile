@@ -9,10 +9,12 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PORT ?= 50051
 METRICS_PORT ?= 9090
+UI_PORT ?= 8080
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # pytest-xdist workers: most tests wait on a server, so two per core keep the box busy.
 TEST_WORKERS ?= 4
 
-.PHONY: serve test lint setup-serve setup-dev export train-all evaluate-all bench bench-quick bench-train soak clean proto cluster cluster-faults
+.PHONY: serve test lint setup-serve setup-dev setup-browser export train-all evaluate-all bench bench-quick bench-train soak clean proto cluster cluster-faults
 
 $(VENV)/bin/activate:
 	@test -n "$(PYTHON)" || { echo "need Python >= 3.11: none of $(PYTHON_CANDIDATES) is (or run make PYTHON=...)"; \
@@ -22,9 +24,9 @@ $(VENV)/bin/activate:
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 
-# Serving needs no torch: the server and the demo client (its pictures), no training or export.
+# Serving needs no torch: the server, the demo client (its pictures) and the inspector page, no training or export.
 $(VENV)/.serve-installed: pyproject.toml $(VENV)/bin/activate
-	$(PY) -m pip install -q -e ".[server,demo]"
+	$(PY) -m pip install -q -e ".[server,demo,ui]"
 	@touch $@
 
 $(VENV)/.dev-installed: pyproject.toml $(VENV)/bin/activate
@@ -34,12 +36,17 @@ $(VENV)/.dev-installed: pyproject.toml $(VENV)/bin/activate
 setup-serve: $(VENV)/.serve-installed
 setup-dev: $(VENV)/.dev-installed
 
-## Quickstart 1: serve the bundled models (gRPC on $(PORT), metrics on $(METRICS_PORT)).
+# The inspector page's browser tests drive Debian's Chromium (Playwright's own browser download cannot work here).
+setup-browser:
+	@test -x /usr/bin/chromium || { $(SUDO) apt-get update && $(SUDO) apt-get install -y chromium fonts-noto-core; }
+
+## Quickstart 1: serve the bundled models (gRPC on $(PORT), metrics on $(METRICS_PORT), the inspector page on
+## http://localhost:$(UI_PORT)).
 serve: setup-serve
-	$(VENV)/bin/ntm-serve --models models --port $(PORT) --metrics-port $(METRICS_PORT)
+	$(VENV)/bin/ntm-serve --models models --port $(PORT) --metrics-port $(METRICS_PORT) --ui-port $(UI_PORT)
 
 ## Quickstart 2: lint and run every test.
-test: setup-dev
+test: setup-dev setup-browser
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q -n $(TEST_WORKERS)
 

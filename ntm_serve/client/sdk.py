@@ -423,6 +423,15 @@ class NTMClient:
             time.sleep(self.retry.delay(attempt))
             attempt += 1
 
+    def watch_session(self, session_id: str, every: int = 1, heads_only: bool = False,
+                      timeout: float | None = None) -> Iterator[ntm_pb2.WatchFrame]:
+        """The session's frames: its state as the watch begins (`snapshot`), then after each of its steps (every
+        k-th; only the heads' weightings with `heads_only`) until it ends, which raises grpc.RpcError with the
+        reason (NOT_FOUND deleted or expired, ABORTED moved to another replica). `timeout`: the whole watch's
+        (default: none, not the client's per-call timeout). Cancel it with `.cancel()` on the returned call."""
+        request = ntm_pb2.WatchSessionRequest(session_id=session_id, every=every, heads_only=heads_only)
+        return self.stub.WatchSession(request, timeout=timeout, metadata=self._routed(session_id))  # type: ignore[no-any-return]
+
     def export_session(self, session_id: str) -> SessionStateData:
         request = ntm_pb2.ExportSessionRequest(session_id=session_id)
         return _state_data(self._call("ExportSession", request, session_id))

@@ -250,6 +250,21 @@ class Engine:
         self.flush()
         return self.pool.read(slot)
 
+    def peek_rows(self, slots: list[int], names: tuple[str, ...] = STATE_NAMES) -> dict[str, np.ndarray]:
+        """The current state `names` of `slots` on the host (copies), (K, ...) each, moving nothing: what a watcher
+        sees after a step (ntm_serve/server/watch.py). A session of the resident batch is read from its position
+        there (its pool row is stale); the batch stays resident, unlike `read_row`."""
+        resident = self._resident
+        where = resident.where if resident is not None else {}
+        held = [k for k, s in enumerate(slots) if s in where]
+        rest = [k for k, s in enumerate(slots) if s not in where]
+        out = {name: np.empty((len(slots), *self.spec.state_shapes[name]), dtype=np.float32) for name in names}
+        if held and resident is not None:
+            self.pool.read_rows(resident.buffers.state, [where[slots[k]] for k in held], names, out, held)
+        if rest:
+            self.pool.read_rows(self.pool.tensors, [slots[k] for k in rest], names, out, rest)
+        return out
+
     def save_rows(self, slots: list[int], lanes: list[int]) -> None:
         """Copy rows to backup lanes (device to device), so a multi-step request can be undone. A session
         of the resident batch is copied from its position there (its pool row is stale)."""

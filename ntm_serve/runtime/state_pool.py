@@ -149,6 +149,25 @@ class StatePool:
         batch = {s: np.broadcast_to(state[s], (len(slots), *self.shapes[s])) for s in STATE_NAMES}
         self.scatter(_rows(slots), batch)
 
+    def read_rows(self, src: Sequence[ort.OrtValue], rows: Sequence[int], names: Sequence[str],
+                  out: Mapping[str, np.ndarray], at: Sequence[int]) -> None:
+        """out[name][at] := src[name][rows] on the host, for `names` of a tensor set of this pool's row shapes (the
+        pool, its buffers). Only those K rows leave the device (one gather call); on the CPU, numpy copies."""
+        if self.device.type == "cpu":
+            index = _rows(rows)
+            for name in names:
+                out[name][list(at)] = src[STATE_NAMES.index(name)].numpy()[index]
+            return
+        io = self.graphs.gather.io_binding()
+        io.bind_cpu_input("slots", _rows(rows))
+        for s, tensor in zip(STATE_NAMES, src, strict=True):
+            io.bind_ortvalue_input(f"pool_{s}", tensor)
+            io.bind_output(s, "cpu")
+        self.graphs.gather.run_with_iobinding(io)
+        values = dict(zip(STATE_NAMES, io.get_outputs(), strict=True))
+        for name in names:
+            out[name][list(at)] = values[name].numpy()
+
     def read(self, slot: int) -> dict[str, np.ndarray]:
         """Row `slot` copied to the host, per-session shapes."""
         io = self.graphs.gather.io_binding()

@@ -6,7 +6,9 @@ is a digest of the token, so a session can only be used by the token that create
 
 The ModelAdmin service (loading and unloading model versions) has its own tokens (`--admin-tokens`):
 with them set, its calls need one (and session tokens do not do); with session tokens set and no admin
-tokens, it is refused (PERMISSION_DENIED); with no tokens at all it is as open as everything else.
+tokens, it is refused (PERMISSION_DENIED); with no tokens at all it answers anyone only when the server was
+started with `--model-control`, and is refused otherwise (ntm_serve/server/admin.py). An admin token
+may also watch any session (WatchSession, the inspector page).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import grpc
 ANONYMOUS = "anonymous"
 EXEMPT_PREFIXES = ("/grpc.health.v1.Health/",)
 ADMIN_PREFIX = "/ntm.v1.ModelAdmin/"
+ADMIN_TOO = ("/ntm.v1.NTM/WatchSession",)  # NTM calls an admin token may make too: watching any session
 
 
 def owner_of(token: str) -> str:
@@ -76,6 +79,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 return grpc.StatusCode.PERMISSION_DENIED, "ModelAdmin is off: the server has no --admin-tokens"
             return None
         if self._auth.owner(metadata) is not None:
+            return None
+        if method in ADMIN_TOO and self._admin.enabled and self._admin.owner(metadata) is not None:
             return None
         return (grpc.StatusCode.UNAUTHENTICATED,
                 "missing or invalid bearer token (metadata 'authorization: Bearer <token>')")

@@ -19,6 +19,7 @@ from ntm_serve.server.batch_frame import BatchFrame
 from ntm_serve.server.jobs import ControlJob, Job, PackJob, PackOutcome, Progress, RowJob, StepJob, StepOutcome
 from ntm_serve.server.scheduler import Plan, Scheduler
 from ntm_serve.server.sessions import Action, Done, SessionRecord
+from ntm_serve.server.watch import Tap
 
 if TYPE_CHECKING:
     from ntm_serve.runtime.engine import Engine
@@ -64,6 +65,7 @@ class Batcher:
         self._free_lanes = list(range(max_batch - 1, -1, -1))  # backup rows, one per session row in progress
         # The requests of the step calls (batching on), laid out for the step: ntm_serve/server/batch_frame.py.
         self._frame = BatchFrame(engine.spec.input_size, engine.spec.output_size)
+        self.tap = Tap()  # the watched sessions: frames after each step call (ntm_serve/server/watch.py)
         self._thread = threading.Thread(target=self._loop, name=f"batcher-{self.model}", daemon=True)
         # On CUDA, onnxruntime's provider keeps per-thread state (its CUDA-graph captures among it): the model's
         # steps stay on one thread there; the saving was measured on the CPU only.
@@ -199,6 +201,8 @@ class Batcher:
             return
         self._observe(began, frame.rows, frame.rows)
         finished = frame.record(result.outputs, result.read_weights, result.write_weights)
+        if self.tap.watched:
+            self.tap.after_step(self.engine, frame.slots, x, result.outputs, frame.t)
         leaving = frame.remove(finished) if len(finished) else []
         self.scheduler.carry(frame.jobs)
         for p in leaving:
@@ -230,6 +234,8 @@ class Batcher:
             self._fail(batch, err)
             return
         self._observe(began, len(slots), len(slots))
+        if self.tap.watched:
+            self.tap.after_step(self.engine, slots, x, result.outputs, 1)
         reads, writes = result.read_weights, result.write_weights
         end = 0
         for job in batch:  # the result's rows are fresh arrays: each answer is a view of its rows
@@ -247,18 +253,23 @@ class Batcher:
         self._wake_callers()
         began = time.perf_counter()
         slot = job.session.slot
+        watched = job.session in self.tap.watched
         try:
             result: StepResult | SequenceResult
             if job.steps == 1:
                 result = self.engine.step(np.array([slot], dtype=np.int64), job.inputs, job.attention)
             else:
-                result = self.engine.sequence(slot, job.inputs, job.attention)
+                result = self.engine.sequence(slot, job.inputs, job.attention or watched)
         except Exception as err:
             log.exception("model %s: request of session %s failed", self.model, job.session.id)
             self._fail([job], err)
             return
         self._observe(began, 1, job.steps)
-        self._complete(job, result.outputs, result.read_weights, result.write_weights)
+        if watched:
+            self.tap.after_sequence(self.engine, job.session, job.inputs, result.outputs, result.read_weights,
+                                    result.write_weights)
+        reads, writes = (result.read_weights, result.write_weights) if job.attention else (None, None)  # watch's
+        self._complete(job, result.outputs, reads, writes)
 
     def _observe(self, began: float, batch: int, steps: int) -> None:
         self._engine_seconds.observe(time.perf_counter() - began)

@@ -47,6 +47,12 @@ class Metrics:
                                      ["model", "how"], registry=r)
         self.model_versions = Gauge("ntm_model_versions", "Model versions served (also those being unloaded).",
                                     ["model"], registry=r)
+        self.watchers = Gauge("ntm_watchers", "Open session watches (WatchSession calls and inspector pages).",
+                              ["model"], registry=r)
+        self.watch_frames = Counter("ntm_watch_frames", "Watch frames sent to watchers.", ["model"], registry=r)
+        self.watch_frames_dropped = Counter("ntm_watch_frames_dropped", "Watch frames a watcher never got: it read "
+                                            "slower than its session stepped, and a newer frame took the slot.",
+                                            ["model"], registry=r)
 
     def serve(self, host: str, port: int) -> tuple[object, int]:
         """Start the /metrics HTTP endpoint; returns the server (for shutdown) and its port."""

@@ -38,6 +38,8 @@ from ntm_serve.server.servicer import LoopInbox, NTMServicer
 from ntm_serve.server.sessions import SessionRegistry
 from ntm_serve.server.state.snapshots import SnapshotStore, Snapshotter, StateDirError
 from ntm_serve.server.state.store import SessionStore, StoreError
+from ntm_serve.server.watch_hub import WatchHub
+from ntm_serve.ui import GrpcTarget, UIError, start_ui
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +47,7 @@ NTM_SERVICE = ntm_pb2.DESCRIPTOR.services_by_name["NTM"].full_name  # "ntm.v1.NT
 ADMIN_SERVICE = ntm_pb2.DESCRIPTOR.services_by_name["ModelAdmin"].full_name  # "ntm.v1.ModelAdmin"
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 # reported in one line, exit status 2
-STARTUP_ERRORS = (ModelLoadError, StateDirError, TLSConfigError, StoreError, BindError)
+STARTUP_ERRORS = (ModelLoadError, StateDirError, TLSConfigError, StoreError, BindError, UIError)
 LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
 
 
@@ -81,6 +83,9 @@ class Server:
         self._reaper: asyncio.Task[None] | None = None
         self._batchers_started = False
         self.servicer: NTMServicer | None = None
+        self.watch: WatchHub | None = None  # the open session watches (WatchSession, the inspector page)
+        self.ui: Any = None  # the inspector page (ntm_serve.ui), with --ui-port
+        self.ui_port: int | None = None
         self.replica: Any = None  # ntm_serve.server.state.replica.Replica in replica mode (--store-url)
         self._session_store: SessionStore | None = None
 
@@ -100,11 +105,15 @@ class Server:
         if c.metrics_port >= 0:
             self._metrics_http, self.metrics_port = bound("metrics", c.metrics_host, c.metrics_port,
                                                           lambda: self.metrics.serve(c.metrics_host, c.metrics_port))
+        if c.ui_port >= 0:
+            assert self.watch is not None
+            self.ui = await start_ui(c.ui_host, c.ui_port, self.watch, self.models, self._grpc_target())
+            self.ui_port = self.ui.port
         for service in ("", NTM_SERVICE):
             await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
         if c.port_file is not None:  # last: a supervisor that reads it finds every port bound and serving
             write_port_file(c.port_file, {"port": self.port, "metrics_port": self.metrics_port,
-                                          "health_port": self.health_port})
+                                          "health_port": self.health_port, "ui_port": self.ui_port})
         self._reaper = asyncio.create_task(self._reap())
         if self.snapshotter is not None:
             self.snapshotter.start()
@@ -153,6 +162,8 @@ class Server:
                                    commit_every=c.commit_every)
             self.replica.start()
             servicer.cluster = self.replica
+        self.watch = servicer.watch = WatchHub(self.models, self.registry, self.metrics, auth, admin,
+                                               asyncio.get_running_loop(), None)
         add_ntm_servicer(servicer, self._grpc)
         add_ntm_servicer(ModelAdminServicer(self.lifecycle, self.metrics, c.model_control_on), self._grpc,
                          "ModelAdmin")
@@ -166,6 +177,19 @@ class Server:
         else:
             self.port = bound("gRPC", c.host, c.port, lambda: grpc_server.add_insecure_port(address))
         await self._grpc.start()
+
+    def _grpc_target(self) -> GrpcTarget:
+        """How the inspector's try-it panel reaches the gRPC port as a client: on loopback, plaintext or TLS."""
+        c = self.config
+        host = c.host.strip("[]")
+        host = "127.0.0.1" if host in ("", "::", "0.0.0.0") else host
+        target = f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
+        if c.tls_client_ca is not None:
+            return GrpcTarget(target, refusal="the gRPC port asks for client certificates (--tls-client-ca): run "
+                              "`ntm-demo` with yours")
+        if c.tls_cert is not None:  # trusting the server's own certificate, by the name localhost
+            return GrpcTarget(target, tls_ca=str(c.tls_cert), tls_server_name="localhost")
+        return GrpcTarget(target)
 
     async def _start_health_port(self) -> None:
         """Plaintext, health only: for probes that cannot speak (m)TLS (off unless --health-port is set)."""
@@ -193,7 +217,8 @@ class Server:
                                    "sessions": self.registry.count(), "poll_s": c.model_poll_interval_s,
                                    "admin_auth": admin.enabled, "model_control": c.model_control_on,
                                    "store": c.store_url or None,
-                                   "replica": self.replica.name if self.replica else None})
+                                   "replica": self.replica.name if self.replica else None,
+                                   "ui_port": self.ui_port})
 
     async def _reap(self) -> None:
         assert self.registry is not None
@@ -215,6 +240,10 @@ class Server:
         if self._grpc is not None and self.servicer is not None:
             await asyncio.sleep(self.config.drain_delay_s)  # still serving while a proxy notices NOT_SERVING
             self.servicer.drain()  # open streams answer what they read and end UNAVAILABLE
+        if self.watch is not None:
+            self.watch.drain()  # open watches end UNAVAILABLE
+        if self.ui is not None:
+            await self.ui.close()
         if self._reaper is not None:
             self._reaper.cancel()
             with contextlib.suppress(asyncio.CancelledError):

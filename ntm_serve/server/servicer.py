@@ -35,6 +35,7 @@ from ntm_serve.server.sessions import MAX_ID_CHARS, Done, SessionRecord, Session
 
 if TYPE_CHECKING:
     from ntm_serve.server.state.replica import Replica
+    from ntm_serve.server.watch_hub import WatchHub
 
 log = logging.getLogger(__name__)
 
@@ -174,6 +175,7 @@ class NTMServicer(ntm_pb2_grpc.NTMServicer):
         self.cluster: Replica | None = None  # replica mode (--store-url): sessions live in the shared store
         self._streams: set[asyncio.Task[None]] = set()  # stream readers, stopped by drain()
         self._draining = False
+        self.watch: WatchHub | None = None  # WatchSession's hub (ntm_serve/server/watch_hub.py), set by the server
 
     # --- helpers --------------------------------------------------------------------------------------
 
@@ -559,3 +561,10 @@ class NTMServicer(ntm_pb2_grpc.NTMServicer):
         self.metrics.sessions_created.labels(session.model, "import").inc()
         log.info("session imported", extra={"session": session.id, "model": session.model, "steps": session.steps})
         return self._session_message(session)
+
+    async def WatchSession(self, request: ntm_pb2.WatchSessionRequest, context: Any) -> None:
+        """Frames of a session after its steps, until it ends: ntm_serve/server/watch_hub.py."""
+        if self.watch is None:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "WatchSession is not served here")
+        else:
+            await self.watch.serve(request, context)

@@ -29,6 +29,9 @@ FIXED_FIELDS = {
     "SessionState": {"model", "steps", "tensors"},
     "ImportSessionRequest": {"state"},
     "Tensor": {"shape", "values"},
+    "WatchSessionRequest": {"session_id", "every", "heads_only"},
+    "WatchFrame": {"session_id", "steps", "snapshot", "dropped", "inputs", "outputs", "read_weights", "write_weights",
+                   "read_vectors", "memory"},
 }
 
 
@@ -58,7 +61,8 @@ def test_contract_names() -> None:
     service = ntm_pb2.DESCRIPTOR.services_by_name["NTM"]
     assert ntm_pb2.DESCRIPTOR.package == "ntm.v1"
     assert {m.name for m in service.methods} == {"ListModels", "CreateSession", "GetSession", "DeleteSession", "Step",
-                                                 "StreamSteps", "StreamPackedSteps", "ExportSession", "ImportSession"}
+                                                 "StreamSteps", "StreamPackedSteps", "ExportSession", "ImportSession",
+                                                 "WatchSession"}
     for message, fields in FIXED_FIELDS.items():
         assert fields <= set(ntm_pb2.DESCRIPTOR.message_types_by_name[message].fields_by_name), message
     tensor = ntm_pb2.Tensor.DESCRIPTOR.fields_by_name

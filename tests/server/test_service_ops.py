@@ -29,7 +29,7 @@ from ntm_serve.server.ports import wait_port_file
 from ntm_serve.server.server import ServerThread
 
 RPCS = {"ListModels", "CreateSession", "GetSession", "DeleteSession", "Step", "StreamSteps", "StreamPackedSteps",
-        "ExportSession", "ImportSession"}
+        "ExportSession", "ImportSession", "WatchSession"}
 
 
 def test_health_checking(server: ServerThread) -> None:

@@ -239,6 +239,40 @@ class ImportSessionRequest(_message.Message):
     ttl_seconds: float
     def __init__(self, state: _Optional[_Union[SessionState, _Mapping]] = ..., ttl_seconds: _Optional[float] = ...) -> None: ...
 
+class WatchSessionRequest(_message.Message):
+    __slots__ = ("session_id", "every", "heads_only")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    EVERY_FIELD_NUMBER: _ClassVar[int]
+    HEADS_ONLY_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    every: int
+    heads_only: bool
+    def __init__(self, session_id: _Optional[str] = ..., every: _Optional[int] = ..., heads_only: _Optional[bool] = ...) -> None: ...
+
+class WatchFrame(_message.Message):
+    __slots__ = ("session_id", "steps", "snapshot", "dropped", "inputs", "outputs", "read_weights", "write_weights", "read_vectors", "memory")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    OUTPUTS_FIELD_NUMBER: _ClassVar[int]
+    READ_WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    WRITE_WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    READ_VECTORS_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    steps: int
+    snapshot: bool
+    dropped: int
+    inputs: Tensor
+    outputs: Tensor
+    read_weights: Tensor
+    write_weights: Tensor
+    read_vectors: Tensor
+    memory: Tensor
+    def __init__(self, session_id: _Optional[str] = ..., steps: _Optional[int] = ..., snapshot: _Optional[bool] = ..., dropped: _Optional[int] = ..., inputs: _Optional[_Union[Tensor, _Mapping]] = ..., outputs: _Optional[_Union[Tensor, _Mapping]] = ..., read_weights: _Optional[_Union[Tensor, _Mapping]] = ..., write_weights: _Optional[_Union[Tensor, _Mapping]] = ..., read_vectors: _Optional[_Union[Tensor, _Mapping]] = ..., memory: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+
 class LoadModelRequest(_message.Message):
     __slots__ = ("model", "version")
     MODEL_FIELD_NUMBER: _ClassVar[int]

@@ -81,6 +81,11 @@ class NTMStub:
                 request_serializer=ntm_dot_v1_dot_ntm__pb2.ImportSessionRequest.SerializeToString,
                 response_deserializer=ntm_dot_v1_dot_ntm__pb2.Session.FromString,
                 _registered_method=True)
+        self.WatchSession = channel.unary_stream(
+                '/ntm.v1.NTM/WatchSession',
+                request_serializer=ntm_dot_v1_dot_ntm__pb2.WatchSessionRequest.SerializeToString,
+                response_deserializer=ntm_dot_v1_dot_ntm__pb2.WatchFrame.FromString,
+                _registered_method=True)
 
 
 class NTMServicer:
@@ -153,6 +158,17 @@ class NTMServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchSession(self, request, context):
+        """Watch a session think: a first frame with its state as the watch begins, then one frame after each of its steps
+        (or every k-th step, or only the heads' weightings). Only its owner (or an admin token) may watch. Watching never
+        slows its steps: a watcher that reads slower than the session steps gets the latest frame, and `dropped` says how
+        many were skipped. Ends with NOT_FOUND when the session is deleted or expires ("deleted", "expired"), ABORTED
+        when it moved to another replica, UNAVAILABLE when the server stops.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NTMServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -200,6 +216,11 @@ def add_NTMServicer_to_server(servicer, server):
                     servicer.ImportSession,
                     request_deserializer=ntm_dot_v1_dot_ntm__pb2.ImportSessionRequest.FromString,
                     response_serializer=ntm_dot_v1_dot_ntm__pb2.Session.SerializeToString,
+            ),
+            'WatchSession': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchSession,
+                    request_deserializer=ntm_dot_v1_dot_ntm__pb2.WatchSessionRequest.FromString,
+                    response_serializer=ntm_dot_v1_dot_ntm__pb2.WatchFrame.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -446,6 +467,33 @@ class NTM:
             '/ntm.v1.NTM/ImportSession',
             ntm_dot_v1_dot_ntm__pb2.ImportSessionRequest.SerializeToString,
             ntm_dot_v1_dot_ntm__pb2.Session.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/ntm.v1.NTM/WatchSession',
+            ntm_dot_v1_dot_ntm__pb2.WatchSessionRequest.SerializeToString,
+            ntm_dot_v1_dot_ntm__pb2.WatchFrame.FromString,
             options,
             channel_credentials,
             insecure,
