@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from load import load_glyphs
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root, for a plain checkout
+from ntm_serve.training.glyphs import load_glyphs  # numpy only
 
 
 def grid(images: np.ndarray, zoom: int = 3, gap: int = 2) -> Image.Image:

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from load import load_glyphs
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root, for a plain checkout
+from ntm_serve.training.glyphs import load_glyphs  # numpy only
 
 
 def episode_steps(images: np.ndarray, n_way: int, per_class: int,

@@ -23,7 +23,7 @@ from ntm_serve.demos import tasks_np
 from ntm_serve.demos.one_shot import add_arguments
 from ntm_serve.demos.one_shot import run as run_one_shot
 
-ONE_SHOT_TASKS = ("one_shot", "one_shot_synthetic")  # the demo in ntm_serve/demos/one_shot.py
+ONE_SHOT_TASKS = ("one_shot", "one_shot_synthetic", "one_shot_glyphs", "one_shot_glyphs15")  # demos/one_shot.py
 
 
 def _cell(value: float) -> str:

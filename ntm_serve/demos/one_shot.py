@@ -1,15 +1,16 @@
-"""`ntm-demo one_shot`: a session learns 5 classes it never saw, from one streamed episode.
+"""`ntm-demo one_shot`: a session learns classes it never saw (5 or 15), from one streamed episode.
 
-The episode (held-out digit classes from the model's class split, or fresh random prototypes for
-one_shot_synthetic) is streamed into a fresh session one step at a time; each step's prediction is printed
-before its label arrives (the label comes one step late). Then, after `--later-s` seconds, a new stream of
-new samples of the same classes goes into the same session: the memory kept what it learned, no weights
-changed.
+The episode (held-out digit classes from the model's class split, characters of the held-out scripts for a glyph
+model such as one_shot_glyphs, or fresh random prototypes for one_shot_synthetic) is streamed into a fresh session
+one step at a time; each step's prediction is printed before its label arrives (the label comes one step late).
+Then, after `--later-s` seconds, a new stream of new samples of the same classes goes into the same session: the
+memory kept what it learned, no weights changed.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -52,16 +53,26 @@ def run(client: NTMClient, model: str, task: str, seed: int, later_s: float, lat
               f"{info.output_activation or 'sigmoid'!r})")
         return 1
     rng = np.random.default_rng(seed)
-    if task == "one_shot":
+    split = json.loads(info.task_metadata).get("class_split", {}) if info.task_metadata else {}
+    if task == "one_shot_synthetic":
+        episode = one_shot_np.synthetic_episode(rng)
+    elif "test_scripts" in split:  # a glyph model: characters of the scripts it never saw
+        images, names = one_shot_np.glyph_test_characters(info.task_metadata)
+        episode = one_shot_np.glyph_episode(rng, images, names, info.output_size)
+        print(f"held-out scripts of {model}: {len(split['test_scripts'])} ({', '.join(split['test_scripts'])}), "
+              f"{len(names)} characters")
+    else:
         classes = one_shot_np.test_classes(info.task_metadata)
         episode = one_shot_np.digit_episode(rng, classes)
         print(f"held-out classes of {model}: {len(classes)} (digits {sorted({d for d, _ in classes})}, all turns)")
-    else:
-        episode = one_shot_np.synthetic_episode(rng)
+    if episode.inputs.shape[1] != info.input_size:
+        print(f"error: model {model!r} takes {info.input_size} inputs per step, this episode has "
+              f"{episode.inputs.shape[1]} (task {info.task!r}: pick the demo task of the model)")
+        return 1
     print("this episode's labels: " + ", ".join(f"{y} = {name}" for y, name in enumerate(episode.classes)))
     session = client.create_session(model, ttl_seconds=max(600.0, 2 * later_s))
     outputs = stream_steps(client, session.session_id, episode.inputs)
-    probabilities = np.concatenate([o.outputs for o in outputs])  # (T, 5)
+    probabilities = np.concatenate([o.outputs for o in outputs])  # (T, C)
     print_steps(episode, probabilities)
     print(accuracy_table(probabilities, episode.labels))
     if plot is not None:
@@ -70,7 +81,7 @@ def run(client: NTMClient, model: str, task: str, seed: int, later_s: float, lat
         read = np.concatenate([o.read_weights for o in outputs])  # (T, R, N)
         write = np.concatenate([o.write_weights for o in outputs])  # (T, W, N)
         correct = int((probabilities.argmax(-1) == episode.labels).sum())
-        episode_figure(episode.inputs[:, : one_shot_np.FEATURES], episode.labels, probabilities, read, write, plot,
+        episode_figure(episode.inputs[:, : episode.features], episode.labels, probabilities, read, write, plot,
                        f"{model} via the NTM service: {correct}/{len(episode.labels)} correct")
         print(f"wrote {plot}")
 
@@ -84,7 +95,8 @@ def run(client: NTMClient, model: str, task: str, seed: int, later_s: float, lat
           f"(now at {outputs[-1].steps} steps):")
     print("  true:      " + " ".join(str(y) for y in later.labels))
     print("  predicted: " + " ".join(str(p) for p in probabilities.argmax(-1)))
-    print(f"  {int(correct.sum())}/{later_samples} correct ({100 * correct.mean():.0f}%); chance is 20%")
+    print(f"  {int(correct.sum())}/{later_samples} correct ({100 * correct.mean():.0f}%); "
+          f"chance is {100 / episode.classes_count:.0f}%")
     client.delete_session(session.session_id)
     return 0
 

@@ -18,18 +18,22 @@ CONFIDENT = 20.0  # logit of the chosen label: a one-hot answer, like a saturate
 
 
 class NearestNeighbour(nn.Module):
-    """forward like NTM.forward: inputs (T, B, 64 + 5) -> (logits (T, B, 5), None, None, None)."""
+    """forward like NTM.forward: inputs (T, B, F + C) -> (logits (T, B, C), None, None, None). F features (64 for
+    the digits, 400 for the glyphs), then the one-hot of the previous step's label over C labels."""
+
+    def __init__(self, features: int = FEATURES, classes: int = CLASSES) -> None:
+        super().__init__()
+        self.features, self.classes = features, classes
 
     def forward(self, inputs: Tensor, state: object = None) -> tuple[Tensor, None, None, None]:
-        steps = inputs.shape[0]
-        features = inputs[..., :FEATURES].transpose(0, 1)  # (B, T, 64)
+        steps, f, c = inputs.shape[0], self.features, self.classes
+        features = inputs[..., :f].transpose(0, 1)  # (B, T, F)
         # The label of step s arrives with step s + 1's input; the last step's label never arrives.
-        labels = torch.cat([inputs[1:, :, FEATURES:FEATURES + CLASSES],
-                            torch.zeros_like(inputs[:1, :, FEATURES:FEATURES + CLASSES])])  # (T, B, 5)
+        labels = torch.cat([inputs[1:, :, f:f + c], torch.zeros_like(inputs[:1, :, f:f + c])])  # (T, B, C)
         distance = torch.cdist(features, features)  # (B, T query, T earlier)
         known = torch.ones(steps, steps, dtype=torch.bool).tril(-1)  # earlier step s < t: its label is in by t
         distance = distance.masked_fill(~known, float("inf"))  # (B, T, T)
         nearest = distance.argmin(-1)  # (B, T)
-        answer = torch.gather(labels.transpose(0, 1), 1, nearest.unsqueeze(-1).expand(-1, -1, CLASSES))  # (B, T, 5)
+        answer = torch.gather(labels.transpose(0, 1), 1, nearest.unsqueeze(-1).expand(-1, -1, c))  # (B, T, C)
         answer[:, 0] = 0.0  # nothing is labelled at t = 0: no preference (arg-max picks label 0)
-        return (CONFIDENT * answer).transpose(0, 1), None, None, None  # (T, B, 5)
+        return (CONFIDENT * answer).transpose(0, 1), None, None, None  # (T, B, C)

@@ -1,19 +1,25 @@
-"""Load the glyphs data set (``glyphs.npz``, made by ``make_glyphs.py``) with numpy only: no fonts needed.
+"""The glyphs data set (datasets/glyphs/glyphs.npz, made by datasets/glyphs/make_glyphs.py), read with numpy only.
 
-Why a loader: training, tests and CI read the shipped file; this keeps them away from its layout and gives
-images as float32 in [0, 1] (ink = 1) with the background/evaluation split by script ready to use.
+Why a loader in the package: training, the one-shot tasks, tests, CI and the data set's own scripts read the shipped
+file through this one module, which keeps them away from its layout and gives images as float32 in [0, 1]
+(ink = 1) with the background/evaluation split by script ready to use. No fonts are needed.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-DEFAULT_PATH = Path(__file__).with_name("glyphs.npz")
+# The repository's copy (the package is installed editable from the repo); NTM_GLYPHS names another file.
+DEFAULT_PATH = Path(__file__).resolve().parents[2] / "datasets" / "glyphs" / "glyphs.npz"
+PATH_VARIABLE = "NTM_GLYPHS"
+SIDE = 20  # images are SIDE x SIDE
+PIXELS = SIDE * SIDE
 
 
 @dataclass(frozen=True)
@@ -56,10 +62,32 @@ class GlyphSet:
             meta=self.meta,
         )
 
+    def split(self, name: str) -> GlyphSet:
+        """The "background" (training) or "evaluation" (held-out) characters."""
+        if name not in ("background", "evaluation"):
+            raise ValueError(f"split must be 'background' or 'evaluation', got {name!r}")
+        return self.subset(self.background if name == "background" else self.evaluation)
+
+    def split_scripts(self, name: str) -> list[str]:
+        """The names of the scripts in a split, in the data set's order."""
+        code = {"background": 0, "evaluation": 1}[name]
+        return [str(s) for s, k in zip(self.script_names, self.script_split, strict=True) if k == code]
+
+
+def glyphs_path(path: str | Path | None = None) -> Path:
+    """`path`, else $NTM_GLYPHS, else the repository's datasets/glyphs/glyphs.npz."""
+    if path is not None:
+        return Path(path)
+    return Path(os.environ.get(PATH_VARIABLE) or DEFAULT_PATH)
+
 
 def load_glyphs(path: str | Path | None = None) -> GlyphSet:
-    """Read ``glyphs.npz`` (default: the one beside this file)."""
-    with np.load(Path(path) if path is not None else DEFAULT_PATH, allow_pickle=False) as z:
+    """Read ``glyphs.npz`` (default: `glyphs_path()`); a missing file is named with how to get it."""
+    where = glyphs_path(path)
+    if not where.is_file():
+        raise FileNotFoundError(f"glyphs data set not found at {where}: it ships in the repository as "
+                                f"datasets/glyphs/glyphs.npz (set ${PATH_VARIABLE} to use another copy)")
+    with np.load(where, allow_pickle=False) as z:
         raw = z["images"]
         images = raw.astype(np.float32)
         if raw.dtype == np.uint8:
@@ -81,7 +109,11 @@ def load_glyphs(path: str | Path | None = None) -> GlyphSet:
         )
 
 
-if __name__ == "__main__":
+def main() -> None:
     g = load_glyphs()
     print(f"{g.n_characters} characters x {g.n_renderings} renderings, {len(g.script_names)} scripts; "
           f"background {int(g.background.sum())} characters, evaluation {int(g.evaluation.sum())}")
+
+
+if __name__ == "__main__":
+    main()

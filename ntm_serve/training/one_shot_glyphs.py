@@ -1,0 +1,112 @@
+"""One-shot learning at Omniglot's scale (Santoro et al. 2016) on the glyphs data set (ntm_serve/training/glyphs.py).
+
+An episode picks `ways` characters of one split (background scripts for training, evaluation scripts held out),
+gives each a random label 0..ways-1 (new every episode), and shows PER_CLASS renderings of each, drawn without
+replacement from its 20, all ways x PER_CLASS images in random order. The input at step t is the image's 400 pixels
+(20x20 row-major, ink = 1), then the one-hot of step t-1's true label (zeros at t = 0); the target is the one-hot
+of step t's label. Every character therefore appears exactly PER_CLASS times, so accuracy at the 1st..10th instance
+is measured on every episode. Labels are one-hot for 15-way too (Santoro used 5-character strings there; one-hot
+keeps one encoding and a softmax over 15 labels).
+
+Training episodes may turn each character by a random quarter turn (per episode and character: Santoro's
+augmentation, turned characters are new classes), so the 923 background characters give 3,692 classes.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ntm_serve.training.batch import Batch
+from ntm_serve.training.glyphs import PIXELS, SIDE, glyphs_path, load_glyphs
+
+PER_CLASS = 10  # renderings of each character per episode: the 10th instance is Santoro's last column
+SPLITS = ("background", "evaluation")
+
+
+def encoding(ways: int, per_class: int = PER_CLASS) -> str:
+    return (
+        f"Episodes of {ways * per_class} steps: {ways} characters of the glyphs data set (datasets/glyphs), each "
+        f"with a random label 0-{ways - 1} assigned per episode and shown in {per_class} of its 20 renderings, in "
+        f"random order. Input at step t ({PIXELS + ways} channels): the 20x20 image row-major in [0, 1] (ink = 1) on "
+        f"ch 0-{PIXELS - 1}, then the one-hot of step t-1's true label on ch {PIXELS}-{PIXELS + ways - 1} (all zero "
+        f"at t = 0). Output at step t: softmax probabilities of step t's label over {ways} labels. Training "
+        f"characters come from the background scripts, test characters from the evaluation scripts; see class_split."
+    )
+
+
+@cache
+def split_images(split: str) -> Tensor:
+    """Every rendering of every character of a split. -> (C, R, 400) float32"""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    g = load_glyphs().split(split)
+    return torch.from_numpy(np.ascontiguousarray(g.images.reshape(g.n_characters, g.n_renderings, PIXELS)))
+
+
+@cache
+def split_description() -> dict[str, object]:
+    """The split as written to config.json and the ONNX metadata (ModelInfo.task_metadata), so a client can draw
+    test episodes from exactly the scripts the model never saw. Reads only the file's small tables."""
+    path = glyphs_path()
+    with np.load(path, allow_pickle=False) as z:
+        scripts, split, script = z["scripts"], z["split"], z["script"]
+    counts = np.bincount(script, minlength=len(scripts))
+    names = {k: [str(s) for s, c in zip(scripts, split, strict=True) if c == code]
+             for k, code in (("background", 0), ("evaluation", 1))}
+    return {
+        "data": "glyphs (datasets/glyphs/glyphs.npz): 20 renderings of each character, 20x20, ink = 1",
+        "split_by": "script",
+        "train_scripts": names["background"],
+        "test_scripts": names["evaluation"],
+        "train_characters": int(counts[split == 0].sum()),
+        "test_characters": int(counts[split == 1].sum()),
+    }
+
+
+def episode_order(gen: torch.Generator, batch: int, ways: int, per_class: int) -> Tensor:
+    """A random order of the ways x per_class (class, instance) pairs: entry i of a row is pair
+    (i // per_class, i % per_class). -> (B, T)"""
+    return torch.argsort(torch.rand(batch, ways * per_class, generator=gen), dim=1)
+
+
+def quarter_turns(images: Tensor, turns: Tensor) -> Tensor:
+    """Each image turned counter-clockwise by its own number of quarter turns. images (..., 400), turns (...) int
+    -> (..., 400)"""
+    square = images.reshape(*images.shape[:-1], SIDE, SIDE)  # (..., 20, 20)
+    turned = torch.stack([torch.rot90(square, k, dims=(-2, -1)) for k in range(4)])  # (4, ..., 20, 20)
+    index = turns.reshape(1, *turns.shape, 1, 1).expand(1, *square.shape)
+    return torch.gather(turned, 0, index)[0].reshape(images.shape)
+
+
+def glyph_episodes(gen: torch.Generator, batch: int, split: str, ways: int, per_class: int = PER_CLASS,
+                   turns: bool = False) -> Batch:
+    """A batch of episodes over `ways` characters of the split. -> inputs (T, B, 400 + ways), targets (T, B, ways)"""
+    images = split_images(split)  # (C, R, 400)
+    chars, renderings = images.shape[:2]
+    if not 1 <= ways <= chars or not 1 <= per_class <= renderings:
+        raise ValueError(f"need 1 <= ways <= {chars} and 1 <= per_class <= {renderings}, got {ways}, {per_class}")
+    classes = torch.argsort(torch.rand(batch, chars, generator=gen), dim=1)[:, :ways]  # (B, ways)
+    draws = torch.argsort(torch.rand(batch, ways, renderings, generator=gen), dim=2)[:, :, :per_class]  # (B, w, k)
+    labels = torch.argsort(torch.rand(batch, ways, generator=gen), dim=1)  # (B, ways): label of each class
+    order = episode_order(gen, batch, ways, per_class)  # (B, T)
+    slot = order // per_class  # (B, T): which episode class each step shows
+    character = torch.gather(classes, 1, slot)  # (B, T)
+    rendering = torch.gather(draws.reshape(batch, -1), 1, order)  # (B, T): a distinct rendering per instance
+    features = images[character, rendering]  # (B, T, 400)
+    if turns:
+        turn = torch.randint(0, 4, (batch, ways), generator=gen)  # (B, ways): one turn per character
+        features = quarter_turns(features, torch.gather(turn, 1, slot))
+    return encode_episode(features.transpose(0, 1), torch.gather(labels, 1, slot).T, ways)
+
+
+def encode_episode(features: Tensor, labels: Tensor, ways: int) -> Batch:
+    """features (T, B, 400), labels (T, B) -> inputs (T, B, 400 + ways) with the label one step late,
+    targets (T, B, ways) one-hot."""
+    targets = F.one_hot(labels, ways).float()  # (T, B, ways)
+    previous = torch.cat([torch.zeros_like(targets[:1]), targets[:-1]])  # (T, B, ways): zeros at t = 0
+    return Batch(torch.cat([features, previous], dim=-1), targets)
