@@ -226,8 +226,8 @@ class WatchHub:
         found = self._registry.find_many([session.id], session.owner)[0]
         if isinstance(found, ServiceError) and not found.message.startswith("unknown session"):
             return found  # deleted, expired, its version force-unloaded
-        if self._keeping is not None and self._keeping.replica_name is not None:  # dropped here, no tombstone:
-            # another replica took it over
+        # No tombstone: a replica let it go because another one took it over.
+        if self._keeping is not None and self._keeping.replica_name is not None:
             return aborted(f"session {session.id} moved to another replica: watch it again (the proxy routes the "
                            "call to the replica that holds it)")
         return not_found(f"session {session.id} has ended")
