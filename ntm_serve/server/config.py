@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ntm_serve.runtime.buckets import check_buckets, default_buckets, parse_buckets
+from ntm_serve.server.state.store_url import check_store_url
 
 
 def _bool(text: str) -> bool:
@@ -90,6 +91,8 @@ class ServiceConfig:
     model_control: bool = False
     store_url: str = ""
     replica_name: str = ""
+    store_min_replicas: int = 0
+    store_wait_ms: int = 1000
     commit_every: int = 1
     drain_delay_s: float = 0.0
     cuda_graph: bool = False
@@ -126,9 +129,14 @@ class ServiceConfig:
         if self.store_url and self.state_dir is not None:
             raise ValueError("store_url (replica mode: sessions in the shared store) and state_dir (snapshots on this "
                              "machine) exclude each other: give one")
-        if self.store_url and not self.store_url.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError(f"store_url must be redis://host:port[/db], rediss://... or unix://path, "
-                             f"got {self.store_url!r}")
+        if self.store_url:
+            check_store_url(self.store_url)
+        if self.store_min_replicas and not self.store_url:
+            raise ValueError("store_min_replicas needs store_url (replica mode): without a store there is nothing "
+                             "to replicate")
+        if self.store_min_replicas < 0 or self.store_wait_ms < 1:
+            raise ValueError(f"store_min_replicas must be >= 0 and store_wait_ms >= 1, got {self.store_min_replicas} "
+                             f"and {self.store_wait_ms}")
         if self.model_control and self.auth_tokens and not self.admin_tokens:
             raise ValueError("model_control with auth_tokens needs admin_tokens: a session token does not manage "
                              "models (give admin_tokens; they alone turn ModelAdmin on)")
@@ -204,9 +212,15 @@ SETTINGS: tuple[Setting, ...] = (
             "model versions); with auth_tokens set and this empty, ModelAdmin is refused (PERMISSION_DENIED)"),
     Setting("model_control", _bool, "turn on the ModelAdmin service (load, unload, status of model versions) for "
             "every caller; off by default: refused PERMISSION_DENIED unless this or admin_tokens is set"),
-    Setting("store_url", str, "replica mode: URL of the shared Redis-compatible session store (redis://host:port); "
+    Setting("store_url", str, "replica mode: URL of the shared Redis-compatible session store (redis://host:port, or "
+            "redis+sentinel://host:port,host:port/service for a replicated one found through its Sentinels); "
             "sessions live there and any replica can take one over (empty: single process, sessions in memory)"),
     Setting("replica_name", str, "this replica's name in the store and logs (empty: host:pid)"),
+    Setting("store_min_replicas", int, "replica mode: a write to the store (a step's commit, a take-over, a create, "
+            "a delete) counts only once this many store replicas have it (WAIT); else the call is answered "
+            "UNAVAILABLE and nothing is acknowledged (0: the primary's word suffices)"),
+    Setting("store_wait_ms", int, "replica mode, with store_min_replicas: how long a write waits for its store "
+            "replicas before it is refused"),
     Setting("commit_every", int, "replica mode: commit a session's state every N-th request (1: every request, "
             "before its response; N > 1 answers at once and a crash loses up to N-1 answered requests per session)"),
     Setting("drain_delay_s", float, "on SIGTERM, how long to keep serving while health says NOT_SERVING, so a "

@@ -96,7 +96,8 @@ class Server:
         credentials = server_credentials(c.tls_cert, c.tls_key, c.tls_client_ca) if c.tls_cert and c.tls_key else None
         auth, admin = TokenAuth(c.auth_tokens), TokenAuth(c.admin_tokens)
         if c.store_url:  # fail fast, before loading models, when the store is not there
-            self._session_store = SessionStore(c.store_url)
+            self._session_store = SessionStore(c.store_url, min_replicas=c.store_min_replicas,
+                                               wait_ms=c.store_wait_ms)
             await loop_run(self._session_store.check)
         self._load_models_and_sessions()
         self._start_batchers()

@@ -17,6 +17,14 @@ A deleted session leaves `<prefix>gone:{<id>}` = "deleted" for a day (NOT_FOUND 
 Lua script, atomic in the store: `create` (only if new), `claim` (a takeover: check owner and weights, raise
 the epoch, return the record), `commit` (compare-and-set on epoch and steps; idempotent, so a commit retried
 after a lost reply is recognised), `delete`.
+
+A replicated store (`redis+sentinel://...`, ntm_serve/server/state/store_url.py): the client asks the Sentinels for
+the primary and follows a failover by itself. With `min_replicas` M > 0 every write (create, claim, commit, delete)
+is followed on its own connection by `WAIT M wait_ms`: it counts as done only when M replicas have it, else
+StoreUnavailable (the caller answers UNAVAILABLE and acknowledges nothing). So an acknowledged step, and every
+take-over a replica acted on, is on M + 1 store nodes: a failover to the most up-to-date replica keeps them, and
+fencing holds across it (a claim that raised the epoch is on the new primary before its taker serves anything).
+A stale primary (cut off, then back) has no replica to confirm a write: it can apply one but never acknowledge it.
 """
 
 from __future__ import annotations
@@ -28,13 +36,26 @@ from typing import Any
 import numpy as np
 import redis
 import redis.asyncio as aioredis
+from redis.asyncio.sentinel import Sentinel as AioSentinel
 from redis.backoff import ExponentialBackoff
+from redis.exceptions import MasterDownError
 from redis.retry import Retry
+from redis.sentinel import Sentinel
 
 from ntm_serve.server.state.snapshot_format import SessionSnapshot, decode, encode
+from ntm_serve.server.state.store_url import SENTINEL_SCHEME, check_store_url, parse_sentinel
 
 TOMBSTONE_S = 86_400  # how long a deleted id answers "deleted" rather than "unknown"
-STORE_ERRORS = (redis.ConnectionError, redis.TimeoutError, OSError)
+
+
+class StoreUnavailable(redis.ConnectionError):
+    """The store answered, but a write cannot be acknowledged now: it is not on `min_replicas` replicas within
+    `wait_ms` (WAIT), or the primary refuses writes (NOREPLICAS: too few replicas; READONLY: it was demoted).
+    Retryable like a lost connection; nothing it concerned counts as done."""
+
+
+STORE_ERRORS = (redis.ConnectionError, redis.TimeoutError, OSError)  # StoreUnavailable is a ConnectionError
+_REFUSALS = ("NOREPLICAS",)  # a store's refusals to write that redis-py leaves as a plain ResponseError
 
 # KEYS[1] session, KEYS[2] tombstone. ARGV: field/value pairs..., ttl_ms last. 1 if written, 0 if the id exists.
 _CREATE = """
@@ -166,18 +187,44 @@ def _parse_claim(session_id: str, reply: list[Any]) -> Claim:
         snapshot.state, _text(fields.get("rid", b"")), int(fields.get("t", 0)), bytes(fields.get("out", b""))))
 
 
+def _refusal(err: Exception) -> Exception:
+    """A store's refusal to write (NOREPLICAS, READONLY, ...) as StoreUnavailable; anything else as it is."""
+    if isinstance(err, redis.ResponseError) and str(err).split(" ", 1)[0].upper() in _REFUSALS:
+        return StoreUnavailable(f"the store refused the write: {err}")
+    if isinstance(err, (redis.ReadOnlyError, MasterDownError)):  # redis-py strips the prefixes it maps
+        return StoreUnavailable(f"the store refused the write ({type(err).__name__}): {err}")
+    return err
+
+
 class SessionStore:
     """The store through the `redis` client: an asyncio client for the gRPC handlers (create, claim, delete)
-    and a blocking one for the commit thread (pipelined commits)."""
+    and a blocking one for the commit thread (pipelined commits). `url`: ntm_serve/server/state/store_url.py.
+    `min_replicas` > 0: a write counts only once that many store replicas have it (WAIT, `wait_ms`)."""
 
-    def __init__(self, url: str, prefix: str = "ntm:", timeout_s: float = 2.0) -> None:
+    def __init__(self, url: str, prefix: str = "ntm:", timeout_s: float = 2.0, *, min_replicas: int = 0,
+                 wait_ms: int = 1000) -> None:
+        check_store_url(url)
+        if min_replicas < 0 or wait_ms < 1:
+            raise ValueError(f"min_replicas must be >= 0 and wait_ms >= 1, got {min_replicas} and {wait_ms}")
         self.url = url
         self.prefix = prefix
-        kwargs: dict[str, Any] = {"socket_timeout": timeout_s, "socket_connect_timeout": min(timeout_s, 1.0),
+        self.min_replicas = min_replicas
+        self.wait_ms = wait_ms
+        # A WAIT blocks in the store for up to wait_ms: the socket must outlast it.
+        socket_s = max(timeout_s, wait_ms / 1000 + 1.0) if min_replicas else timeout_s
+        kwargs: dict[str, Any] = {"socket_timeout": socket_s, "socket_connect_timeout": min(timeout_s, 1.0),
                                   "retry": Retry(ExponentialBackoff(cap=0.2, base=0.02), 2),
                                   "retry_on_error": [redis.ConnectionError, redis.TimeoutError]}
-        self.sync = redis.Redis.from_url(url, **kwargs)
-        self.aio = aioredis.Redis.from_url(url, **kwargs)
+        if url.startswith(SENTINEL_SCHEME):
+            target = parse_sentinel(url)
+            asked = {"socket_timeout": min(timeout_s, 1.0), "socket_connect_timeout": min(timeout_s, 1.0)}
+            kwargs.update(db=target.db, password=target.password)
+            sentinels = list(target.sentinels)
+            self.sync = Sentinel(sentinels, sentinel_kwargs=asked).master_for(target.service, **kwargs)
+            self.aio = AioSentinel(sentinels, sentinel_kwargs=asked).master_for(target.service, **kwargs)
+        else:
+            self.sync = redis.Redis.from_url(url, **kwargs)
+            self.aio = aioredis.Redis.from_url(url, **kwargs)
 
     # The id in braces is a hash tag: a session's two keys land in one slot of a sharded store (Valkey Cluster),
     # so every script touches one shard.
@@ -188,27 +235,68 @@ class SessionStore:
         return f"{self.prefix}gone:{{{session_id}}}"
 
     def check(self) -> None:
-        """Fail fast at start-up: the store answers, and runs Lua scripts."""
+        """Fail fast at start-up: the store answers (through its Sentinels: they name a primary), and runs Lua
+        scripts."""
         try:
             self.sync.ping()
             self.sync.eval("return 1", 0)
         except (*STORE_ERRORS, redis.RedisError) as err:
             raise StoreError(f"session store {self.url} is not usable: {err}") from err
 
+    def _short(self, acked: int) -> StoreUnavailable:
+        return StoreUnavailable(f"written on {acked} of the {self.min_replicas} store replicas required within "
+                                f"{self.wait_ms} ms: not acknowledged")
+
+    async def _write(self, script: str, numkeys: int, *args: Any) -> Any:
+        """Run a write script; with min_replicas, WAIT on the same connection (a pipeline) for its replicas."""
+        if not self.min_replicas:
+            try:
+                return await self.aio.eval(script, numkeys, *args)
+            except redis.ResponseError as err:
+                raise await self._refused(_refusal(err)) from err
+        pipe = self.aio.pipeline(transaction=False)
+        pipe.eval(script, numkeys, *args)
+        pipe.execute_command("WAIT", self.min_replicas, self.wait_ms)
+        reply, acked = await pipe.execute(raise_on_error=False)
+        for part in (reply, acked):
+            if isinstance(part, Exception):
+                raise await self._refused(_refusal(part))
+        if int(acked) < self.min_replicas:
+            raise await self._refused(self._short(int(acked)))
+        return reply
+
+    async def _refused(self, err: Exception) -> Exception:
+        """After a refusal, drop the idle connections: they may lead to a stale primary (cut off, not demoted yet),
+        and a new connection asks the Sentinels where the primary is now. Returns `err`."""
+        if isinstance(err, StoreUnavailable):
+            await self.aio.connection_pool.disconnect(inuse_connections=False)
+        return err
+
     async def create(self, session_id: str, *, model: str, version: str, digest: str, owner: str, ttl_s: float,
                      created_wall: float, steps: int, blob: bytes) -> bool:
         fields = {"model": model, "version": version, "digest": digest, "owner": owner, "ttl_s": repr(ttl_s),
                   "created": repr(created_wall), "epoch": "0", "steps": str(steps), "state": blob, "holder": ""}
         args = [x for kv in fields.items() for x in kv] + [int(ttl_s * 1000)]
-        return bool(await self.aio.eval(_CREATE, 2, self.key(session_id), self.gone_key(session_id), *args))
+        return bool(await self._write(_CREATE, 2, self.key(session_id), self.gone_key(session_id), *args))
 
     async def claim(self, session_id: str, owner: str, digests: list[str], holder: str) -> Claim:
-        """Take a session over: raise its epoch (fencing out its previous holder) and return it."""
-        reply = await self.aio.eval(_CLAIM, 1, self.key(session_id), owner, " ".join(digests), holder)
+        """Take a session over: raise its epoch (fencing out its previous holder) and return it. With
+        min_replicas, the raised epoch is on that many replicas before the caller may serve the session."""
+        reply = await self._write(_CLAIM, 1, self.key(session_id), owner, " ".join(digests), holder)
         return _parse_claim(session_id, reply)
 
     async def epoch(self, session_id: str) -> int | None:
-        value = await self.aio.hget(self.key(session_id), "epoch")
+        """The session's epoch in the primary. With min_replicas, also WAIT: a stale primary (cut off from its
+        replicas, about to be demoted) cannot confirm, so a read never trusts it."""
+        if not self.min_replicas:
+            value = await self.aio.hget(self.key(session_id), "epoch")
+        else:
+            pipe = self.aio.pipeline(transaction=False)
+            pipe.hget(self.key(session_id), "epoch")
+            pipe.execute_command("WAIT", self.min_replicas, self.wait_ms)
+            value, acked = await pipe.execute()
+            if int(acked) < self.min_replicas:
+                raise await self._refused(self._short(int(acked)))
         return int(value) if value is not None else None
 
     async def gone(self, session_id: str) -> str | None:
@@ -216,27 +304,39 @@ class SessionStore:
         return _text(value) if value is not None else None
 
     async def delete(self, session_id: str, owner: str) -> str:
-        return _text(await self.aio.eval(_DELETE, 2, self.key(session_id), self.gone_key(session_id), owner,
-                                         TOMBSTONE_S))
+        return _text(await self._write(_DELETE, 2, self.key(session_id), self.gone_key(session_id), owner,
+                                       TOMBSTONE_S))
 
     def commit_many(self, items: list[CommitItem]) -> list[tuple[str, str] | Exception]:
         """Commit a batch in one pipeline (one round trip): per item ("ok", "") or (reason, detail), or the
-        exception when the store could not be reached (the outcome is then unknown; a retried commit of the
-        same item is recognised as already applied)."""
+        exception when the store could not be reached or refused (the outcome is then unknown; a retried commit
+        of the same item is recognised as already applied). With min_replicas the pipeline ends with one WAIT:
+        an "ok" counts only when that many replicas have every commit of the batch, else it is StoreUnavailable."""
         pipe = self.sync.pipeline(transaction=False)
         for c in items:
             pipe.eval(_COMMIT, 1, self.key(c.session_id), c.epoch, c.from_steps, c.to_steps, c.state_blob, c.rid,
                       c.t, c.out, int(c.ttl_s * 1000))
+        if self.min_replicas:
+            pipe.execute_command("WAIT", self.min_replicas, self.wait_ms)
         try:
             replies = pipe.execute(raise_on_error=False)
         except (*STORE_ERRORS, redis.RedisError) as err:
-            return [err] * len(items)
+            return [_refusal(err)] * len(items)
+        short: StoreUnavailable | None = None
+        if self.min_replicas:
+            acked = replies.pop()
+            if isinstance(acked, Exception) or int(acked) < self.min_replicas:
+                short = self._short(-1 if isinstance(acked, Exception) else int(acked))
         results: list[tuple[str, str] | Exception] = []
         for reply in replies:
             if isinstance(reply, Exception):
-                results.append(reply)
+                results.append(_refusal(reply))
+            elif short is not None and _text(reply[0]) == "ok":
+                results.append(short)
             else:
                 results.append((_text(reply[0]), _text(reply[1]) if len(reply) > 1 else ""))
+        if any(isinstance(r, StoreUnavailable) for r in results):
+            self.sync.connection_pool.disconnect()  # maybe a stale primary: the next round asks the Sentinels again
         return results
 
     def close(self) -> None:
