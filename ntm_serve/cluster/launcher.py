@@ -240,7 +240,7 @@ def sentinel_proc(port: int, conf: Path, log: Path, name: str, primary_port: int
     return Proc(name, port, [store_binary(), str(conf), "--sentinel"], log)
 
 
-def _ask(port: int, *command: Any) -> Any:
+def ask_store(port: int, *command: Any) -> Any:
     """One command to the store or Sentinel on LOCAL:port; None when it does not answer."""
     client = redis.Redis(LOCAL, port, socket_timeout=1.0, socket_connect_timeout=1.0, decode_responses=True)
     try:
@@ -253,7 +253,7 @@ def _ask(port: int, *command: Any) -> Any:
 
 def store_role(port: int) -> str:
     """"primary", "replica" or "down", as the store on LOCAL:port says (ROLE)."""
-    reply = _ask(port, "ROLE")
+    reply = ask_store(port, "ROLE")
     if not reply:
         return "down"
     return "primary" if reply[0] == "master" else "replica"
@@ -372,7 +372,7 @@ class LocalCluster:
     def named_primary(self) -> int | None:
         """The port of the primary the Sentinels name (the first that answers), or None."""
         for sentinel in self.sentinels:
-            reply = _ask(sentinel.port, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", SENTINEL_SERVICE)
+            reply = ask_store(sentinel.port, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", SENTINEL_SERVICE)
             if reply:
                 return int(reply[1])
         return None
@@ -392,13 +392,13 @@ class LocalCluster:
     def store_settled(self) -> bool:
         """Every store node up, one primary the Sentinels all name, every other node its replica with the link up,
         and every Sentinel knowing the others and every replica: a failover can happen now."""
-        named = {(_ask(s.port, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", SENTINEL_SERVICE) or [None, None])[1]
+        named = {(ask_store(s.port, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", SENTINEL_SERVICE) or [None, None])[1]
                  for s in self.sentinels}
         if len(named) != 1 or None in named:
             return False
         primary = int(named.pop())
         for node in self.stores:
-            info = _ask(node.port, "INFO", "replication")
+            info = ask_store(node.port, "INFO", "replication")
             if not node.alive() or not info:
                 return False
             if node.port == primary:
@@ -408,7 +408,7 @@ class LocalCluster:
                     info.get("master_link_status") != "up":
                 return False
         for sentinel in self.sentinels:
-            master = _ask(sentinel.port, "SENTINEL", "MASTER", SENTINEL_SERVICE)
+            master = ask_store(sentinel.port, "SENTINEL", "MASTER", SENTINEL_SERVICE)
             if not master:
                 return False
             fields = master if isinstance(master, dict) else dict(zip(master[::2], master[1::2], strict=True))
@@ -431,7 +431,7 @@ class LocalCluster:
         them is then told), else None."""
         seen = set()
         for sentinel in self.sentinels:
-            master = _ask(sentinel.port, "SENTINEL", "MASTER", SENTINEL_SERVICE)
+            master = ask_store(sentinel.port, "SENTINEL", "MASTER", SENTINEL_SERVICE)
             if not master:
                 return None
             fields = master if isinstance(master, dict) else dict(zip(master[::2], master[1::2], strict=True))
