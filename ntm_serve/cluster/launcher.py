@@ -572,6 +572,15 @@ class LocalCluster:
         self.before_restart(node)
         self._restart(node, lambda: self._serving(node), self.start_timeout_s)
 
+    def restart_proxy(self, sig: int = signal.SIGKILL) -> None:
+        """Kill the proxy (kill -9 by default) and start it again on its ports: Envoy keeps no state, so every
+        stream through it breaks and is resumed by the client."""
+        envoy = self.envoy
+        assert envoy is not None
+        envoy.signal(sig)
+        envoy.wait(10)
+        self._restart(envoy, lambda: self._envoy_ready(envoy), 60)
+
     def restart_store(self, down_s: float = 0.5) -> None:
         """SIGTERM the store's primary, stay down for `down_s`, start it again on its port with its data (in a
         replicated store, as a replica of whichever node the Sentinels promoted meanwhile, if any)."""
