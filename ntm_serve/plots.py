@@ -15,16 +15,20 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 
-def learning_curve(log_path: Path, out: Path, title: str, classification: bool = False) -> None:
-    """Training loss and held-out bit errors (classification: misclassified steps) against sequences seen."""
+def learning_curve(log_path: Path, out: Path, title: str, classification: bool = False, figure: str = "",
+                   loss: str = "") -> None:
+    """Training loss and held-out bit errors (classification: misclassified steps) against sequences seen; a data
+    set or task file names its own `figure` and `loss` (e.g. "mean squared error", "MSE")."""
     rows = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
     evals = [r for r in rows if "eval_bit_errors" in r]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.5))
     ax1.plot([r["sequences"] for r in evals], [r["loss"] for r in evals])
-    ax1.set(xlabel="training sequences", ylabel="cross-entropy (train)" if classification else "BCE loss (train)",
-            yscale="log", title=title)
+    ax1.set(xlabel="training sequences", yscale="log", title=title,
+            ylabel=f"{loss} (train)" if loss else "cross-entropy (train)" if classification else "BCE loss (train)")
     ax2.plot([r["sequences"] for r in evals], [max(r["eval_bit_errors"], 1e-3) for r in evals])
-    if classification:
+    if figure:
+        ax2.set(xlabel="training sequences", ylabel=f"{figure} (held out)", yscale="log")
+    elif classification:
         ax2.set(xlabel="training episodes", ylabel="wrong labels / episode (held out)", yscale="log")
     else:
         ax2.set(xlabel="training sequences", ylabel="bit errors / sequence (held out)", yscale="log")

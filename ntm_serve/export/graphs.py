@@ -25,11 +25,14 @@ EXAMPLE_BATCH = 2  # any size > 1 works: the batch axis is declared dynamic, nev
 
 
 def probabilities(logits: Tensor, activation: str) -> Tensor:
-    """The served outputs: independent bit probabilities (sigmoid) or a distribution over labels (softmax)."""
+    """The served outputs: independent bit probabilities (sigmoid), a distribution over labels (softmax), or the
+    clipped outputs themselves (identity: real-valued targets, e.g. a regression data set)."""
     if activation == "sigmoid":
         return torch.sigmoid(logits)
     if activation == "softmax":
         return torch.softmax(logits, dim=-1)
+    if activation == "identity":
+        return logits
     raise ValueError(f"unknown output activation {activation!r}")
 
 

@@ -13,7 +13,7 @@ import onnx
 
 from ntm_serve.training.checkpoint import MODEL_FILE, load_model
 from ntm_serve.training.model import NTM
-from ntm_serve.training.tasks import get_task
+from ntm_serve.training.task_source import task_facts
 
 
 @dataclass(frozen=True)
@@ -23,7 +23,7 @@ class Checkpoint:
     sha256: str
     task: str
     encoding: str
-    output_activation: str = "sigmoid"  # the task's: sigmoid (bit tasks) or softmax (classification)
+    output_activation: str = "sigmoid"  # the task's: sigmoid (bits), softmax (classification) or identity (reals)
     task_metadata: dict[str, Any] | None = None  # more task facts a client needs (one_shot: the class split)
 
 
@@ -46,11 +46,9 @@ def load_checkpoint(folder: Path) -> Checkpoint:
             raise ValueError(f"{path}: cannot load checkpoint ({err})") from err
     if not isinstance(model, NTM):
         raise ValueError(f"{path}: only NTM checkpoints export (this one is {type(model).__name__})")
-    task = meta["task"]
-    spec = get_task(task)
-    encoding = meta.get("encoding") or spec.encoding
-    return Checkpoint(model, meta, hashlib.sha256(data).hexdigest(), task, encoding, spec.output_activation,
-                      {k: meta.get(k, v) for k, v in spec.metadata.items()} or None)
+    encoding, activation, task_metadata = task_facts(meta)  # a data set or task file need not be at hand
+    return Checkpoint(model, meta, hashlib.sha256(data).hexdigest(), meta["task"], encoding, activation,
+                      task_metadata)
 
 
 def model_bytes(model: onnx.ModelProto) -> bytes:

@@ -53,8 +53,11 @@ def sessions(graphs: dict[str, onnx.ModelProto | bytes | str], provider: str, th
 
 
 def long_inputs(task: str, input_size: int, steps: int, batch: int, seed: int = 0) -> np.ndarray:
-    """(steps, B, I) task inputs: one long copy / repeat-copy sequence, else task sequences back to back."""
+    """(steps, B, I) task inputs: one long copy / repeat-copy sequence, else task sequences back to back; random
+    bits for a task that is not built in (a data set's or task file's: the checkpoint alone is at hand)."""
     gen = torch.Generator().manual_seed(seed)
+    if task not in tasks.BUILTIN:
+        return torch.randint(0, 2, (steps, batch, input_size), generator=gen).float().numpy()
     if task == "copy":
         inputs = tasks.copy_batch(gen, batch, math.ceil(steps / 2)).inputs
     elif task == "repeat_copy":
@@ -119,7 +122,8 @@ def onnx_sequence_chunked(sess: ort.InferenceSession, inputs: np.ndarray, state:
 # ------------------------------------------------------------------------------------- model parity
 
 
-def model_rows(model: NTM, sess: Sessions, task: str, steps: int = 1000, batch: int = 2, seed: int = 0) -> list[Row]:
+def model_rows(model: NTM, sess: Sessions, task: str, steps: int = 1000, batch: int = 2, seed: int = 0,
+               activation: str | None = None) -> list[Row]:
     """Whole model over `steps` steps from the initial state: step graph looped and sequence graph vs torch.
 
     The ONNX step loop feeds back its own state (so drift accumulates honestly). Rows: every output
@@ -129,7 +133,7 @@ def model_rows(model: NTM, sess: Sessions, task: str, steps: int = 1000, batch: 
     row (see `Row`).
     """
     inputs = long_inputs(task, model.config.input_size, steps, batch, seed)  # (T, B, I)
-    activation = tasks.get_task(task).output_activation
+    activation = activation or tasks.get_task(task).output_activation  # the checkpoint's, when the caller has it
     start = onnx_initial_state(sess.initial_state, batch)
     rows = _initial_state_rows(model, start)
     trace = _step_loop(model, sess.step, inputs, start, f"{steps} steps, B={batch}", activation)
@@ -165,7 +169,7 @@ class _Trace:
         """The worst step of every output and state tensor, then the rounded bits or arg-max labels."""
         expected = np.stack(self.torch_out)  # (T, B, O)
         return [*self.worst.values(),
-                _decision_row("step loop vs torch", np.stack(self.loop_out), expected, self.activation)]
+                *_decision_row("step loop vs torch", np.stack(self.loop_out), expected, self.activation)]
 
 
 def _step_loop(model: NTM, step: ort.InferenceSession, inputs: np.ndarray, start: dict[str, np.ndarray],
@@ -203,7 +207,7 @@ def _sequence_rows(trace: _Trace, seq: dict[str, np.ndarray], final: dict[str, n
     for name in STATE_NAMES:
         rows.append(row(f"sequence vs torch: final {name}", final[name], trace.torch_state[name], DRIFT_TOLERANCE,
                         exact=trace.exact_state[name]))
-    rows.append(_decision_row("sequence vs torch", seq["outputs"], expected_out, trace.activation))
+    rows += _decision_row("sequence vs torch", seq["outputs"], expected_out, trace.activation)
     return rows
 
 
@@ -218,15 +222,18 @@ def _chunked_rows(sequence: ort.InferenceSession, inputs: np.ndarray, start: dic
     return rows
 
 
-def _decision_row(check: str, actual: np.ndarray, expected: np.ndarray, activation: str) -> Row:
+def _decision_row(check: str, actual: np.ndarray, expected: np.ndarray, activation: str) -> list[Row]:
     """What a client decides from the outputs must agree exactly: rounded bits (sigmoid) or arg-max labels (softmax).
-    actual, expected (T, B, O)"""
+    Real outputs (identity) are values, not decisions: their rows above are the whole check. actual, expected
+    (T, B, O)"""
+    if activation == "identity":
+        return []
     if activation == "softmax":
         name, unit, differ = "arg-max label", "labels", actual.argmax(-1) != expected.argmax(-1)  # (T, B)
     else:
         name, unit, differ = "rounded output bits", "bits", (actual > 0.5) != (expected > 0.5)  # (T, B, O)
     differing, total = int(np.count_nonzero(differ)), differ.size
-    return Row(f"{check}: {name}", float(differing), differing / max(total, 1), 0.0, f"differing {unit} of {total}")
+    return [Row(f"{check}: {name}", float(differing), differing / max(total, 1), 0.0, f"differing {unit} of {total}")]
 
 
 # ---------------------------------------------------------------------------------------- op parity
@@ -338,7 +345,7 @@ def check_folder(folder: Path, provider: str, steps: int, batch: int, ops: bool 
                              f"{ckpt.sha256}: re-export with `python -m ntm_serve.export {folder}`")
     sess = sessions({name: str(p) for name, p in paths.items()}, provider)
     rows = op_rows(ckpt.model, sess.step, provider, activation=ckpt.output_activation) if ops else []
-    rows += model_rows(ckpt.model, sess, ckpt.task, steps, batch)
+    rows += model_rows(ckpt.model, sess, ckpt.task, steps, batch, activation=ckpt.output_activation)
     return rows, ckpt
 
 

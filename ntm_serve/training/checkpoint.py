@@ -1,4 +1,7 @@
-"""Checkpoints: the model file that ships (weights + config) and the resume file (optimizer, RNG, log position)."""
+"""Checkpoints: the model file that ships (weights + config) and the resume file (optimizer, RNG, log position).
+
+The resume file is the trainer's scratch, not part of a model: it lives in `<out>/.resume/` (ignored by git), so a
+model folder holds what a user needs (weights, graphs, config, reports) and nothing else."""
 
 from __future__ import annotations
 
@@ -15,7 +18,18 @@ from ntm_serve.training.model import NTM, LSTMBaseline
 
 MODEL_FILE = "checkpoint.pt"
 RESUME_FILE = "resume.pt"
+RESUME_DIR = ".resume"
 CONFIG_FILE = "config.json"
+
+
+def resume_path(out: Path | str, for_writing: bool = False) -> Path:
+    """Where `out`'s resume state is: `<out>/.resume/resume.pt`; for reading, `<out>/resume.pt` (where runs before
+    the scratch folder kept it) when only that one exists."""
+    path = Path(out) / RESUME_DIR / RESUME_FILE
+    legacy = Path(out) / RESUME_FILE
+    if not for_writing and not path.exists() and legacy.exists():
+        return legacy
+    return path
 
 
 def save_model(model: nn.Module, folder: Path, meta: dict[str, Any]) -> Path:

@@ -15,7 +15,6 @@ import logging
 import shlex
 import sys
 import time
-import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -26,9 +25,10 @@ from torch import nn
 from ntm_serve.plots import attention_figure, used_rows
 from ntm_serve.training.checkpoint import MODEL_FILE, checkpoint_hash, load_model
 from ntm_serve.training.device import DEVICES, resolve_device
-from ntm_serve.training.metrics import bit_errors
+from ntm_serve.training.metrics import bit_errors, point_seed
 from ntm_serve.training.model import NTM
-from ntm_serve.training.tasks import Batch, Errors, Sampler, TaskSpec, task_of
+from ntm_serve.training.task_source import task_of
+from ntm_serve.training.tasks import EvalSource, SequenceSet, TaskSpec, batch_errors, heldout_batches
 
 log = logging.getLogger("ntm_serve.training.evaluate")  # not "__main__" under `python -m`
 
@@ -64,35 +64,30 @@ class PointResult:
     met: bool | None = None
 
 
-def point_seed(seed: int, name: str) -> int:
-    """A per-point seed: independent of the point's position in the list."""
-    return (seed * 1_000_003 + zlib.crc32(name.encode())) % (2**63 - 1)
-
-
 def model_kind(model: nn.Module) -> str:
     return "ntm" if isinstance(model, NTM) else "lstm_baseline"
 
 
 @torch.no_grad()
 def sequence_errors(
-    model: nn.Module, sample: Sampler, sequences: int, seed: int, batch_size: int, device: str = "cpu",
-    errors_of: Errors = bit_errors,
+    model: nn.Module, sample: EvalSource, sequences: int, seed: int, batch_size: int, device: str = "cpu",
+    task: TaskSpec | None = None,
 ) -> tuple[torch.Tensor, int]:
-    """Bit errors (or the task's errors) of each of `sequences` held-out sequences, batched. -> ((sequences,), T)."""
-    gen = torch.Generator().manual_seed(seed)
+    """Bit errors (or the task's errors) of each of `sequences` held-out sequences (or of every sequence of a fixed
+    set), batched. -> ((sequences,), T)."""
     errors: list[torch.Tensor] = []
-    count, longest = 0, 0
-    while count < sequences:
-        batch: Batch = sample(gen, min(batch_size, sequences - count))
-        logits = model(batch.inputs.to(device))[0]  # (T, B, O)
-        errors.append(errors_of(logits, batch.targets.to(device)).cpu())  # (B,)
-        count += batch.inputs.shape[1]
+    longest = 0
+    for batch in heldout_batches(sample, sequences, seed, batch_size):
+        batch = batch.to(device)
+        logits = model(batch.inputs)[0]  # (T, B, O)
+        found = bit_errors(logits, batch.targets) if task is None else batch_errors(task, logits, batch)
+        errors.append(found.cpu())  # (B,)
         longest = max(longest, batch.inputs.shape[0])
     return torch.cat(errors).double(), longest  # double: means print as exact decimals
 
 
 def evaluate_point(
-    model: nn.Module, task: TaskSpec, name: str, sample: Sampler, sequences: int, seed: int,
+    model: nn.Module, task: TaskSpec, name: str, sample: EvalSource, sequences: int, seed: int,
     batch_size: int = DEFAULT_BATCH, device: str = "cpu",
 ) -> PointResult:
     """Evaluate one point; the training-range point uses small batches so its lengths are well spread."""
@@ -100,7 +95,7 @@ def evaluate_point(
     started = time.monotonic()
     errors, longest = sequence_errors(
         model, sample, sequences, point_seed(seed, name),
-        min(batch_size, RANGE_BATCH) if training_range else batch_size, device, task.errors,
+        min(batch_size, RANGE_BATCH) if training_range else batch_size, device, task,
     )
     return PointResult(
         name=name, training_range=training_range, bit_errors=float(errors.mean()),
@@ -189,11 +184,16 @@ def evaluate_folder(
     model.to(device)
     task = task_of(meta)
     kind = model_kind(model)
-    if task.output_activation == "softmax":  # classification: accuracy by instance, not bit errors
+    if task.metric == "episodes":  # one-shot classification: accuracy by instance, not bit errors
         from ntm_serve.training.one_shot_eval import evaluate_classifier
 
         return evaluate_classifier(model, task, kind, folder, meta, sequences, seed, batch_size, device, points,
                                    write, figure, command, checkpoint_hash(folder))
+    if task.metric != "bits" or any(isinstance(s, SequenceSet) for _, s in task.eval_points):
+        from ntm_serve.training.figures_eval import evaluate_figures  # data sets and task files
+
+        return evaluate_figures(model, task, kind, folder, meta, sequences, seed, batch_size, device, points,
+                                write, figure, command, checkpoint_hash(folder))
     chosen = [(n, s) for n, s in task.eval_points if points is None or n in points]
     if points is not None and len(chosen) != len(points):
         known = [n for n, _ in task.eval_points]
@@ -241,8 +241,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     command = "python -m ntm_serve.training.evaluate " + shlex.join(sys.argv[1:] if argv is None else argv)
     device = str(resolve_device(a.device))
     report = evaluate_folder(a.folder, a.sequences, a.seed, a.batch_size, device, a.points, command=command)
-    print(report.get("markdown") or markdown_table(report))
+    print(report_markdown(report))
     return report
+
+
+def report_markdown(report: dict[str, Any]) -> str:
+    """The report's table, whichever kind of report it is."""
+    return report.get("markdown") or markdown_table(report)
 
 
 if __name__ == "__main__":

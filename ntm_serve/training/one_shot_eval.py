@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ntm_serve.plots import episode_figure
-from ntm_serve.training.evaluate import point_seed
+from ntm_serve.training.metrics import point_seed
 from ntm_serve.training.one_shot import EPISODE_STEPS, FEATURES, accuracy_by_instance
 from ntm_serve.training.tasks import TaskSpec
 

@@ -1,17 +1,22 @@
 """The four algorithmic tasks, with the exact encodings the service and outside evaluations rely on (the one-shot
-tasks live in ntm_serve/training/one_shot.py and are registered here).
+tasks live in ntm_serve/training/one_shot.py and are registered here), and the task interface they share with data
+sets and task files.
 
 Every generator takes a `torch.Generator` (seeded by the caller) and a batch size, and returns a
 `Batch`: inputs (T, B, I) and targets (T_out, B, O). Targets are compared with the model's outputs
 of the *last* T_out steps. Within one batch all sequences share their length parameters (L, R, K);
 the values that vary per sequence (bits, query index, priorities) are drawn per sequence.
+
+A task is a function of its own options returning a `TaskSpec` (`BUILTIN` holds the built-in ones); the trainer
+reaches every task through ntm_serve/training/task_source.py.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import inspect
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
@@ -21,7 +26,7 @@ from ntm_serve.training.batch import Batch
 from ntm_serve.training.metrics import bit_errors, sequence_loss
 
 Sampler = Callable[[torch.Generator, int], Batch]  # (generator, batch size) -> a batch
-Errors = Callable[[Tensor, Tensor], Tensor]  # (logits (T, B, O), targets) -> errors per sequence (B,)
+Errors = Callable[..., Tensor]  # (logits (T, B, O), targets[, mask]) -> errors per sequence (B,)
 
 
 def _bits(gen: torch.Generator, *shape: int) -> Tensor:
@@ -99,21 +104,74 @@ def priority_sort_batch(gen: torch.Generator, batch: int, count: int = SORT_ITEM
     return Batch(inputs, targets)
 
 
+@runtime_checkable
+class SequenceSet(Protocol):
+    """A fixed set of sequences (a data set's split): evaluated whole, in order, instead of drawn."""
+
+    size: int
+
+    def batches(self, batch_size: int) -> Iterator[Batch]: ...
+
+
+EvalSource = Sampler | SequenceSet  # an eval point: fresh draws from a sampler, or every sequence of a fixed set
+
+
 @dataclass(frozen=True)
 class TaskSpec:
-    """What the trainer, evaluator and exporter need to know about a task."""
+    """What the trainer, evaluator and exporter need to know about a task: the one interface of the built-in tasks,
+    data sets (ntm_serve/training/dataset.py) and task files (ntm_serve/training/task_file.py)."""
 
     name: str
     input_size: int
     output_size: int
     sample: Sampler  # a training batch with random length parameters
-    eval_points: tuple[tuple[str, Sampler], ...]
+    eval_points: tuple[tuple[str, EvalSource], ...]  # the training range first, then points beyond it
     encoding: str
-    # Classification tasks swap these; the defaults are the bit tasks' (BCE, bit errors, sigmoid outputs).
-    loss: Callable[[Tensor, Tensor], Tensor] = sequence_loss
-    errors: Errors = bit_errors  # per sequence (B,): the trainer's held-out figure
-    output_activation: str = "sigmoid"  # what turns logits into the served outputs: "sigmoid" or "softmax"
+    # Classification tasks swap these; the defaults are the bit tasks' (BCE, bit errors, sigmoid outputs). With a
+    # batch mask, loss and errors are called as (logits, targets, mask).
+    loss: Callable[..., Tensor] = sequence_loss
+    errors: Callable[..., Tensor] = bit_errors  # per sequence (B,): the trainer's held-out figure (lower is better)
+    output_activation: str = "sigmoid"  # what turns logits into the served outputs: sigmoid, softmax or identity
     metadata: dict[str, Any] = field(default_factory=dict)  # more task facts for config.json and the ONNX metadata
+    # The report's figure: "bits" (bit errors per sequence), "classes" (accuracy), "reals" (mean squared error) or
+    # "episodes" (one-shot accuracy by instance).
+    metric: str = "bits"
+    heldout: EvalSource | None = None  # what the trainer evaluates; None: fresh draws of `sample` (its own seed)
+    select_on: str = ""  # the eval point that picks the checkpoint unless the run names one ("": `heldout`)
+
+    @property
+    def figure(self) -> str:
+        """The trainer's held-out figure in words (logs, learning curves)."""
+        return {"bits": "bit errors / sequence", "classes": "wrong steps / sequence", "reals": "mean squared error",
+                "episodes": "wrong labels / episode"}.get(self.metric, "errors / sequence")
+
+
+def batch_loss(task: TaskSpec, logits: Tensor, batch: Batch) -> Tensor:
+    """The task's loss on one batch (masked when the batch has a mask). logits (T, B, O) -> scalar."""
+    if batch.mask is None:
+        return task.loss(logits, batch.targets)
+    return task.loss(logits, batch.targets, batch.mask)
+
+
+def batch_errors(task: TaskSpec, logits: Tensor, batch: Batch) -> Tensor:
+    """The task's errors per sequence on one batch. logits (T, B, O) -> (B,)"""
+    if batch.mask is None:
+        return task.errors(logits, batch.targets)
+    return task.errors(logits, batch.targets, batch.mask)
+
+
+def heldout_batches(source: EvalSource, sequences: int, seed: int, batch_size: int) -> Iterator[Batch]:
+    """The batches of one eval point: a fixed set whole (`sequences` does not apply), else `sequences` fresh draws
+    from a generator seeded with `seed`."""
+    if isinstance(source, SequenceSet):
+        yield from source.batches(batch_size)
+        return
+    gen = torch.Generator().manual_seed(seed)
+    count = 0
+    while count < sequences:
+        batch = source(gen, min(batch_size, sequences - count))
+        count += batch.inputs.shape[1]
+        yield batch
 
 
 def _copy_train(gen: torch.Generator, batch: int) -> Batch:
@@ -136,17 +194,24 @@ def _fixed(fn: Callable[..., Batch], *args: Any) -> Sampler:
     return lambda gen, batch: fn(gen, batch, *args)
 
 
-_one_shot_train = _fixed(one_shot.digit_episodes, "train")
+# ------------------------------------------------------------------------------------------- the built-in tasks
+# Each is a function of its own options (a config's [task] section) returning its TaskSpec; a task file provides
+# the same (ntm_serve/training/task_file.py).
 
 
-TASKS: dict[str, TaskSpec] = {
-    "copy": TaskSpec(
+def copy_task(max_length: int = 0) -> TaskSpec:
+    """Copy. `max_length`: train on L in [1, max_length] (0: 1..20), still reporting the usual points."""
+    spec = TaskSpec(
         "copy", 9, 8, _copy_train,
         (("L in [1,20]", _copy_train), *((f"L={n}", _fixed(copy_batch, n)) for n in (20, 40, 80, 120))),
         "L random 8-bit vectors (ch 8 = 0); delimiter (only ch 8 = 1); L zero steps. "
         "Target: the L vectors, on the outputs of the last L steps.",
-    ),
-    "repeat_copy": TaskSpec(
+    )
+    return _longer_copy(spec, max_length) if max_length else spec
+
+
+def repeat_copy_task() -> TaskSpec:
+    return TaskSpec(
         "repeat_copy", 10, 9, _repeat_train,
         (
             ("L,R in [1,10]", _repeat_train),
@@ -155,75 +220,115 @@ TASKS: dict[str, TaskSpec] = {
         "L random 8-bit vectors; delimiter (only ch 8 = 1); a step with only ch 9 = R/10; R*L+1 zero steps. "
         "Target over the last R*L+1 steps: the L vectors repeated R times (ch 8 = 0), then an end marker "
         "(only ch 8 = 1).",
-    ),
-    "associative_recall": TaskSpec(
+    )
+
+
+def associative_recall_task(wrap: bool = False) -> TaskSpec:
+    """Associative recall. `wrap`: the seed's variant, where the query may be the last item (its answer wraps
+    around to item 1)."""
+    spec = TaskSpec(
         "associative_recall", 8, 6, _recall_train,
         (("K in [2,6]", _recall_train), *((f"K={k}", _fixed(associative_recall_batch, k)) for k in (6, 8, 10, 12, 15))),
         "K items of 3 random 6-bit vectors, each preceded by a delimiter (only ch 6 = 1); a query delimiter "
         "(only ch 7 = 1); the query item (3 steps, a copy of item q); a query delimiter; 3 zero steps. "
         "Target over the last 3 steps: item q + 1.",
-    ),
-    "priority_sort": TaskSpec(
+    )
+    return _wrapped_recall(spec) if wrap else spec
+
+
+def priority_sort_task(min_items: int = 0, narrow: float = 0.0) -> TaskSpec:
+    """Priority sort. `min_items`: train on n in [min_items, 20] items, keeping the ceil(4n/5) highest (0: always
+    20 -> 16); `narrow`: the fraction of those training batches whose priorities are squeezed into a random
+    sub-interval of [-1, 1] (near-ties: what a trained sorter still gets wrong). Either way the run is evaluated,
+    and its checkpoint picked, on 20 -> 16."""
+    spec = TaskSpec(
         "priority_sort", 10, 8, _sort_train,
         (("20 -> 16", _sort_train),),
         "20 random 8-bit vectors, each step with its priority (uniform in [-1, 1]) on ch 8; a delimiter "
         "(only ch 9 = 1); 16 zero steps. Target over those 16 steps: the 16 highest-priority vectors, "
         "highest first.",
-    ),
-    "one_shot": TaskSpec(
-        "one_shot", one_shot.INPUT_SIZE, one_shot.CLASSES, _one_shot_train,
-        (("training classes", _one_shot_train),
-         ("held-out classes", _fixed(one_shot.digit_episodes, "test"))),
-        one_shot.ENCODING + " Classes: scikit-learn 8x8 digits turned by quarter turns; see class_split.",
-        one_shot.classification_loss, one_shot.misclassified, "softmax", {"class_split": one_shot.split_description()},
-    ),
-    "one_shot_synthetic": TaskSpec(
-        "one_shot_synthetic", one_shot.INPUT_SIZE, one_shot.CLASSES, one_shot.synthetic_episodes,
-        (("new classes", one_shot.synthetic_episodes),),
-        one_shot.ENCODING + f" Classes: a fresh random 64-bit prototype per class per episode, each sample with "
-        f"every bit flipped with probability {one_shot.SYNTHETIC_FLIP}.",
-        one_shot.classification_loss, one_shot.misclassified, "softmax",
-    ),
-}
-
-
-def get_task(name: str, wrap: bool = False, max_length: int = 0, permute: float = 0.0, min_items: int = 0,
-             narrow: float = 0.0) -> TaskSpec:
-    """The task by name. `wrap` selects the seed's associative-recall variant (the query may be the last item,
-    whose answer wraps around to item 1); `max_length` trains copy on L in [1, max_length] (0: 1..20), with the
-    usual points still reported; `permute` the one_shot training episodes of which that fraction has its pixels
-    permuted (training only: the evaluation points are the plain task's); `min_items` trains priority sort on
-    n in [min_items, 20] items, keeping the ceil(4n/5) highest (0: always 20 -> 16; evaluated on 20 -> 16), and
-    `narrow` is the fraction of those training batches whose priorities are squeezed into a random sub-interval of
-    [-1, 1] (near-ties: what a trained sorter still gets wrong)."""
-    try:
-        spec = TASKS[name]
-    except KeyError:
-        raise ValueError(f"unknown task {name!r}; choose from {sorted(TASKS)}") from None
-    if wrap:
-        if name != "associative_recall":
-            raise ValueError(f"wrap applies to associative_recall only, not {name!r}")
-        spec = _wrapped_recall(spec)
-    if max_length:
-        if name != "copy":
-            raise ValueError(f"max_length applies to copy only, not {name!r}")
-        spec = _longer_copy(spec, max_length)
-    if permute:
-        if name != "one_shot":
-            raise ValueError(f"permute applies to one_shot only, not {name!r}")
-        spec = replace(spec, sample=_fixed(one_shot.digit_episodes, "train", one_shot.EPISODE_STEPS, permute))
+    )
     if min_items or narrow:
-        if name != "priority_sort":
-            raise ValueError(f"min_items and narrow apply to priority_sort only, not {name!r}")
         spec = _fewer_items_sort(spec, min_items or SORT_ITEMS, narrow)
     return spec
 
 
-def task_of(meta: dict[str, Any]) -> TaskSpec:
-    """The task a checkpoint was trained on, variant included (its metadata's task and training config)."""
-    train_config = meta.get("train_config", {})
-    return get_task(meta["task"], train_config.get("wrap", False), train_config.get("max_length", 0),
-                    min_items=train_config.get("min_items", 0), narrow=train_config.get("narrow", 0.0))
+def one_shot_task(permute: float = 0.0) -> TaskSpec:
+    """One-shot digits. `permute`: the fraction of training episodes whose pixels are permuted (per episode; the
+    evaluation points are the plain task's)."""
+    train = _ONE_SHOT_TRAIN
+    if permute:
+        if not 0.0 <= permute <= 1.0:
+            raise ValueError(f"permute must be in [0, 1], got {permute}")
+        train = _fixed(one_shot.digit_episodes, "train", one_shot.EPISODE_STEPS, permute)
+    return TaskSpec(
+        "one_shot", one_shot.INPUT_SIZE, one_shot.CLASSES, train,
+        (("training classes", _ONE_SHOT_TRAIN), ("held-out classes", _ONE_SHOT_TEST)),
+        one_shot.ENCODING + " Classes: scikit-learn 8x8 digits turned by quarter turns; see class_split.",
+        one_shot.classification_loss, one_shot.misclassified, "softmax", {"class_split": one_shot.split_description()},
+        metric="episodes",
+    )
+
+
+def one_shot_synthetic_task() -> TaskSpec:
+    return TaskSpec(
+        "one_shot_synthetic", one_shot.INPUT_SIZE, one_shot.CLASSES, one_shot.synthetic_episodes,
+        (("new classes", one_shot.synthetic_episodes),),
+        one_shot.ENCODING + f" Classes: a fresh random 64-bit prototype per class per episode, each sample with "
+        f"every bit flipped with probability {one_shot.SYNTHETIC_FLIP}.",
+        one_shot.classification_loss, one_shot.misclassified, "softmax", metric="episodes",
+    )
+
+
+_ONE_SHOT_TRAIN = _fixed(one_shot.digit_episodes, "train")
+_ONE_SHOT_TEST = _fixed(one_shot.digit_episodes, "test")
+
+BUILTIN: dict[str, Callable[..., TaskSpec]] = {
+    "copy": copy_task,
+    "repeat_copy": repeat_copy_task,
+    "associative_recall": associative_recall_task,
+    "priority_sort": priority_sort_task,
+    "one_shot": one_shot_task,
+    "one_shot_synthetic": one_shot_synthetic_task,
+}
+TASKS: dict[str, TaskSpec] = {name: make() for name, make in BUILTIN.items()}  # each task with default options
+# Options that were TrainConfig fields before tasks had their own: read from older checkpoints and resume files.
+LEGACY_OPTIONS: dict[str, Any] = {"wrap": False, "max_length": 0, "permute": 0.0, "min_items": 0, "narrow": 0.0}
+
+
+def task_options(factory: Callable[..., TaskSpec]) -> dict[str, Any]:
+    """A task factory's options and their defaults."""
+    return {name: p.default for name, p in inspect.signature(factory).parameters.items()
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+
+
+def build_task(factory: Callable[..., TaskSpec], label: str, options: dict[str, Any]) -> TaskSpec:
+    """`factory(**options)`, an unknown option named (and the task that has it, for a built-in's)."""
+    known = task_options(factory)
+    accepts_any = any(p.kind == p.VAR_KEYWORD for p in inspect.signature(factory).parameters.values())
+    for key in options:
+        if key not in known and not accepts_any:
+            owners = [n for n, f in BUILTIN.items() if key in task_options(f)]
+            where = f" ({key} is an option of {', '.join(owners)})" if owners else ""
+            raise ValueError(f"task {label!r} has no option {key!r}{where}; its options: "
+                             f"{', '.join(sorted(known)) or 'none'}")
+    return factory(**options)
+
+
+def get_task(name: str, **options: Any) -> TaskSpec:
+    """A built-in task by name, with its own options (e.g. get_task("copy", max_length=40))."""
+    try:
+        factory = BUILTIN[name]
+    except KeyError:
+        raise ValueError(f"unknown task {name!r}; choose from {sorted(BUILTIN)}") from None
+    return build_task(factory, name, options)
+
+
+def legacy_options(train_config: dict[str, Any]) -> dict[str, Any]:
+    """A recorded training config's task options: its `task_options`, or the flat fields older runs recorded."""
+    if "task_options" in train_config:
+        return dict(train_config["task_options"])
+    return {k: train_config[k] for k, default in LEGACY_OPTIONS.items() if train_config.get(k, default) != default}
 
 
 def _wrapped_recall(spec: TaskSpec) -> TaskSpec:
@@ -263,4 +368,5 @@ def _fewer_items_sort(spec: TaskSpec, min_items: int, narrow: float = 0.0) -> Ta
             return priority_sort_batch(gen, batch, n, keep, centre, spread)
         return priority_sort_batch(gen, batch, n, keep)
 
-    return replace(spec, sample=sample)  # evaluated, selected and plotted on 20 -> 16 only
+    # evaluated, selected and plotted on 20 -> 16 only
+    return replace(spec, sample=sample, select_on=spec.eval_points[0][0])

@@ -8,17 +8,24 @@ a seed that neither training, the trainer's held-out set nor the evaluation CLI 
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import shlex
 from pathlib import Path
 
 import pytest
 import torch
 
-from ntm_serve.training.checkpoint import checkpoint_hash, load_model
+from ntm_serve.training.__main__ import parse
+from ntm_serve.training.checkpoint import RESUME_FILE, checkpoint_hash, load_model
 from ntm_serve.training.evaluate import TARGETS, evaluate_point, model_kind
-from ntm_serve.training.tasks import TaskSpec, task_of
+from ntm_serve.training.task_source import task_of
+from ntm_serve.training.tasks import TaskSpec
+from ntm_serve.training.train import canonical
 
-MODELS = Path(__file__).resolve().parents[2] / "models"
+ROOT = Path(__file__).resolve().parents[2]
+MODELS = ROOT / "models"
+BEFORE_CONFIGS = "# The same run before config files (the flags still work): "
 FOLDERS = sorted(p.parent for p in MODELS.glob("*/checkpoint.pt"))
 SEQUENCES = 300
 # not a training seed, not ntm_serve.training.train.EVAL_SEED, not ntm_serve.training.evaluate.DEFAULT_SEED
@@ -89,10 +96,37 @@ def test_folder_carries_report_curve_and_command(folder: Path) -> None:
                  "example.png"):
         assert (folder / name).is_file(), f"{folder.name}: missing {name}"
     commands = [line for line in (folder / "command.txt").read_text().splitlines() if not line.startswith("#")]
-    assert len(commands) == 1 and commands[0].startswith("python -m ntm_serve.training "), commands
+    assert commands == [f"python -m ntm_serve.training --config configs/models/{folder.name}.toml"], commands
+    assert (ROOT / "configs" / "models" / f"{folder.name}.toml").is_file()
+    assert not (folder / RESUME_FILE).exists(), f"{folder.name}: the trainer's resume state is not part of a model"
     report = json.loads((folder / "eval.json").read_text())
     assert report["checkpoint_sha256"] == checkpoint_hash(folder), (
         f"{folder.name}: eval.json describes other weights; rerun python -m ntm_serve.training.evaluate {folder}")
     assert report["sequences"] >= 1000
     meta = json.loads((folder / "config.json").read_text())
     assert [p["name"] for p in report["points"]] == [n for n, _ in task_of(meta).eval_points]
+
+
+def _run_identity(cfg: dict) -> dict:
+    """What defines a run (not its folder, budget, stop rule, device or compile flag), every default spelled out."""
+    return {k: v for k, v in canonical(cfg).items()
+            if k not in ("out", "sequences", "stop_below", "device", "compile", "init_from")}
+
+
+@needs_models
+@folders
+def test_config_reproduces_the_shipped_run(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """command.txt's config gives the TrainConfig of the command line it replaced (kept in a comment), field for
+    field but the output folder; and the run recorded in the checkpoint's config.json (whose folder, budget and
+    warm-start path were the launch's: runs were stopped by hand and their folders moved)."""
+    monkeypatch.chdir(ROOT)
+    text = (folder / "command.txt").read_text()
+    command = next(line for line in text.splitlines() if not line.startswith("#"))
+    from_config = dataclasses.asdict(parse(shlex.split(command)[3:]))
+    old = [line[len(BEFORE_CONFIGS):] for line in text.splitlines() if line.startswith(BEFORE_CONFIGS)]
+    assert len(old) == 1, f"{folder.name}: command.txt keeps the command line the config replaced"
+    from_flags = dataclasses.asdict(parse(shlex.split(old[0])[3:]))
+    assert {**canonical(from_config), "out": ""} == {**canonical(from_flags), "out": ""}
+    recorded = json.loads((folder / "config.json").read_text())["train_config"]
+    assert _run_identity(recorded) == _run_identity(from_config), folder.name
+    assert bool(recorded.get("init_from")) == bool(from_config["init_from"])

@@ -41,7 +41,7 @@ def assert_random_bits(x: torch.Tensor) -> None:
 @pytest.mark.parametrize("length", [1, 7, 20])
 def test_copy_encoding(length: int) -> None:
     b = 64
-    inputs, targets = copy_batch(gen(length), b, length)
+    inputs, targets, _ = copy_batch(gen(length), b, length)
     assert inputs.shape == (2 * length + 1, b, 9)
     assert targets.shape == (length, b, 8)
     assert_random_bits(targets)
@@ -57,7 +57,7 @@ def test_copy_encoding(length: int) -> None:
 @pytest.mark.parametrize(("length", "repeats"), [(1, 1), (3, 4), (10, 10), (2, 15)])
 def test_repeat_copy_encoding(length: int, repeats: int) -> None:
     b = 32
-    inputs, targets = repeat_copy_batch(gen(length * repeats), b, length, repeats)
+    inputs, targets, _ = repeat_copy_batch(gen(length * repeats), b, length, repeats)
     out_steps = repeats * length + 1
     assert inputs.shape == (length + 2 + out_steps, b, 10)
     assert targets.shape == (out_steps, b, 9)
@@ -85,7 +85,7 @@ def query_positions(items: torch.Tensor, query: torch.Tensor) -> list[list[int]]
 def check_recall(items_count: int, b: int, seed: int, wrap: bool) -> list[int]:
     """Check the encoding of one batch and return the query index of each unambiguous sequence."""
     k = items_count
-    inputs, targets = associative_recall_batch(gen(seed), b, k, wrap=wrap)
+    inputs, targets, _ = associative_recall_batch(gen(seed), b, k, wrap=wrap)
     assert inputs.shape == (4 * k + 8, b, 8)  # K (delimiter + 3) + delimiter + 3 + delimiter + 3
     assert targets.shape == (3, b, 6)
     items = torch.stack([inputs[4 * i + 1 : 4 * i + 4, :, :6] for i in range(k)])  # (K, 3, B, 6)
@@ -116,7 +116,7 @@ def test_associative_recall_encoding_query_in_first_k_minus_1(items: int) -> Non
 
 def test_associative_recall_wrap_flag_allows_the_last_item() -> None:
     k = 3
-    inputs, targets = associative_recall_batch(gen(5), 400, k, wrap=True)
+    inputs, targets, _ = associative_recall_batch(gen(5), 400, k, wrap=True)
     found = check_recall(k, 400, 5, wrap=True)
     assert set(found) == set(range(k))
     last = [seq for seq, q in enumerate(query_positions(
@@ -132,7 +132,7 @@ def test_associative_recall_wrap_flag_allows_the_last_item() -> None:
 
 def test_priority_sort_encoding() -> None:
     b = 50
-    inputs, targets = priority_sort_batch(gen(3), b)
+    inputs, targets, _ = priority_sort_batch(gen(3), b)
     assert inputs.shape == (37, b, 10)  # 20 + delimiter + 16
     assert targets.shape == (16, b, 8)
     seq, priority = inputs[:20, :, :8], inputs[:20, :, 8]
@@ -158,7 +158,7 @@ def test_training_ranges() -> None:
     assert recall_items == set(range(2, 7))
     pairs = set()
     for _ in range(1500):
-        inputs, _targets = TASKS["repeat_copy"].sample(g, 1)
+        inputs, _targets, _ = TASKS["repeat_copy"].sample(g, 1)
         length = int(torch.nonzero(inputs[:, 0, 8]).item())
         repeats = round(float(inputs[length + 1, 0, 9]) * 10)
         assert inputs.shape[0] == length + 2 + repeats * length + 1
@@ -198,7 +198,7 @@ def test_unknown_task_is_a_clear_error() -> None:
 
 
 def test_wrap_flag_selects_the_seed_variant_for_training_and_evaluation() -> None:
-    """`--wrap` (TrainConfig.wrap) samples queries from all K items; other tasks refuse the flag."""
+    """The wrap option ([task] wrap = true) samples queries from all K items; other tasks refuse the option."""
     from ntm_serve.training.tasks import get_task
 
     spec = get_task("associative_recall", wrap=True)
@@ -212,5 +212,5 @@ def test_wrap_flag_selects_the_seed_variant_for_training_and_evaluation() -> Non
     asks_last = (query[..., :6] == last_item).all(dim=(0, 2))  # (B,)
     assert asks_last.any()
     assert torch.equal(batch.targets[:, asks_last], first_item[:, asks_last])
-    with pytest.raises(ValueError, match="associative_recall only"):
+    with pytest.raises(ValueError, match="no option 'wrap' \\(wrap is an option of associative_recall\\)"):
         get_task("copy", wrap=True)

@@ -14,7 +14,7 @@ import torch
 import ntm_serve.training.train as train_module
 from ntm_serve.training import addressing
 from ntm_serve.training.__main__ import parse
-from ntm_serve.training.checkpoint import MODEL_FILE, RESUME_FILE, load_model, save_model
+from ntm_serve.training.checkpoint import MODEL_FILE, load_model, resume_path, save_model
 from ntm_serve.training.compiled import CHUNKS, chunk_plan, compiled_forward, eager_forward, training_forward
 from ntm_serve.training.config import NTMConfig
 from ntm_serve.training.device import resolve_device
@@ -178,7 +178,7 @@ def test_short_training_lowers_the_loss(tmp_path: Path) -> None:
     before = heldout_loss(build_model(cfg, get_task("copy")))  # the same initial weights train() starts from
     result = train(cfg, progress=False)
     latest = build_model(cfg, get_task("copy"))
-    latest.load_state_dict(torch.load(tmp_path / "run" / RESUME_FILE, weights_only=False)["model"])
+    latest.load_state_dict(torch.load(resume_path(tmp_path / "run"), weights_only=False)["model"])
     after = heldout_loss(latest)
     assert after < before - 0.005, (before, after)
     shipped, meta = load_model(cfg.out)  # the best of the evaluated models, not necessarily the last
@@ -197,8 +197,8 @@ def weights(folder: Path) -> dict[str, torch.Tensor]:
 
 def assert_same_weights(a: Path, b: Path) -> None:
     """The shipped (best) checkpoint, the latest weights and the optimizer state are all identical."""
-    resume_a = torch.load(a / RESUME_FILE, weights_only=False)
-    resume_b = torch.load(b / RESUME_FILE, weights_only=False)
+    resume_a = torch.load(resume_path(a), weights_only=False)
+    resume_b = torch.load(resume_path(b), weights_only=False)
     for wa, wb in ((weights(a), weights(b)), (resume_a["model"], resume_b["model"])):
         assert wa.keys() == wb.keys()
         for name in wa:
@@ -248,11 +248,11 @@ def test_interrupted_and_resumed_run_ends_where_the_uninterrupted_run_ends(
         return real.sample(gen, batch)
 
     crashing = dataclasses.replace(real, sample=crashing_sample)
-    monkeypatch.setattr(train_module, "get_task", lambda name, *args, **kwargs: crashing)
+    monkeypatch.setattr(train_module, "resolve_task", lambda *args, **kwargs: crashing)
     with pytest.raises(KeyboardInterrupt):
         train(cfg, progress=False)
     monkeypatch.undo()
-    assert torch.load(out / RESUME_FILE, weights_only=False)["sequences"] == 96  # really cut short
+    assert torch.load(resume_path(out), weights_only=False)["sequences"] == 96  # really cut short
 
     train(cfg, progress=False)  # resume from resume.pt
     assert_same_weights(uninterrupted, out)
@@ -372,7 +372,7 @@ def test_compiled_training_is_deterministic_resumable_and_follows_eager(tmp_path
 
 
 def optimizer_flags(out: Path) -> dict[str, object]:
-    group = torch.load(out / RESUME_FILE, weights_only=False)["optimizer"]["param_groups"][0]
+    group = torch.load(resume_path(out), weights_only=False)["optimizer"]["param_groups"][0]
     return {"fused": group["fused"], "foreach": group["foreach"]}
 
 
@@ -398,9 +398,9 @@ def test_training_cli_parses_options() -> None:
     cfg = parse(["repeat_copy", "--sequences", "100", "--optimizer", "rmsprop", "--lr", "1e-4",
                  "--ntm", '{"controller": "feedforward", "shift_range": 5}'])
     assert (cfg.task, cfg.out, cfg.sequences, cfg.optimizer, cfg.lr) == (
-        "repeat_copy", "models/repeat_copy", 100, "rmsprop", 1e-4)
+        "repeat_copy", "runs/repeat_copy", 100, "rmsprop", 1e-4)
     assert cfg.ntm == {"controller": "feedforward", "shift_range": 5}
-    assert parse(["copy", "--model", "lstm_baseline"]).out == "models/copy_lstm_baseline"
+    assert parse(["copy", "--model", "lstm_baseline"]).out == "runs/copy_lstm_baseline"
     assert parse(["copy", "--compile"]).compile and not parse(["copy"]).compile
 
 
@@ -518,7 +518,7 @@ def test_copy_max_length_trains_longer_and_still_reports_the_usual_points() -> N
     assert names[:2] == ["L in [1,50]", "L in [1,20]"] and "L=120" in names
     lengths = {task.sample(torch.Generator().manual_seed(s), 1).targets.shape[0] for s in range(200)}
     assert max(lengths) > 20 and max(lengths) <= 50
-    with pytest.raises(ValueError, match="copy only"):
+    with pytest.raises(ValueError, match="no option 'max_length' \\(max_length is an option of copy\\)"):
         get_task("associative_recall", max_length=50)
 
 
@@ -564,14 +564,14 @@ def test_priority_sort_min_items_mixes_fewer_items_and_is_judged_on_20_to_16() -
         shapes.add(items)
     assert min(shapes) == 2 and max(shapes) == 20
     assert get_task("priority_sort").sample(torch.Generator().manual_seed(0), 1).inputs.shape[0] == 37
-    with pytest.raises(ValueError, match="priority_sort only"):
+    with pytest.raises(ValueError, match="no option 'min_items' \\(min_items is an option of priority_sort\\)"):
         get_task("copy", min_items=2)
     with pytest.raises(ValueError, match="min_items must be"):
         get_task("priority_sort", min_items=21)
     # The trainer picks such a run's checkpoint on 20 -> 16, not on the easier mixture it trains on.
-    cfg = train_module.TrainConfig(task="priority_sort", out="unused", min_items=2)
+    cfg = train_module.TrainConfig(task="priority_sort", out="unused", task_options={"min_items": 2})
     assert train_module._selection_sampler(cfg, task) is task.eval_points[0][1]
-    assert train_module._selection_sampler(dataclasses.replace(cfg, min_items=0), task) is None
+    assert train_module._selection_sampler(cfg, get_task("priority_sort")) is None
 
 
 def test_priority_sort_narrow_batches_squeeze_the_priorities_and_still_sort_them() -> None:
