@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from ntm_serve.server.config import ServiceConfig
     from ntm_serve.server.metrics import Metrics
     from ntm_serve.server.sessions import SessionRecord, SessionRegistry
-    from ntm_serve.server.state.snapshots import Snapshotter
+    from ntm_serve.server.state.keeping import SessionKeeping
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ class Lifecycle:
         self._failed: dict[tuple[str, int], str] = {}  # refused folders -> why
         self._forced: set[Key] = set()  # versions being unloaded by force (for the metric)
         self._registry: SessionRegistry | None = None
-        self._snapshotter: Snapshotter | None = None
+        self._keeping: SessionKeeping | None = None
         self._running = False  # batchers of new versions start at once
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -107,10 +107,10 @@ class Lifecycle:
             raise ModelLoadError(f"no model under {root} could be loaded: " +
                                  "; ".join(f"{n} version {v}: {why}" for (n, v), why in sorted(self._failed.items())))
 
-    def attach(self, registry: SessionRegistry, snapshotter: Snapshotter | None) -> None:
-        """The sessions (counted before an unload completes) and the snapshots (restored on a load)."""
+    def attach(self, registry: SessionRegistry, keeping: SessionKeeping) -> None:
+        """The sessions (counted before an unload completes) and how they are kept (snapshots restored on a load)."""
         self._registry = registry
-        self._snapshotter = snapshotter
+        self._keeping = keeping
         previous = registry.on_end
 
         def on_end(session: SessionRecord) -> None:
@@ -186,8 +186,8 @@ class Lifecycle:
                           inline_rows=c.inline_rows)
         model = ServedModel(engine.spec, engine.execution_provider, batcher, folder.version)
         self.models.stage(model)
-        if self._snapshotter is not None:  # its sessions are back before it is listed (jobs queue until it runs)
-            self._snapshotter.restore(only=model.key)  # before the batcher runs: the engine is used directly
+        if self._keeping is not None:  # its kept sessions are back before it is listed (jobs queue until it runs)
+            self._keeping.restore(only=model.key)  # before the batcher runs: the engine is used directly
         self.models.publish(model)
         if self._running:
             batcher.start()

@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
-import os
 import signal
-import socket
 import threading
 from typing import Any
 
@@ -36,7 +33,9 @@ from ntm_serve.server.ports import BindError, bind_error, remove_port_file, writ
 from ntm_serve.server.registry import ModelSet
 from ntm_serve.server.servicer import LoopInbox, NTMServicer
 from ntm_serve.server.sessions import SessionRegistry
-from ntm_serve.server.state.snapshots import SnapshotStore, Snapshotter, StateDirError
+from ntm_serve.server.state.choice import keeping_for
+from ntm_serve.server.state.keeping import SessionKeeping
+from ntm_serve.server.state.snapshots import StateDirError
 from ntm_serve.server.state.store import SessionStore, StoreError
 from ntm_serve.server.watch_hub import WatchHub
 from ntm_serve.ui import GrpcTarget, UIError, start_ui
@@ -74,8 +73,6 @@ class Server:
         self.port = 0
         self.metrics_port: int | None = None
         self.health_port: int | None = None
-        self.snapshotter: Snapshotter | None = None
-        self._store: SnapshotStore | None = None
         self._grpc: grpc.aio.Server | None = None
         self._health_grpc: grpc.aio.Server | None = None
         self._health: Any = None
@@ -86,7 +83,8 @@ class Server:
         self.watch: WatchHub | None = None  # the open session watches (WatchSession, the inspector page)
         self.ui: Any = None  # the inspector page (ntm_serve.ui), with --ui-port
         self.ui_port: int | None = None
-        self.replica: Any = None  # ntm_serve.server.state.replica.Replica in replica mode (--store-url)
+        self.keeping: SessionKeeping | None = None  # memory, snapshots or the shared store: one, from the flags
+        self._inbox: LoopInbox | None = None
         self._session_store: SessionStore | None = None
 
     async def start(self) -> None:
@@ -99,8 +97,11 @@ class Server:
             self._session_store = SessionStore(c.store_url, min_replicas=c.store_min_replicas,
                                                wait_ms=c.store_wait_ms)
             await loop_run(self._session_store.check)
+        self._inbox = LoopInbox(asyncio.get_running_loop())
         self._load_models_and_sessions()
         self._start_batchers()
+        assert self.keeping is not None
+        self.keeping.start()
         await self._start_grpc(auth, admin, credentials)
         await self._start_health_port()
         if c.metrics_port >= 0:
@@ -116,23 +117,21 @@ class Server:
             write_port_file(c.port_file, {"port": self.port, "metrics_port": self.metrics_port,
                                           "health_port": self.health_port, "ui_port": self.ui_port})
         self._reaper = asyncio.create_task(self._reap())
-        if self.snapshotter is not None:
-            self.snapshotter.start()
         self._log_serving(auth, admin, credentials is not None)
 
     def _load_models_and_sessions(self) -> None:
-        """Every version's engine and batcher (not started), the session registry, and the restored sessions."""
+        """Every version's engine and batcher (not started), the session registry, how sessions are kept (chosen
+        here, once, from the flags), and the restored sessions."""
         c = self.config
         self.lifecycle.load_all()
         self.registry = SessionRegistry(
             self.models.batchers, self.metrics, max_sessions=c.max_sessions,
             max_sessions_per_owner=c.max_sessions_per_owner, default_ttl_s=c.default_ttl_s, max_ttl_s=c.max_ttl_s)
-        if c.state_dir is not None:  # restore before the batchers run: the engines are used directly
-            self._store = SnapshotStore(c.state_dir)
-            self.snapshotter = Snapshotter(self._store, self.registry, self.models.engines, self.metrics,
-                                           c.snapshot_interval_s)
-            self.snapshotter.restore()
-        self.lifecycle.attach(self.registry, self.snapshotter)
+        assert self._inbox is not None
+        self.keeping = keeping_for(c, registry=self.registry, models=self.models, metrics=self.metrics,
+                                   inbox=self._inbox, store=self._session_store)
+        self.keeping.restore()  # before the batchers run: the engines are used directly
+        self.lifecycle.attach(self.registry, self.keeping)
 
     def _start_batchers(self) -> None:
         self.lifecycle.start()  # the batchers, then polling
@@ -141,7 +140,7 @@ class Server:
     async def _start_grpc(self, auth: TokenAuth, admin: TokenAuth, credentials: grpc.ServerCredentials | None) -> None:
         """The main port: the NTM and admin services, health checking and reflection, plaintext or TLS."""
         c = self.config
-        assert self.registry is not None
+        assert self.registry is not None and self.keeping is not None and self._inbox is not None
         options = [
             ("grpc.max_receive_message_length", c.max_message_bytes),
             ("grpc.max_send_message_length", c.max_message_bytes),
@@ -153,18 +152,10 @@ class Server:
         interceptors = [AuthInterceptor(auth, admin)] if auth.enabled or admin.enabled else []
         self._grpc = grpc.aio.server(interceptors=interceptors, options=options,
                                      maximum_concurrent_rpcs=c.max_concurrent_rpcs)
-        self.servicer = servicer = NTMServicer(self.models, self.registry, c, self.metrics, auth,
-                                               LoopInbox(asyncio.get_running_loop()))
-        if self._session_store is not None:
-            from ntm_serve.server.state.replica import Replica
-
-            self.replica = Replica(self._session_store, self.registry, self.models, self.metrics, servicer._control,
-                                   name=c.replica_name or f"{socket.gethostname()}:{os.getpid()}",
-                                   commit_every=c.commit_every)
-            self.replica.start()
-            servicer.cluster = self.replica
+        self.servicer = servicer = NTMServicer(self.models, self.registry, c, self.metrics, auth, self._inbox,
+                                               self.keeping)
         self.watch = servicer.watch = WatchHub(self.models, self.registry, self.metrics, auth, admin,
-                                               asyncio.get_running_loop(), None)
+                                               asyncio.get_running_loop(), self.keeping)
         add_ntm_servicer(servicer, self._grpc)
         add_ntm_servicer(ModelAdminServicer(self.lifecycle, self.metrics, c.model_control_on), self._grpc,
                          "ModelAdmin")
@@ -205,7 +196,7 @@ class Server:
 
     def _log_serving(self, auth: TokenAuth, admin: TokenAuth, tls: bool) -> None:
         c = self.config
-        assert self.registry is not None
+        assert self.registry is not None and self.keeping is not None
         if (auth.enabled or admin.enabled) and not tls and c.host not in LOOPBACK:
             log.warning("bearer tokens travel in plaintext: serve with --tls-cert/--tls-key off loopback")
         log.info("serving", extra={"port": self.port, "metrics_port": self.metrics_port, "models": sorted(self.models),
@@ -218,8 +209,7 @@ class Server:
                                    "sessions": self.registry.count(), "poll_s": c.model_poll_interval_s,
                                    "admin_auth": admin.enabled, "model_control": c.model_control_on,
                                    "store": c.store_url or None,
-                                   "replica": self.replica.name if self.replica else None,
-                                   "ui_port": self.ui_port})
+                                   "replica": self.keeping.replica_name, "ui_port": self.ui_port})
 
     async def _reap(self) -> None:
         assert self.registry is not None
@@ -255,24 +245,16 @@ class Server:
             await self._health_grpc.stop(0)
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, self.lifecycle.stop)  # no loads or unloads from here on
-        if self.snapshotter is not None:  # the periodic thread reads through the batchers: end it first
-            await loop.run_in_executor(None, self.snapshotter.stop)
+        if self.keeping is not None:  # periodic snapshots read through the batchers: end them first
+            await loop.run_in_executor(None, self.keeping.stop_background)
         if self._batchers_started:
             for model in self.models.every():
                 await loop.run_in_executor(None, model.batcher.stop)
-        if self.replica is None and self._session_store is not None:  # start failed before replica mode began
+        if self.keeping is not None:  # the final snapshot pass, or the last commits; then its files or store
+            await self.keeping.close(self._batchers_started)
+        elif self._session_store is not None:  # start failed before the keeping was built
             self._session_store.close()
             await self._session_store.aclose()
-        if self.replica is not None:
-            flushed = await loop.run_in_executor(None, self.replica.flush)
-            self.replica.close()
-            await self.replica.store.aclose()
-            log.info("drained", extra={"flushed": flushed, "sessions": self.registry.count() if self.registry else 0})
-        if self.snapshotter is not None and self._batchers_started:
-            written = await loop.run_in_executor(None, functools.partial(self.snapshotter.run_pass, live=False))
-            log.info("final snapshot", extra={"written": written, "sessions": self.registry.count()})
-        if self._store is not None:
-            self._store.close()
         if self._metrics_http is not None:
             self._metrics_http.shutdown()
             self._metrics_http.server_close()

@@ -31,10 +31,10 @@ from ntm_serve.server.config import ServiceConfig
 from ntm_serve.server.jobs import ControlJob, PackJob, StepJob, StepOutcome
 from ntm_serve.server.metrics import Metrics
 from ntm_serve.server.registry import ModelSet, ServedModel
-from ntm_serve.server.sessions import MAX_ID_CHARS, Done, SessionRecord, SessionRegistry, init_action, read_action
+from ntm_serve.server.sessions import MAX_ID_CHARS, Done, SessionRecord, SessionRegistry, read_action
 
 if TYPE_CHECKING:
-    from ntm_serve.server.state.replica import Replica
+    from ntm_serve.server.state.keeping import SessionKeeping
     from ntm_serve.server.watch_hub import WatchHub
 
 log = logging.getLogger(__name__)
@@ -164,15 +164,15 @@ class _StreamOrder:
 
 class NTMServicer(ntm_pb2_grpc.NTMServicer):
     def __init__(self, models: ModelSet, registry: SessionRegistry, config: ServiceConfig,
-                 metrics: Metrics, auth: TokenAuth, inbox: LoopInbox) -> None:
+                 metrics: Metrics, auth: TokenAuth, inbox: LoopInbox, keeping: SessionKeeping) -> None:
         self.inbox = inbox
+        self.keeping = keeping  # where sessions are kept (memory, snapshots, the shared store): state/keeping.py
         self.models = models
         self.registry = registry
         self.config = config
         self.metrics = metrics
         self.auth = auth
         self._metric_children: dict[tuple[str, str], tuple[Any, Any]] = {}
-        self.cluster: Replica | None = None  # replica mode (--store-url): sessions live in the shared store
         self._streams: set[asyncio.Task[None]] = set()  # stream readers, stopped by drain()
         self._draining = False
         self.watch: WatchHub | None = None  # WatchSession's hub (ntm_serve/server/watch_hub.py), set by the server
@@ -222,11 +222,7 @@ class NTMServicer(ntm_pb2_grpc.NTMServicer):
 
     def _drained(self) -> str:
         """The status message of a stream ended by drain()."""
-        if self.cluster is not None:
-            return ("replica draining: reopen the stream (the proxy routes it to another replica) and resend the "
-                    "unanswered requests")
-        return ("server stopping: every request it read from this stream was answered and applied, no other; "
-                "resend the unanswered ones when it is back")
+        return self.keeping.drain_message
 
     def _served(self, session: SessionRecord) -> ServedModel:
         """The model version a live session runs on."""
@@ -234,11 +230,6 @@ class NTMServicer(ntm_pb2_grpc.NTMServicer):
         if model is None:  # its version was removed between the lookup and now (a forced unload)
             raise not_found(f"session {session.id} has ended: its model version was unloaded")
         return model
-
-    async def _control(self, session: SessionRecord, action: Callable[..., T]) -> T:
-        future, done = self.inbox.future()
-        self.registry.submit_to(session, lambda s, d: ControlJob(s, action, d), done)
-        return await future
 
     async def _control_by_id(self, session_id: str, owner: str, action: Callable[..., T]) -> T:
         future, done = self.inbox.future()
@@ -275,9 +266,10 @@ class NTMServicer(ntm_pb2_grpc.NTMServicer):
         try:
             self._queue_step(request, owner, rpc, on_result)
         except ServiceError as err:  # replica mode: dropped between its take-over and now (a failed commit)
-            if self.cluster is not None and err.code == grpc.StatusCode.NOT_FOUND:
-                raise self.cluster.moved(request.session_id) from err
-            raise
+            moved = self.keeping.moved(request.session_id, err)
+            if moved is None:
+                raise
+            raise moved from err
 
     def _queue_step(self, request: ntm_pb2.StepRequest, owner: str, rpc: str,
                     on_result: Callable[[Any], None]) -> None:
@@ -296,9 +288,7 @@ class NTMServicer(ntm_pb2_grpc.NTMServicer):
         def make(s: SessionRecord, d: Done) -> StepJob:
             return StepJob(s, inputs, request.return_attention, d, expect)
 
-        if self.cluster is not None:
-            make = self.cluster.committing(make, request.request_id)  # type: ignore[assignment]
-        self.registry.submit(request.session_id, owner, make, done)
+        self.registry.submit(request.session_id, owner, self.keeping.committing(make, request.request_id), done)
 
     @staticmethod
     def _step_response(request: ntm_pb2.StepRequest, outcome: StepOutcome) -> ntm_pb2.StepResponse:
@@ -327,24 +317,12 @@ class NTMServicer(ntm_pb2_grpc.NTMServicer):
     async def CreateSession(self, request: ntm_pb2.CreateSessionRequest, context: Any) -> ntm_pb2.Session:
         owner = self._owner(context)
         model = self.models.resolve(request.model, request.version if request.HasField("version") else None)
-        if self.cluster is not None:
-            return self._session_message(await self.cluster.create(model, request.ttl_seconds, owner))
-        session = self.registry.open(request.model, request.ttl_seconds, owner, model.spec.checkpoint_sha256)
-        try:
-            await self._control(session, init_action(None))
-        except BaseException:  # includes the caller cancelling: nobody knows the id, so drop it
-            self.registry.discard(session)
-            raise
-        self.metrics.sessions_created.labels(session.model, "create").inc()
-        log.info("session created", extra={"session": session.id, "model": session.model, "version": model.version,
-                                           "ttl_s": session.ttl_s})
-        return self._session_message(session)
+        return self._session_message(await self.keeping.create(model, request.ttl_seconds, owner))
 
     @unary
     async def GetSession(self, request: ntm_pb2.GetSessionRequest, context: Any) -> ntm_pb2.Session:
         owner = self._owner(context)
-        if self.cluster is not None:
-            await self.cluster.ensure_local(request.session_id, owner, verify=True)
+        await self.keeping.ensure_local(request.session_id, owner)
         session = self.registry.get(request.session_id, owner)
         if not request.include_state:
             return self._session_message(session)
@@ -354,21 +332,15 @@ class NTMServicer(ntm_pb2_grpc.NTMServicer):
     @unary
     async def DeleteSession(self, request: ntm_pb2.DeleteSessionRequest, context: Any) -> ntm_pb2.DeleteSessionResponse:
         owner = self._owner(context)
-        if self.cluster is not None:
-            await self.cluster.delete(request.session_id, owner)
-            return ntm_pb2.DeleteSessionResponse()
-        future, done = self.inbox.future()
-        self.registry.close(request.session_id, owner, done)
-        await future
+        await self.keeping.delete(request.session_id, owner)
         return ntm_pb2.DeleteSessionResponse()
 
     @unary
     async def Step(self, request: ntm_pb2.StepRequest, context: Any) -> ntm_pb2.StepResponse:
         owner = self._owner(context)
-        if self.cluster is not None:
-            replay = await self.cluster.prepare_step(request, owner)
-            if replay is not None:
-                return self._step_response(request, replay)
+        replay = await self.keeping.prepare_step(request, owner)
+        if replay is not None:  # a retry of a request already applied: its recorded answer
+            return self._step_response(request, replay)
         future: asyncio.Future[StepOutcome] = asyncio.get_running_loop().create_future()
         self._submit_step(request, owner, "Step", functools.partial(_settle, future))
         return self._step_response(request, await future)
@@ -433,12 +405,11 @@ class NTMServicer(ntm_pb2_grpc.NTMServicer):
                     order.fill("", order.reserve(""), ntm_pb2.StepResponse(
                         error=status_pb2.Status(code=err.code.value[0], message=err.message)))
                     continue
-                replay: Any = None
-                if self.cluster is not None:
-                    try:
-                        replay = await self.cluster.prepare_step(request, owner)
-                    except ServiceError as err:
-                        replay = err
+                replay: Any
+                try:
+                    replay = await self.keeping.prepare_step(request, owner)
+                except ServiceError as err:
+                    replay = err
                 cell = order.reserve(request.session_id)
                 if isinstance(replay, ServiceError):
                     self._count_error("StreamSteps", replay)
@@ -483,9 +454,7 @@ class NTMServicer(ntm_pb2_grpc.NTMServicer):
         """Check a packed message whole and queue it as one PackJob; `on_result` runs on the event loop with a
         PackOutcome or a ServiceError. A refused message raises here (a PackError names its entries) and queues
         nothing."""
-        if self.cluster is not None:
-            raise ServiceError(grpc.StatusCode.UNIMPLEMENTED, "StreamPackedSteps is not served in replica mode "
-                               "(--store-url): a message's sessions may live on different replicas; use StreamSteps")
+        self.keeping.check_packed()
         entries = len(request.entries)
         if not 1 <= entries <= self.config.max_batch:
             raise invalid(f"a packed message carries 1 to {self.config.max_batch} entries (the server's max_batch), "
@@ -525,8 +494,7 @@ class NTMServicer(ntm_pb2_grpc.NTMServicer):
     @unary
     async def ExportSession(self, request: ntm_pb2.ExportSessionRequest, context: Any) -> ntm_pb2.SessionState:
         owner = self._owner(context)
-        if self.cluster is not None:
-            await self.cluster.ensure_local(request.session_id, owner, verify=True)
+        await self.keeping.ensure_local(request.session_id, owner)
         session = self.registry.get(request.session_id, owner)
         state, steps = await self._control_by_id(request.session_id, owner, read_action)
         return self._state_message(session, steps, state)
@@ -548,19 +516,8 @@ class NTMServicer(ntm_pb2_grpc.NTMServicer):
         if not 0 <= state.steps <= MAX_TOTAL_STEPS:
             raise invalid(f"steps must be >= 0 and <= 2**62, got {state.steps}")
         tensors = state_tensors(state.tensors, model.spec.state_shapes)
-        if self.cluster is not None:
-            return self._session_message(await self.cluster.create(model, request.ttl_seconds, owner, tensors,
-                                                                   state.steps))
-        session = self.registry.open(state.model, request.ttl_seconds, owner, model.spec.checkpoint_sha256)
-        session.steps = state.steps
-        try:
-            await self._control(session, init_action(tensors))
-        except BaseException:
-            self.registry.discard(session)
-            raise
-        self.metrics.sessions_created.labels(session.model, "import").inc()
-        log.info("session imported", extra={"session": session.id, "model": session.model, "steps": session.steps})
-        return self._session_message(session)
+        return self._session_message(await self.keeping.create(model, request.ttl_seconds, owner, tensors,
+                                                               state.steps))
 
     async def WatchSession(self, request: ntm_pb2.WatchSessionRequest, context: Any) -> None:
         """Frames of a session after its steps, until it ends: ntm_serve/server/watch_hub.py."""

@@ -47,8 +47,6 @@ class SessionRecord:
     steps: int = 0  # time steps applied (written by the batcher thread only)
     inflight: int = 0  # jobs accepted and not finished (under the registry lock)
     ended: bool = False  # deleted, expired or discarded (set under the registry lock)
-    saved_steps: int = -1  # step count in its snapshot file; -1: none yet (the snapshotter's bookkeeping)
-    saved_used: float = math.nan  # last_used when that snapshot was taken
     checkpoint_sha256: str = ""  # the weights (model version) it runs on, for life
 
     @property

@@ -181,6 +181,14 @@ def snapshot_read(engine: Engine, session: SessionRecord) -> tuple[dict[str, np.
 
 
 @dataclass(frozen=True)
+class Saved:
+    """What a session's snapshot file holds: its step count, and its last use when it was read."""
+
+    steps: int
+    used: float  # the session's last_used (monotonic clock)
+
+
+@dataclass(frozen=True)
 class RestoreReport:
     restored: int
     expired: int
@@ -200,9 +208,10 @@ class Snapshotter:
         self.metrics = metrics
         self.interval_s = interval_s
         self.wall = wall
+        self._saved: dict[SessionRecord, Saved] = {}  # what each live session's file holds (no file: absent)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="snapshotter", daemon=True)
-        registry.on_end = lambda session: store.remove(session.id)
+        registry.on_end = self._ended
 
     # --- start-up -------------------------------------------------------------------------------------
 
@@ -243,10 +252,11 @@ class Snapshotter:
             session = SessionRecord(item.session_id, item.model, item.owner, item.ttl_s, item.created_wall,
                                     now - idle, slot=engine.new_row(item.state), steps=item.steps,
                                     checkpoint_sha256=item.checkpoint_sha256)
-            session.saved_steps, session.saved_used = session.steps, session.last_used
+            self._mark_saved(session, session.steps, session.last_used)  # its file is its state: clean
             try:
                 self.registry.adopt(session)
             except ValueError as err:
+                self._saved.pop(session, None)
                 engine.free_row(session.slot)
                 corrupt += 1
                 self._reject(path, "format", str(err), quarantine=True)
@@ -300,9 +310,20 @@ class Snapshotter:
         while not self._stop.wait(self.interval_s):
             self.run_pass(live=True)
 
-    @staticmethod
-    def dirty(session: SessionRecord) -> bool:
-        return session.slot >= 0 and (session.steps != session.saved_steps or session.last_used != session.saved_used)
+    def dirty(self, session: SessionRecord) -> bool:
+        """Its step count or last use moved since its file was written (or it has no file yet)."""
+        saved = self._saved.get(session)
+        return session.slot >= 0 and (saved is None or session.steps != saved.steps or session.last_used != saved.used)
+
+    def _mark_saved(self, session: SessionRecord, steps: int, used: float) -> None:
+        self._saved[session] = Saved(steps, used)
+        if session.ended:  # ended meanwhile, after _ended forgot it: forget it again (ended is set before _ended)
+            self._saved.pop(session, None)
+
+    def _ended(self, session: SessionRecord) -> None:
+        """Deleted, expired or discarded: its file goes at once (a restart must not bring it back)."""
+        self._saved.pop(session, None)
+        self.store.remove(session.id)
 
     def run_pass(self, live: bool = True) -> int:
         """Write every session changed since its last snapshot; returns how many were written. `live`: read
@@ -319,7 +340,7 @@ class Snapshotter:
                 saved = self.store.write(items)
                 steps_of = {s.id: steps for s, _, steps in reads}
                 for session in saved:
-                    session.saved_steps, session.saved_used = steps_of[session.id], used[session.id]
+                    self._mark_saved(session, steps_of[session.id], used[session.id])
                 written += len(saved)
             self.store.sync()
         except Exception:  # a full disk must not stop serving; the sessions stay dirty for the next pass
