@@ -13,12 +13,16 @@ from collections.abc import Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
 import pytest
 import redis
+from helpers import Offline, bits, service_config
 
+from ntm_serve.client.sdk import NTMClient
 from ntm_serve.cluster.launcher import LOCAL, ClusterError, LocalCluster, store_role
 from ntm_serve.server.config import ServiceConfig
+from ntm_serve.server.server import ServerThread
 from ntm_serve.server.state.store import CommitItem, SessionStore, StoreUnavailable, state_blob
 from ntm_serve.server.state.store_url import SentinelTarget, check_store_url, parse_sentinel
 from tests.store_faults import stale_write
@@ -251,3 +255,32 @@ def test_a_store_node_that_lost_its_disk_comes_back_as_a_replica_with_everything
     replicated.wait_store_settled(30)
     assert store_role(old.port) == "replica" and _record(old.port)["steps"] == "1"
     assert store.commit_many([_item(epoch, 1, 2)]) == [("ok", "")]
+
+
+@pytest.mark.parametrize("replicated", [(1, 1)], indirect=True)
+def test_a_replica_refuses_a_step_its_store_replicas_did_not_confirm(replicated: LocalCluster, copy_dir: Path,
+                                                                     offline: Offline,
+                                                                     rng: np.random.Generator) -> None:
+    """Through a real replica (redis+sentinel:// URL, --store-min-replicas 1): while the store's replica is
+    stopped, a step is computed and applied on the primary but refused UNAVAILABLE (not acknowledged) and counted
+    `unreplicated`; once the store replica is back, the retry with expect_steps is answered, bit-exact."""
+    x = bits(rng, 8)
+    config = service_config(copy_dir, store_url=replicated.store_url, replica_name="r", metrics_port=-1,
+                            store_min_replicas=1, store_wait_ms=300)
+    with ServerThread(config) as server, NTMClient(server.target, timeout=30, retry=None) as client:
+        sid = client.create_session("copy").session_id
+        first = client.step(sid, x[:4], expect_steps=0).outputs
+        store_replica = replicated.stores[1]
+        replicated.kill_store_node(store_replica, signal.SIGSTOP)
+        try:
+            with pytest.raises(grpc.RpcError) as refused:
+                client.step(sid, x[4:], expect_steps=4, request_id="second")
+        finally:
+            replicated.kill_store_node(store_replica, signal.SIGCONT)
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE and "not acknowledged" in refused.value.details()
+        registry = server.server.metrics.registry
+        assert registry.get_sample_value("ntm_cluster_commits_total", {"outcome": "unreplicated"}) == 1
+        replicated.wait_store_settled(30)
+        second = client.step(sid, x[4:], expect_steps=4, request_id="second").outputs
+        assert client.get_session(sid).steps == 8
+    assert np.array_equal(np.concatenate([first, second]), offline.run(x)["outputs"])

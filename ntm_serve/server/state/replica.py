@@ -37,7 +37,14 @@ from ntm_serve.server.jobs import Job, StepOutcome
 from ntm_serve.server.metrics import BATCH_BUCKETS, LATENCY_BUCKETS
 from ntm_serve.server.registry import weights_missing
 from ntm_serve.server.sessions import MAX_ID_CHARS, Done, SessionRecord, init_action, new_session_id
-from ntm_serve.server.state.store import STORE_ERRORS, CommitItem, SessionStore, StoreError, state_blob
+from ntm_serve.server.state.store import (
+    STORE_ERRORS,
+    CommitItem,
+    SessionStore,
+    StoreError,
+    StoreUnavailable,
+    state_blob,
+)
 
 if TYPE_CHECKING:
     from ntm_serve.api.proto_gen.ntm.v1 import ntm_pb2
@@ -89,7 +96,9 @@ class ClusterMetrics:
         self.takeovers = Counter("ntm_cluster_takeovers", "Sessions taken over from the store.", ["model"],
                                  registry=r)
         self.commits = Counter("ntm_cluster_commits", "Commits by outcome (ok, fenced, steps, missing, "
-                               "unreachable).", ["outcome"], registry=r)
+                               "unreachable, unreplicated: applied by the store's primary but not confirmed by "
+                               "--store-min-replicas store replicas, so refused UNAVAILABLE).", ["outcome"],
+                               registry=r)
         self.commit_seconds = Histogram("ntm_cluster_commit_seconds", "Time from a step's end to its commit "
                                         "acknowledged by the store.", buckets=LATENCY_BUCKETS, registry=r)
         self.commit_batch = Histogram("ntm_cluster_commit_batch", "Commits per store pipeline.",
@@ -97,7 +106,7 @@ class ClusterMetrics:
         self.replays = Counter("ntm_cluster_replays", "Retried requests answered from the store's record of "
                                "their committed result.", registry=r)
         self.dropped = Counter("ntm_cluster_dropped", "Local session copies dropped (reason: fenced, steps, "
-                               "missing, unreachable, stale).", ["reason"], registry=r)
+                               "missing, unreachable, unreplicated, stale).", ["reason"], registry=r)
 
 
 class Committer:
@@ -372,7 +381,7 @@ class Replica:
         """On the commit thread: answer (or fail) each request, drop sessions whose commit failed."""
         now = time.perf_counter()
         for pending, result in zip(batch, results, strict=True):
-            reason, detail = ("unreachable", str(result)) if isinstance(result, Exception) else result
+            reason, detail = (_failure(result), str(result)) if isinstance(result, Exception) else result
             self._metrics.commits.labels(reason).inc()
             item = pending.item
             if reason == "ok":
@@ -426,6 +435,11 @@ def _check_id(session_id: str) -> None:
         raise invalid("session_id is required")
     if len(session_id) > MAX_ID_CHARS:
         raise invalid(f"session_id has {len(session_id)} characters, more than {MAX_ID_CHARS}: not one of ours")
+
+
+def _failure(err: Exception) -> str:
+    """A commit that raised: the store was not reached, or it answered without confirming the write."""
+    return "unreplicated" if isinstance(err, StoreUnavailable) else "unreachable"
 
 
 def _commit_error(item: CommitItem, reason: str, detail: str) -> ServiceError:
