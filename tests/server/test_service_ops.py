@@ -232,7 +232,8 @@ def _sigterm_drains(process: subprocess.Popen, port: int, metrics_port: int, off
 def _check_compose(config: dict, profiles: tuple[str, ...]) -> None:
     """A compose configuration as rendered with `profiles` on: exactly the services those profiles select."""
     services = config["services"]
-    cluster = {"ntm-store", "ntm-replica-1", "ntm-replica-2", "ntm-proxy"}  # tests/test_cluster_deploy.py checks them
+    cluster = {*(f"ntm-store-{i}" for i in range(3)), *(f"ntm-sentinel-{i}" for i in range(3)), "ntm-replica-1",
+               "ntm-replica-2", "ntm-proxy"}  # tests/cluster/test_cluster_deploy.py checks them
     expected = {"ntm", *(["ntm-cpu"] if "cpu" in profiles else []), *(cluster if "cluster" in profiles else [])}
     assert set(services) == expected, sorted(services)
     gpu = services["ntm"]
