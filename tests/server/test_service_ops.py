@@ -24,7 +24,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoRe
 from helpers import ROOT, Offline, bits, compose_tool
 
 from ntm_serve.client.sdk import NTMClient, step_request
-from ntm_serve.server.config import SETTINGS, ServiceConfig, default_text, load_config, settings_table
+from ntm_serve.server.config import ServiceConfig, load_config, settings_table
 from ntm_serve.server.ports import wait_port_file
 from ntm_serve.server.server import ServerThread
 
