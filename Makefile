@@ -14,7 +14,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # pytest-xdist workers: most tests wait on a server, so two per core keep the box busy.
 TEST_WORKERS ?= 4
 
-.PHONY: serve test lint setup-serve setup-dev setup-browser export train-all evaluate-all bench bench-quick bench-train soak clean proto cluster cluster-faults
+.PHONY: cluster-ha store-faults serve test lint setup-serve setup-dev setup-browser export train-all evaluate-all bench bench-quick bench-train soak clean proto cluster cluster-faults
 
 $(VENV)/bin/activate:
 	@test -n "$(PYTHON)" || { echo "need Python >= 3.11: none of $(PYTHON_CANDIDATES) is (or run make PYTHON=...)"; \
@@ -87,6 +87,14 @@ soak: setup-dev
 ## Scale-out on loopback: Valkey + 3 replicas + Envoy (docs/scale-out.md); one JSON line, Ctrl-C stops all.
 cluster: setup-dev
 	$(PY) -m ntm_serve.cluster up --replicas 3 --models models
+
+## The same with a replicated store: a Valkey primary, 2 replicas and 3 Sentinels (automatic failover).
+cluster-ha: setup-dev
+	$(PY) -m ntm_serve.cluster up --replicas 3 --store-replicas 2 --models models
+
+## Sessions through the proxy while the store primary is killed -9, stalled (SIGSTOP) and killed with a replica.
+store-faults: setup-dev
+	$(PY) -m tests.store_faults
 
 ## 64 sessions streaming through kill -9, SIGTERM drain + restart and a store restart; every output checked.
 cluster-faults: setup-dev
