@@ -178,8 +178,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("inline_rows", int, "a packed one-step message of at most this many sessions runs on the event "
             "loop's thread when the model's thread is idle, saving two thread switches per step call (CPU only; "
             "0: never)"),
-    Setting("max_sessions", int, "most live sessions (RESOURCE_EXHAUSTED past it)"),
-    Setting("max_sessions_per_owner", int, "most live sessions per auth token (0: no per-token limit)"),
+    Setting("max_sessions", int, "most live sessions (RESOURCE_EXHAUSTED past it); with --store-url, in the whole "
+            "cluster (counted in the store)"),
+    Setting("max_sessions_per_owner", int, "most live sessions per auth token (0: no per-token limit); with "
+            "--store-url, in the whole cluster"),
     Setting("default_ttl_s", float, "idle time before a session is evicted, when the client asks for none"),
     Setting("max_ttl_s", float, "cap on the idle TTL a client may ask for"),
     Setting("max_steps", int, "most time steps in one request"),

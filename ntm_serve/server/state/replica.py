@@ -42,6 +42,7 @@ from ntm_serve.server.state.store import (
     CommitItem,
     SessionStore,
     StoreError,
+    StoreLimit,
     StoreUnavailable,
     state_blob,
 )
@@ -186,7 +187,8 @@ class Replica:
 
     async def create(self, served: ServedModel, ttl_seconds: float, owner: str,
                      state: dict[str, np.ndarray] | None = None, steps: int = 0) -> SessionRecord:
-        """A new session written to the store only: whichever replica its calls hash to takes it over."""
+        """A new session written to the store only: whichever replica its calls hash to takes it over. The limits
+        (--max-sessions, --max-sessions-per-owner) are counted in the store, across the cluster."""
         model, digest = served.spec.name, served.spec.checkpoint_sha256
         session = SessionRecord(new_session_id(), model, owner, self.registry.ttl_for(ttl_seconds), time.time(),
                                 self.registry.clock(), steps=steps, checkpoint_sha256=digest)
@@ -195,9 +197,12 @@ class Replica:
         try:
             created = await self.store.create(session.id, model=model, version=model_version(served), digest=digest,
                                               owner=owner, ttl_s=session.ttl_s, created_wall=session.created_wall,
-                                              steps=steps, blob=blob)
+                                              steps=steps, blob=blob, max_sessions=self.registry.max_sessions,
+                                              max_per_owner=self.registry.max_sessions_per_owner)
         except STORE_ERRORS as err:
             raise unavailable(f"session store unreachable, session not created: {err}") from err
+        except StoreLimit as err:
+            raise _limit_error(err, self.registry.max_sessions, self.registry.max_sessions_per_owner) from err
         if not created:  # 128 random bits collided: never seen, but never overwrite
             raise aborted("session id collision; retry")
         return session
@@ -435,6 +440,14 @@ def _check_id(session_id: str) -> None:
         raise invalid("session_id is required")
     if len(session_id) > MAX_ID_CHARS:
         raise invalid(f"session_id has {len(session_id)} characters, more than {MAX_ID_CHARS}: not one of ours")
+
+
+def _limit_error(err: StoreLimit, max_sessions: int, max_per_owner: int) -> ServiceError:
+    """The single server's RESOURCE_EXHAUSTED, for a limit counted in the store (the same on every replica)."""
+    if err.which == "owner":
+        return exhausted(f"per-client session limit reached ({max_per_owner} live sessions across the cluster)")
+    return exhausted(f"session limit reached ({max_sessions} live sessions across the cluster); delete sessions or "
+                     "wait for idle ones to expire")
 
 
 def _failure(err: Exception) -> str:

@@ -13,8 +13,10 @@ One hash per session, `<prefix>s:{<id>}`:
                              a request whose answer was lost is answered again instead of refused
     holder                   the replica that took it over last (for people reading the store)
 
-A deleted session leaves `<prefix>gone:{<id>}` = "deleted" for a day (NOT_FOUND says why). Every write is a
-Lua script, atomic in the store: `create` (only if new), `claim` (a takeover: check owner and weights, raise
+A deleted session leaves `<prefix>gone:{<id>}` = "deleted" for a day (NOT_FOUND says why). The limits hold
+across the cluster: `<prefix>live` and `<prefix>owned:<owner>` hold the ids of the live sessions (see `_LIVE`), so
+every replica gives an owner the same answer. Every write is a Lua script, atomic in the store: `create` (only if
+new, and within the limits), `claim` (a takeover: check owner and weights, raise
 the epoch, return the record), `commit` (compare-and-set on epoch and steps; idempotent, so a commit retried
 after a lost reply is recognised), `delete`.
 
@@ -57,12 +59,53 @@ class StoreUnavailable(redis.ConnectionError):
 STORE_ERRORS = (redis.ConnectionError, redis.TimeoutError, OSError)  # StoreUnavailable is a ConnectionError
 _REFUSALS = ("NOREPLICAS",)  # a store's refusals to write that redis-py leaves as a plain ResponseError
 
-# KEYS[1] session, KEYS[2] tombstone. ARGV: field/value pairs..., ttl_ms last. 1 if written, 0 if the id exists.
-_CREATE = """
+# The limits (--max-sessions, --max-sessions-per-owner) hold across the cluster: `<prefix>live` and
+# `<prefix>owned:<owner>` are sorted sets of session ids, each scored by a time (ms, the store's clock) before which
+# its session cannot have expired (its TTL as last seen). A session key is the truth: an id whose time has come is
+# looked at (PTTL of its key) and dropped when the key is gone (expired, deleted, never committed past a crash) or
+# scored again when it lives on. A create looks at 8 such ids per set, and at all of them when the set is at its
+# limit, so the count it refuses on is exact and nothing leaks (a replica that dies holds no count of its own).
+_LIVE = """
+local function prune(set, count, now, prefix)
+  local due = redis.call('ZRANGE', set, '-inf', now, 'BYSCORE', 'LIMIT', 0, count)
+  for _, id in ipairs(due) do
+    local left = redis.call('PTTL', prefix .. '{' .. id .. '}')
+    if left == -2 then redis.call('ZREM', set, id)
+    elseif left < 0 then redis.call('ZADD', set, now + 86400000, id)
+    else redis.call('ZADD', set, now + left, id) end
+  end
+end
+local function live(set, limit, now, prefix)
+  prune(set, 8, now, prefix)
+  local n = redis.call('ZCARD', set)
+  if limit > 0 and n >= limit then
+    prune(set, n, now, prefix)
+    n = redis.call('ZCARD', set)
+  end
+  return n
+end
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+"""
+
+# KEYS[1] session, KEYS[2] tombstone, KEYS[3] every live session (set), KEYS[4] the owner's (set). ARGV: id, ttl_ms,
+# most live sessions (0: no limit), most per owner (0: no limit), the session keys' prefix, field/value pairs...
+# 1 if written, 0 if the id exists, {'full', live} or {'owner', live} when a limit refuses it.
+_CREATE = _LIVE + """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+local now = now_ms()
+local most, per_owner = tonumber(ARGV[3]), tonumber(ARGV[4])
+local total = live(KEYS[3], most, now, ARGV[5])
+if most > 0 and total >= most then return {'full', total} end
+local own = live(KEYS[4], per_owner, now, ARGV[5])
+if per_owner > 0 and own >= per_owner then return {'owner', own} end
 redis.call('DEL', KEYS[2])
-redis.call('HSET', KEYS[1], unpack(ARGV, 1, #ARGV - 1))
-redis.call('PEXPIRE', KEYS[1], ARGV[#ARGV])
+redis.call('HSET', KEYS[1], unpack(ARGV, 6))
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+redis.call('ZADD', KEYS[3], now + tonumber(ARGV[2]), ARGV[1])
+redis.call('ZADD', KEYS[4], now + tonumber(ARGV[2]), ARGV[1])
 return 1
 """
 
@@ -99,19 +142,32 @@ redis.call('PEXPIRE', KEYS[1], ARGV[8])
 return {'ok'}
 """
 
-# KEYS[1] session, KEYS[2] tombstone. ARGV: owner, tombstone seconds. 'ok' | 'missing' | 'owner'
+# KEYS[1] session, KEYS[2] tombstone, KEYS[3] every live session, KEYS[4] the owner's. ARGV: owner, tombstone
+# seconds, id. 'ok' | 'missing' | 'owner'
 _DELETE = """
 local owner = redis.call('HGET', KEYS[1], 'owner')
 if not owner then return 'missing' end
 if owner ~= ARGV[1] then return 'owner' end
 redis.call('DEL', KEYS[1])
 redis.call('SET', KEYS[2], 'deleted', 'EX', ARGV[2])
+redis.call('ZREM', KEYS[3], ARGV[3])
+redis.call('ZREM', KEYS[4], ARGV[3])
 return 'ok'
 """
 
 
 class StoreError(RuntimeError):
     """The store cannot be used (unreachable at start, or a record that does not decode)."""
+
+
+class StoreLimit(Exception):
+    """A create refused by a limit that holds across the cluster: `which` is "full" (the live sessions) or "owner"
+    (the owner's), `live` the count it found (after dropping the ids whose sessions are gone)."""
+
+    def __init__(self, which: str, live: int) -> None:
+        super().__init__(f"{which}: {live} live sessions")
+        self.which = which
+        self.live = live
 
 
 @dataclass(frozen=True)
@@ -234,6 +290,14 @@ class SessionStore:
     def gone_key(self, session_id: str) -> str:
         return f"{self.prefix}gone:{{{session_id}}}"
 
+    def live_key(self) -> str:
+        """Every live session's id (the limits; see _LIVE)."""
+        return f"{self.prefix}live"
+
+    def owned_key(self, owner: str) -> str:
+        """The ids of one owner's live sessions."""
+        return f"{self.prefix}owned:{owner}"
+
     def check(self) -> None:
         """Fail fast at start-up: the store answers (through its Sentinels: they name a primary), and runs Lua
         scripts."""
@@ -273,11 +337,25 @@ class SessionStore:
         return err
 
     async def create(self, session_id: str, *, model: str, version: str, digest: str, owner: str, ttl_s: float,
-                     created_wall: float, steps: int, blob: bytes) -> bool:
+                     created_wall: float, steps: int, blob: bytes, max_sessions: int = 0,
+                     max_per_owner: int = 0) -> bool:
+        """Write a new session (False: the id exists). `max_sessions`, `max_per_owner` (0: none): refuse it with
+        StoreLimit when that many sessions, or that many of `owner`'s, live in the store."""
         fields = {"model": model, "version": version, "digest": digest, "owner": owner, "ttl_s": repr(ttl_s),
                   "created": repr(created_wall), "epoch": "0", "steps": str(steps), "state": blob, "holder": ""}
-        args = [x for kv in fields.items() for x in kv] + [int(ttl_s * 1000)]
-        return bool(await self._write(_CREATE, 2, self.key(session_id), self.gone_key(session_id), *args))
+        key_prefix = self.key("").removesuffix("{}")  # the script makes an id's key as key_prefix{<id>}
+        args = [session_id, int(ttl_s * 1000), max_sessions, max_per_owner, key_prefix,
+                *(x for kv in fields.items() for x in kv)]
+        reply = await self._write(_CREATE, 4, self.key(session_id), self.gone_key(session_id), self.live_key(),
+                                  self.owned_key(owner), *args)
+        if isinstance(reply, list):
+            raise StoreLimit(_text(reply[0]), int(reply[1]))
+        return bool(reply)
+
+    async def live_count(self, owner: str | None = None) -> int:
+        """The ids counted against the limits (all, or `owner`'s), as they stand: ids of sessions gone since are
+        dropped by the next create that looks at them."""
+        return int(await self.aio.zcard(self.live_key() if owner is None else self.owned_key(owner)))
 
     async def claim(self, session_id: str, owner: str, digests: list[str], holder: str) -> Claim:
         """Take a session over: raise its epoch (fencing out its previous holder) and return it. With
@@ -304,8 +382,8 @@ class SessionStore:
         return _text(value) if value is not None else None
 
     async def delete(self, session_id: str, owner: str) -> str:
-        return _text(await self._write(_DELETE, 2, self.key(session_id), self.gone_key(session_id), owner,
-                                       TOMBSTONE_S))
+        return _text(await self._write(_DELETE, 4, self.key(session_id), self.gone_key(session_id), self.live_key(),
+                                       self.owned_key(owner), owner, TOMBSTONE_S, session_id))
 
     def commit_many(self, items: list[CommitItem]) -> list[tuple[str, str] | Exception]:
         """Commit a batch in one pipeline (one round trip): per item ("ok", "") or (reason, detail), or the
