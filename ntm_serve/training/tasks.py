@@ -21,7 +21,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
-from ntm_serve.training import one_shot
+from ntm_serve.training import one_shot, one_shot_glyphs
 from ntm_serve.training.batch import Batch
 from ntm_serve.training.metrics import bit_errors, sequence_loss
 
@@ -280,6 +280,30 @@ def one_shot_synthetic_task() -> TaskSpec:
     )
 
 
+def _glyph_task(name: str, ways: int, turns: bool) -> TaskSpec:
+    """One-shot glyphs, `ways` characters per episode: trained on background scripts (each character turned by a
+    random quarter turn per episode when `turns`), evaluated and selected on the held-out evaluation scripts."""
+    train = _fixed(one_shot_glyphs.glyph_episodes, "background", ways, one_shot_glyphs.PER_CLASS, turns)
+    heldout = _fixed(one_shot_glyphs.glyph_episodes, "evaluation", ways)
+    return TaskSpec(
+        name, one_shot_glyphs.PIXELS + ways, ways, train,
+        (("background scripts, turned" if turns else "background scripts", train), ("held-out scripts", heldout)),
+        one_shot_glyphs.encoding(ways),
+        one_shot.classification_loss, one_shot.misclassified, "softmax",
+        {"class_split": one_shot_glyphs.split_description()}, metric="episodes", heldout=heldout,
+    )
+
+
+def one_shot_glyphs_task(turns: bool = True) -> TaskSpec:
+    """5-way one-shot glyphs (50-step episodes). `turns`: quarter-turn augmentation of training characters."""
+    return _glyph_task("one_shot_glyphs", 5, turns)
+
+
+def one_shot_glyphs15_task(turns: bool = True) -> TaskSpec:
+    """15-way one-shot glyphs (150-step episodes, one-hot labels). `turns`: as for one_shot_glyphs."""
+    return _glyph_task("one_shot_glyphs15", 15, turns)
+
+
 _ONE_SHOT_TRAIN = _fixed(one_shot.digit_episodes, "train")
 _ONE_SHOT_TEST = _fixed(one_shot.digit_episodes, "test")
 
@@ -290,6 +314,8 @@ BUILTIN: dict[str, Callable[..., TaskSpec]] = {
     "priority_sort": priority_sort_task,
     "one_shot": one_shot_task,
     "one_shot_synthetic": one_shot_synthetic_task,
+    "one_shot_glyphs": one_shot_glyphs_task,
+    "one_shot_glyphs15": one_shot_glyphs15_task,
 }
 TASKS: dict[str, TaskSpec] = {name: make() for name, make in BUILTIN.items()}  # each task with default options
 # Options that were TrainConfig fields before tasks had their own: read from older checkpoints and resume files.

@@ -220,13 +220,14 @@ def test_training_smoke_run_and_accuracy_by_instance_report(tmp_path: Path) -> N
 def test_diagnosis_reports_every_kind_of_episode(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from ntm_serve.export.testing import DEV_CONFIGS, make_dev_checkpoint
     from ntm_serve.training.one_shot_diagnose import SAMPLERS, main
+    from ntm_serve.training.one_shot_eval import INSTANCES
 
     make_dev_checkpoint(tmp_path, *DEV_CONFIGS["one_shot_lru_skip"])
     assert main([str(tmp_path), "--episodes", "4"]) == 0
     table = capsys.readouterr().out
     for name in SAMPLERS:  # training / held-out classes, each plain and permuted, and the synthetic task
         assert f"| {name} |" in table
-    assert table.count(" %") == len(SAMPLERS) * 6  # 5 instances and all steps per row
+    assert table.count(" %") == len(SAMPLERS) * (len(INSTANCES) + 1)  # the instances and all steps per row
 
 
 # --- served ------------------------------------------------------------------------------------------------------

@@ -1,0 +1,145 @@
+"""One-shot glyphs (issue 26): the loader, the episode sampler (split respected, labels permuted, shapes, every
+character exactly PER_CLASS times in distinct renderings), the registered tasks, the numpy episodes the client draws
+and the pixel nearest-neighbour reference on them."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from ntm_serve.demos import one_shot_np
+from ntm_serve.training import one_shot_glyphs as og
+from ntm_serve.training.glyphs import PIXELS, load_glyphs
+from ntm_serve.training.one_shot import accuracy_by_instance
+from ntm_serve.training.one_shot_reference import NearestNeighbour
+from ntm_serve.training.tasks import get_task
+
+
+@pytest.fixture(scope="module")
+def glyphs():  # -> GlyphSet
+    return load_glyphs()
+
+
+@pytest.fixture(scope="module")
+def owner(glyphs) -> dict[bytes, tuple[int, int]]:
+    """Every image's bytes -> (character, rendering): where an episode's image came from."""
+    flat = glyphs.images.reshape(glyphs.n_characters, glyphs.n_renderings, PIXELS)
+    found = {flat[c, r].tobytes(): (c, r) for c in range(flat.shape[0]) for r in range(flat.shape[1])}
+    assert len(found) > 0.99 * flat.shape[0] * flat.shape[1]  # renderings are (nearly all) distinct images
+    return found
+
+
+def test_loader_reads_the_shipped_set_and_its_script_split(glyphs) -> None:
+    assert glyphs.images.shape == (1586, 20, 20, 20) and glyphs.images.dtype == np.float32
+    assert glyphs.images.min() >= 0.0 and glyphs.images.max() <= 1.0
+    assert int(glyphs.background.sum()) == 923 and int(glyphs.evaluation.sum()) == 663
+    assert not (glyphs.background & glyphs.evaluation).any()
+    train, test = set(glyphs.split_scripts("background")), set(glyphs.split_scripts("evaluation"))
+    assert (len(train), len(test)) == (29, 20) and not train & test
+    assert {str(glyphs.script_names[s]) for s in glyphs.split("evaluation").script} == test
+    with pytest.raises(ValueError, match="split must be"):
+        glyphs.split("validation")
+
+
+def test_a_missing_data_file_is_named(tmp_path) -> None:
+    with pytest.raises(FileNotFoundError, match=r"glyphs data set not found at .*nothing\.npz"):
+        load_glyphs(tmp_path / "nothing.npz")
+
+
+@pytest.mark.parametrize("ways", [5, 15])
+def test_episode_shapes_and_the_late_one_hot_label(ways: int) -> None:
+    batch = og.glyph_episodes(torch.Generator().manual_seed(0), 6, "background", ways)
+    steps = ways * og.PER_CLASS
+    assert batch.inputs.shape == (steps, 6, PIXELS + ways) and batch.targets.shape == (steps, 6, ways)
+    assert torch.equal(batch.targets.sum(-1), torch.ones(steps, 6))
+    previous = batch.inputs[:, :, PIXELS:]
+    assert torch.equal(previous[0], torch.zeros(6, ways)) and torch.equal(previous[1:], batch.targets[:-1])
+    assert torch.equal(batch.targets.sum(0), torch.full((6, ways), float(og.PER_CLASS)))  # each label 10 times
+    hits, seen = accuracy_by_instance(batch.targets, batch.targets)  # every instance 1..10 in every episode
+    assert torch.equal(seen, torch.full((10,), 6.0 * ways)) and torch.equal(hits, seen)
+
+
+@pytest.mark.parametrize("split", ["background", "evaluation"])
+def test_episodes_draw_only_from_their_split_one_character_per_label_distinct_renderings(
+        split: str, glyphs, owner) -> None:
+    batch = og.glyph_episodes(torch.Generator().manual_seed(1), 40, split, 5)
+    in_split = glyphs.background if split == "background" else glyphs.evaluation
+    for b in range(40):
+        sources = [owner[batch.inputs[t, b, :PIXELS].numpy().tobytes()] for t in range(batch.inputs.shape[0])]
+        labels = batch.targets[:, b].argmax(-1).tolist()
+        assert all(in_split[c] for c, _ in sources)  # never a character of the other split
+        by_label: dict[int, list[tuple[int, int]]] = {}
+        for label, source in zip(labels, sources, strict=True):
+            by_label.setdefault(label, []).append(source)
+        assert len({c for group in by_label.values() for c, _ in group}) == 5  # 5 distinct characters
+        for group in by_label.values():
+            assert len({c for c, _ in group}) == 1  # one character per label
+            assert len(set(group)) == og.PER_CLASS  # in 10 distinct renderings
+
+
+def test_labels_are_permuted_afresh_every_episode(owner) -> None:
+    """The same character gets different labels in different episodes, and every label is as likely first."""
+    batch = og.glyph_episodes(torch.Generator().manual_seed(2), 400, "evaluation", 5)
+    labels_of: dict[int, set[int]] = {}
+    for b in range(400):
+        for t in range(batch.inputs.shape[0]):
+            c, _ = owner[batch.inputs[t, b, :PIXELS].numpy().tobytes()]
+            labels_of.setdefault(c, set()).add(int(batch.targets[t, b].argmax()))
+    repeated = [labels for labels in labels_of.values() if len(labels) > 1]
+    assert len(repeated) > 0.5 * len(labels_of)  # 400 episodes x 5 of 663 characters: most recur, relabelled
+    first = torch.bincount(batch.targets[0].argmax(-1), minlength=5)
+    assert first.min() >= 50  # 80 expected per label
+
+
+def test_training_turns_characters_by_quarter_turns(owner) -> None:
+    batch = og.glyph_episodes(torch.Generator().manual_seed(3), 20, "background", 5, turns=True)
+    images = batch.inputs[:, :, :PIXELS].reshape(-1, 20, 20)
+    turned = 0
+    for image in images:
+        found = [k for k in range(4) if torch.rot90(image, -k).numpy().tobytes() in owner]
+        assert found, "an image that is no quarter turn of a rendering"
+        turned += 0 not in found
+    assert turned > len(images) / 2  # 3 of 4 turns are not the upright character
+
+
+def test_registered_tasks_and_their_split_metadata(glyphs) -> None:
+    for name, ways in (("one_shot_glyphs", 5), ("one_shot_glyphs15", 15)):
+        spec = get_task(name)
+        assert (spec.input_size, spec.output_size, spec.output_activation) == (PIXELS + ways, ways, "softmax")
+        assert [n for n, _ in spec.eval_points] == ["background scripts, turned", "held-out scripts"]
+        split = spec.metadata["class_split"]
+        assert split["train_scripts"] == glyphs.split_scripts("background")
+        assert split["test_scripts"] == glyphs.split_scripts("evaluation")
+        assert (split["train_characters"], split["test_characters"]) == (923, 663)
+        json.dumps(spec.metadata)  # travels as ModelInfo.task_metadata
+    plain = get_task("one_shot_glyphs", turns=False)
+    assert plain.eval_points[0] == ("background scripts", plain.sample)
+    assert plain.sample(torch.Generator().manual_seed(0), 2).inputs.shape[0] == 50
+
+
+def test_numpy_episodes_use_only_held_out_scripts_and_encode_as_torch(glyphs, owner) -> None:
+    meta = json.dumps({"class_split": og.split_description()})
+    images, names = one_shot_np.glyph_test_characters(meta)
+    assert images.shape == (663, 20, PIXELS) and len(names) == 663
+    episode = one_shot_np.glyph_episode(np.random.default_rng(0), images, names, 15)
+    assert episode.inputs.shape == (150, PIXELS + 15) and episode.features == PIXELS
+    assert np.array_equal(np.bincount(episode.labels, minlength=15), np.full(15, 10))
+    chars = {owner[row.tobytes()][0] for row in episode.inputs[:, :PIXELS]}
+    assert len(chars) == 15 and all(glyphs.evaluation[c] for c in chars)
+    batch = og.encode_episode(torch.from_numpy(episode.inputs[:, None, :PIXELS]),
+                              torch.from_numpy(episode.labels)[:, None], 15)
+    np.testing.assert_array_equal(episode.inputs, batch.inputs[:, 0].numpy())
+    later = one_shot_np.more_samples(np.random.default_rng(1), episode, 7)
+    np.testing.assert_array_equal(later.inputs[0, PIXELS:], episode.targets[-1])  # the last label, one step late
+    assert later.inputs.shape == (7, PIXELS + 15)
+
+
+def test_pixel_nearest_neighbour_on_glyph_episodes_matches_the_data_card() -> None:
+    """The reference row: CARD.md's pixel NN is 44.9 % at the 2nd instance and 74.4 % at the 10th (5-way)."""
+    batch = og.glyph_episodes(torch.Generator().manual_seed(4), 300, "evaluation", 5)
+    hits, seen = accuracy_by_instance(NearestNeighbour(PIXELS, 5)(batch.inputs)[0], batch.targets)
+    accuracy = hits / seen
+    assert 0.38 < accuracy[1] < 0.52 and 0.66 < accuracy[9] < 0.82, accuracy
