@@ -20,12 +20,12 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 import numpy as np
 
-from ntm_serve.api.headers import SESSION_HEADER
+from ntm_serve.api.headers import routing
 from ntm_serve.api.proto_gen.ntm.v1 import ntm_pb2, ntm_pb2_grpc
 from ntm_serve.api.tensors import to_array, to_tensor
 from ntm_serve.api.tls import channel_credentials
@@ -63,6 +63,7 @@ class SessionInfo:
     state: SessionStateData | None = None
     version: int = 0  # the model version it runs on, for life
     checkpoint_sha256: str = ""  # that version's weights
+    group: str = ""  # its placement group ("" for none): create_session(..., group=...)
 
 
 @dataclass(frozen=True)
@@ -131,7 +132,7 @@ def _state_message(state: SessionStateData) -> ntm_pb2.SessionState:
 def _session_info(message: ntm_pb2.Session) -> SessionInfo:
     state = _state_data(message.state) if message.HasField("state") else None
     return SessionInfo(message.session_id, message.model, message.steps, message.expires_at.ToDatetime(tzinfo=UTC),
-                       message.ttl_seconds, state, message.version, message.checkpoint_sha256)
+                       message.ttl_seconds, state, message.version, message.checkpoint_sha256, message.group)
 
 
 def _step_output(response: ntm_pb2.StepResponse) -> StepOutput:
@@ -184,24 +185,51 @@ def step_request(session_id: str, inputs: np.ndarray, return_attention: bool = F
 Pem = str | Path | bytes
 
 
-class _Outbox:
-    """The requests of one resumable session stream, numbered: each (re)opened stream sends the unanswered
-    ones again, then new ones made from `chunks`, each with the expect_steps where it must apply. `chunks` is
-    read by one stream at a time (a superseded stream's reader may still be blocked in it: what it gets is
-    numbered and sent by the next stream)."""
+def _session_requests(session_id: str, attention: bool, steps: int) -> Callable[[np.ndarray, int], ntm_pb2.StepRequest]:
+    """Request n of a resumable session stream, made from its chunk (T, I), expecting where the one before left."""
+    at = steps
 
-    def __init__(self, session_id: str, chunks: Iterator[np.ndarray], attention: bool, steps: int) -> None:
-        self._session_id, self._chunks, self._attention = session_id, chunks, attention
+    def make(chunk: np.ndarray, n: int) -> ntm_pb2.StepRequest:
+        nonlocal at
+        request = step_request(session_id, chunk, attention, str(n), at)
+        at += int(request.inputs.shape[0])
+        return request
+
+    return make
+
+
+def _packed_requests(session_ids: Sequence[str], attention: bool,
+                     steps: Sequence[int]) -> Callable[[np.ndarray, int], ntm_pb2.PackedStepRequest]:
+    """Message n of a resumable packed stream, made from its inputs (E, T, I) or (E, I), each entry expecting where the
+    message before left it (request ids unique to this stream: a retry is recognised, another message never)."""
+    at, tag = list(steps), secrets.token_hex(4)
+
+    def make(chunk: np.ndarray, n: int) -> ntm_pb2.PackedStepRequest:
+        nonlocal at
+        request = packed_request(session_ids, chunk, attention, f"{tag}-{n}", at)
+        at = [a + int(request.inputs.shape[1]) for a in at]
+        return request
+
+    return make
+
+
+class _Outbox:
+    """The requests of one resumable stream, numbered: each (re)opened stream sends the unanswered ones again, then
+    new ones made by `make(chunk, n)` from `chunks`, each with the expect_steps where it must apply. `chunks` is read
+    by one stream at a time (a superseded stream's reader may still be blocked in it: what it gets is numbered and
+    sent by the next stream)."""
+
+    def __init__(self, chunks: Iterator[np.ndarray], make: Callable[[np.ndarray, int], Any]) -> None:
+        self._chunks, self._make = chunks, make
         self._lock = threading.Lock()
         self._source = threading.Lock()
-        self._requests: dict[int, ntm_pb2.StepRequest] = {}
+        self._requests: dict[int, Any] = {}
         self._made = 0  # requests numbered so far
         self._acked = 0  # requests answered
-        self._next_steps = steps
         self._exhausted = False
         self._generation = 0
 
-    def stream(self) -> Iterator[ntm_pb2.StepRequest]:
+    def stream(self) -> Iterator[Any]:
         """The requests of a new stream (supersedes the previous one)."""
         with self._lock:
             self._generation += 1
@@ -231,9 +259,7 @@ class _Outbox:
                 if chunk is None:
                     self._exhausted = True
                     return
-                request = step_request(self._session_id, chunk, self._attention, str(self._made), self._next_steps)
-                self._next_steps += int(request.inputs.shape[0])
-                self._requests[self._made] = request
+                self._requests[self._made] = self._make(chunk, self._made)
                 self._made += 1
 
     def answered(self) -> None:
@@ -287,7 +313,8 @@ class NTMClient:
         self.close()
 
     def _routed(self, session_id: str | None) -> tuple[tuple[str, str], ...]:
-        return (*self.metadata, (SESSION_HEADER, session_id)) if session_id else self.metadata
+        """Auth, and the headers a cluster's proxy places the call by: the session's id and group (api/headers.py)."""
+        return (*self.metadata, *routing(session_id))
 
     def _call(self, method: str, request: object, session_id: str | None = None) -> object:
         return getattr(self.stub, method)(request, timeout=self.timeout, metadata=self._routed(session_id))
@@ -295,18 +322,20 @@ class NTMClient:
     def _retrying(self, call: Callable[[], R], session_id: str,
                   retryable: frozenset[grpc.StatusCode] = RETRYABLE_CALL) -> R:
         """`call` again after a `retryable` failure (default: UNAVAILABLE, ABORTED, CANCELLED), with backoff, up to
-        the policy's attempts."""
+        the policy's attempts. A StepError raised by `call` (a refusal in a stream's answer) is retried only when its
+        code is RETRYABLE (a stream's call ending CANCELLED is a break; an answer saying so is not)."""
         assert self.retry is not None
         since = None
         for attempt in range(self.retry.attempts + 1):
             try:
                 result = call()
-            except grpc.RpcError as err:
-                code = err.code()  # type: ignore[attr-defined]
-                if code not in retryable or attempt == self.retry.attempts:
+            except (grpc.RpcError, StepError) as err:
+                refused = isinstance(err, StepError)
+                code, detail = (err.code, err.message) if refused else (err.code(), err.details() or "")  # type: ignore[union-attr]
+                if code not in (RETRYABLE if refused else retryable) or attempt == self.retry.attempts:
                     raise
                 since = time.monotonic() if since is None else since
-                self.stats.failed(code, (err.details() or "").replace(session_id, "<session>"))  # type: ignore[attr-defined]
+                self.stats.failed(code, detail.replace(session_id, "<session>"))
                 time.sleep(self.retry.delay(attempt))
                 continue
             if since is not None:
@@ -317,9 +346,13 @@ class NTMClient:
     def list_models(self) -> list[ntm_pb2.ModelInfo]:
         return list(self._call("ListModels", ntm_pb2.ListModelsRequest()).models)  # type: ignore[attr-defined]
 
-    def create_session(self, model: str, ttl_seconds: float = 0.0, version: int | None = None) -> SessionInfo:
-        """A new session on `version` of the model (default: the newest); it stays on that version."""
-        request = ntm_pb2.CreateSessionRequest(model=model, ttl_seconds=ttl_seconds, version=version)
+    def create_session(self, model: str, ttl_seconds: float = 0.0, version: int | None = None,
+                       group: str = "") -> SessionInfo:
+        """A new session on `version` of the model (default: the newest); it stays on that version. `group`: a
+        placement group (1 to 64 of A-Z a-z 0-9 _ -): its id begins "<group>.", and a cluster places a group's
+        sessions on one replica, so packed messages of one group's sessions are served there (in a cluster they
+        must be)."""
+        request = ntm_pb2.CreateSessionRequest(model=model, ttl_seconds=ttl_seconds, version=version, group=group)
         return _session_info(self._call("CreateSession", request))
 
     def get_session(self, session_id: str, include_state: bool = False) -> SessionInfo:
@@ -353,7 +386,8 @@ class NTMClient:
     def stream_packed(self, requests: Iterable[ntm_pb2.PackedStepRequest],
                       route: str | None = None) -> Iterator[PackedOutput]:
         """One StreamPackedSteps stream (make requests with `packed_request`): answers in request order, refused
-        messages with `.error`. Not served by a replica (--store-url): UNIMPLEMENTED."""
+        messages with `.error`. `route`: a session id; a cluster's proxy places the stream where that session's
+        group is (in a cluster every message's sessions must share one group: `create_session(..., group=...)`)."""
         for response in self.stub.StreamPackedSteps(iter(requests), timeout=self.timeout,
                                                     metadata=self._routed(route)):
             yield _packed_output(response)
@@ -367,13 +401,16 @@ class NTMClient:
         with FAILED_PRECONDITION, never applied twice. For a steady flow of messages, keep one stream open with
         `stream_packed`."""
         every = expect_steps is not None and all(e is not None for e in expect_steps)
+        route = session_ids[0] if session_ids else None  # in a cluster: the replica of the entries' group
         if not every or self.retry is None or not session_ids:
             request = packed_request(session_ids, inputs, return_attention, request_id, expect_steps)
-            return next(self.stream_packed([request])).check()
+            return next(self.stream_packed([request], route)).check()
         request = packed_request(session_ids, inputs, return_attention, request_id or secrets.token_hex(8),
                                  expect_steps)
-        # A stream: retried on the breaks a stream can end with (a server stopping may reset it: CANCELLED)
-        return self._retrying(lambda: next(self.stream_packed([request])), session_ids[0], STREAM_BREAKS).check()
+        # A stream: retried on the breaks a stream can end with (a server stopping may reset it: CANCELLED), and on
+        # a retryable refusal in its answer (a replica: the store unreachable, a session moved; nothing applied)
+        return self._retrying(lambda: next(self.stream_packed([request], route)).check(), session_ids[0],
+                              STREAM_BREAKS)
 
     def stream_session(self, session_id: str, chunks: Iterable[np.ndarray], return_attention: bool = False,
                        start_steps: int | None = None) -> Iterator[StepOutput]:
@@ -385,19 +422,35 @@ class NTMClient:
             for output in self.stream(requests, route=session_id):
                 yield output.check()
             return
-        yield from self._resumable(session_id, iter(chunks), return_attention, start_steps)
+        outbox = _Outbox(iter(chunks), _session_requests(session_id, return_attention, start_steps))
+        yield from self._resumable(outbox, self.stub.StreamSteps, _step_output, session_id, f"session {session_id}")
 
-    def _resumable(self, session_id: str, chunks: Iterator[np.ndarray], attention: bool,
-                   steps: int) -> Iterator[StepOutput]:
+    def stream_packed_sessions(self, session_ids: Sequence[str], ticks: Iterable[np.ndarray],
+                               start_steps: Sequence[int], return_attention: bool = False) -> Iterator[PackedOutput]:
+        """One packed message per item of `ticks` (inputs (E, T, I), or (E, I) for one step each) for the same
+        sessions, over one StreamPackedSteps stream, in order: the fast path for a client that steps many agents
+        tick after tick. `start_steps`: where each session stands. Every message carries each entry's
+        expect_steps, and the stream is resumed after a break or a retryable refusal (a replica killed, drained, or
+        its store unreachable): unanswered messages are sent again, in order, and one the server had applied is
+        answered again from its record, never applied twice. In a cluster the sessions must share one group.
+        Raises PackedStepError on a refusal that a retry cannot fix."""
+        assert self.retry is not None, "a resumable stream needs a retry policy"
+        if len(start_steps) != len(session_ids):
+            raise ValueError(f"start_steps has {len(start_steps)} counts for {len(session_ids)} sessions")
+        outbox = _Outbox(iter(ticks), _packed_requests(session_ids, return_attention, start_steps))
+        yield from self._resumable(outbox, self.stub.StreamPackedSteps, _packed_output,
+                                   session_ids[0] if session_ids else None, f"sessions {', '.join(session_ids[:3])}")
+
+    def _resumable(self, outbox: _Outbox, method: Callable[..., Any], parse: Callable[[Any], Any], route: str | None,
+                   label: str) -> Iterator[Any]:
         assert self.retry is not None
-        outbox = _Outbox(session_id, chunks, attention, steps)
         attempt, since = 0, None
         while True:
-            call = self.stub.StreamSteps(outbox.stream(), timeout=self.timeout, metadata=self._routed(session_id))
+            call = method(outbox.stream(), timeout=self.timeout, metadata=self._routed(route))
             failure, detail = grpc.StatusCode.UNAVAILABLE, "stream ended early"  # (a draining replica): resume
             try:
                 for response in call:
-                    output = _step_output(response)
+                    output = parse(response)
                     if output.error is not None:
                         if output.error.code not in RETRYABLE:
                             raise output.error
@@ -417,9 +470,9 @@ class NTMClient:
                 if failure not in STREAM_BREAKS:
                     raise
             if attempt >= self.retry.attempts:
-                raise StepError(failure, f"session {session_id}: gave up after {attempt} retries ({detail})")
+                raise StepError(failure, f"{label}: gave up after {attempt} retries ({detail})")
             since = time.monotonic() if since is None else since
-            self.stats.failed(failure, detail.replace(session_id, "<session>"))
+            self.stats.failed(failure, detail.replace(route, "<session>") if route else detail)
             time.sleep(self.retry.delay(attempt))
             attempt += 1
 
@@ -436,6 +489,7 @@ class NTMClient:
         request = ntm_pb2.ExportSessionRequest(session_id=session_id)
         return _state_data(self._call("ExportSession", request, session_id))
 
-    def import_session(self, state: SessionStateData, ttl_seconds: float = 0.0) -> SessionInfo:
-        request = ntm_pb2.ImportSessionRequest(state=_state_message(state), ttl_seconds=ttl_seconds)
+    def import_session(self, state: SessionStateData, ttl_seconds: float = 0.0, group: str = "") -> SessionInfo:
+        """A new session holding `state` (from export_session), in placement group `group` (as in create_session)."""
+        request = ntm_pb2.ImportSessionRequest(state=_state_message(state), ttl_seconds=ttl_seconds, group=group)
         return _session_info(self._call("ImportSession", request))

@@ -6,7 +6,8 @@ about 1/N of the sessions move. Measured through this config (benchmarks/cluster
 replicas, one leaves and rejoins): Maglev moved exactly the leaver's sessions (57, then the same 57 back);
 Envoy's ring hash moved 61 for a leaver holding 52, because it rescales every host's points to its minimum
 ring size when the host count changes. A call without the header (ListModels, CreateSession) goes to any
-healthy replica.
+healthy replica. A session in a placement group also carries `x-ntm-group` (ntm_serve/api/headers.py), hashed
+instead when present (a terminal hash policy), so a group's sessions, and its packed messages, share a replica.
 Active gRPC health checks (`grpc.health.v1`, service `ntm.v1.NTM`) take a draining or dead replica out of the
 ring; panic routing is off (an unhealthy replica never gets traffic). Routes have no timeout and streams no
 idle timeout: a stream lives as long as its client keeps it. Envoy retries a call on another host only when
@@ -21,7 +22,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ntm_serve.api.headers import SESSION_HEADER
+from ntm_serve.api.headers import GROUP_HEADER, SESSION_HEADER
 
 HEALTH_SERVICE = "ntm.v1.NTM"
 _T = "type.googleapis.com/"
@@ -42,7 +43,8 @@ def envoy_config(listen: tuple[str, int], admin: tuple[str, int], upstreams: lis
     route = {
         "cluster": "replicas",
         "timeout": "0s",  # no route timeout: streams last as long as their clients want
-        "hash_policy": [{"header": {"header_name": SESSION_HEADER}}],
+        "hash_policy": [{"header": {"header_name": GROUP_HEADER}, "terminal": True},  # absent: the next one
+                        {"header": {"header_name": SESSION_HEADER}}],
         "retry_policy": {
             "retry_on": "connect-failure,refused-stream,reset-before-request,unavailable",
             "num_retries": 3,

@@ -21,6 +21,7 @@ import grpc
 from google.rpc import status_pb2
 
 from ntm_serve.api.errors import ServiceError, internal, invalid, not_found
+from ntm_serve.api.headers import group_of, group_problem
 from ntm_serve.api.proto_gen.ntm.v1 import ntm_pb2, ntm_pb2_grpc
 from ntm_serve.api.tensors import check_answer_size, state_tensors, step_inputs, to_tensor
 from ntm_serve.api.wire import Malformed
@@ -111,6 +112,14 @@ def model_info(model: ServedModel, unloading: bool = False) -> ntm_pb2.ModelInfo
         version=model.version, unloading=unloading,
         output_activation=model.spec.output_activation, task_metadata=model.spec.task_metadata,
     )
+
+
+def _group(group: str) -> str:
+    """A requested placement group, checked (ntm_serve/api/headers.py)."""
+    problem = group_problem(group)
+    if problem is not None:
+        raise invalid(problem)
+    return group
 
 
 def unary(method: Callable[..., Any]) -> Callable[..., Any]:
@@ -241,7 +250,8 @@ class NTMServicer(ntm_pb2_grpc.NTMServicer):
         steps = session.steps if steps is None else steps
         model = self.models.get_key(session.key)
         message = ntm_pb2.Session(session_id=session.id, model=session.model, steps=steps, ttl_seconds=session.ttl_s,
-                                  checkpoint_sha256=session.checkpoint_sha256, version=model.version if model else 0)
+                                  checkpoint_sha256=session.checkpoint_sha256, version=model.version if model else 0,
+                                  group=group_of(session.id))
         expires = session.expires_wall(self.registry.clock(), time.time())
         message.expires_at.FromNanoseconds(int(expires * 1e9))
         message.created_at.FromNanoseconds(int(session.created_wall * 1e9))
@@ -317,7 +327,8 @@ class NTMServicer(ntm_pb2_grpc.NTMServicer):
     async def CreateSession(self, request: ntm_pb2.CreateSessionRequest, context: Any) -> ntm_pb2.Session:
         owner = self._owner(context)
         model = self.models.resolve(request.model, request.version if request.HasField("version") else None)
-        return self._session_message(await self.keeping.create(model, request.ttl_seconds, owner))
+        return self._session_message(await self.keeping.create(model, request.ttl_seconds, owner,
+                                                               group=_group(request.group)))
 
     @unary
     async def GetSession(self, request: ntm_pb2.GetSessionRequest, context: Any) -> ntm_pb2.Session:
@@ -440,6 +451,11 @@ class NTMServicer(ntm_pb2_grpc.NTMServicer):
                 try:
                     if isinstance(request, Malformed):
                         raise invalid(request.message)
+                    self._check_pack_message(request)
+                    replay = await self.keeping.prepare_pack(request, owner)
+                    if replay is not None:  # a retry of a message already applied: its recorded answer
+                        order.fill("", cell, packed.answer(request_id, replay))
+                        continue
                     self._submit_pack(request, owner, functools.partial(self._packed_done, order, cell, request_id))
                 except ServiceError as err:
                     self._count_error("StreamPackedSteps", err)
@@ -454,20 +470,35 @@ class NTMServicer(ntm_pb2_grpc.NTMServicer):
         """Check a packed message whole and queue it as one PackJob; `on_result` runs on the event loop with a
         PackOutcome or a ServiceError. A refused message raises here (a PackError names its entries) and queues
         nothing."""
-        self.keeping.check_packed()
+        try:
+            self._queue_pack(request, owner, on_result)
+        except ServiceError as err:  # replica mode: a session dropped between its take-over and now
+            moved = self.keeping.moved_pack(err)
+            if moved is None:
+                raise
+            raise moved from err
+
+    def _check_pack_message(self, request: ntm_pb2.PackedStepRequest) -> None:
+        """What is checked of a packed message before its sessions are looked at: its size, its request id."""
         entries = len(request.entries)
         if not 1 <= entries <= self.config.max_batch:
             raise invalid(f"a packed message carries 1 to {self.config.max_batch} entries (the server's max_batch), "
                           f"got {entries}")
         if len(request.request_id) > MAX_REQUEST_ID_CHARS:
             raise invalid(f"request_id has {len(request.request_id)} characters, more than {MAX_REQUEST_ID_CHARS}")
+
+    def _queue_pack(self, request: ntm_pb2.PackedStepRequest, owner: str, on_result: Callable[[Any], None]) -> None:
         ids, expect = packed.entry_fields(request)
         found = self.registry.find_many(ids, owner)
         checked = packed.check(request, found, expect, self._served, self.config.max_steps,
                                self.config.max_message_bytes)
         done = self._timed(checked.sessions[0].model, "StreamPackedSteps", on_result)
-        self.registry.submit_pack(checked.sessions, lambda sessions, d: PackJob(
-            sessions, checked.inputs, request.return_attention, d, checked.expect_steps), done, wake=False)
+
+        def make(sessions: tuple[SessionRecord, ...], d: Done) -> PackJob:
+            return PackJob(sessions, checked.inputs, request.return_attention, d, checked.expect_steps)
+
+        self.registry.submit_pack(checked.sessions, self.keeping.committing_pack(make, request.request_id), done,
+                                  wake=False)
         checked.model.batcher.run_now()  # a small complete one-step batch runs here; else the model's thread is woken
 
     def _response(self, rpc: str, result: Any, refuse: Callable[[ServiceError], Any],
@@ -516,8 +547,9 @@ class NTMServicer(ntm_pb2_grpc.NTMServicer):
         if not 0 <= state.steps <= MAX_TOTAL_STEPS:
             raise invalid(f"steps must be >= 0 and <= 2**62, got {state.steps}")
         tensors = state_tensors(state.tensors, model.spec.state_shapes)
+        group = _group(request.group)
         return self._session_message(await self.keeping.create(model, request.ttl_seconds, owner, tensors,
-                                                               state.steps))
+                                                               state.steps, group))
 
     async def WatchSession(self, request: ntm_pb2.WatchSessionRequest, context: Any) -> None:
         """Frames of a session after its steps, until it ends: ntm_serve/server/watch_hub.py."""

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 import grpc
 
 from ntm_serve.api.errors import PackError, ServiceError, exhausted, invalid, not_found
+from ntm_serve.api.headers import GROUP_SEPARATOR
 
 if TYPE_CHECKING:
     from ntm_serve.runtime.engine import Engine
@@ -30,7 +31,7 @@ log = logging.getLogger(__name__)
 
 ID_BYTES = 16  # 128 random bits (the contract asks for at least 122)
 TOMBSTONES = 100_000  # remembered ids of ended sessions, for a helpful NOT_FOUND message
-MAX_ID_CHARS = 128  # longer session ids are refused before any lookup (ours have 22 characters)
+MAX_ID_CHARS = 128  # longer session ids are refused before any lookup (ours have 22, or 23 + a group of <= 64)
 
 Done = Callable[[Any], None]  # a job's answer: called once, on the batcher thread, with a result or a ServiceError
 
@@ -61,6 +62,7 @@ class SessionRecord:
 
 Action = Callable[["Engine", SessionRecord], Any]  # a control job's work, run on the model's batcher thread
 MakeJob = Callable[[SessionRecord, Done], Any]  # builds the job (ntm_serve/server/jobs.py) for a session and its answer
+MakePack = Callable[[tuple[SessionRecord, ...], Done], Any]  # builds a packed message's job for its sessions
 
 
 class JobQueue(Protocol):
@@ -71,8 +73,11 @@ class JobQueue(Protocol):
     def submit_control(self, session: SessionRecord, action: Action, done: Done, force: bool = False) -> None: ...
 
 
-def new_session_id() -> str:
-    return secrets.token_urlsafe(ID_BYTES)
+def new_session_id(group: str = "") -> str:
+    """128 random bits, URL-safe; after "<group>." when the session has a placement group (ntm_serve/api/headers.py:
+    the proxy routes on it)."""
+    random = secrets.token_urlsafe(ID_BYTES)
+    return f"{group}{GROUP_SEPARATOR}{random}" if group else random
 
 
 def init_action(state: dict[str, Any] | None) -> Callable[[Engine, SessionRecord], None]:
@@ -120,9 +125,9 @@ class SessionRegistry:
             raise invalid(f"ttl_seconds must be >= 0 (0 takes the default), got {requested}")
         return self.default_ttl_s if requested == 0 else min(requested, self.max_ttl_s)
 
-    def open(self, model: str, ttl_s: float, owner: str, checkpoint_sha256: str = "") -> SessionRecord:
-        """A new session record on the model version with these weights, counted against the limits; its row
-        comes from an init job."""
+    def open(self, model: str, ttl_s: float, owner: str, checkpoint_sha256: str = "", group: str = "") -> SessionRecord:
+        """A new session record on the model version with these weights (in placement group `group`, checked by the
+        caller), counted against the limits; its row comes from an init job."""
         if not model:
             raise invalid("model is required")
         if (model, checkpoint_sha256) not in self._batchers:
@@ -134,7 +139,7 @@ class SessionRegistry:
                                 "wait for idle ones to expire")
             if self.max_sessions_per_owner and self._per_owner[owner] >= self.max_sessions_per_owner:
                 raise exhausted(f"per-client session limit reached ({self.max_sessions_per_owner})")
-            session = SessionRecord(new_session_id(), model, owner, ttl, time.time(), self.clock(),
+            session = SessionRecord(new_session_id(group), model, owner, ttl, time.time(), self.clock(),
                                     checkpoint_sha256=checkpoint_sha256)
             self._sessions[session.id] = session
             self._per_owner[owner] += 1
@@ -217,8 +222,7 @@ class SessionRegistry:
             self._enqueue(session, make_job, done)
             return session
 
-    def submit_pack(self, sessions: Sequence[SessionRecord], make_job: Callable[[tuple[SessionRecord, ...], Done], Any],
-                    done: Done, wake: bool = True) -> None:
+    def submit_pack(self, sessions: Sequence[SessionRecord], make_job: MakePack, done: Done, wake: bool = True) -> None:
         """Queue one job for several sessions of one model version (a packed message), atomically with respect to
         eviction and delete: a session that ended since it was looked up refuses the whole job (PackError).
         `wake` False: the caller calls the batcher's `run_now` next (which wakes the model's thread if needed)."""

@@ -19,7 +19,7 @@ import pytest
 import yaml
 from helpers import ROOT, compose_tool
 
-from ntm_serve.api.headers import SESSION_HEADER
+from ntm_serve.api.headers import GROUP_HEADER, SESSION_HEADER
 from ntm_serve.cluster.envoy import COMPOSE_REPLICAS, deployment_config
 from ntm_serve.cluster.launcher import envoy_binary
 from ntm_serve.server.state.store_url import parse_sentinel
@@ -119,7 +119,8 @@ def test_proxy_configs_are_the_generated_ones_and_envoy_accepts_them(tmp_path) -
         config = json.loads(deployment_config(target))
         route = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"][
             "route_config"]["virtual_hosts"][0]["routes"][0]["route"]
-        assert route["hash_policy"] == [{"header": {"header_name": SESSION_HEADER}}] and route["timeout"] == "0s"
+        assert route["hash_policy"] == [{"header": {"header_name": GROUP_HEADER}, "terminal": True},
+                                        {"header": {"header_name": SESSION_HEADER}}] and route["timeout"] == "0s"
         path = tmp_path / f"{target}.json"
         path.write_text(deployment_config(target))
         result = subprocess.run([envoy_binary(), "--mode", "validate", "-c", str(path)], capture_output=True,

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from helpers import ROOT, Offline, bits, service_config
 
-from ntm_serve.client.sdk import NTMClient, PackedStepError, SessionStateData
+from ntm_serve.client.sdk import NTMClient, PackedStepError, SessionStateData, packed_request
 from ntm_serve.cluster.launcher import start_on_free_ports, store_proc, store_ready
 from ntm_serve.server.ports import LOCAL, free_port
 from ntm_serve.server.server import ServerThread
@@ -121,6 +121,44 @@ def test_the_commit_script_fences_stale_epochs_and_steps(store_url: str) -> None
     store.close()
 
 
+def test_a_packed_commit_writes_every_entry_or_none(store_url: str) -> None:
+    """The packed message's script straight against the store: one entry fenced or off its step count refuses the
+    whole (named by entry, nothing written); a good one writes every entry; its retry is recognised."""
+    import asyncio
+
+    from ntm_serve.server.state.store import CommitItem, PackCommit, state_blob
+
+    store = SessionStore(store_url)
+    ids = ["pack-1", "pack-2"]
+    blob = state_blob("pack", "m", "o", 60.0, 0.0, 0, "d", {"memory": np.zeros((2, 3), np.float32)})
+
+    async def created_and_claimed() -> None:
+        for sid in ids:
+            assert await store.create(sid, model="m", version="", digest="d", owner="o", ttl_s=60.0,
+                                      created_wall=0.0, steps=0, blob=blob)
+            assert (await store.claim(sid, "o", ["d"], "r1")).outcome == "ok"  # epoch 1
+        await store.aclose()
+
+    asyncio.run(created_and_claimed())
+
+    def pack(epochs: tuple[int, int], start: int, end: int, rid: str = "m") -> PackCommit:
+        return PackCommit(tuple(CommitItem(sid, epoch, start, end, blob, rid, end - start, b"", 60.0)
+                                for sid, epoch in zip(ids, epochs, strict=True)))
+
+    def steps() -> list[bytes]:
+        return [store.sync.hget(store.key(sid), "steps") for sid in ids]
+
+    assert store.commit_many([pack((1, 2), 0, 3)]) == [("fenced", "1:1")]  # entry 1 names another epoch
+    assert store.commit_many([pack((1, 1), 2, 3)]) == [("steps", "0:0")]  # entry 0 is not at 2
+    assert steps() == [b"0", b"0"]  # none of either
+    assert store.commit_many([pack((1, 1), 0, 3, "m-1"), pack((1, 1), 3, 4, "m-2")]) == [("ok", "")] * 2
+    assert store.commit_many([pack((1, 1), 3, 4, "m-2")]) == [("ok", "")]  # a retried commit: recognised
+    assert steps() == [b"4", b"4"] and store.sync.hget(store.key(ids[1]), "rid") == b"m-2"
+    store.sync.delete(store.key(ids[1]))
+    assert store.commit_many([pack((1, 1), 4, 5)]) == [("missing", "1:")] and steps()[0] == b"4"
+    store.close()
+
+
 def test_retry_of_a_committed_request_is_answered_again(pair: tuple, rng: np.random.Generator) -> None:
     """The answer was lost (say the replica died after its commit): the same request, same id and
     expect_steps, sent to another replica gets the same outputs and applies nothing."""
@@ -137,15 +175,100 @@ def test_retry_of_a_committed_request_is_answered_again(pair: tuple, rng: np.ran
         assert cb.get_session(sid).steps == 6
 
 
-def test_packed_messages_are_not_served_by_a_replica(pair: tuple, rng: np.random.Generator) -> None:
-    """A packed message's sessions may live on different replicas: a replica refuses it whole (UNIMPLEMENTED,
-    naming StreamSteps), and the session is untouched."""
+def _ticks(rng: np.random.Generator, sessions: int, steps: int) -> np.ndarray:
+    return np.stack([bits(rng, steps) for _ in range(sessions)])  # (E, T, I)
+
+
+def test_packed_messages_of_one_group_move_between_replicas_bit_for_bit(pair: tuple, offline: Offline,
+                                                                        rng: np.random.Generator) -> None:
+    """Three sessions of group g: packed messages through a, then b (which takes all three over), a Step between
+    them, then a again; every entry's outputs and state equal the offline run of its inputs, and the store holds
+    each message's request as every entry's last one."""
+    a, b = pair
+    url = a.server.config.store_url
+    x = _ticks(rng, 3, 8)
+    with NTMClient(a.target, timeout=30) as ca, NTMClient(b.target, timeout=30) as cb:
+        ids = [ca.create_session("copy", group="g").session_id for _ in range(3)]
+        assert all(sid.startswith("g.") for sid in ids) and ca.get_session(ids[0]).group == "g"
+        first = ca.step_packed(ids, x[:, :3], expect_steps=[0, 0, 0])
+        second = cb.step_packed(ids, x[:, 3:5], expect_steps=[3, 3, 3], request_id="p-2")
+        assert [stored(url, sid)["rid"] for sid in ids] == ["p-2"] * 3
+        single = ca.step(ids[1], x[1, 5:6], expect_steps=5).outputs
+        third = ca.step_packed([ids[2], ids[0]], np.stack([x[2, 5:], x[0, 5:]]), expect_steps=[5, 5])
+        ca.step(ids[1], x[1, 6:], expect_steps=6)
+        assert second.steps == [5, 5, 5] and third.steps == [8, 8]
+        outputs = {0: [first.outputs[0], second.outputs[0], third.outputs[1]],
+                   1: [first.outputs[1], second.outputs[1], single],
+                   2: [first.outputs[2], second.outputs[2], third.outputs[0]]}
+        for e, sid in enumerate(ids):
+            reference = offline.run(x[e])
+            got = np.concatenate(outputs[e])
+            np.testing.assert_array_equal(got, reference["outputs"][:len(got)], err_msg=f"entry {e}")
+            state = cb.export_session(sid)  # b takes it back: the store's state
+            assert state.steps == 8
+            for name, value in reference["state"].items():
+                np.testing.assert_array_equal(state.tensors[name], value, err_msg=f"entry {e} {name}")
+
+
+def test_a_packed_message_of_several_groups_is_refused_naming_its_entries(pair: tuple,
+                                                                          rng: np.random.Generator) -> None:
     with NTMClient(pair[0].target, timeout=30) as client:
-        sid = client.create_session("copy").session_id
+        ids = [client.create_session("copy", group="g").session_id, client.create_session("copy", group="h").session_id,
+               client.create_session("copy").session_id]
         with pytest.raises(PackedStepError) as err:
-            client.step_packed([sid], bits(rng, 2)[None])
-        assert err.value.code == grpc.StatusCode.UNIMPLEMENTED and "StreamSteps" in err.value.message
-        assert client.get_session(sid).steps == 0
+            client.step_packed(ids, _ticks(rng, 3, 2), expect_steps=[0, 0, 0])
+        assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT
+        codes = [e.code for e in err.value.entries]
+        assert codes == [grpc.StatusCode.ABORTED, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.INVALID_ARGUMENT]
+        assert "group 'h', entry 0's in 'g'" in err.value.entries[1].message
+        assert "no group" in err.value.entries[2].message and ids[2] in err.value.entries[2].message
+        assert [client.get_session(sid).steps for sid in ids] == [0, 0, 0]
+        with pytest.raises(grpc.RpcError) as bad:
+            client.create_session("copy", group="no.dots")
+        assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "group must be" in bad.value.details()
+
+
+def test_a_packed_retry_whose_answer_was_lost_is_answered_again(pair: tuple, rng: np.random.Generator) -> None:
+    """The same packed message (same id and expect_steps) sent to the other replica after it was committed: the
+    same outputs from the store's record, nothing applied again; another message at the stale counts is refused."""
+    a, b = pair
+    x = _ticks(rng, 2, 3)
+    with NTMClient(a.target, timeout=30, retry=None) as ca, NTMClient(b.target, timeout=30, retry=None) as cb:
+        ids = [ca.create_session("copy", group="r").session_id for _ in range(2)]
+        request = packed_request(ids, x, request_id="m-1", expect_steps=[0, 0])
+        (first,) = ca.stream_packed([request], route=ids[0])
+        (again,) = cb.stream_packed([request], route=ids[0])
+        assert first.check().steps == again.check().steps == [3, 3]
+        np.testing.assert_array_equal(again.outputs, first.outputs)
+        (other,) = cb.stream_packed([packed_request(ids, x, request_id="m-2", expect_steps=[0, 0])])
+        assert other.error is not None and other.error.code == grpc.StatusCode.FAILED_PRECONDITION
+        assert [cb.get_session(sid).steps for sid in ids] == [3, 3]
+
+
+def test_a_stale_replica_commits_none_of_a_packed_message(pair: tuple, offline: Offline,
+                                                          rng: np.random.Generator) -> None:
+    """a holds a group's three sessions; b takes one of them over and steps it. a's next packed message runs on
+    its copies, but its commit is fenced on that entry: the whole message is refused (ABORTED, naming it) and the
+    store holds none of it, not even the entries a still held rightly; a retry at the store's counts goes on
+    bit-exact."""
+    a, b = pair
+    url = a.server.config.store_url
+    x = _ticks(rng, 3, 6)
+    with NTMClient(a.target, timeout=30, retry=None) as ca, NTMClient(b.target, timeout=30, retry=None) as cb:
+        ids = [ca.create_session("copy", group="s").session_id for _ in range(3)]
+        first = ca.step_packed(ids, x[:, :2], expect_steps=[0, 0, 0]).outputs
+        moved = cb.step(ids[1], x[1, 2:3], expect_steps=2).outputs  # b takes entry 1 over
+        with pytest.raises(PackedStepError) as err:
+            ca.step_packed(ids, x[:, 2:4])  # no expect_steps: a's copy of entry 1 is stepped, its commit fenced
+        assert err.value.code == grpc.StatusCode.ABORTED and "taken over by another replica" in err.value.message
+        assert [e.code for e in err.value.entries] == [grpc.StatusCode.ABORTED] * 3
+        assert "taken over" in err.value.entries[1].message and "not applied" in err.value.entries[0].message
+        assert [stored(url, sid)["steps"] for sid in ids] == ["2", "3", "2"]  # none of the message
+        rest = ca.step_packed(ids, np.stack([x[0, 2:5], x[1, 3:6], x[2, 2:5]]), expect_steps=[2, 3, 2])
+    for e, got in ((0, [first[0], rest.outputs[0]]), (1, [first[1], moved, rest.outputs[1]]),
+                   (2, [first[2], rest.outputs[2]])):
+        out = np.concatenate(got)
+        np.testing.assert_array_equal(out, offline.run(x[e])["outputs"][:len(out)], err_msg=f"entry {e}")
 
 
 def test_delete_is_seen_by_every_replica(pair: tuple, rng: np.random.Generator) -> None:

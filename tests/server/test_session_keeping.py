@@ -11,9 +11,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
+import numpy as np
 import pytest
 
-from ntm_serve.api.errors import ServiceError, invalid, not_found
+from ntm_serve.api.errors import PackError, invalid, not_found
+from ntm_serve.client.sdk import packed_request
 from ntm_serve.server import servicer as servicer_module
 from ntm_serve.server.metrics import Metrics
 from ntm_serve.server.registry import ModelSet
@@ -100,22 +102,30 @@ def test_memory_keeping_leaves_steps_as_they_are(copy_dir: Path, loop: asyncio.A
         return (session, done)
 
     assert keeping.committing(make, "r1") is make
+    assert keeping.committing_pack(make, "r1") is make
     assert keeping.moved("s", not_found("gone")) is None
-    keeping.check_packed()
+    assert keeping.moved_pack(PackError({0: not_found("gone")}, 1)) is None
     assert loop.run_until_complete(keeping.prepare_step(None, "owner")) is None  # type: ignore[arg-type]
+    assert loop.run_until_complete(keeping.prepare_pack(None, "owner")) is None  # type: ignore[arg-type]
     assert "server stopping" in keeping.drain_message
 
 
-def test_store_keeping_refuses_packed_and_turns_a_lost_session_into_a_retry(
+def test_store_keeping_refuses_a_pack_of_several_groups_and_turns_a_lost_session_into_a_retry(
         copy_dir: Path, loop: asyncio.AbstractEventLoop) -> None:
     keeping = build(service_config(copy_dir, store_url=STORE_URL), loop)
     try:
-        with pytest.raises(ServiceError) as err:
-            keeping.check_packed()
-        assert err.value.code == grpc.StatusCode.UNIMPLEMENTED and "StreamSteps" in err.value.message
+        request = packed_request(["g.a", "h.b", "c"], np.zeros((3, 1, 9), np.float32))
+        with pytest.raises(PackError) as err:  # refused before the store is asked anything
+            loop.run_until_complete(keeping.prepare_pack(request, "owner"))
+        assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT and sorted(err.value.entries) == [1, 2]
+        assert "group 'h'" in err.value.entries[1].message and "no group" in err.value.entries[2].message
         moved = keeping.moved("s1", not_found("unknown session 's1'"))
         assert moved is not None and moved.code == grpc.StatusCode.ABORTED and "expect_steps" in moved.message
         assert keeping.moved("s1", invalid("bad inputs")) is None  # any other refusal stands
+        moved = keeping.moved_pack(PackError({0: invalid("nan"), 2: not_found("unknown session 'g.c'")}, 3))
+        assert isinstance(moved, PackError) and moved.entries[0].code == grpc.StatusCode.INVALID_ARGUMENT
+        assert moved.entries[2].code == grpc.StatusCode.ABORTED and "expect_steps" in moved.entries[2].message
+        assert keeping.moved_pack(PackError({0: invalid("nan")}, 1)) is None
         assert "replica draining" in keeping.drain_message
     finally:
         loop.run_until_complete(keeping.close(batchers_ran=False))

@@ -19,14 +19,14 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from ntm_serve.server.jobs import ControlJob
-from ntm_serve.server.sessions import Done, MakeJob, SessionRecord, SessionRegistry, init_action
+from ntm_serve.server.sessions import Done, MakeJob, MakePack, SessionRecord, SessionRegistry, init_action
 
 if TYPE_CHECKING:
     import numpy as np
 
     from ntm_serve.api.errors import ServiceError
     from ntm_serve.api.proto_gen.ntm.v1 import ntm_pb2
-    from ntm_serve.server.jobs import StepOutcome
+    from ntm_serve.server.jobs import PackOutcome, StepOutcome
     from ntm_serve.server.metrics import Metrics
     from ntm_serve.server.registry import Key, ServedModel
 
@@ -74,8 +74,9 @@ class SessionKeeping(ABC):
 
     @abstractmethod
     async def create(self, model: ServedModel, ttl_seconds: float, owner: str,
-                     state: dict[str, np.ndarray] | None = None, steps: int = 0) -> SessionRecord:
-        """A new session on `model` (CreateSession: the initial state; ImportSession: `state` after `steps`)."""
+                     state: dict[str, np.ndarray] | None = None, steps: int = 0, group: str = "") -> SessionRecord:
+        """A new session on `model` (CreateSession: the initial state; ImportSession: `state` after `steps`), in
+        placement group `group` (checked by the caller; "" for none)."""
 
     @abstractmethod
     async def ensure_local(self, session_id: str, owner: str) -> None:
@@ -98,8 +99,18 @@ class SessionKeeping(ABC):
         """DeleteSession: the session is gone everywhere it was kept."""
 
     @abstractmethod
-    def check_packed(self) -> None:
-        """Raise the ServiceError that refuses StreamPackedSteps, where it is not served."""
+    async def prepare_pack(self, request: ntm_pb2.PackedStepRequest, owner: str) -> PackOutcome | None:
+        """Before a packed message is checked and queued (its sessions are here: a replica takes them over); the
+        recorded answer when the message is a retry already applied. Raises a ServiceError (a PackError naming
+        entries) for a message this keeping does not serve."""
+
+    @abstractmethod
+    def committing_pack(self, make: MakePack, request_id: str) -> MakePack:
+        """The packed job to queue: `make`, or `make` with its answer kept first (every entry, as one unit)."""
+
+    @abstractmethod
+    def moved_pack(self, err: ServiceError) -> ServiceError | None:
+        """The answer to a packed message refused with `err` when queued, if not `err` itself (None)."""
 
     # --- the server's calls ---------------------------------------------------------------------------
 
@@ -130,8 +141,8 @@ class MemoryKeeping(SessionKeeping):
         self.metrics = metrics
 
     async def create(self, model: ServedModel, ttl_seconds: float, owner: str,
-                     state: dict[str, np.ndarray] | None = None, steps: int = 0) -> SessionRecord:
-        session = self.registry.open(model.spec.name, ttl_seconds, owner, model.spec.checkpoint_sha256)
+                     state: dict[str, np.ndarray] | None = None, steps: int = 0, group: str = "") -> SessionRecord:
+        session = self.registry.open(model.spec.name, ttl_seconds, owner, model.spec.checkpoint_sha256, group)
         session.steps = steps
         try:
             await self.jobs.control(session, init_action(state))
@@ -163,7 +174,13 @@ class MemoryKeeping(SessionKeeping):
     async def delete(self, session_id: str, owner: str) -> None:
         await self.jobs.close(session_id, owner)
 
-    def check_packed(self) -> None:
+    async def prepare_pack(self, request: ntm_pb2.PackedStepRequest, owner: str) -> PackOutcome | None:
+        return None
+
+    def committing_pack(self, make: MakePack, request_id: str) -> MakePack:
+        return make
+
+    def moved_pack(self, err: ServiceError) -> ServiceError | None:
         return None
 
     def restore(self, only: Key | None = None) -> None:

@@ -31,15 +31,17 @@ import grpc
 import numpy as np
 from prometheus_client import Counter, Histogram
 
-from ntm_serve.api.errors import ServiceError, exhausted, invalid, not_found, unavailable
+from ntm_serve.api.errors import PackError, ServiceError, exhausted, invalid, not_found, unavailable
+from ntm_serve.api.headers import group_of
 from ntm_serve.server.batcher import defer_wakeup
-from ntm_serve.server.jobs import Job, StepOutcome
+from ntm_serve.server.jobs import Job, PackOutcome, StepOutcome
 from ntm_serve.server.metrics import BATCH_BUCKETS, LATENCY_BUCKETS
 from ntm_serve.server.registry import weights_missing
-from ntm_serve.server.sessions import MAX_ID_CHARS, Done, SessionRecord, init_action, new_session_id
+from ntm_serve.server.sessions import MAX_ID_CHARS, Done, MakePack, SessionRecord, init_action, new_session_id
 from ntm_serve.server.state.store import (
     STORE_ERRORS,
     CommitItem,
+    PackCommit,
     SessionStore,
     StoreError,
     StoreLimit,
@@ -91,6 +93,17 @@ class Pending:
     queued: float = field(default_factory=time.perf_counter)
 
 
+@dataclass(eq=False)
+class PackPending:
+    """A packed message's commits, answered (or refused) as one once the store has all or none of them."""
+
+    sessions: tuple[SessionRecord, ...]  # entry order
+    helds: tuple[Held, ...]
+    item: PackCommit
+    respond: tuple[Done, PackOutcome]
+    queued: float = field(default_factory=time.perf_counter)
+
+
 class ClusterMetrics:
     def __init__(self, metrics: Metrics) -> None:
         r = metrics.registry
@@ -113,13 +126,13 @@ class ClusterMetrics:
 class Committer:
     """The commit thread: takes every commit queued since its last round and sends them in one pipeline."""
 
-    def __init__(self, store: SessionStore, handle: Callable[[list[Pending], list[Any]], None],
+    def __init__(self, store: SessionStore, handle: Callable[[list[Pending | PackPending], list[Any]], None],
                  metrics: ClusterMetrics) -> None:
         self._store = store
         self._handle = handle
         self._metrics = metrics
         self._cond = threading.Condition()
-        self._queue: deque[Pending] = deque()
+        self._queue: deque[Pending | PackPending] = deque()
         self._signalled = False
         self._stopping = False
         self._thread = threading.Thread(target=self._loop, name="committer", daemon=True)
@@ -127,7 +140,7 @@ class Committer:
     def start(self) -> None:
         self._thread.start()
 
-    def put(self, pending: Pending) -> None:
+    def put(self, pending: Pending | PackPending) -> None:
         with self._cond:
             self._queue.append(pending)
             if self._signalled:
@@ -186,11 +199,11 @@ class Replica:
     # --- create, take over, delete (event loop) -------------------------------------------------------
 
     async def create(self, served: ServedModel, ttl_seconds: float, owner: str,
-                     state: dict[str, np.ndarray] | None = None, steps: int = 0) -> SessionRecord:
+                     state: dict[str, np.ndarray] | None = None, steps: int = 0, group: str = "") -> SessionRecord:
         """A new session written to the store only: whichever replica its calls hash to takes it over. The limits
         (--max-sessions, --max-sessions-per-owner) are counted in the store, across the cluster."""
         model, digest = served.spec.name, served.spec.checkpoint_sha256
-        session = SessionRecord(new_session_id(), model, owner, self.registry.ttl_for(ttl_seconds), time.time(),
+        session = SessionRecord(new_session_id(group), model, owner, self.registry.ttl_for(ttl_seconds), time.time(),
                                 self.registry.clock(), steps=steps, checkpoint_sha256=digest)
         tensors = served.batcher.engine.initial_state if state is None else state
         blob = state_blob(session.id, model, owner, session.ttl_s, session.created_wall, steps, digest, tensors)
@@ -382,11 +395,14 @@ class Replica:
         held.uncommitted = 0
         return item
 
-    def _committed(self, batch: list[Pending], results: list[Any]) -> None:
+    def _committed(self, batch: list[Pending | PackPending], results: list[Any]) -> None:
         """On the commit thread: answer (or fail) each request, drop sessions whose commit failed."""
         now = time.perf_counter()
         for pending, result in zip(batch, results, strict=True):
             reason, detail = (_failure(result), str(result)) if isinstance(result, Exception) else result
+            if isinstance(pending, PackPending):
+                self._pack_committed(pending, reason, detail, now)
+                continue
             self._metrics.commits.labels(reason).inc()
             item = pending.item
             if reason == "ok":
@@ -419,6 +435,138 @@ class Replica:
         """Expired here or deleted: this replica no longer holds it (the store keeps its own TTL)."""
         self._held.pop(session, None)
 
+    # --- packed messages (StreamPackedSteps) -----------------------------------------------------------
+    # A message's sessions share one placement group, which the proxy places on one replica (ntm_serve/api/headers.py).
+    # Here every entry is taken over like a per-session step, the message runs as one PackJob, and its commits go to
+    # the store as one script (PackCommit): the store holds all of the message or none of it.
+
+    async def prepare_pack(self, request: ntm_pb2.PackedStepRequest, owner: str) -> PackOutcome | None:
+        """Before a packed message: one group, every session held here (taken over if need be; a copy that stands
+        elsewhere than its entry expects is refreshed from the store once). Returns the recorded answer when the
+        message is a retry of the one its sessions last committed."""
+        ids = [entry.session_id for entry in request.entries]
+        expect = [entry.expect_steps if entry.HasField("expect_steps") else None for entry in request.entries]
+        _check_group(ids)
+        sessions = await self._hold_all(ids, owner)
+        off = [e for e, (s, x) in enumerate(zip(sessions, expect, strict=True))
+               if x is not None and s.inflight == 0 and s.steps != x]
+        if not off:
+            return None
+        replay = self._pack_replay(sessions, request, expect)
+        if replay is not None:
+            return replay
+        for e in off:
+            self._drop(sessions[e], "stale")
+        return self._pack_replay(await self._hold_all(ids, owner), request, expect)
+
+    async def _hold_all(self, ids: list[str], owner: str) -> list[SessionRecord]:
+        """Every entry's session held here, taken over together; a PackError naming the entries that could not be."""
+        found = self.registry.find_many(ids, owner)
+        missing = [e for e, s in enumerate(found) if not isinstance(s, SessionRecord) or s not in self._held]
+        if missing:
+            taken = await asyncio.gather(*(self.ensure_local(ids[e], owner) for e in missing), return_exceptions=True)
+            refused: dict[int, ServiceError] = {}
+            for e, outcome in zip(missing, taken, strict=True):
+                if isinstance(outcome, ServiceError):
+                    refused[e] = outcome
+                elif isinstance(outcome, BaseException):
+                    raise outcome
+                else:
+                    found[e] = outcome
+            if refused:
+                raise PackError(refused, len(ids))
+        return [s for s in found if isinstance(s, SessionRecord)]
+
+    def _pack_replay(self, sessions: list[SessionRecord], request: ntm_pb2.PackedStepRequest,
+                     expect: list[int | None]) -> PackOutcome | None:
+        """The recorded answer of `request` when every entry's last committed request is this message."""
+        shape = request.inputs.shape
+        if not request.request_id or len(shape) != 3 or shape[0] != len(sessions):
+            return None
+        t = shape[1]
+        outputs = []
+        for session, x in zip(sessions, expect, strict=True):
+            held = self._held.get(session)
+            if (held is None or x is None or held.last_rid != request.request_id or held.last_t != t
+                    or session.steps != held.committed or x + t != session.steps):
+                return None
+            outputs.append(np.frombuffer(held.last_out, OUT_DTYPE).reshape(t, -1))
+        self._metrics.replays.inc()
+        return PackOutcome(np.stack(outputs).astype(np.float32), [s.steps for s in sessions], None, None)
+
+    def committing_pack(self, make: MakePack, request_id: str) -> MakePack:
+        """Wrap a packed job so that its answer leaves once the store has every entry's commit (whatever
+        --commit-every says: the store never holds half a message)."""
+
+        def make_committed(sessions: tuple[SessionRecord, ...], done: Done) -> Job:
+            return make(sessions, self._after_pack(sessions, request_id, done))  # type: ignore[no-any-return]
+
+        return make_committed
+
+    def _after_pack(self, sessions: tuple[SessionRecord, ...], request_id: str, done: Done) -> Done:
+        def finished(result: Any) -> None:  # on the batcher thread, right after the message's last step
+            if not isinstance(result, PackOutcome):
+                done(result)  # refused or failed: nothing changed
+                return
+            helds = [self._held.get(s) for s in sessions]
+            if any(h is None for h in helds):  # an entry was dropped meanwhile: so are the others' new rows
+                for session in sessions:
+                    self._drop(session, "stale")
+                done(aborted("a session of this packed message was dropped by this replica (taken over elsewhere, "
+                             "or its commit failed); nothing was applied: retry with expect_steps"))
+                return
+            try:
+                item = self._pack_commit(sessions, helds, request_id, result)  # type: ignore[arg-type]
+            except Exception as err:  # e.g. its version force-unloaded: nothing committed, so nothing answered
+                log.exception("packed message of %d sessions not committed", len(sessions))
+                for session in sessions:
+                    self._drop(session, "unreachable")
+                done(unavailable(f"packed message not committed: {err}; retry with expect_steps"))
+                return
+            self.committer.put(PackPending(sessions, tuple(helds), item, (done, result)))  # type: ignore[arg-type]
+
+        return finished
+
+    def _pack_commit(self, sessions: tuple[SessionRecord, ...], helds: list[Held], request_id: str,
+                     result: PackOutcome) -> PackCommit:
+        """On the batcher thread: every entry's row is its state after the message (read in one pass)."""
+        served = self.models.get_key(sessions[0].key)
+        if served is None:
+            raise RuntimeError(f"session {sessions[0].id}: its model version was unloaded")
+        states = served.batcher.engine.peek_rows([s.slot for s in sessions])  # name -> (E, ...)
+        t = result.outputs.shape[1]
+        items = []
+        for e, (session, held) in enumerate(zip(sessions, helds, strict=True)):
+            steps = result.steps[e]
+            blob = state_blob(session.id, session.model, session.owner, session.ttl_s, session.created_wall, steps,
+                              session.checkpoint_sha256, {name: rows[e] for name, rows in states.items()})
+            out = np.ascontiguousarray(result.outputs[e], OUT_DTYPE).tobytes()
+            items.append(CommitItem(session.id, held.epoch, held.queued_to, steps, blob, request_id, t, out,
+                                    session.ttl_s))
+            held.queued_to = steps
+            held.uncommitted = 0
+        return PackCommit(tuple(items))
+
+    def _pack_committed(self, pending: PackPending, reason: str, detail: str, now: float) -> None:
+        """On the commit thread: answer the message, or refuse it and drop every one of its sessions."""
+        self._metrics.commits.labels(reason).inc(len(pending.sessions))
+        done, outcome = pending.respond
+        if reason == "ok":
+            for held, item in zip(pending.helds, pending.item.items, strict=True):
+                held.committed, held.last_rid, held.last_t, held.last_out = item.to_steps, item.rid, item.t, item.out
+            self._metrics.commit_seconds.observe(now - pending.queued)
+            done(outcome)
+            return
+        for session in pending.sessions:
+            self._drop(session, reason)
+        if reason not in ("fenced", "steps", "missing"):  # store unreachable, or the write not confirmed
+            done(unavailable(f"session store unreachable, packed message not committed: retry with expect_steps "
+                             f"({detail})"))
+            return
+        entry, _, why = detail.partition(":")
+        e = int(entry)
+        done(PackError({e: _commit_error(pending.item.items[e], reason, why)}, len(pending.sessions)))
+
     # --- drain ----------------------------------------------------------------------------------------
 
     def flush(self) -> int:
@@ -440,6 +588,24 @@ def _check_id(session_id: str) -> None:
         raise invalid("session_id is required")
     if len(session_id) > MAX_ID_CHARS:
         raise invalid(f"session_id has {len(session_id)} characters, more than {MAX_ID_CHARS}: not one of ours")
+
+
+def _check_group(ids: list[str]) -> None:
+    """A packed message's sessions share one placement group (the proxy places a group on one replica): else a
+    PackError (INVALID_ARGUMENT) naming every entry outside the first entry's group."""
+    groups = [group_of(sid) for sid in ids]
+    first = next((e for e, g in enumerate(groups) if g), None)
+    refused: dict[int, ServiceError] = {}
+    for e, (sid, group) in enumerate(zip(ids, groups, strict=True)):
+        if not group:
+            refused[e] = invalid(f"session {sid} has no group: a replica serves a packed message only when all its "
+                                 "sessions share one group (create them with group=...), which the proxy places on "
+                                 "one replica")
+        elif first is not None and group != groups[first]:
+            refused[e] = invalid(f"session {sid} is in group {group!r}, entry {first}'s in {groups[first]!r}: a "
+                                 "packed message steps sessions of one group")
+    if refused:
+        raise PackError(refused, len(ids))
 
 
 def _limit_error(err: StoreLimit, max_sessions: int, max_per_owner: int) -> ServiceError:

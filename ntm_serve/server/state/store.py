@@ -18,7 +18,8 @@ across the cluster: `<prefix>live` and `<prefix>owned:<owner>` hold the ids of t
 every replica gives an owner the same answer. Every write is a Lua script, atomic in the store: `create` (only if
 new, and within the limits), `claim` (a takeover: check owner and weights, raise
 the epoch, return the record), `commit` (compare-and-set on epoch and steps; idempotent, so a commit retried
-after a lost reply is recognised), `delete`.
+after a lost reply is recognised), the commits of a packed message's entries (all checked, then all written, or
+none), `delete`.
 
 A replicated store (`redis+sentinel://...`, ntm_serve/server/state/store_url.py): the client asks the Sentinels for
 the primary and follows a failover by itself. With `min_replicas` M > 0 every write (create, claim, commit, delete)
@@ -142,6 +143,32 @@ redis.call('PEXPIRE', KEYS[1], ARGV[8])
 return {'ok'}
 """
 
+# A packed message's commits, all or none (a message is applied whole or not at all, in the store too). KEYS: its
+# E sessions; ARGV: _COMMIT's eight per entry, entry after entry. Every entry is checked as _COMMIT checks it before
+# any is written. {'ok'} | {reason, detail, entry (from 0)}: the first entry that refused, nothing written.
+_COMMIT_PACK = """
+local todo = {}
+for i = 1, #KEYS do
+  local a = (i - 1) * 8
+  local h = redis.call('HMGET', KEYS[i], 'epoch', 'steps')
+  if not h[1] then return {'missing', '', i - 1} end
+  if h[1] ~= ARGV[a + 1] then return {'fenced', h[1], i - 1} end
+  if h[2] ~= ARGV[a + 3] then
+    if h[2] ~= ARGV[a + 2] then return {'steps', h[2], i - 1} end
+    todo[i] = true
+  end
+end
+for i = 1, #KEYS do
+  local a = (i - 1) * 8
+  if todo[i] then
+    redis.call('HSET', KEYS[i], 'steps', ARGV[a + 3], 'state', ARGV[a + 4], 'rid', ARGV[a + 5], 't', ARGV[a + 6],
+               'out', ARGV[a + 7])
+  end
+  redis.call('PEXPIRE', KEYS[i], ARGV[a + 8])
+end
+return {'ok'}
+"""
+
 # KEYS[1] session, KEYS[2] tombstone, KEYS[3] every live session, KEYS[4] the owner's. ARGV: owner, tombstone
 # seconds, id. 'ok' | 'missing' | 'owner'
 _DELETE = """
@@ -211,6 +238,17 @@ class CommitItem:
     t: int
     out: bytes  # float32 outputs of the committed request
     ttl_s: float
+
+
+@dataclass(frozen=True)
+class PackCommit:
+    """The commits of one packed message's entries: written all together or not at all (_COMMIT_PACK)."""
+
+    items: tuple[CommitItem, ...]
+
+
+def _commit_args(c: CommitItem) -> tuple[Any, ...]:
+    return c.epoch, c.from_steps, c.to_steps, c.state_blob, c.rid, c.t, c.out, int(c.ttl_s * 1000)
 
 
 def state_blob(session_id: str, model: str, owner: str, ttl_s: float, created_wall: float, steps: int,
@@ -385,15 +423,19 @@ class SessionStore:
         return _text(await self._write(_DELETE, 4, self.key(session_id), self.gone_key(session_id), self.live_key(),
                                        self.owned_key(owner), owner, TOMBSTONE_S, session_id))
 
-    def commit_many(self, items: list[CommitItem]) -> list[tuple[str, str] | Exception]:
+    def commit_many(self, items: list[CommitItem | PackCommit]) -> list[tuple[str, str] | Exception]:
         """Commit a batch in one pipeline (one round trip): per item ("ok", "") or (reason, detail), or the
         exception when the store could not be reached or refused (the outcome is then unknown; a retried commit
-        of the same item is recognised as already applied). With min_replicas the pipeline ends with one WAIT:
-        an "ok" counts only when that many replicas have every commit of the batch, else it is StoreUnavailable."""
+        of the same item is recognised as already applied). A PackCommit is one item, all its entries or none; its
+        refusal's detail is "<entry>:<detail>". With min_replicas the pipeline ends with one WAIT: an "ok" counts
+        only when that many replicas have every commit of the batch, else it is StoreUnavailable."""
         pipe = self.sync.pipeline(transaction=False)
         for c in items:
-            pipe.eval(_COMMIT, 1, self.key(c.session_id), c.epoch, c.from_steps, c.to_steps, c.state_blob, c.rid,
-                      c.t, c.out, int(c.ttl_s * 1000))
+            if isinstance(c, PackCommit):
+                pipe.eval(_COMMIT_PACK, len(c.items), *(self.key(i.session_id) for i in c.items),
+                          *(arg for i in c.items for arg in _commit_args(i)))
+            else:
+                pipe.eval(_COMMIT, 1, self.key(c.session_id), *_commit_args(c))
         if self.min_replicas:
             pipe.execute_command("WAIT", self.min_replicas, self.wait_ms)
         try:
@@ -411,6 +453,8 @@ class SessionStore:
                 results.append(_refusal(reply))
             elif short is not None and _text(reply[0]) == "ok":
                 results.append(short)
+            elif len(reply) > 2:  # a PackCommit refused by one of its entries
+                results.append((_text(reply[0]), f"{int(reply[2])}:{_text(reply[1])}"))
             else:
                 results.append((_text(reply[0]), _text(reply[1]) if len(reply) > 1 else ""))
         if any(isinstance(r, StoreUnavailable) for r in results):

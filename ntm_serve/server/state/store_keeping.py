@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 
-from ntm_serve.api.errors import ServiceError
+from ntm_serve.api.errors import PackError, ServiceError
 from ntm_serve.server.state.keeping import LoopJobs, SessionKeeping
 from ntm_serve.server.state.replica import Replica
 
@@ -20,10 +20,10 @@ if TYPE_CHECKING:
 
     from ntm_serve.api.proto_gen.ntm.v1 import ntm_pb2
     from ntm_serve.server.config import ServiceConfig
-    from ntm_serve.server.jobs import StepOutcome
+    from ntm_serve.server.jobs import PackOutcome, StepOutcome
     from ntm_serve.server.metrics import Metrics
     from ntm_serve.server.registry import Key, ModelSet, ServedModel
-    from ntm_serve.server.sessions import MakeJob, SessionRecord
+    from ntm_serve.server.sessions import MakeJob, MakePack, SessionRecord
     from ntm_serve.server.state.store import SessionStore
 
 log = logging.getLogger(__name__)
@@ -54,8 +54,8 @@ class StoreKeeping(SessionKeeping):
     # --- the RPC handlers' calls ----------------------------------------------------------------------
 
     async def create(self, model: ServedModel, ttl_seconds: float, owner: str,
-                     state: dict[str, np.ndarray] | None = None, steps: int = 0) -> SessionRecord:
-        return await self.replica.create(model, ttl_seconds, owner, state, steps)
+                     state: dict[str, np.ndarray] | None = None, steps: int = 0, group: str = "") -> SessionRecord:
+        return await self.replica.create(model, ttl_seconds, owner, state, steps, group)
 
     async def ensure_local(self, session_id: str, owner: str) -> None:
         await self.replica.ensure_local(session_id, owner, verify=True)  # a read never answers from a stale copy
@@ -73,9 +73,21 @@ class StoreKeeping(SessionKeeping):
     async def delete(self, session_id: str, owner: str) -> None:
         await self.replica.delete(session_id, owner)
 
-    def check_packed(self) -> None:
-        raise ServiceError(grpc.StatusCode.UNIMPLEMENTED, "StreamPackedSteps is not served in replica mode "
-                           "(--store-url): a message's sessions may live on different replicas; use StreamSteps")
+    async def prepare_pack(self, request: ntm_pb2.PackedStepRequest, owner: str) -> PackOutcome | None:
+        """One group's sessions (INVALID_ARGUMENT naming the others), each taken over here; or the recorded answer."""
+        return await self.replica.prepare_pack(request, owner)
+
+    def committing_pack(self, make: MakePack, request_id: str) -> MakePack:
+        return self.replica.committing_pack(make, request_id)
+
+    def moved_pack(self, err: ServiceError) -> ServiceError | None:
+        """Entries whose session was dropped between its take-over and now: the client retries with expect_steps."""
+        if not isinstance(err, PackError) or not any(e.code == grpc.StatusCode.NOT_FOUND for e in err.entries.values()):
+            return None
+        return PackError({e: ServiceError(grpc.StatusCode.ABORTED, f"{why.message}: dropped by this replica (taken "
+                                          "over elsewhere, or its commit failed); retry with expect_steps")
+                          if why.code == grpc.StatusCode.NOT_FOUND else why for e, why in err.entries.items()},
+                         err.count)
 
     # --- the server's calls ---------------------------------------------------------------------------
 

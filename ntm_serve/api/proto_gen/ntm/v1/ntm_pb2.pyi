@@ -81,17 +81,19 @@ class StateSpec(_message.Message):
     def __init__(self, name: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class CreateSessionRequest(_message.Message):
-    __slots__ = ("model", "ttl_seconds", "version")
+    __slots__ = ("model", "ttl_seconds", "version", "group")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
+    GROUP_FIELD_NUMBER: _ClassVar[int]
     model: str
     ttl_seconds: float
     version: int
-    def __init__(self, model: _Optional[str] = ..., ttl_seconds: _Optional[float] = ..., version: _Optional[int] = ...) -> None: ...
+    group: str
+    def __init__(self, model: _Optional[str] = ..., ttl_seconds: _Optional[float] = ..., version: _Optional[int] = ..., group: _Optional[str] = ...) -> None: ...
 
 class Session(_message.Message):
-    __slots__ = ("session_id", "model", "steps", "expires_at", "state", "created_at", "ttl_seconds", "version", "checkpoint_sha256")
+    __slots__ = ("session_id", "model", "steps", "expires_at", "state", "created_at", "ttl_seconds", "version", "checkpoint_sha256", "group")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     STEPS_FIELD_NUMBER: _ClassVar[int]
@@ -101,6 +103,7 @@ class Session(_message.Message):
     TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_SHA256_FIELD_NUMBER: _ClassVar[int]
+    GROUP_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     model: str
     steps: int
@@ -110,7 +113,8 @@ class Session(_message.Message):
     ttl_seconds: float
     version: int
     checkpoint_sha256: str
-    def __init__(self, session_id: _Optional[str] = ..., model: _Optional[str] = ..., steps: _Optional[int] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., state: _Optional[_Union[SessionState, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ttl_seconds: _Optional[float] = ..., version: _Optional[int] = ..., checkpoint_sha256: _Optional[str] = ...) -> None: ...
+    group: str
+    def __init__(self, session_id: _Optional[str] = ..., model: _Optional[str] = ..., steps: _Optional[int] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., state: _Optional[_Union[SessionState, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ttl_seconds: _Optional[float] = ..., version: _Optional[int] = ..., checkpoint_sha256: _Optional[str] = ..., group: _Optional[str] = ...) -> None: ...
 
 class GetSessionRequest(_message.Message):
     __slots__ = ("session_id", "include_state")
@@ -232,12 +236,14 @@ class SessionState(_message.Message):
     def __init__(self, model: _Optional[str] = ..., steps: _Optional[int] = ..., tensors: _Optional[_Mapping[str, Tensor]] = ..., checkpoint_sha256: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
 
 class ImportSessionRequest(_message.Message):
-    __slots__ = ("state", "ttl_seconds")
+    __slots__ = ("state", "ttl_seconds", "group")
     STATE_FIELD_NUMBER: _ClassVar[int]
     TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    GROUP_FIELD_NUMBER: _ClassVar[int]
     state: SessionState
     ttl_seconds: float
-    def __init__(self, state: _Optional[_Union[SessionState, _Mapping]] = ..., ttl_seconds: _Optional[float] = ...) -> None: ...
+    group: str
+    def __init__(self, state: _Optional[_Union[SessionState, _Mapping]] = ..., ttl_seconds: _Optional[float] = ..., group: _Optional[str] = ...) -> None: ...
 
 class WatchSessionRequest(_message.Message):
     __slots__ = ("session_id", "every", "heads_only")
