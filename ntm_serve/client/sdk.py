@@ -277,10 +277,11 @@ class NTMClient:
     `tls_key` present a client certificate (mutual TLS); `tls_server_name` overrides the name checked in the
     server's certificate. `token` is sent as `authorization: Bearer <token>` on every call.
 
-    Session-scoped calls carry the `x-ntm-session` header (a cluster's proxy routes on it). `retry` is the
-    policy for steps given `expect_steps` (`step`, and `step_packed` with it on every entry) and for
-    `stream_session(..., start_steps=...)`: UNAVAILABLE, ABORTED and CANCELLED are retried (streams also resume
-    after a break), never without `expect_steps`; `stats` counts what happened."""
+    Session-scoped calls carry the `x-ntm-session` header, and `x-ntm-group` for a session in a placement group
+    (a cluster's proxy routes on them: ntm_serve/api/headers.py). `retry` is the policy for steps given
+    `expect_steps` (`step`, and `step_packed` with it on every entry) and for `stream_session(..., start_steps=...)`
+    and `stream_packed_sessions`: UNAVAILABLE, ABORTED and CANCELLED are retried (streams also resume after a
+    break), never without `expect_steps`; `stats` counts what happened."""
 
     def __init__(self, target: str = "localhost:50051", *, token: str | None = None, timeout: float | None = None,
                  max_message_bytes: int = 4 * 1024 * 1024, channel: grpc.Channel | None = None,
