@@ -8,12 +8,16 @@ from pathlib import Path
 import onnx
 
 from ntm_serve.contract import (
+    BATCH_DIM,
     GRAPH_FILES,
+    INITIAL_STATE_INPUTS,
     INITIAL_STATE_OUTPUTS,
+    ROWS_DIM,
     SEQUENCE_INPUTS,
     SEQUENCE_OUTPUTS,
     STEP_INPUTS,
     STEP_OUTPUTS,
+    TIME_DIM,
     next_name,
 )
 from ntm_serve.export.graphs import initial_state_graph, sequence_graph, step_graph
@@ -26,27 +30,31 @@ log = logging.getLogger(__name__)
 def build_graphs(ckpt: Checkpoint) -> dict[str, onnx.ModelProto]:
     """The step, sequence and initial_state graphs of one checkpoint, metadata set, validated."""
     config = ckpt.model.config
-    state = state_shapes(config)
     step = step_graph(ckpt.model, ckpt.output_activation)
     sequence = sequence_graph(step)
     initial = initial_state_graph(ckpt.model, step)
 
     c = config
+    resizable = c.rows_range[0] < c.rows_range[1]
+    rows = ROWS_DIM if resizable else c.memory_rows  # the initial state's N; the step and sequence graphs': ROWS_DIM
+    state = state_shapes(config, ROWS_DIM)
     io_shapes: dict[str, Shape] = {
-        "input": ["B", c.input_size],
-        "output": ["B", c.output_size],
-        "inputs": ["T", "B", c.input_size],
-        "outputs": ["T", "B", c.output_size],
-        "read_attention": ["T", "B", c.read_heads, c.memory_rows],
-        "write_attention": ["T", "B", c.write_heads, c.memory_rows],
+        "input": [BATCH_DIM, c.input_size],
+        "output": [BATCH_DIM, c.output_size],
+        "inputs": [TIME_DIM, BATCH_DIM, c.input_size],
+        "outputs": [TIME_DIM, BATCH_DIM, c.output_size],
+        "read_attention": [TIME_DIM, BATCH_DIM, c.read_heads, ROWS_DIM],
+        "write_attention": [TIME_DIM, BATCH_DIM, c.write_heads, ROWS_DIM],
         **state,
         **{next_name(name): shape for name, shape in state.items()},
     }
-    initial_shapes = {name: [1, *shape[1:]] for name, shape in state.items()}
+    initial_shapes: dict[str, Shape] = {name: [1, *shape[1:]] for name, shape in state_shapes(config, rows).items()}
+    initial_inputs = INITIAL_STATE_INPUTS if resizable else ()
+    initial_shapes.update({name: [] for name in initial_inputs})  # N, a scalar
     specs = {
         "step": (STEP_INPUTS, STEP_OUTPUTS, io_shapes),
         "sequence": (SEQUENCE_INPUTS, SEQUENCE_OUTPUTS, io_shapes),
-        "initial_state": ((), INITIAL_STATE_OUTPUTS, initial_shapes),
+        "initial_state": (initial_inputs, INITIAL_STATE_OUTPUTS, initial_shapes),
     }
     graphs = {"step": step, "sequence": sequence, "initial_state": initial}
     for name, graph in graphs.items():

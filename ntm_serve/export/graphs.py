@@ -3,6 +3,7 @@ the step graph) and initial_state (constants). Names and order follow docs/onnx-
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
 import torch
 from onnx import TensorProto, helper, numpy_helper
@@ -11,7 +12,10 @@ from torch import Tensor, nn
 from ntm_serve.contract import (
     ATTENTION,
     ATTENTION_OF,
+    BATCH_DIM,
+    MEMORY_ROWS,
     NEXT_STATE,
+    ROWS_DIM,
     STATE_NAMES,
     STEP_INPUTS,
     STEP_OUTPUTS,
@@ -66,13 +70,24 @@ def example_state(model: NTM, batch: int) -> NTMState:
         return model.initial_state(batch).owned()
 
 
-def step_graph(model: NTM, activation: str = "sigmoid", lean: bool = True) -> onnx.ModelProto:
-    """One time step; batch dynamic; no Loop/Scan (so it can be captured by CUDA graphs). `lean`: see torch_to_onnx."""
+# The axes of each step input that are dimensions of the graph, not constants: the batch, and the memory rows N.
+STEP_DYNAMIC: dict[str, dict[int, str]] = {
+    **{name: {0: BATCH_DIM} for name in STEP_INPUTS},
+    "memory": {0: BATCH_DIM, 1: ROWS_DIM},
+    "read_weights": {0: BATCH_DIM, 2: ROWS_DIM},
+    "write_weights": {0: BATCH_DIM, 2: ROWS_DIM},
+}
+
+
+def step_graph(model: NTM, activation: str = "sigmoid", lean: bool = True, without: tuple[str, ...] = ()
+               ) -> onnx.ModelProto:
+    """One time step; batch and memory rows dynamic; no Loop/Scan (so it can be captured by CUDA graphs). Traced at
+    the trained N: the graph computes the same at every N (`lean`, `without`: see torch_to_onnx)."""
     state = example_state(model, EXAMPLE_BATCH)
     x = torch.zeros(EXAMPLE_BATCH, model.config.input_size)
-    dynamic = [{0: "B"}] * len(STEP_INPUTS)
+    dynamic = [STEP_DYNAMIC[name] for name in STEP_INPUTS]
     return torch_to_onnx(StepModule(model, activation), (x, *state), STEP_INPUTS, STEP_OUTPUTS, dynamic, "ntm_step",
-                         lean)
+                         lean, without, minimums={ROWS_DIM: model.config.rows_range[0]})
 
 
 def sequence_graph(step: onnx.ModelProto) -> onnx.ModelProto:
@@ -126,16 +141,65 @@ def sequence_graph(step: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def initial_state_graph(model: NTM, like: onnx.ModelProto) -> onnx.ModelProto:
-    """No inputs; the six state tensors at batch 1 as Constant nodes (learned or constant, as trained)."""
+    """The six state tensors at batch 1 with N memory rows, N the graph's one input (`memory_rows`, an int64 scalar)
+    whose default, an initializer of the same name, is the trained N.
+
+    controller_h, controller_c and read_vectors are constants; the memory is the constant row broadcast to N rows
+    (Expand) and the weightings one-hot at row 0 (OneHot of depth N): at the trained N the same values as
+    `model.initial_state(1)`. A learned initial memory has its trained N only: then every tensor is a constant and
+    there is no input.
+    """
     state = example_state(model, 1)
-    nodes, outputs = [], []
+    c = model.config
+    resizable = c.rows_range[0] < c.rows_range[1]
+    nodes, outputs, inputs, initializers = [], [], [], []
     for name, tensor in zip(STATE_NAMES, state, strict=True):
         array = tensor.numpy()
+        if resizable and name in ("memory", "read_weights", "write_weights"):
+            continue
         nodes.append(helper.make_node("Constant", [], [name], name=f"const_{name}",
                                       value=numpy_helper.from_array(array, name=f"{name}_value")))
-        outputs.append(_value(name, list(array.shape)))
-    graph = helper.make_graph(nodes, "ntm_initial_state", [], outputs)
+    if resizable:
+        inputs.append(helper.make_tensor_value_info(MEMORY_ROWS, TensorProto.INT64, []))
+        initializers.append(numpy_helper.from_array(np.array(c.memory_rows, dtype=np.int64), MEMORY_ROWS))
+        nodes += _resizable_state_nodes(state.memory[:, :1].numpy(), c.read_heads, c.write_heads)
+    rows = ROWS_DIM if resizable else c.memory_rows
+    shapes = {"memory": [1, rows, c.memory_columns], "read_weights": [1, c.read_heads, rows],
+              "write_weights": [1, c.write_heads, rows]}
+    for name, tensor in zip(STATE_NAMES, state, strict=True):
+        outputs.append(_value(name, shapes.get(name, list(tensor.shape))))
+    order = {name: i for i, name in enumerate(STATE_NAMES)}  # outputs' producers in contract order, helpers first
+    nodes.sort(key=lambda n: order.get(n.output[0], -1))
+    graph = helper.make_graph(nodes, "ntm_initial_state", inputs, outputs, initializer=initializers)
     return _model(graph, like)
+
+
+def _resizable_state_nodes(row: np.ndarray, read_heads: int, write_heads: int) -> list[onnx.NodeProto]:
+    """memory = Expand(row, [1, N, columns]); read/write_weights = OneHot(zeros (1, heads), N, [0, 1]).
+    row (1, 1, columns): the initial memory's constant row."""
+
+    def const(name: str, value: np.ndarray) -> onnx.NodeProto:
+        return helper.make_node("Constant", [], [name], name=f"const_{name}",
+                                value=numpy_helper.from_array(value, name=f"{name}_value"))
+
+    columns = row.shape[-1]
+    return [
+        const("memory_row", row.astype(np.float32)),
+        const("memory_shape_head", np.array([1], dtype=np.int64)),
+        const("memory_shape_tail", np.array([columns], dtype=np.int64)),
+        const("rows_axis", np.array([0], dtype=np.int64)),
+        helper.make_node("Unsqueeze", [MEMORY_ROWS, "rows_axis"], ["rows_as_list"], name="rows_as_list"),
+        helper.make_node("Concat", ["memory_shape_head", "rows_as_list", "memory_shape_tail"], ["memory_shape"],
+                         name="memory_shape", axis=0),
+        helper.make_node("Expand", ["memory_row", "memory_shape"], ["memory"], name="expand_memory"),
+        const("off_on", np.array([0.0, 1.0], dtype=np.float32)),
+        const("read_heads_at_row_0", np.zeros((1, read_heads), dtype=np.int64)),
+        const("write_heads_at_row_0", np.zeros((1, write_heads), dtype=np.int64)),
+        helper.make_node("OneHot", ["read_heads_at_row_0", MEMORY_ROWS, "off_on"], ["read_weights"],
+                         name="one_hot_read_weights", axis=-1),
+        helper.make_node("OneHot", ["write_heads_at_row_0", MEMORY_ROWS, "off_on"], ["write_weights"],
+                         name="one_hot_write_weights", axis=-1),
+    ]
 
 
 def _model(graph: onnx.GraphProto, like: onnx.ModelProto) -> onnx.ModelProto:

@@ -8,12 +8,15 @@ from typing import Any
 import onnx
 
 from ntm_serve.contract import (
+    BATCH_DIM,
     JSON_KEYS,
     META_CHECKPOINT,
     META_CONFIG,
     META_ENCODING,
     META_GRAPH,
     META_INPUTS,
+    META_MEMORY_ROWS_MAX,
+    META_MEMORY_ROWS_MIN,
     META_OUTPUT_ACTIVATION,
     META_OUTPUTS,
     META_STATE,
@@ -23,19 +26,21 @@ from ntm_serve.contract import (
 )
 from ntm_serve.training.config import NTMConfig
 
-Shape = list[int | str]  # "B" (batch) and "T" (time) are the symbolic dimensions
+Shape = list[int | str]  # "B" (batch), "T" (time) and "N" (memory rows) are the symbolic dimensions
 
 
-def state_shapes(config: NTMConfig) -> dict[str, Shape]:
-    """Name -> shape of every state tensor, batch first, in STATE_NAMES order."""
+def state_shapes(config: NTMConfig, rows: int | str | None = None) -> dict[str, Shape]:
+    """Name -> shape of every state tensor, batch first, in STATE_NAMES order, with `rows` memory rows (None: the
+    trained N; ROWS_DIM: the graphs' symbolic N)."""
     c = config
+    n = c.memory_rows if rows is None else rows
     shapes: dict[str, Shape] = {
-        "controller_h": ["B", c.controller_size],
-        "controller_c": ["B", c.controller_size],
-        "read_vectors": ["B", c.read_heads, c.memory_width],
-        "memory": ["B", c.memory_rows, c.memory_columns],  # LRU heads: + 1 usage column
-        "read_weights": ["B", c.read_heads, c.memory_rows],
-        "write_weights": ["B", c.write_heads, c.memory_rows],
+        "controller_h": [BATCH_DIM, c.controller_size],
+        "controller_c": [BATCH_DIM, c.controller_size],
+        "read_vectors": [BATCH_DIM, c.read_heads, c.memory_width],
+        "memory": [BATCH_DIM, n, c.memory_columns],  # LRU heads: + 1 usage column
+        "read_weights": [BATCH_DIM, c.read_heads, n],
+        "write_weights": [BATCH_DIM, c.write_heads, n],
     }
     assert tuple(shapes) == STATE_NAMES
     return shapes
@@ -57,7 +62,9 @@ def graph_metadata(
     task_metadata: dict[str, Any] | None = None,
 ) -> dict[str, str]:
     """All contract keys, JSON with sorted keys so the bytes are stable. The optional keys appear only when they
-    differ from the default (sigmoid outputs, no task metadata), so the bit tasks' graphs keep their bytes."""
+    differ from the default (sigmoid outputs, no task metadata), so the bit tasks' graphs keep their bytes.
+    `ntm.state` is the state at the trained N (what initial_state.onnx gives when N is not fed); the graphs' own
+    inputs and outputs (`inputs`, `outputs`) carry the symbolic N, and the range is `config.rows_range`."""
     optional = {}
     if output_activation != "sigmoid":
         optional[META_OUTPUT_ACTIVATION] = output_activation
@@ -72,6 +79,8 @@ def graph_metadata(
         META_OUTPUTS: _spec(outputs),
         META_ENCODING: encoding,
         META_CHECKPOINT: checkpoint_sha256,
+        META_MEMORY_ROWS_MIN: str(config.rows_range[0]),
+        META_MEMORY_ROWS_MAX: str(config.rows_range[1]),
         **optional,
     }
 

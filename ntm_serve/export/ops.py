@@ -47,12 +47,14 @@ class _Controller(nn.Module):
 
 @dataclass(frozen=True)
 class OpSpec:
-    """One addressing/memory function: its inputs (name -> symbolic shape) and its single output."""
+    """One addressing/memory function: its inputs (name -> symbolic shape) and its single output. `static`: sizes
+    the function unrolls over (the shift's S rolled copies), so each value has a graph of its own."""
 
     name: str
     fn: Callable[..., Tensor]
     inputs: dict[str, tuple[str, ...]]
     output: str = "out"
+    static: tuple[str, ...] = ()
 
     @property
     def onnx_inputs(self) -> list[str]:
@@ -77,11 +79,11 @@ PURE_OPS: dict[str, OpSpec] = {
         OpSpec("interpolate", addressing.interpolate,
                {"content": ("B", "H", "N"), "previous": ("B", "H", "N"), "gate": ("B", "H")}),
         OpSpec("shift", addressing.shift,
-               {"weights": ("B", "H", "N"), "shift": ("B", "H", "S"), "shift_index": ("N", "S")}),
+               {"weights": ("B", "H", "N"), "shift": ("B", "H", "S")}, static=("S",)),
         OpSpec("sharpen", addressing.sharpen, {"weights": ("B", "H", "N"), "gamma": ("B", "H")}),
         OpSpec("address", addressing.address,
                {"memory": ("B", "N", "M"), "previous": ("B", "H", "N"), "key": ("B", "H", "M"), "beta": ("B", "H"),
-                "gate": ("B", "H"), "shift_weights": ("B", "H", "S"), "gamma": ("B", "H"), "shift_index": ("N", "S")}),
+                "gate": ("B", "H"), "shift_weights": ("B", "H", "S"), "gamma": ("B", "H")}, static=("S",)),
         OpSpec("read", memory.read, {"memory": ("B", "N", "M"), "weights": ("B", "H", "N")}),
         OpSpec("write", memory.write,
                {"memory": ("B", "N", "M"), "weights": ("B", "H", "N"), "erase": ("B", "H", "M"),
@@ -93,12 +95,19 @@ PURE_OPS: dict[str, OpSpec] = {
 _TRACE_SIZES = {"B": 4, "H": 2, "N": 11, "M": 6, "S": 3}
 
 
-def export_pure_op(spec: OpSpec) -> onnx.ModelProto:
-    """The op's graph with every axis dynamic."""
-    arrays = random_inputs(spec, np.random.default_rng(0), _TRACE_SIZES)
+def export_pure_op(spec: OpSpec, static: dict[str, int] | None = None) -> onnx.ModelProto:
+    """The op's graph with every axis dynamic but the op's `static` sizes, which take the values given (default the
+    trace sizes'): the shift's S."""
+    fixed = {k: v for k, v in (static or {}).items() if k in spec.static}
+    sizes = {**_TRACE_SIZES, **fixed}
+    sizes["N"] = max(sizes["N"], sizes["S"] + 2)  # N is traced apart from S
+    arrays = random_inputs(spec, np.random.default_rng(0), sizes)
     args = tuple(torch.from_numpy(arrays[name]) for name in spec.inputs)
-    dynamic = [dict(enumerate(shape)) for shape in spec.inputs.values()]
-    return torch_to_onnx(_Call(spec.fn), args, spec.onnx_inputs, [spec.output], dynamic, f"op_{spec.name}")
+    dynamic = [{axis: dim for axis, dim in enumerate(shape) if dim not in spec.static}
+               for shape in spec.inputs.values()]
+    minimums = {"N": max(2, sizes["S"] // 2)} if spec.static else None  # the shift's rolls need N >= S // 2
+    return torch_to_onnx(_Call(spec.fn), args, spec.onnx_inputs, [spec.output], dynamic, f"op_{spec.name}",
+                         minimums=minimums)
 
 
 def export_controller(model: NTM) -> onnx.ModelProto:
@@ -126,9 +135,7 @@ def random_inputs(spec: OpSpec, rng: np.random.Generator, sizes: dict[str, int])
     out: Arrays = {}
     for name, dims in spec.inputs.items():
         shape = tuple(sizes[d] for d in dims)
-        if name == "shift_index":
-            out[name] = addressing.shift_index(sizes["N"], sizes["S"]).numpy()
-        elif name in ("content", "previous", "weights", "shift", "shift_weights"):
+        if name in ("content", "previous", "weights", "shift", "shift_weights"):
             out[name] = _softmax(rng.normal(0.0, 3.0, shape)).astype(np.float32)
         elif name in ("gate", "erase"):
             out[name] = rng.uniform(0.0, 1.0, shape).astype(np.float32)

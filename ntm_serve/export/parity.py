@@ -1,8 +1,8 @@
 """Parity of the ONNX graphs with torch: op by op, and whole models over long inputs.
 
-`python -m ntm_serve.export.parity FOLDER [--provider cpu|cuda] [--steps N]` checks the ONNX files in FOLDER
-against its checkpoint, prints one table row per op and per output/state tensor, and exits 1 past
-tolerance (2 when the provider or the files cannot be used).
+`python -m ntm_serve.export.parity FOLDER [--provider cpu|cuda] [--steps N] [--memory-rows N,...]` checks the ONNX
+files in FOLDER against its checkpoint, prints one table row per op and per output/state tensor (at the trained
+memory size, then at other sizes N), and exits 1 past tolerance (2 when the provider or the files cannot be used).
 """
 
 from __future__ import annotations
@@ -22,7 +22,15 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from ntm_serve.contract import ATTENTION, ATTENTION_OF, GRAPH_FILES, META_CHECKPOINT, STATE_NAMES, STEP_INPUTS
+from ntm_serve.contract import (
+    ATTENTION,
+    ATTENTION_OF,
+    GRAPH_FILES,
+    MEMORY_ROWS,
+    META_CHECKPOINT,
+    STATE_NAMES,
+    STEP_INPUTS,
+)
 from ntm_serve.export.compare import DRIFT_TOLERANCE, OP_TOLERANCE, Row, markdown, row
 from ntm_serve.export.graphs import probabilities
 from ntm_serve.export.metadata import read_metadata
@@ -34,6 +42,8 @@ from ntm_serve.training.model import NTM
 from ntm_serve.training.state import NTMState
 
 CHUNKS = (7, 13, 1)  # sequence calls cycle through these lengths in the chunked check
+OTHER_ROWS = (64, 512, 2048)  # memory sizes N checked besides the trained one (the graphs take N as a dimension)
+EPISODE_STEPS = 37  # whole-model steps at each of them: one task episode, as test_parity_model.py checks
 
 
 @dataclass
@@ -74,9 +84,10 @@ def long_inputs(task: str, input_size: int, steps: int, batch: int, seed: int = 
     return inputs[:steps].numpy().astype(np.float32)
 
 
-def onnx_initial_state(sess: ort.InferenceSession, batch: int) -> dict[str, np.ndarray]:
-    """The initial_state graph's batch-1 state, repeated to `batch` (what the service does)."""
-    state = sess.run(None, {})
+def onnx_initial_state(sess: ort.InferenceSession, batch: int, rows: int | None = None) -> dict[str, np.ndarray]:
+    """The initial_state graph's batch-1 state with `rows` memory rows (None: the graph's default, the trained N),
+    repeated to `batch` (what the service does)."""
+    state = sess.run(None, {} if rows is None else {MEMORY_ROWS: np.array(rows, dtype=np.int64)})
     return {name: np.repeat(value, batch, axis=0) for name, value in zip(STATE_NAMES, state, strict=True)}
 
 
@@ -123,8 +134,9 @@ def onnx_sequence_chunked(sess: ort.InferenceSession, inputs: np.ndarray, state:
 
 
 def model_rows(model: NTM, sess: Sessions, task: str, steps: int = 1000, batch: int = 2, seed: int = 0,
-               activation: str | None = None) -> list[Row]:
-    """Whole model over `steps` steps from the initial state: step graph looped and sequence graph vs torch.
+               activation: str | None = None, rows: int | None = None) -> list[Row]:
+    """Whole model over `steps` steps from the initial state with `rows` memory rows (None: the trained N, the
+    graph's default): step graph looped and sequence graph vs torch.
 
     The ONNX step loop feeds back its own state (so drift accumulates honestly). Rows: every output
     and state tensor (the step loop at every step, the sequence's final state and per-step attention),
@@ -134,20 +146,31 @@ def model_rows(model: NTM, sess: Sessions, task: str, steps: int = 1000, batch: 
     """
     inputs = long_inputs(task, model.config.input_size, steps, batch, seed)  # (T, B, I)
     activation = activation or tasks.get_task(task).output_activation  # the checkpoint's, when the caller has it
-    start = onnx_initial_state(sess.initial_state, batch)
-    rows = _initial_state_rows(model, start)
+    start = onnx_initial_state(sess.initial_state, batch, rows)
+    out = _initial_state_rows(model, start, rows)
     trace = _step_loop(model, sess.step, inputs, start, f"{steps} steps, B={batch}", activation)
-    rows += trace.rows()
+    out += trace.rows()
     seq, final = onnx_sequence(sess.sequence, inputs, start)
-    rows += _sequence_rows(trace, seq, final, steps)
-    rows += _chunked_rows(sess.sequence, inputs, start, seq, final)
-    return rows
+    out += _sequence_rows(trace, seq, final, steps)
+    out += _chunked_rows(sess.sequence, inputs, start, seq, final)
+    return out
 
 
-def _initial_state_rows(model: NTM, start: dict[str, np.ndarray]) -> list[Row]:
-    """initial_state.onnx holds exactly the model's initial state."""
+def rows_rows(model: NTM, sess: Sessions, task: str, memory_rows: Iterable[int], steps: int, batch: int = 2,
+              activation: str | None = None) -> list[Row]:
+    """`model_rows` at other memory sizes N (each check named "N=512: ..."): the same graphs, a dimension apart."""
+    out = []
+    for n in memory_rows:
+        for r in model_rows(model, sess, task, steps, batch, activation=activation, rows=n):
+            r.check = f"N={n}: {r.check}"
+            out.append(r)
+    return out
+
+
+def _initial_state_rows(model: NTM, start: dict[str, np.ndarray], rows: int | None = None) -> list[Row]:
+    """initial_state.onnx holds exactly the model's initial state (at N = `rows`)."""
     with torch.no_grad():
-        initial = {n: t.detach().numpy() for n, t in zip(STATE_NAMES, model.initial_state(1), strict=True)}
+        initial = {n: t.detach().numpy() for n, t in zip(STATE_NAMES, model.initial_state(1, rows), strict=True)}
     return [row(f"initial_state: {name}", start[name][:1], initial[name], 0.0) for name in STATE_NAMES]
 
 
@@ -239,10 +262,15 @@ def _decision_row(check: str, actual: np.ndarray, expected: np.ndarray, activati
 # ---------------------------------------------------------------------------------------- op parity
 
 
+def pure_op_graph(name: str, shift_range: int = 3) -> onnx.ModelProto:
+    """The op's graph, every axis dynamic but the shift's S (the shift and address ops have one graph per S):
+    exported once per process, shared by every shape and test."""
+    return _pure_op_graph(name, shift_range if "S" in PURE_OPS[name].static else 0)
+
+
 @functools.cache
-def pure_op_graph(name: str) -> onnx.ModelProto:
-    """The op's graph, every axis dynamic: exported once per process, shared by every shape and test."""
-    return export_pure_op(PURE_OPS[name])
+def _pure_op_graph(name: str, shift_range: int) -> onnx.ModelProto:
+    return export_pure_op(PURE_OPS[name], {"S": shift_range} if shift_range else None)
 
 
 def pure_op_row(spec: OpSpec, sess: ort.InferenceSession, sizes: dict[str, int], seed: int = 0) -> Row:
@@ -307,20 +335,24 @@ def step_row(model: NTM, step: ort.InferenceSession, seed: int = 0, warmup: int 
     return result
 
 
-def op_rows(model: NTM, step: ort.InferenceSession, provider: str, seed: int = 0, activation: str = "sigmoid"
-            ) -> list[Row]:
-    """Every op of the step at this model's sizes (N, M, S, R and W), then the controller and whole step."""
+def op_rows(model: NTM, step: ort.InferenceSession, provider: str, seed: int = 0, activation: str = "sigmoid",
+            memory_rows: Iterable[int] = ()) -> list[Row]:
+    """Every op of the step at this model's sizes (M, S, R and W; N the trained one and each of `memory_rows`),
+    then the controller and whole step."""
     c = model.config
     rows = []
+    sizes_n = sorted({c.memory_rows, *memory_rows})
     for name, spec in PURE_OPS.items():
-        sess = session(pure_op_graph(name), provider)
+        sess = session(pure_op_graph(name, c.shift_range), provider)
         heads = sorted({c.read_heads, c.write_heads})
         result = None
-        for h in heads:
-            sizes = {"H": h, "N": c.memory_rows, "M": c.memory_width, "S": c.shift_range}
+        for h, n in itertools.product(heads, sizes_n):
+            sizes = {"H": h, "N": n, "M": c.memory_width, "S": c.shift_range}
             r = pure_op_row(spec, sess, sizes, seed)
             result = r if result is None else result.merge(r)
         assert result is not None
+        if len(sizes_n) > 1 and result.passed:
+            result.note += f", N={','.join(map(str, sizes_n))}"
         rows.append(result)
     rows.append(controller_row(model, session(export_controller(model), provider), seed))
     rows.append(step_row(model, step, seed, activation=activation))
@@ -330,9 +362,10 @@ def op_rows(model: NTM, step: ort.InferenceSession, provider: str, seed: int = 0
 # -------------------------------------------------------------------------------------------- CLI
 
 
-def check_folder(folder: Path, provider: str, steps: int, batch: int, ops: bool = True
-                 ) -> tuple[list[Row], Checkpoint]:
-    """All parity rows for a shipped model folder (its ONNX files against its checkpoint)."""
+def check_folder(folder: Path, provider: str, steps: int, batch: int, ops: bool = True,
+                 memory_rows: Iterable[int] = (), episode_steps: int = EPISODE_STEPS) -> tuple[list[Row], Checkpoint]:
+    """All parity rows for a shipped model folder (its ONNX files against its checkpoint): at the trained N, then
+    at each of `memory_rows` within the model's range (the ops, and `episode_steps` steps of the whole model)."""
     ckpt = load_checkpoint(folder)
     paths = {name: folder / file for name, file in GRAPH_FILES.items()}
     missing = [str(p) for p in paths.values() if not p.is_file()]
@@ -344,8 +377,11 @@ def check_folder(folder: Path, provider: str, steps: int, batch: int, ops: bool 
             raise ValueError(f"{path} was exported from checkpoint {recorded}, but {folder}/checkpoint.pt is "
                              f"{ckpt.sha256}: re-export with `python -m ntm_serve.export {folder}`")
     sess = sessions({name: str(p) for name, p in paths.items()}, provider)
-    rows = op_rows(ckpt.model, sess.step, provider, activation=ckpt.output_activation) if ops else []
+    low, high = ckpt.model.config.rows_range
+    other = [n for n in memory_rows if low <= n <= high and n != ckpt.model.config.memory_rows]
+    rows = op_rows(ckpt.model, sess.step, provider, activation=ckpt.output_activation, memory_rows=other) if ops else []
     rows += model_rows(ckpt.model, sess, ckpt.task, steps, batch, activation=ckpt.output_activation)
+    rows += rows_rows(ckpt.model, sess, ckpt.task, other, episode_steps, batch, activation=ckpt.output_activation)
     return rows, ckpt
 
 
@@ -357,12 +393,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=1000, help="whole-model steps (default 1000)")
     parser.add_argument("--batch", type=int, default=2, help="whole-model batch size (default 2)")
     parser.add_argument("--no-ops", action="store_true", help="skip the op-by-op rows (no op exports)")
+    parser.add_argument("--memory-rows", default=",".join(map(str, OTHER_ROWS)), metavar="N[,N...]",
+                        help="other memory sizes to check (the ops, and one episode of the whole model each; sizes "
+                             f"outside the model's range are skipped; '' for none; default {OTHER_ROWS})")
+    parser.add_argument("--episode-steps", type=int, default=EPISODE_STEPS,
+                        help=f"whole-model steps at each other memory size (default {EPISODE_STEPS})")
     args = parser.parse_args(argv)
-    if args.steps < 1 or args.batch < 1:
-        parser.error("--steps and --batch must be >= 1")
+    if args.steps < 1 or args.batch < 1 or args.episode_steps < 1:
+        parser.error("--steps, --batch and --episode-steps must be >= 1")
+    try:
+        memory_rows = [int(n) for n in args.memory_rows.split(",") if n.strip()]
+    except ValueError:
+        parser.error(f"--memory-rows takes whole numbers separated by commas, got {args.memory_rows!r}")
     torch.set_num_threads(1)  # the torch reference: one thread is faster for these tiny ops than contended many
     try:
-        rows, ckpt = check_folder(args.folder, args.provider, args.steps, args.batch, ops=not args.no_ops)
+        rows, ckpt = check_folder(args.folder, args.provider, args.steps, args.batch, ops=not args.no_ops,
+                                  memory_rows=memory_rows, episode_steps=args.episode_steps)
     except (ProviderUnavailable, OSError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -62,17 +62,24 @@ def torch_to_onnx(
     dynamic: Sequence[dict[int, str]],
     graph_name: str,
     lean: bool = True,
+    without: tuple[str, ...] = (),
+    minimums: dict[str, int] | None = None,
 ) -> onnx.ModelProto:
     """Export `module(*args)` to a canonical single-file ModelProto.
 
     `dynamic[i]` maps axis -> symbol name for argument i (e.g. {0: "B"}); the same name means the
     same size. Dynamic axes are declared explicitly, so torch.export raises instead of silently
     baking an example size into the graph. `lean=False` skips the node-saving passes of
-    `ntm_serve/export/passes/pipeline.py` (the tests compare both graphs).
+    `ntm_serve/export/passes/pipeline.py` (the tests compare both graphs); `without` skips the passes it names.
+    `minimums`: the least size of a named axis (the memory rows N >= the shift's S // 2, so the sizes of the
+    shift's slices simplify to N instead of clamped expressions).
     """
     dims: dict[str, torch.export.Dim] = {}
+    least = minimums or {}
     dynamic_shapes: tuple = tuple(
-        {axis: dims.setdefault(name, torch.export.Dim(name)) for axis, name in spec.items()} for spec in dynamic
+        {axis: dims.setdefault(name, torch.export.Dim(name, min=least[name]) if name in least
+                               else torch.export.Dim(name)) for axis, name in spec.items()}
+        for spec in dynamic
     )
     params = list(inspect.signature(module.forward).parameters.values())
     if len(params) == 1 and params[0].kind is inspect.Parameter.VAR_POSITIONAL:
@@ -98,7 +105,7 @@ def torch_to_onnx(
         proto = ir.serde.serialize_model(model)
     _reduce_over_size_one_axes(proto.graph)
     if lean:
-        pipeline.lean(proto.graph)
+        pipeline.lean(proto.graph, without)
     proto = canonicalise(proto, graph_name)
     onnx.checker.check_model(proto, full_check=True)
     return proto

@@ -1,8 +1,8 @@
 """NTM addressing (Graves et al. 2014, section 3.3, equations (5)-(9)), one pure function per stage.
 
 Every function is vectorised over the batch and over heads, has no state, and uses only ops
-that export to ONNX with a dynamic batch size (no grouped convolution, no Python loops over
-data-dependent sizes). Heads are a dimension: weightings are ``(B, H, N)``.
+that export to ONNX with a dynamic batch size and a dynamic memory size N (no grouped convolution, no index
+table of N rows, no Python loops over data-dependent sizes). Heads are a dimension: weightings are ``(B, H, N)``.
 """
 
 from __future__ import annotations
@@ -37,11 +37,11 @@ def interpolate(content: Tensor, previous: Tensor, gate: Tensor) -> Tensor:
 
 
 def shift_index(rows: int, shift_range: int) -> Tensor:
-    """Index table for circular convolution: out[i] = sum_j w[idx[i, j]] * s[j].
+    """The definition of the circular convolution as an index table: out[i] = sum_j w[idx[i, j]] * s[j].
 
     s is zero-padded to length N with its centre c = S // 2 moved to index 0, so s[j] moves
     weight by j - c rows (backward shifts wrap to the end): idx[i, j] = (i - (j - c)) mod N.
-    Built once per model; a constant in the exported graph. -> (N, S) int64
+    `shift` computes exactly `w[..., idx] @ s` without the table (the tests hold it to this). -> (N, S) int64
     """
     centre = shift_range // 2
     i = torch.arange(rows).unsqueeze(1)  # (N, 1)
@@ -49,15 +49,29 @@ def shift_index(rows: int, shift_range: int) -> Tensor:
     return torch.remainder(i - (j - centre), rows)  # (N, S)
 
 
-def shift(weights: Tensor, shift: Tensor, index: Tensor) -> Tensor:
-    """Circular convolution of each weighting with its shift distribution (eq. 8), as gather + weighted sum.
+def shift_windows(weights: Tensor, shift_range: int) -> Tensor:
+    """The S rolled copies of each weighting side by side: windows[..., i, j] = w[..., (i - (j - c)) mod N].
 
-    A gather keeps the batch size dynamic (a grouped conv1d would bake it in) and costs a few ONNX
-    nodes whatever S is (benchmarks/shapes.py measured the alternatives).
-    weights (B, H, N), shift (B, H, S), index (N, S) -> (B, H, N)
+    The weighting is padded circularly by c = S // 2 rows at each end, and window j is the slice that starts at
+    2c - j: slices with constant bounds (the end counted from the end), so N stays a dimension of the exported graph
+    (any N >= c), not a constant. Pure data movement: the same elements as gathering with `shift_index`.
+    weights (B, H, N) -> (B, H, N, S)
     """
-    gathered = weights[..., index]  # (B, H, N, S)
-    return (gathered @ shift.unsqueeze(-1)).squeeze(-1)  # (B, H, N): one batched MatMul, not Mul + ReduceSum
+    c = shift_range // 2
+    padded = torch.cat([weights[..., -c:], weights, weights[..., :c]], dim=-1).unsqueeze(-1)  # (B, H, N + 2c, 1)
+    return torch.cat([padded[..., 2 * c - j : (-j if j else None), :] for j in range(shift_range)], dim=-1)
+
+
+def shift(weights: Tensor, shift: Tensor) -> Tensor:
+    """Circular convolution of each weighting with its shift distribution (eq. 8): rolled copies, weighted sum.
+
+    The rolls are slices and concatenations (`shift_windows`), so the batch and the memory size N stay dynamic
+    (a grouped conv1d would bake the batch in, an index table N) and the exported shift is a few copies whatever N
+    is; the weighted sum is one batched MatMul, not Mul + ReduceSum.
+    weights (B, H, N), shift (B, H, S) -> (B, H, N)
+    """
+    windows = shift_windows(weights, shift.shape[-1])  # (B, H, N, S)
+    return (windows @ shift.unsqueeze(-1)).squeeze(-1)  # (B, H, N)
 
 
 def sharpen(weights: Tensor, gamma: Tensor) -> Tensor:
@@ -81,15 +95,14 @@ def address(
     gate: Tensor,
     shift_weights: Tensor,
     gamma: Tensor,
-    index: Tensor,
 ) -> Tensor:
     """The whole addressing pipeline (Figure 2 of the paper): content (5, 6) -> interpolate (7) -> shift (8)
     -> sharpen (9).
 
     memory (B, N, M), previous (B, H, N), key (B, H, M), beta/gate/gamma (B, H),
-    shift_weights (B, H, S), index (N, S) -> (B, H, N)
+    shift_weights (B, H, S) -> (B, H, N)
     """
     content = content_weighting(memory, key, beta)
     gated = interpolate(content, previous, gate)
-    shifted = shift(gated, shift_weights, index)
+    shifted = shift(gated, shift_weights)
     return sharpen(shifted, gamma)

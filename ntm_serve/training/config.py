@@ -10,6 +10,7 @@ MemoryInit = Literal["constant", "learned"]
 Heads = Literal["ntm", "lru"]
 # Options added later: left out of to_dict() at their defaults, so older models' config (and graph metadata) bytes
 # stay the same.
+MAX_MEMORY_ROWS = 8192  # the largest memory a model runs on unless trained larger (benchmarks/memory_rows.py)
 _LATER_DEFAULTS: dict[str, Any] = {"heads": "ntm", "usage_decay": 0.95, "lru_rows": 0, "heads_see_input": False,
                                    "write_follows": False}
 
@@ -44,6 +45,16 @@ class NTMConfig:
     def write_rows(self) -> int:
         """Least-used rows an LRU write takes per step."""
         return self.lru_rows or self.read_heads
+
+    @property
+    def rows_range(self) -> tuple[int, int]:
+        """The memory sizes N this model runs on: from the smallest this config allows (S <= N, and the LRU heads'
+        rows) to MAX_MEMORY_ROWS; a learned initial memory only at its trained N. The graphs take N as a
+        dimension (docs/onnx-contract.md); how well a model does away from its trained N is its eval report's."""
+        if self.memory_init == "learned":
+            return self.memory_rows, self.memory_rows
+        low = max(self.shift_range, self.read_heads if self.heads == "lru" else 1, self.lru_rows)
+        return low, max(MAX_MEMORY_ROWS, self.memory_rows)
 
     @property
     def memory_columns(self) -> int:

@@ -30,7 +30,6 @@ class NTM(nn.Module):
         self.write_proj = HeadProjection(c.controller_size, c.write_heads, c.memory_width, c.shift_range, write=True,
                                          input_size=skip, exact_gate=c.heads == "lru")
         self.output = nn.Linear(c.controller_size + c.read_heads * c.memory_width, c.output_size)
-        self.register_buffer("shift_index", addressing.shift_index(c.memory_rows, c.shift_range), persistent=False)
 
         # Initial state: part of the model, so a session can start from the model alone.
         self.h0 = nn.Parameter(torch.randn(c.controller_size) * 0.05)  # (H,)
@@ -46,16 +45,29 @@ class NTM(nn.Module):
         self.register_buffer("read_w0", one_hot.expand(c.read_heads, -1).clone())  # (R, N)
         self.register_buffer("write_w0", one_hot.expand(c.write_heads, -1).clone())  # (W, N)
 
-    def initial_state(self, batch_size: int) -> NTMState:
-        """The state a new sequence starts from, broadcast to the batch."""
-        b = batch_size
+    def initial_state(self, batch_size: int, rows: int | None = None) -> NTMState:
+        """The state a new sequence starts from, broadcast to the batch, with `rows` memory rows (None: the trained
+        N). Every row of a constant memory holds the same value and the heads start on row 0, so any N in
+        `config.rows_range` starts the same way; a learned memory exists at its trained N only."""
+        b, n = batch_size, self.config.memory_rows if rows is None else rows
+        if n == self.config.memory_rows:
+            memory, read_w, write_w = self.memory0, self.read_w0, self.write_w0  # (N, M), (R, N), (W, N)
+        else:
+            low, high = self.config.rows_range
+            if not low <= n <= high:
+                raise ValueError(f"memory rows {n} outside this model's range [{low}, {high}]")
+            memory = self.memory0[:1].expand(n, -1)  # (N, M): the constant row
+            one_hot = torch.zeros(n, dtype=self.read_w0.dtype, device=self.read_w0.device)
+            one_hot[0] = 1.0
+            read_w = one_hot.expand(self.config.read_heads, -1)  # (R, N)
+            write_w = one_hot.expand(self.config.write_heads, -1)  # (W, N)
         return NTMState(
             controller_h=self.h0.expand(b, -1),  # (B, H)
             controller_c=self.c0.expand(b, -1),  # (B, H)
             read_vectors=self.r0.expand(b, -1, -1),  # (B, R, M)
-            memory=self.memory0.expand(b, -1, -1),  # (B, N, M)
-            read_weights=self.read_w0.expand(b, -1, -1),  # (B, R, N)
-            write_weights=self.write_w0.expand(b, -1, -1),  # (B, W, N)
+            memory=memory.expand(b, -1, -1),  # (B, N, M)
+            read_weights=read_w.expand(b, -1, -1),  # (B, R, N)
+            write_weights=write_w.expand(b, -1, -1),  # (B, W, N)
         )
 
     def step(self, x: Tensor, state: NTMState) -> tuple[Tensor, NTMState]:
@@ -68,13 +80,13 @@ class NTM(nn.Module):
 
         w = self.write_proj(h, x)
         write_weights = addressing.address(
-            state.memory, state.write_weights, w.key, w.beta, w.gate, w.shift, w.gamma, self.shift_index
+            state.memory, state.write_weights, w.key, w.beta, w.gate, w.shift, w.gamma
         )  # (B, W, N)
         new_memory = memory.write(state.memory, write_weights, w.erase, w.add)  # (B, N, M)
 
         r = self.read_proj(h, x)
         read_weights = addressing.address(
-            new_memory, state.read_weights, r.key, r.beta, r.gate, r.shift, r.gamma, self.shift_index
+            new_memory, state.read_weights, r.key, r.beta, r.gate, r.shift, r.gamma
         )  # (B, R, N)
         read_vectors = memory.read(new_memory, read_weights)  # (B, R, M)
 
@@ -103,11 +115,12 @@ class NTM(nn.Module):
         full = torch.cat([new_memory, new_usage.unsqueeze(-1)], dim=-1)  # (B, N, M + 1)
         return self._output(h, read_vectors), NTMState(h, c, read_vectors, full, read_weights, write_weights)
 
-    def forward(self, inputs: Tensor, state: NTMState | None = None) -> tuple[Tensor, NTMState, Tensor, Tensor]:
-        """Run a whole sequence. inputs (T, B, I) -> logits (T, B, O), final state,
-        read weights (T, B, R, N), write weights (T, B, W, N)."""
+    def forward(self, inputs: Tensor, state: NTMState | None = None, rows: int | None = None
+                ) -> tuple[Tensor, NTMState, Tensor, Tensor]:
+        """Run a whole sequence, from `state` or else the initial state with `rows` memory rows (None: the trained
+        N). inputs (T, B, I) -> logits (T, B, O), final state, read weights (T, B, R, N), write weights (T, B, W, N)."""
         if state is None:
-            state = self.initial_state(inputs.shape[1])
+            state = self.initial_state(inputs.shape[1], rows)
         logits, reads, writes = [], [], []
         for x in inputs:
             y, state = self.step(x, state)

@@ -16,6 +16,7 @@ import pytest
 
 from ntm_serve.contract import (
     GRAPH_FILES,
+    INITIAL_STATE_INPUTS,
     METADATA_KEYS,
     NEXT_STATE,
     SEQUENCE_INPUTS,
@@ -38,7 +39,7 @@ from ntm_serve.training.tasks import TASKS
 REPO = Path(__file__).resolve().parents[2]
 # Spelled out here as docs/onnx-contract.md spells them: a second, independent writing of the contract.
 DOCUMENTED_KEYS = {"ntm.task", "ntm.config", "ntm.state", "ntm.inputs", "ntm.outputs", "ntm.encoding",
-                   "ntm.checkpoint_sha256", "ntm.graph"}
+                   "ntm.checkpoint_sha256", "ntm.graph", "ntm.memory_rows_min", "ntm.memory_rows_max"}
 
 
 
@@ -83,9 +84,8 @@ def test_graph_names_order_and_shapes_follow_the_contract(cli_folder: Path) -> N
     graphs = load_graphs(cli_folder)
     _, c = DEV_CONFIGS["copy_default"]
     state_dims = {"controller_h": ["B", c.controller_size], "controller_c": ["B", c.controller_size],
-                  "read_vectors": ["B", c.read_heads, c.memory_width], "memory": ["B", c.memory_rows, c.memory_width],
-                  "read_weights": ["B", c.read_heads, c.memory_rows],
-                  "write_weights": ["B", c.write_heads, c.memory_rows]}
+                  "read_vectors": ["B", c.read_heads, c.memory_width], "memory": ["B", "N", c.memory_width],
+                  "read_weights": ["B", c.read_heads, "N"], "write_weights": ["B", c.write_heads, "N"]}
 
     step = graphs["step"].graph
     assert [v.name for v in step.input] == ["input", *STATE_NAMES] == list(STEP_INPUTS)
@@ -99,10 +99,14 @@ def test_graph_names_order_and_shapes_follow_the_contract(cli_folder: Path) -> N
     assert [v.name for v in seq.output] == ["outputs", "read_attention", "write_attention", *NEXT_STATE] == list(
         SEQUENCE_OUTPUTS)
     assert _dims(seq.input[0]) == ["T", "B", c.input_size]
-    assert _dims(seq.output[1]) == ["T", "B", c.read_heads, c.memory_rows]
+    assert _dims(seq.output[1]) == ["T", "B", c.read_heads, "N"]
 
     init = graphs["initial_state"].graph
-    assert list(init.input) == [] and [v.name for v in init.output] == list(STATE_NAMES)
+    assert [v.name for v in init.input] == list(INITIAL_STATE_INPUTS) == ["memory_rows"]
+    assert _dims(init.input[0]) == [] and init.input[0].type.tensor_type.elem_type == onnx.TensorProto.INT64
+    (default,) = [t for t in init.initializer if t.name == "memory_rows"]  # optional: it defaults to the trained N
+    assert onnx.numpy_helper.to_array(default).item() == c.memory_rows
+    assert [v.name for v in init.output] == list(STATE_NAMES)
     for value in init.output:
         assert _dims(value) == [1, *state_dims[value.name][1:]]
 
@@ -132,7 +136,8 @@ def test_metadata_props(cli_folder: Path) -> None:
         assert meta["ntm.encoding"] == TASKS["copy"].encoding
         assert meta["ntm.config"] == config.to_dict()
         assert [s["name"] for s in meta["ntm.state"]] == list(STATE_NAMES)
-        assert meta["ntm.state"][3] == {"name": "memory", "shape": ["B", 128, 20]}
+        assert meta["ntm.state"][3] == {"name": "memory", "shape": ["B", 128, 20]}  # at the trained N, the default
+        assert (meta["ntm.memory_rows_min"], meta["ntm.memory_rows_max"]) == ("3", "8192")
         assert [i["name"] for i in meta["ntm.inputs"]] == [v.name for v in model.graph.input]
         assert [o["name"] for o in meta["ntm.outputs"]] == [v.name for v in model.graph.output]
         for spec, value in zip(meta["ntm.outputs"], model.graph.output, strict=True):
@@ -197,6 +202,50 @@ def test_initial_state_graph_is_the_models_initial_state(cli_folder: Path) -> No
     got = session(load_graphs(cli_folder)["initial_state"]).run(None, {})
     for name, value, expected in zip(STATE_NAMES, got, ckpt.model.initial_state(1), strict=True):
         np.testing.assert_array_equal(value, expected.detach().numpy(), err_msg=name)
+
+
+@pytest.mark.parametrize("rows", [3, 64, 128, 2048, 8192])
+def test_initial_state_graph_takes_the_memory_rows(cli_folder: Path, rows: int) -> None:
+    """N fed: the model's initial state at N rows (constant memory rows, heads on row 0), bit for bit."""
+    ckpt = load_checkpoint(cli_folder)
+    got = onnx_initial_state(session(load_graphs(cli_folder)["initial_state"], threads=1), 2, rows)
+    for name, expected in zip(STATE_NAMES, ckpt.model.initial_state(2, rows), strict=True):
+        np.testing.assert_array_equal(got[name], expected.detach().numpy(), err_msg=name)
+    assert got["memory"].shape == (2, rows, 20) and got["read_weights"].shape == (2, 1, rows)
+    assert got["write_weights"][:, 0, 0].tolist() == [1.0, 1.0] and got["write_weights"].sum() == 2.0
+
+
+@pytest.mark.parametrize("rows", [64, 512, 2048])
+def test_step_and_sequence_graphs_run_on_any_memory_rows(cli_folder: Path, rows: int) -> None:
+    """The same graphs at N = 64, 512 and 2048 (traced at 128): the step looped and the sequence graph vs torch
+    with that N, over a 40-step episode from the initial state at N."""
+    ckpt = load_checkpoint(cli_folder)
+    graphs = load_graphs(cli_folder)
+    step, seq = session(graphs["step"], threads=1), session(graphs["sequence"], threads=1)
+    start = onnx_initial_state(session(graphs["initial_state"], threads=1), 3, rows)
+    inputs = (np.random.default_rng(rows).random((40, 3, 9)) < 0.5).astype(np.float32)
+    out, final = onnx_sequence(seq, inputs, start)
+    assert out["read_attention"].shape == (40, 3, 1, rows)
+    state, torch_state = start, start
+    for t in range(len(inputs)):
+        p, state = onnx_step(step, inputs[t], state)
+        p_torch, torch_state = torch_step(ckpt.model, inputs[t], torch_state)
+        np.testing.assert_allclose(p, p_torch, atol=1e-5, rtol=0)
+        np.testing.assert_array_equal(out["outputs"][t], p)
+    for name in STATE_NAMES:
+        np.testing.assert_allclose(state[name], torch_state[name], atol=1e-5, rtol=0, err_msg=name)
+        np.testing.assert_array_equal(final[name], state[name], err_msg=name)
+
+
+def test_a_learned_initial_memory_has_its_trained_rows_only() -> None:
+    """Its rows are parameters: the range is the trained N, and the initial-state graph has no input."""
+    folder = dev_folder("copy_shift_n_learned")
+    graphs = load_graphs(folder)
+    assert list(graphs["initial_state"].graph.input) == []
+    meta = read_metadata(graphs["step"])
+    assert meta["ntm.memory_rows_min"] == meta["ntm.memory_rows_max"] == "7"
+    with pytest.raises(ValueError, match="outside this model's range"):
+        load_checkpoint(folder).model.initial_state(1, 8)
 
 
 @pytest.mark.parametrize("name", ["repeat_copy_ff_multihead", "copy_shift_n_learned", "one_shot_lru",

@@ -32,6 +32,7 @@ from ntm_serve.export.graphs import step_graph
 from ntm_serve.export.model_files import load_checkpoint
 from ntm_serve.export.parity import onnx_initial_state, onnx_step
 from ntm_serve.export.passes import folds, fusions, pipeline
+from ntm_serve.export.passes.accuracy import MORE_ACCURATE
 from ntm_serve.export.passes.premises import SOFTPLUS_PACKET
 from ntm_serve.export.runtime import optimised_node_count, session
 from ntm_serve.export.testing import DEV_CONFIGS, dev_folder, load_graphs, shipped_folders
@@ -42,14 +43,20 @@ SHIPPED = shipped_folders(REPO / "models")
 # 71 with the sharpening floors dropped on distributions (ntm_serve/export/passes/premises.py;
 # tests/test_graph_premises.py),
 # 68 with the heads' Softplus as one block (ntm_serve/export/passes/premises.py; tests/test_graph_softplus_block.py).
-STEP_NODES = 68
+# 82 with the memory rows N a dimension of the graph (issue 24): each head kind's shift, one Gather by an (N, S) index
+# table before, is 8 copies with constant bounds (two Slices and a Concat pad the weighting circularly, an
+# Unsqueeze, three Slices and a Concat give the S rolled copies; ntm_serve/training/addressing.py: shift_windows),
+# 7 more nodes per head kind, and cheaper than the Gather at batch 64 (docs/export.md). 86 with each sharpening's
+# sum over N in float64 (two Casts each: ntm_serve/export/passes/accuracy.py, tests/export/test_memory_rows.py).
+STEP_NODES = 86
 # The one-shot models' LRU heads (usage kept in an extra memory column) and 4 read heads add their own ops:
 # one_shot_synthetic (4 least-used rows) 73 raw, 68 after onnxruntime; one_shot (one row, input skip) 61 / 56
 # (102 / 98 before any pass, 79 / 74 after two rounds; outputs bit-identical over 300 steps). Then +6 each for the
 # write gate as 1 / (1 + exp(-x)) (ntm_serve/training/heads.py:exact_sigmoid; onnxruntime's Sigmoid loses relative
 # accuracy
-# below -10): one_shot_synthetic 74, one_shot 62, one_shot_follow (two write heads) 66.
-LRU_STEP_NODES = 74
+# below -10): one_shot_synthetic 74, one_shot 62, one_shot_follow (two write heads) 66. Then +4 for the
+# least-used rows' arange(N) over the dynamic N (Shape, Squeeze, Range, and an Unsqueeze to a column): 78, 66, 70.
+LRU_STEP_NODES = 78
 # The heads of one kind run batched over a head dimension: a second read head adds 4 nodes, not a second
 # addressing. With unequal read and write head counts the two kinds keep separate head projections, so the
 # gates' complements stay two Subs (one more node), and each projection's Softplus block only replaces that
@@ -81,10 +88,13 @@ def test_shipped_step_graph_is_within_the_node_budget(folder: Path, level: str) 
 def test_lean_step_graph_is_bit_identical_to_the_unpassed_one(name: str) -> None:
     """Feed-forward controller, 2 + 2 heads, S = 5, S = N, learned memory, LRU heads with softmax outputs: every
     config of the tests. At a batch of whole Softplus packets, as every server call is (the premise of
-    ntm_serve/export/passes/premises.py: group_softplus_block)."""
+    ntm_serve/export/passes/premises.py: group_softplus_block). The passes that compute an op more accurately than
+    onnxruntime's kernel (ntm_serve/export/passes/accuracy.py) change bits on purpose: left out here, tested in
+    tests/export/test_memory_rows.py."""
     folder = dev_folder(name)
     raw = _unpassed(name)
-    lean = load_graphs(folder)["step"]
+    checkpoint = load_checkpoint(folder)
+    lean = step_graph(checkpoint.model, checkpoint.output_activation, without=MORE_ACCURATE)
     raw_nodes = optimised_node_count(raw, LEVELS["all"])
     assert optimised_node_count(lean, LEVELS["all"]) < raw_nodes
     raw_sess, lean_sess = session(raw, threads=1), session(lean, threads=1)
@@ -134,6 +144,10 @@ def _random_state(initial: dict[str, np.ndarray], rng: np.random.Generator) -> d
     return state
 
 
+# `arange(N)` is a Range over the memory rows since N became a dimension of the graphs (issue 24): turning it into the
+# column index costs an Unsqueeze, so picking on the column saves no node by itself any more; it is what lets
+# split_for_last_axis_pieces read the memory with one Split (the node saved is counted there).
+RANGE_COLUMN_PASSES = {"least_used_as_a_column"}
 NEW_PASSES = [("gemm_per_activation", "copy_default"), ("norm_product_as_matmul", "copy_default"),
               ("norm_product_as_matmul", "repeat_copy_ff_multihead"), ("group_head_activations", "copy_default"),
               ("group_head_activations", "repeat_copy_ff_multihead"), ("drop_saturated_clip_before_sigmoid",
@@ -158,7 +172,10 @@ def test_each_pass_alone_is_bit_identical(pass_name: str, name: str) -> None:
     assert {p.__name__: p for p in pipeline.PASSES}[pass_name](pipeline.GraphIndex(graph.graph)) > 0
     pipeline.remove_dead(graph.graph)
     onnx.checker.check_model(graph, full_check=True)
-    assert optimised_node_count(graph, LEVELS["all"]) < optimised_node_count(before, LEVELS["all"])
+    if pass_name in RANGE_COLUMN_PASSES:  # the arange over the dynamic N needs one Unsqueeze to become a column
+        assert optimised_node_count(graph, LEVELS["all"]) <= optimised_node_count(before, LEVELS["all"])
+    else:
+        assert optimised_node_count(graph, LEVELS["all"]) < optimised_node_count(before, LEVELS["all"])
     initial_session = session(load_graphs(dev_folder(name))["initial_state"], threads=1)
     rng = np.random.default_rng(11)
     for threads in (1, 2):

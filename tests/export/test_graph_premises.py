@@ -37,7 +37,7 @@ from ntm_serve.export.testing import (
     shipped_folders,
 )
 from ntm_serve.export.torch_onnx import torch_to_onnx
-from ntm_serve.training.addressing import sharpen, shift, shift_index
+from ntm_serve.training.addressing import sharpen, shift
 
 REPO = Path(__file__).resolve().parents[2]
 NTM_CONFIGS = ["copy_default", "repeat_copy_ff_multihead", "copy_shift_n_learned"]
@@ -175,12 +175,8 @@ def test_the_floor_changes_no_float32_from_2_to_the_minus_75_on() -> None:
 class _ShiftAndSharpen(nn.Module):
     """The end of the addressing alone: any weighting (not only a distribution) in, shifted and sharpened."""
 
-    def __init__(self, rows: int, shift_range: int) -> None:
-        super().__init__()
-        self.register_buffer("index", shift_index(rows, shift_range))
-
     def forward(self, weights: torch.Tensor, shift_logits: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
-        return sharpen(shift(weights, torch.softmax(shift_logits, -1), self.index), gamma)
+        return sharpen(shift(weights, torch.softmax(shift_logits, -1)), gamma)
 
 
 def test_outside_the_premise_the_floors_matter() -> None:
@@ -189,7 +185,7 @@ def test_outside_the_premise_the_floors_matter() -> None:
     premise is what makes it exact."""
     args = (torch.zeros(2, 1, 8), torch.zeros(2, 1, 3), torch.ones(2, 1))
     dynamic = [{0: "B"}] * 3
-    module = _ShiftAndSharpen(8, 3)
+    module = _ShiftAndSharpen()
     names = (["weights", "shift_logits", "gamma"], ["sharpened"])
     raw = torch_to_onnx(module, args, *names, dynamic, "sharpen", lean=False)
     lean = copy.deepcopy(raw)

@@ -108,6 +108,35 @@ def test_shipped_model_parity_over_one_episode(folder: Path, provider: str) -> N
     _assert_model_parity(folder, provider, strict=True, steps=37)
 
 
+OTHER_ROWS = (64, 512, 2048)
+# Memory sizes a shipped model never trained at can put it in an ill-conditioned regime of its own: priority sort at
+# N = 512 picks among near-equal scores within its first episode, and torch float32 itself ends 4.7e-4 from float64
+# (onnxruntime 1.7e-3): rounding decides, as in its 1000-step check above.
+CHAOTIC_AT = {("priority_sort", 512): "selection among near-equal scores at a size it never trained at: torch "
+                                      "float32 is 4.7e-4 from float64 within one episode"}
+
+
+def _other_rows_params() -> list[object]:
+    return [pytest.param(p, n, id=f"{p.name}-N{n}", marks=pytest.mark.xfail(strict=False, reason=CHAOTIC_AT[p.name, n])
+                         if (p.name, n) in CHAOTIC_AT else ()) for p in SHIPPED for n in OTHER_ROWS]
+
+
+@pytest.mark.skipif(not SHIPPED, reason="no shipped model yet (models/*/step.onnx next to checkpoint.pt)")
+@pytest.mark.parametrize(("folder", "rows"), _other_rows_params())
+def test_shipped_model_parity_over_one_episode_at_other_memory_sizes(folder: Path, rows: int) -> None:
+    """The same graphs with N = 64, 512 and 2048 memory rows (the models trained at 128): one episode (37 steps)
+    from the initial state at that N. Away from its trained N a model's float32 conditioning is its own: a row past
+    tolerance passes where onnxruntime is no further from float64 than twice torch float32 (the float32 floor)."""
+    ckpt = load_checkpoint(folder)
+    sess = sessions({name: str(folder / file) for name, file in GRAPH_FILES.items()}, "cpu", threads=1)
+    rows_ = model_rows(ckpt.model, sess, ckpt.task, steps=37, batch=2, rows=rows)
+    assert any(r.check == "initial_state: memory" for r in rows_)
+    assert all(r.strict for r in rows_ if "initial_state" in r.check or "chunked" in r.check)
+    failed = [r for r in rows_ if not r.passed]
+    assert not failed, "\n".join(f"{r.check}: {r.max_abs:.3g} (torch f32 vs f64 {r.floor}, onnx vs f64 {r.exact})"
+                                 for r in failed)
+
+
 def test_parity_cli_prints_the_table_and_passes(capsys: pytest.CaptureFixture[str]) -> None:
     folder = dev_folder("copy_default")
     assert parity_main([str(folder), "--steps", "200"]) == 0

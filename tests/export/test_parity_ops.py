@@ -24,26 +24,28 @@ _SESSIONS: dict[tuple[str, str], object] = {}
 
 
 
-def op_session(name: str, provider: str):
-    """One session per (op, provider) for the whole run: the graph has every axis dynamic."""
-    key = (name, provider)
+def op_session(name: str, provider: str, shift_range: int = 3):
+    """One session per (op, provider[, S]) for the whole run: the graph has every axis dynamic but the shift's S."""
+    key = (name, provider, shift_range if "S" in PURE_OPS[name].static else 0)
     if key not in _SESSIONS:
-        _SESSIONS[key] = session(pure_op_graph(name), provider, threads=1)
+        _SESSIONS[key] = session(pure_op_graph(name, shift_range), provider, threads=1)
     return _SESSIONS[key]
 
 
 @st.composite
 def sizes(draw: st.DrawFn) -> dict[str, int]:
-    """B 1..64, H 1..3, N 3..130, M 1..24, S in {3, 5, N} (odd, <= N)."""
-    n = draw(st.integers(3, 130))
-    shift_choices = [s for s in {3, 5, n if n % 2 else n - 1} if s <= n]
+    """B 1..64, H 1..3, N 3..130 or 131..2100 (the graphs' N is a dimension), M 1..24, S in {3, 5, 7, 9} (odd,
+    <= N; S = N among them: the shift and address graphs are exported once per S)."""
+    n = draw(st.integers(3, 130) | st.integers(131, 2100))
+    shift_choices = [s for s in {3, 5, 7, 9} if s <= n]
     return {"B": draw(st.integers(1, 64)), "H": draw(st.integers(1, 3)), "N": n,
             "M": draw(st.integers(1, 24)), "S": draw(st.sampled_from(sorted(shift_choices)))}
 
 
 def _check(name: str, provider: str, arrays: dict[str, np.ndarray], label: str) -> None:
     spec = PURE_OPS[name]
-    actual = op_session(name, provider).run(None, spec.feeds(arrays))[0]
+    actual = op_session(name, provider, arrays["shift" if "shift" in arrays else "shift_weights"].shape[-1]
+                        if "S" in spec.static else 3).run(None, spec.feeds(arrays))[0]
     expected = spec.call_torch(arrays)
     max_abs, _ = errors(actual, expected)
     assert max_abs <= OP_TOLERANCE, f"{name} {label}: max abs error {max_abs:.3g} > {OP_TOLERANCE}"
@@ -114,7 +116,7 @@ def test_parity_rows_at_model_sizes(config: str) -> None:
     for name, spec in PURE_OPS.items():
         for heads in {c.read_heads, c.write_heads}:
             sizes_ = {"H": heads, "N": c.memory_rows, "M": c.memory_width, "S": c.shift_range}
-            r = pure_op_row(spec, op_session(name, "cpu"), sizes_)
+            r = pure_op_row(spec, op_session(name, "cpu", c.shift_range), sizes_)
             assert r.strict, r
 
 

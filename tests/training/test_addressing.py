@@ -107,8 +107,7 @@ def test_shift_index_table() -> None:
 
 
 def shift1(w: list[float], s: list[float]) -> np.ndarray:
-    n = len(w)
-    return unbatched(A.shift, t([[w]]), t([[s]]), A.shift_index(n, len(s))).numpy()
+    return unbatched(A.shift, t([[w]]), t([[s]])).numpy()
 
 
 @pytest.mark.parametrize("n", [5, 8])
@@ -145,12 +144,24 @@ def reference_shift(w: np.ndarray, s: np.ndarray) -> np.ndarray:
     return np.array([sum(w[k] * padded[(i - k) % n] for k in range(n)) for i in range(n)])
 
 
+@pytest.mark.parametrize(("n", "size"), [(1, 3), (2, 3), (3, 3), (3, 5), (5, 5), (6, 3), (10, 5), (12, 7), (700, 3)])
+def test_shift_is_the_index_table_gather_bit_for_bit(n: int, size: int) -> None:
+    """The rolled copies are the elements `shift_index` names, in its order, so the weighted sum is the same bits
+    as gathering by the table (how the graphs computed it before N became a dimension). From N = S // 2 on."""
+    rng = np.random.default_rng(n + size)
+    w = t(rng.dirichlet(np.ones(n), size=(2, 3)))  # (B, H, N)
+    s = t(rng.dirichlet(np.ones(size), size=(2, 3)))  # (B, H, S)
+    index = A.shift_index(n, size)
+    assert torch.equal(A.shift_windows(w, size), w[..., index])
+    assert torch.equal(A.shift(w, s), (w[..., index] @ s.unsqueeze(-1)).squeeze(-1))
+
+
 @pytest.mark.parametrize(("n", "size"), [(3, 3), (5, 5), (6, 3), (10, 5), (12, 7)])
 def test_shift_matches_padded_circular_convolution(n: int, size: int) -> None:
     rng = np.random.default_rng(n * size)
     w = rng.dirichlet(np.ones(n), size=(2, 3))  # (B, H, N)
     s = rng.dirichlet(np.ones(size), size=(2, 3))  # (B, H, S)
-    got = A.shift(t(w), t(s), A.shift_index(n, size)).numpy()
+    got = A.shift(t(w), t(s)).numpy()
     for b in range(2):
         for h in range(3):
             np.testing.assert_allclose(got[b, h], reference_shift(w[b, h], s[b, h]), rtol=1e-5, atol=1e-7)
@@ -201,8 +212,7 @@ def test_address_one_hot_in_one_hot_out(gamma: float) -> None:
     for start, j, end in [(0, 2, 1), (7, 2, 0), (0, 0, 7), (5, 1, 5)]:
         shift = torch.zeros(1, 1, size)
         shift[..., j] = 1.0
-        w = A.address(memory, one_hot(n, start)[None, None], key, t([[5.0]]), t([[0.0]]), shift, t([[gamma]]),
-                      A.shift_index(n, size))
+        w = A.address(memory, one_hot(n, start)[None, None], key, t([[5.0]]), t([[0.0]]), shift, t([[gamma]]))
         assert_one_hot(w[0, 0], end)
 
 
@@ -212,10 +222,8 @@ def test_address_is_the_composition() -> None:
     memory, previous = torch.randn(b, n, m, generator=gen), torch.softmax(torch.randn(b, h, n, generator=gen), -1)
     key, shift = torch.randn(b, h, m, generator=gen), torch.softmax(torch.randn(b, h, s, generator=gen), -1)
     beta, gate, gamma = torch.rand(b, h, generator=gen) * 5, torch.rand(b, h, generator=gen), 1 + torch.rand(b, h)
-    index = A.shift_index(n, s)
-    expected = A.sharpen(A.shift(A.interpolate(A.content_weighting(memory, key, beta), previous, gate), shift, index),
-                         gamma)
-    assert torch.equal(A.address(memory, previous, key, beta, gate, shift, gamma, index), expected)
+    expected = A.sharpen(A.shift(A.interpolate(A.content_weighting(memory, key, beta), previous, gate), shift), gamma)
+    assert torch.equal(A.address(memory, previous, key, beta, gate, shift, gamma), expected)
 
 
 # ---------------------------------------------------------------- properties
@@ -239,7 +247,7 @@ def addressing_inputs(draw):
     gate = torch.full((b, h), draw(st.floats(0.0, 1.0)))
     shift = torch.softmax(torch.randn(b, h, s, generator=gen) * draw(st.sampled_from([1.0, 100.0])), -1)
     gamma = torch.full((b, h), draw(st.sampled_from([1.0, 1.5, 20.0, 1e4])))
-    return memory, previous, key, beta, gate, shift, gamma, A.shift_index(n, s)
+    return memory, previous, key, beta, gate, shift, gamma
 
 
 def assert_distribution(w: torch.Tensor) -> None:
@@ -251,10 +259,10 @@ def assert_distribution(w: torch.Tensor) -> None:
 @settings(max_examples=60, deadline=None)
 @given(addressing_inputs())
 def test_every_stage_gives_a_distribution(inputs) -> None:
-    memory, previous, key, beta, gate, shift, gamma, index = inputs
+    memory, previous, key, beta, gate, shift, gamma = inputs
     content = A.content_weighting(memory, key, beta)
     gated = A.interpolate(content, previous, gate)
-    shifted = A.shift(gated, shift, index)
+    shifted = A.shift(gated, shift)
     for w in (content, gated, shifted, A.sharpen(shifted, gamma)):
         assert_distribution(w)
 
@@ -294,7 +302,7 @@ def test_gradients_finite_at_extremes(beta: float, gamma: float, zero: bool) -> 
     beta_t = torch.full((b, h), beta, requires_grad=True)
     gamma_t = torch.full((b, h), gamma, requires_grad=True)
     w = A.address(memory, previous, key, beta_t, torch.sigmoid(gate_logits), torch.softmax(shift_logits, -1),
-                  gamma_t, A.shift_index(n, 3))
+                  gamma_t)
     assert_distribution(w.detach())
     (w * torch.randn_like(w)).sum().backward()
     for x in [*leaves, beta_t, gamma_t]:
@@ -315,10 +323,9 @@ def test_gradcheck_each_stage() -> None:
     shift = torch.softmax(torch.randn(b, h, s, generator=gen, dtype=d), -1).requires_grad_(True)
     gamma = (1 + torch.rand(b, h, dtype=d)).requires_grad_(True)
     gate = torch.rand(b, h, dtype=d).requires_grad_(True)
-    index = A.shift_index(n, s)
     assert torch.autograd.gradcheck(A.content_weighting, (memory, key, beta))
     assert torch.autograd.gradcheck(A.interpolate, (weights, weights.detach().flip(-1).requires_grad_(), gate))
-    assert torch.autograd.gradcheck(lambda w, sh: A.shift(w, sh, index), (weights, shift))
+    assert torch.autograd.gradcheck(A.shift, (weights, shift))
     assert torch.autograd.gradcheck(A.sharpen, (weights, gamma))
 
 
@@ -326,15 +333,13 @@ def test_beyond_the_gradient_limit_the_forward_pass_stays_finite() -> None:
     """beta = gamma = 1e30: the weighting is still a distribution on zero memory, and gradients stay
     finite on non-zero memory. (A model cannot reach this: beta and gamma are softplus of a linear map of
     a controller output in (-1, 1).)"""
-    index = A.shift_index(6, 3)
     previous = torch.softmax(torch.randn(2, 1, 6), -1)
     shift = torch.softmax(torch.randn(2, 1, 3), -1)
     huge = torch.full((2, 1), 1e30)
-    w = A.address(torch.zeros(2, 6, 3), previous, torch.zeros(2, 1, 3), huge, torch.full((2, 1), 0.5), shift, huge,
-                  index)
+    w = A.address(torch.zeros(2, 6, 3), previous, torch.zeros(2, 1, 3), huge, torch.full((2, 1), 0.5), shift, huge)
     assert_distribution(w)
     memory = torch.randn(2, 6, 3, requires_grad=True)
     key = torch.randn(2, 1, 3, requires_grad=True)
-    w = A.address(memory, previous, key, huge, torch.full((2, 1), 0.5), shift, huge, index)
+    w = A.address(memory, previous, key, huge, torch.full((2, 1), 0.5), shift, huge)
     (w * torch.randn_like(w)).sum().backward()
     assert bool(torch.isfinite(memory.grad).all()) and bool(torch.isfinite(key.grad).all())

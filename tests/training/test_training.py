@@ -83,8 +83,7 @@ def test_each_step_writes_first_then_reads() -> None:
             r = model.read_proj(nxt.controller_h)
 
             def read_weights(memory, r=r, state=state):
-                return addressing.address(memory, state.read_weights, r.key, r.beta, r.gate, r.shift, r.gamma,
-                                          model.shift_index)
+                return addressing.address(memory, state.read_weights, r.key, r.beta, r.gate, r.shift, r.gamma)
 
             torch.testing.assert_close(nxt.read_weights, read_weights(nxt.memory))
             if t_step > 0:  # (at step 0 the content weighting is uniform either way)

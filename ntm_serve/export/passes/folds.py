@@ -19,6 +19,7 @@ from ntm_serve.export.passes.fusions import indicator, split_node, split_sizes
 from ntm_serve.export.passes.index import (
     GraphIndex,
     add_constant,
+    arange_length,
     forget_shapes,
     head_view,
     is_standard,
@@ -117,8 +118,9 @@ def sum_of_indicators(g: GraphIndex) -> int:
 def _one_hot_rows(g: GraphIndex, name: str) -> int | None:
     """How many one-hot rows (along the last axis) the float tensor `name` is the sum of, or None.
 
-    A one-hot row is Cast(Equal(arange(N), ArgMin(v, axis=-1, keepdims=1))) with N the static last axis of v:
-    ArgMin returns an index in [0, N) whatever v holds (NaN included), so each row has exactly one 1.
+    A one-hot row is Cast(Equal(arange(N), ArgMin(v, axis=-1, keepdims=1))) with N the last axis of v (static, or
+    the arange spans that very dimension): ArgMin returns an index in [0, N) whatever v holds (NaN included), so
+    each row has exactly one 1.
     """
     node = g.producer.get(name)
     if node is not None and (is_standard(node, "Add") or is_standard(node, "Sum")):
@@ -129,15 +131,15 @@ def _one_hot_rows(g: GraphIndex, name: str) -> int | None:
     if equal is None or not is_standard(equal, "Equal"):
         return None
     for index_name, arg_name in (equal.input, equal.input[::-1]):
-        index, argmin = g.constants.get(index_name), g.producer.get(arg_name)
-        if index is None or argmin is None or not is_standard(argmin, "ArgMin"):
+        length, argmin = arange_length(g, index_name), g.producer.get(arg_name)
+        if length is None or argmin is None or not is_standard(argmin, "ArgMin"):
             continue
         dims, attrs = g.dims(argmin.input[0]), node_attrs(argmin)
-        if not dims or not isinstance(dims[-1], int) or attrs.get("keepdims", 1) != 1:
+        if not dims or dims[-1] in ("", "?") or attrs.get("keepdims", 1) != 1:
             continue
         if int(attrs.get("axis", 0)) % len(dims) != len(dims) - 1:
             continue
-        if index.shape == (dims[-1],) and np.array_equal(index, np.arange(dims[-1])):
+        if length == dims[-1]:
             return 1
     return None
 
@@ -288,7 +290,8 @@ def _lift_set(g: GraphIndex, select: str) -> tuple[list[onnx.NodeProto], list[on
             continue
         inside = [n for n in node.input if n in values]
         others = [n for n in node.input if n not in values]
-        constant_ok = (lambda n: n in g.constants) if node.op_type == "Equal" else (lambda n: g.scalar(n) is not None)
+        constant_ok = ((lambda n: arange_length(g, n) is not None) if node.op_type == "Equal"
+                       else (lambda n: g.scalar(n) is not None))
         if not inside or not all(constant_ok(n) for n in others):
             continue
         attrs = node_attrs(node)
@@ -296,10 +299,8 @@ def _lift_set(g: GraphIndex, select: str) -> tuple[list[onnx.NodeProto], list[on
             return None
         if node.op_type in ("Div", "Sub") and node.input[0 if node.op_type == "Div" else 1] not in values:
             return None
-        if node.op_type == "Equal":
-            index = g.constants.get(others[0]) if len(others) == 1 else None
-            if index is None or index.ndim != 1:
-                return None
+        if node.op_type == "Equal" and len(others) != 1:
+            return None
         chain.append(node)
         values.add(node.output[0])
     ends = []
@@ -338,6 +339,7 @@ def least_used_as_a_column(g: GraphIndex) -> int:
             continue
         chain, ends = found
         column = f"{select}_column"
+        chain_outputs, columns = {n.output[0] for n in chain}, set()
         position = list(g.graph.node).index(gather)
         as_list = add_constant(g, f"{gather.input[1]}_as_list", index.reshape(1))
         g.graph.node.insert(position + 1, onnx.helper.make_node("Gather", [gather.input[0], as_list], [column], axis=2))
@@ -351,6 +353,13 @@ def least_used_as_a_column(g: GraphIndex) -> int:
                 for position_, name in enumerate(node.input):
                     if name in g.constants:
                         node.input[position_] = add_constant(g, f"{name}_column", g.constants[name].reshape(-1, 1))
+                    elif name != column and name not in chain_outputs:  # a Range over the dynamic N: as a column
+                        if name not in columns:
+                            axis = add_constant(g, f"{name}_column_axis", np.array([1], dtype=np.int64))
+                            unsqueeze = onnx.helper.make_node("Unsqueeze", [name, axis], [f"{name}_column"])
+                            g.graph.node.insert(list(g.graph.node).index(node), unsqueeze)
+                            columns.add(name)
+                        node.input[position_] = f"{name}_column"
         for end in ends:
             if int(g.constants[end.input[1]].reshape(-1)[0]) % 3 == 2:  # (B, N) -> (B, N, 1): the value already is
                 rename_input(g, end.output[0], end.input[0])

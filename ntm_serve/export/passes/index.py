@@ -69,6 +69,34 @@ def rename_input(g: GraphIndex, old: str, new: str) -> None:
     for node in g.consumers.get(old, ()):
         node.input[:] = [new if n == old else n for n in node.input]
 
+def dimension_of(g: GraphIndex, name: str) -> int | str | None:
+    """The graph's name for the dimension the scalar `name` holds when it is Squeeze(Shape(v, start=k, end=k + 1))
+    (how torch exports `v.shape[k]`): a symbol such as "N", or a static size; else None."""
+    squeeze = g.producer.get(name)
+    shape = g.producer.get(squeeze.input[0]) if squeeze is not None and is_standard(squeeze, "Squeeze") else None
+    dims = g.dims(shape.input[0]) if shape is not None and is_standard(shape, "Shape") else None
+    if shape is None or not dims:
+        return None
+    attrs = node_attrs(shape)
+    start = int(attrs.get("start", 0)) % len(dims)
+    end = int(attrs.get("end", len(dims)))
+    end = end % len(dims) if end < 0 else min(end, len(dims))
+    dim = dims[start] if end == start + 1 else None
+    return None if dim in (None, "", "?") else dim
+
+
+def arange_length(g: GraphIndex, name: str) -> int | str | None:
+    """n when `name` is arange(n): a constant [0, 1, ..., n - 1] (a static n), or Range(0, v.shape[k], 1) (torch's
+    `arange` over a dynamic axis: n is that dimension, e.g. the memory rows "N"); else None."""
+    value = g.constants.get(name)
+    if value is not None:
+        return int(value.shape[0]) if value.ndim == 1 and np.array_equal(value, np.arange(value.shape[0])) else None
+    node = g.producer.get(name)
+    if node is None or not is_standard(node, "Range") or g.scalar(node.input[0]) != 0 or g.scalar(node.input[2]) != 1:
+        return None
+    return dimension_of(g, node.input[1])
+
+
 def plain_gemm(g: GraphIndex, node: onnx.NodeProto) -> bool:
     """Gemm(x, W, b) with constant W (transposed, as nn.Linear exports it) and b, alpha = beta = 1."""
     attrs = node_attrs(node)

@@ -11,10 +11,11 @@ graph alone, so the op graphs (every axis dynamic) and any NTMConfig go through 
 The second round's passes (one activation per block, FusedGemm-shaped Gemms, the least-used rows) live in
 ntm_serve/export/passes/fusions.py, the third round's (folds of known or already computed results) in
 ntm_serve/export/passes/folds.py;
-`lean` runs them after these. The index they share is ntm_serve/export/passes/index.py. The last pass
-(ntm_serve/export/passes/premises.py) is exact on every state the server accepts (weightings that are distributions),
-not on
-every input: its premise is enforced where states enter (ntm_serve/api/tensors.py) and documented there.
+`lean` runs them after these. The index they share is ntm_serve/export/passes/index.py. The passes of
+ntm_serve/export/passes/premises.py are exact on every state the server accepts (weightings that are distributions),
+not on every input: their premise is enforced where states enter (ntm_serve/api/tensors.py) and documented there.
+The very last (ntm_serve/export/passes/accuracy.py) changes bits on purpose: it computes an op that onnxruntime's
+float32 kernel gets less accurate closer to exact arithmetic.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from collections.abc import Callable
 import numpy as np
 import onnx
 
+from ntm_serve.export.passes.accuracy import sums_over_rows_in_double
 from ntm_serve.export.passes.folds import (
     add_inside_gemm,
     complements_in_the_gate_block,
@@ -137,35 +139,6 @@ def keep_axis_through_elementwise(g: GraphIndex) -> int:
         last = chain[-2].output[0] if len(chain) > 1 else node.output[0]
         rename_input(g, unsqueeze.output[0], last)
         forget_shapes(g, {node.output[0], *(n.output[0] for n in chain)})  # these values gained the axis back
-        done += 1
-    return done
-
-
-def gather_instead_of_transposed_gathernd(g: GraphIndex) -> int:
-    """Transpose(last axis first) -> GatherND(constant index (..., 1)) -> Transpose(back) is one Gather on
-    the last axis (how torch exports `w[..., index]`): the same elements, no copies of the weighting."""
-    done = 0
-    for node in g.graph.node:
-        if not is_standard(node, "Transpose"):
-            continue
-        first = g.producer.get(node.input[0])
-        if first is None or not is_standard(first, "GatherND") or not g.only_use(first.output[0]):
-            continue
-        front = g.producer.get(first.input[0])
-        index = g.constants.get(first.input[1])
-        if front is None or not is_standard(front, "Transpose") or index is None or index.shape[-1] != 1:
-            continue
-        if node_attrs(first).get("batch_dims", 0) or not g.only_use(front.output[0]):
-            continue
-        perm_in = list(node_attrs(front).get("perm", []))
-        rank, k = len(perm_in), index.ndim - 1
-        perm_out = list(node_attrs(node).get("perm", []))
-        if rank < 2 or perm_in != [rank - 1, *range(rank - 1)] or perm_out != [*range(k, k + rank - 1), *range(k)]:
-            continue
-        node.op_type = "Gather"
-        node.input[:] = [front.input[0], add_constant(g, f"{first.input[1]}_last_axis", index[..., 0])]
-        del node.attribute[:]
-        node.attribute.append(onnx.helper.make_attribute("axis", rank - 1))
         done += 1
     return done
 
@@ -344,7 +317,6 @@ PASSES: tuple[Pass, ...] = (
     drop_identity_arithmetic,
     fuse_thresholded_softplus,
     keep_axis_through_elementwise,
-    gather_instead_of_transposed_gathernd,
     constant_batch_reshape,
     merge_nested_concat,
     merge_sibling_head_projections,
@@ -364,13 +336,20 @@ PASSES: tuple[Pass, ...] = (
     least_used_as_a_column,
     split_for_last_axis_pieces,
     drop_sharpen_floors_on_distributions,
+    sums_over_rows_in_double,
 )
 
 
-def lean(graph: onnx.GraphProto) -> dict[str, int]:
-    """Run every pass once, in order (each on a fresh index, dead nodes removed in between); -> rewrites per pass."""
+def lean(graph: onnx.GraphProto, without: tuple[str, ...] = ()) -> dict[str, int]:
+    """Run every pass once, in order (each on a fresh index, dead nodes removed in between), but those named in
+    `without`; -> rewrites per pass."""
+    unknown = set(without) - {run.__name__ for run in PASSES}
+    if unknown:
+        raise ValueError(f"no graph passes {sorted(unknown)}")
     done = {}
     for run in PASSES:
+        if run.__name__ in without:
+            continue
         done[run.__name__] = run(GraphIndex(graph))
         remove_dead(graph)
     return done
