@@ -30,12 +30,23 @@ FLAG_KEYS: dict[str, str] = {
     "batch_size": "budget.batch_size", "sequences": "budget.sequences", "eval_every": "budget.eval_every",
     "eval_sequences": "budget.eval_sequences", "stop_below": "budget.stop_below", "select_on": "budget.select_on",
     "optimizer": "optimizer.name", "lr": "optimizer.lr", "momentum": "optimizer.momentum", "clip": "optimizer.clip",
-    "threads": "run.threads", "device": "run.device", "compile": "run.compile",
+    "threads": "run.threads", "device": "run.device", "compile": "run.compile", "memory_rows": "memory_rows",
     "validation": "task.validation",
     # The built-in tasks' own options, before they moved into [task]: old command lines keep working.
     "wrap": "task.wrap", "max_length": "task.max_length", "min_items": "task.min_items", "narrow": "task.narrow",
     "permute": "task.permute",
 }
+
+
+def _row_list(text: str) -> list[int]:
+    """`--memory-rows 64,128,256` -> [64, 128, 256]."""
+    try:
+        rows = [int(n) for n in text.split(",") if n.strip()]
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"want whole numbers separated by commas, got {text!r}") from err
+    if not rows:
+        raise argparse.ArgumentTypeError("want at least one memory size")
+    return rows
 
 
 def parser() -> argparse.ArgumentParser:
@@ -68,6 +79,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--ntm", type=json.loads,
                    help='[ntm] keys as JSON, e.g. \'{"controller": "feedforward", "memory_rows": 64}\'')
     p.add_argument("--baseline", type=json.loads, help="[baseline] keys as JSON")
+    p.add_argument("--memory-rows", type=_row_list, metavar="N[,N...]",
+                   help="memory sizes N, one drawn per training batch (a model that works at any N); default: the "
+                        "model's own memory_rows for every batch")
     p.add_argument("--init-from", help="warm start from a trained NTM folder (e.g. models/copy for repeat_copy)")
     p.add_argument("--select-on", help='eval point whose held-out figure picks the shipped checkpoint, e.g. "L=80"')
     p.add_argument("--device", choices=DEVICES, help="auto: CUDA when torch sees one, else CPU")

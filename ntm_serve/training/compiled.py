@@ -36,12 +36,12 @@ INDUCTOR_OPTIONS = {"size_asserts": False}
 # sizes). Its default of 8 is reached by a process that trains three batch sizes (the speed benchmark), after
 # which it would silently run the chunks eager.
 RECOMPILE_LIMIT = 64
-Forward = Callable[[Tensor], Tensor]  # inputs (T, B, I) -> logits (T, B, O)
+Forward = Callable[..., Tensor]  # (inputs (T, B, I), rows: memory rows or None for the trained N) -> logits (T, B, O)
 
 
 def eager_forward(model: nn.Module) -> Forward:
-    """The model's own forward pass, logits only."""
-    return lambda inputs: model(inputs)[0]
+    """The model's own forward pass, logits only; `rows` memory rows (an NTM; None: the trained N)."""
+    return lambda inputs, rows=None: model(inputs)[0] if rows is None else model(inputs, rows=rows)[0]
 
 
 def chunk_plan(steps: int, chunks: tuple[int, ...] = CHUNKS) -> list[int]:
@@ -70,8 +70,9 @@ def compiled_forward(model: NTM, chunks: tuple[int, ...] = CHUNKS) -> Forward:
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
     compiled = torch.compile(run_steps, dynamic=False, fullgraph=True, options=INDUCTOR_OPTIONS)
 
-    def forward(inputs: Tensor) -> Tensor:
-        first, state = compiled(inputs[:1], model.initial_state(inputs.shape[1]))  # (1, B, O)
+    def forward(inputs: Tensor, rows: int | None = None) -> Tensor:
+        """Each memory size N compiles graphs of its own (the sizes are static): train on a few N, not a range."""
+        first, state = compiled(inputs[:1], model.initial_state(inputs.shape[1], rows))  # (1, B, O)
         logits, t = [first], 1
         for k in chunk_plan(inputs.shape[0] - 1, chunks):
             ys, state = compiled(inputs[t : t + k], state)  # (k, B, O)

@@ -43,6 +43,7 @@ FIELDS: dict[str, tuple[str, str]] = {
     "eval_every": ("budget", "eval_every"), "eval_sequences": ("budget", "eval_sequences"),
     "stop_below": ("budget", "stop_below"), "select_on": ("budget", "select_on"),
     "device": ("run", "device"), "threads": ("run", "threads"), "compile": ("run", "compile"),
+    "memory_rows": ("", "memory_rows"),
 }
 SECTIONS = ("task", "ntm", "baseline", "optimizer", "budget", "run")
 TASK_SOURCES = ("name", "data", "file")  # the [task] keys that say where the task comes from
@@ -172,6 +173,8 @@ def _value(v: Any) -> str:
         return repr(v)
     if isinstance(v, str):
         return json.dumps(v)
+    if isinstance(v, list):
+        return "[" + ", ".join(_value(item) for item in v) + "]"
     raise ConfigError(f"cannot write {v!r} to TOML")
 
 

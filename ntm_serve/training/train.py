@@ -81,6 +81,10 @@ class TrainConfig:
     device: str = "auto"  # auto (CUDA when torch sees one), cpu, cuda; not part of the run's identity
     # NTM.step compiled in chunks, Adam fused (ntm_serve/training/compiled.py); not part of the identity
     compile: bool = False
+    # Memory sizes N, one drawn per training batch (uniformly, from the batch generator) so the model learns an
+    # algorithm that does not depend on N; empty: every batch at the model's own N (memory_rows). With --compile
+    # each N compiles its own graphs: a few sizes, not a range.
+    memory_rows: list[int] = field(default_factory=list)
 
 
 def build_model(cfg: TrainConfig, task: TaskSpec) -> nn.Module:
@@ -178,6 +182,13 @@ def _check_settings(cfg: TrainConfig) -> None:
         raise ValueError(f"lr and clip must be > 0, got lr {cfg.lr}, clip {cfg.clip}")
     if cfg.init_from and not (Path(cfg.init_from) / MODEL_FILE).is_file() and not Path(cfg.init_from).is_file():
         raise ValueError(f"init_from {cfg.init_from}: no {MODEL_FILE} there")
+    if cfg.memory_rows:
+        if cfg.model != "ntm":
+            raise ValueError("memory_rows (N per batch) applies to the NTM only")
+        low, high = NTMConfig(**{**cfg.ntm, "input_size": 1, "output_size": 1}).rows_range
+        bad = [n for n in cfg.memory_rows if not isinstance(n, int) or isinstance(n, bool) or not low <= n <= high]
+        if bad:
+            raise ValueError(f"memory_rows {bad} outside the model's range [{low}, {high}]")
 
 
 def _resume_state(cfg: TrainConfig, out: Path) -> dict[str, Any] | None:
@@ -291,10 +302,22 @@ class _Window:
         return self.bits_sum / max(self.batches, 1)
 
 
+def training_rows(choices: list[int], gen: torch.Generator) -> int | None:
+    """One of `choices`, uniformly from `gen` (drawn only when there are choices, so other runs' streams stay as
+    they were); None without choices."""
+    if not choices:
+        return None
+    return choices[int(torch.randint(len(choices), (1,), generator=gen))]
+
+
 def train_step(run: Run, task: TaskSpec, cfg: TrainConfig, device: torch.device) -> tuple[float, float]:
     """One optimiser step on a fresh batch. -> (loss, mean bit errors per sequence)."""
     batch = task.sample(run.gen, cfg.batch_size).to(device)  # inputs (T, B, I), targets (T_out, B, O)
-    logits = run.forward(batch.inputs) if run.forward is not None else run.model(batch.inputs)[0]  # (T, B, O)
+    rows = training_rows(cfg.memory_rows, run.gen)  # this batch's memory size N (None: the model's own)
+    if run.forward is not None:
+        logits = run.forward(batch.inputs, rows)  # (T, B, O)
+    else:
+        logits = (run.model(batch.inputs) if rows is None else run.model(batch.inputs, rows=rows))[0]
     loss = batch_loss(task, logits, batch)
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()
