@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ntm_serve.contract import GRAPH_FILES, META_CHECKPOINT, SEQUENCE_INPUTS, STATE_NAMES
+from ntm_serve.contract import GRAPH_FILES, MEMORY_ROWS, META_CHECKPOINT, SEQUENCE_INPUTS, STATE_NAMES
 from ntm_serve.runtime.ort_session import open_session
 from ntm_serve.server.config import ServiceConfig
 
@@ -85,13 +85,16 @@ class Offline:
 
     `run` puts the session in row 0 of a batch of 4 (the other rows: initial state, zero inputs), the
     layout the server computes every row in (ntm_serve/runtime/engine.py, ROW_MULTIPLE), so the numbers must agree
-    to the last bit; `batch=1` gives the plain single-sequence run."""
+    to the last bit; `batch=1` gives the plain single-sequence run. `rows`: the memory size N (0: the trained N),
+    fed to initial_state.onnx as MEMORY_ROWS (issue 24)."""
 
     folder: Path
+    rows: int = 0
 
     def __post_init__(self) -> None:
         self._sequence = open_session(self.folder / GRAPH_FILES["sequence"], "cpu")
-        initial = open_session(self.folder / GRAPH_FILES["initial_state"], "cpu").run(None, {})
+        feeds = {MEMORY_ROWS: np.array(self.rows, dtype=np.int64)} if self.rows else {}
+        initial = open_session(self.folder / GRAPH_FILES["initial_state"], "cpu").run(None, feeds)
         assert tuple(i.name for i in self._sequence.get_inputs()) == SEQUENCE_INPUTS
         self.state_names = list(STATE_NAMES)
         self.initial = dict(zip(self.state_names, initial, strict=True))  # batch 1
@@ -110,14 +113,15 @@ class Offline:
                 "state": {k: v[0] for k, v in zip(self.state_names, final, strict=True)}}
 
     def torch_outputs(self, inputs: np.ndarray) -> np.ndarray:
-        """The trained PyTorch model's probabilities for inputs (T, I) from the initial state."""
+        """The trained PyTorch model's probabilities for inputs (T, I) from the initial state (at `rows`)."""
         import torch
 
         from ntm_serve.training.checkpoint import load_model
 
         model, _ = load_model(self.folder)
         with torch.no_grad():
-            logits, *_ = model(torch.from_numpy(np.asarray(inputs, np.float32))[:, None])  # (T, 1, O)
+            at = {"rows": self.rows} if self.rows else {}
+            logits, *_ = model(torch.from_numpy(np.asarray(inputs, np.float32))[:, None], **at)  # (T, 1, O)
         return torch.sigmoid(logits)[:, 0].numpy()
 
 
@@ -138,7 +142,7 @@ def run_schedule(engine: Engine, calls: list[list[int]], inputs: np.ndarray) -> 
         result = engine.step(np.array([slots[i] for i in members], dtype=np.int64), inputs[t, members])
         for i, row in zip(members, result.outputs, strict=True):
             outputs[i].append(row)
-        sizes.append(engine._resident.size)
+        sizes.append(engine.resident_size)
     return outputs, sizes
 
 

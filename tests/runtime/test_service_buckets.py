@@ -106,7 +106,7 @@ def test_auto_without_cuda_serves_without_graphs_and_says_so(copy_dir: Path, cap
         with NTMClient(server.target) as client:
             session = client.create_session("copy").session_id
             assert client.step(session, bits(np.random.default_rng(0), 3)).outputs.shape == (3, 8)
-        assert server.server.models["copy"].batcher.engine._fixed is None
+        assert server.server.models["copy"].batcher.engine.fixed is None
     assert any("CUDA graphs are off" in r.getMessage() for r in caplog.records)
 
 

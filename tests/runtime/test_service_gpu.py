@@ -89,7 +89,7 @@ def test_cuda_graphs_step_the_numbers_of_the_same_buckets_without_graphs(step_gr
     calls = schedule(rng)
     inputs = rng.integers(0, 2, (len(calls), 32, 9)).astype(np.float32)
     graphs = Engine(models_dir / "copy", "cuda", buckets=BUCKETS, cuda_graph=True)
-    assert graphs._fixed is not None and graphs._fixed.cuda_graph
+    assert graphs.fixed is not None and graphs.fixed.cuda_graph
     got, sizes = run_schedule(graphs, calls, inputs)
     same, same_sizes = run_schedule(Engine(models_dir / "copy", "cuda", buckets=BUCKETS), calls, inputs)
     cpu, _ = run_schedule(Engine(models_dir / "copy", "cpu"), calls, inputs)
@@ -107,7 +107,7 @@ def test_cuda_graph_server_serves_concurrent_sessions(step_graph: Path, copy_dir
     config = service_config(copy_dir, provider="cuda", cuda_graph=True, batch_buckets=(4, 8, 16, 32, 64))
     with ServerThread(config) as server, NTMClient(server.target) as client:
         engine = server.server.models["copy"].batcher.engine
-        assert engine._fixed is not None and engine._fixed.cuda_graph
+        assert engine.fixed is not None and engine.fixed.cuda_graph
 
         def run(i: int) -> np.ndarray:
             session = client.create_session("copy").session_id
@@ -170,3 +170,35 @@ def test_a_step_graph_that_cannot_be_captured_is_refused_with_the_reason(step_gr
             service_config(tmp_path / "models", provider="cuda", cuda_graph=True)):
         pass
     assert "control flow" in str(refused.value)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("cuda_graph", [False, True], ids=["plain", "cuda_graph"])
+def test_sessions_of_other_memory_sizes_run_on_cuda_beside_the_trained_one(step_graph: Path, copy_dir: Path,
+                                                                           cuda_graph: bool) -> None:
+    """Issue 24 on the GPU: sessions at N = 64 and 1024 (their groups made at run time, without CUDA graphs) step
+    concurrently with trained-N ones (under CUDA graphs when asked): each within float noise of the CPU graphs at
+    its N, and a size's group freed with its last session."""
+    needs_cuda(step_graph)
+    rng = np.random.default_rng(24)
+    sizes = [0, 0, 64, 64, 1024]
+    inputs = [bits(rng, 30) for _ in sizes]
+    config = service_config(copy_dir, provider="cuda", cuda_graph=cuda_graph,
+                            batch_buckets=(4, 8, 16, 32, 64) if cuda_graph else ())
+    with ServerThread(config) as server, NTMClient(server.target) as client:
+        engine = server.server.models["copy"].batcher.engine
+
+        def run(i: int) -> tuple[str, np.ndarray]:
+            session = client.create_session("copy", memory_rows=sizes[i]).session_id
+            return session, np.concatenate([client.step(session, c).outputs for c in np.split(inputs[i], 3)])
+
+        with ThreadPoolExecutor(len(sizes)) as pool:
+            results = list(pool.map(run, range(len(sizes))))
+        assert sorted(engine.groups) == [64, 128, 1024]
+        for (_, got), n, x in zip(results, sizes, inputs, strict=True):
+            want = Offline(copy_dir / "copy", rows=n).run(x)["outputs"]
+            np.testing.assert_allclose(got, want, rtol=0, atol=1e-5, err_msg=f"N={n}")
+        for (session, _), n in zip(results, sizes, strict=True):
+            if n:
+                client.delete_session(session)
+        assert sorted(engine.groups) == [128]
