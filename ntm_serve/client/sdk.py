@@ -64,6 +64,7 @@ class SessionInfo:
     version: int = 0  # the model version it runs on, for life
     checkpoint_sha256: str = ""  # that version's weights
     group: str = ""  # its placement group ("" for none): create_session(..., group=...)
+    memory_rows: int = 0  # its memory size N, for life (0 from a server that predates memory_rows)
 
 
 @dataclass(frozen=True)
@@ -132,7 +133,8 @@ def _state_message(state: SessionStateData) -> ntm_pb2.SessionState:
 def _session_info(message: ntm_pb2.Session) -> SessionInfo:
     state = _state_data(message.state) if message.HasField("state") else None
     return SessionInfo(message.session_id, message.model, message.steps, message.expires_at.ToDatetime(tzinfo=UTC),
-                       message.ttl_seconds, state, message.version, message.checkpoint_sha256, message.group)
+                       message.ttl_seconds, state, message.version, message.checkpoint_sha256, message.group,
+                       message.memory_rows)
 
 
 def _step_output(response: ntm_pb2.StepResponse) -> StepOutput:
@@ -348,12 +350,14 @@ class NTMClient:
         return list(self._call("ListModels", ntm_pb2.ListModelsRequest()).models)  # type: ignore[attr-defined]
 
     def create_session(self, model: str, ttl_seconds: float = 0.0, version: int | None = None,
-                       group: str = "") -> SessionInfo:
+                       group: str = "", memory_rows: int = 0) -> SessionInfo:
         """A new session on `version` of the model (default: the newest); it stays on that version. `group`: a
         placement group (1 to 64 of A-Z a-z 0-9 _ -): its id begins "<group>.", and a cluster places a group's
         sessions on one replica, so packed messages of one group's sessions are served there (in a cluster they
-        must be)."""
-        request = ntm_pb2.CreateSessionRequest(model=model, ttl_seconds=ttl_seconds, version=version, group=group)
+        must be). `memory_rows`: the session's memory size N, for life (0: the model's trained N; ListModels gives
+        the range, ModelInfo.memory_rows_min/_max): a larger memory for longer sequences, the same weights."""
+        request = ntm_pb2.CreateSessionRequest(model=model, ttl_seconds=ttl_seconds, version=version, group=group,
+                                               memory_rows=memory_rows)
         return _session_info(self._call("CreateSession", request))
 
     def get_session(self, session_id: str, include_state: bool = False) -> SessionInfo:

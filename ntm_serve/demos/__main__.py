@@ -18,7 +18,7 @@ import grpc
 import numpy as np
 
 from ntm_serve.api.tls import TLSConfigError
-from ntm_serve.client.sdk import NTMClient, StepError
+from ntm_serve.client.sdk import NTMClient, SessionInfo, StepError, StepOutput
 from ntm_serve.demos import tasks_np
 from ntm_serve.demos.one_shot import add_arguments
 from ntm_serve.demos.one_shot import run as run_one_shot
@@ -64,6 +64,9 @@ def demo_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, help="repeat_copy: repeat count R")
     p.add_argument("--items", type=int, help="associative_recall: item count K")
     p.add_argument("--seed", type=int, default=0, help="random seed of the example (default 0)")
+    p.add_argument("--memory-rows", type=int, default=0, metavar="N",
+                   help="the session's memory size N (default 0: the model's trained N; ListModels gives "
+                        "its range): e.g. copy --length 400 --memory-rows 1024, longer than the trained N holds")
     p.add_argument("--token", default=os.environ.get("NTM_TOKEN"), help="bearer token (env NTM_TOKEN)")
     p.add_argument("--tls", action="store_true", default=bool(os.environ.get("NTM_CLIENT_TLS")),
                    help="speak TLS (implied by --tls-ca/--tls-cert; env NTM_CLIENT_TLS)")
@@ -99,8 +102,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     with client:
         try:
-            session = client.create_session(model, ttl_seconds=60)
-            out = client.step(session.session_id, example.inputs, return_attention=True)
+            session = client.create_session(model, ttl_seconds=60, memory_rows=args.memory_rows)
+            values = _answer_values(client, model, session) if args.plot else 0
+            out = _run(client, session.session_id, example.inputs, bool(args.plot), values)
             final = client.get_session(session.session_id, include_state=True).state if args.plot else None
             client.delete_session(session.session_id)
         except grpc.RpcError as err:
@@ -108,7 +112,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
     table, errors = render(example, out.outputs)  # type: ignore[arg-type]
     described = ", ".join(f"{k}={v}" for k, v in example.params.items())
-    print(f"task {args.task} ({described}): {len(example.inputs)} steps through model {model!r} at {args.target}")
+    print(f"task {args.task} ({described}): {len(example.inputs)} steps through model {model!r} at {args.target}, "
+          f"memory of {session.memory_rows} rows")
     print(table)
     print(f"bit errors: {errors} of {example.targets.size}")
     if args.plot:
@@ -121,6 +126,30 @@ def main(argv: Sequence[str] | None = None) -> int:
                          memory, args.plot, f"{args.task} via the NTM service ({errors} bit errors)", rows)
         print(f"wrote {args.plot}")
     return 0
+
+
+STEP_LIMIT = 1000  # the server's default --max-steps: longer examples go in several requests
+ANSWER_BYTES = 3 << 20  # an answer with the heads' weightings stays under the default --max-message-bytes (4 MiB)
+
+
+def _answer_values(client: NTMClient, model: str, session: SessionInfo) -> int:
+    """Floats per step of an answer with the heads' weightings: O + R N + W N at the session's N (0: unknown)."""
+    info = next((m for m in client.list_models() if m.name == model and m.version == session.version), None)
+    return info.output_size + (info.read_heads + info.write_heads) * session.memory_rows if info else 0
+
+
+def _run(client: NTMClient, session_id: str, inputs: np.ndarray, attention: bool, values: int) -> StepOutput:
+    """Every step of `inputs` (T, I), in requests of at most STEP_LIMIT steps; with the heads' weightings, of few
+    enough that each answer fits a message (`values` a step: O + R N + W N floats). One StepOutput of them all."""
+    chunk = max(1, min(STEP_LIMIT, ANSWER_BYTES // (4 * values))) if attention and values else STEP_LIMIT
+    parts = [client.step(session_id, inputs[t:t + chunk], return_attention=attention)
+             for t in range(0, len(inputs), chunk)]
+    if len(parts) == 1:
+        return parts[0]
+    joined = {name: np.concatenate([getattr(p, name) for p in parts]) if attention or name == "outputs" else None
+              for name in ("outputs", "read_weights", "write_weights")}
+    return StepOutput(session_id, joined["outputs"], parts[-1].steps, read_weights=joined["read_weights"],
+                      write_weights=joined["write_weights"])
 
 
 def _one_shot(args: argparse.Namespace) -> int:

@@ -1,6 +1,8 @@
 """Continuous batching, the doing half: one thread per model runs the scheduler's plans on the engine and
 delivers the results. What runs next is decided in ntm_serve/server/scheduler.py; the design (batching on and off,
-atomicity, backup lanes, deferred wake-ups) is in docs/service.md ("Continuous batching").
+atomicity, backup lanes, deferred wake-ups) is in docs/service.md ("Continuous batching"). Each plan is of one memory
+size N: its step call runs on that N's group of the engine, with that size's batch frame and backup lanes
+(docs/service.md, "Memory size per session").
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -44,6 +47,15 @@ def defer_wakeup(wake: Callable[[], None]) -> bool:
     return True
 
 
+@dataclass(eq=False)
+class SizeRun:
+    """What the batcher thread keeps for one memory size N between its step calls."""
+
+    rows: int  # N (a session's memory_rows; 0: the trained N)
+    frame: BatchFrame  # the requests of its step calls (batching on): ntm_serve/server/batch_frame.py
+    free_lanes: list[int] = field(default_factory=list)  # backup rows, one per session row in progress
+
+
 class Batcher:
     """A model's thread: runs plans (control jobs, one step call of a batch) and answers every job once."""
 
@@ -62,9 +74,8 @@ class Batcher:
                                    max_wait_s=max_wait_s, max_queue=max_queue,
                                    on_depth=metrics.queue_depth.labels(self.model).set)
         self._progress: dict[RowJob, Progress] = {}  # requests started and not finished (batching on; packs)
-        self._free_lanes = list(range(max_batch - 1, -1, -1))  # backup rows, one per session row in progress
-        # The requests of the step calls (batching on), laid out for the step: ntm_serve/server/batch_frame.py.
-        self._frame = BatchFrame(engine.spec.input_size, engine.spec.output_size)
+        self._max_batch = max_batch
+        self._sizes: dict[int, SizeRun] = {}  # per memory size N: its frame and backup lanes
         self.tap = Tap()  # the watched sessions: frames after each step call (ntm_serve/server/watch.py)
         self._thread = threading.Thread(target=self._loop, name=f"batcher-{self.model}", daemon=True)
         # On CUDA, onnxruntime's provider keeps per-thread state (its CUDA-graph captures among it): the model's
@@ -140,20 +151,32 @@ class Batcher:
             with self._turn:
                 self._run(plan)
 
+    def _size(self, rows: int) -> SizeRun:
+        """The batcher's record of memory size `rows`, made on first use."""
+        size = self._sizes.get(rows)
+        if size is None:
+            frame = BatchFrame(self.engine.spec.input_size, self.engine.spec.output_size)
+            size = self._sizes[rows] = SizeRun(rows, frame, list(range(self._max_batch - 1, -1, -1)))
+        return size
+
     def _run(self, plan: Plan) -> None:
-        """Run one plan; the caller holds the turn."""
+        """Run one plan (of one memory size); the caller holds the turn."""
         for job in plan.controls:
             self._run_control(job)
+        if plan.controls and not self.engine.holds(plan.rows):  # its last session ended: the size goes too
+            self._sizes.pop(plan.rows, None)
+            self.scheduler.forget(plan.rows)
         for pack, err in plan.refused:
             self.scheduler.finish(*pack.sessions)
             self._deliver(pack, err)
         if plan.batch:
+            size = self._size(plan.rows)
             if not (self.batching or isinstance(plan.batch[0], PackJob)):  # batching off: a pack is one unit
-                self._run_alone(plan.batch[0])
-            elif plan.one_step and not len(self._frame):
-                self._tick(plan.batch)
+                self._run_alone(plan.batch[0], plan.rows)
+            elif plan.one_step and not len(size.frame):
+                self._tick(plan.batch, plan.rows)
             else:
-                self._iterate(plan.batch)
+                self._iterate(plan.batch, size)
 
     def _run_control(self, job: ControlJob) -> None:
         try:
@@ -166,21 +189,21 @@ class Batcher:
         self.scheduler.finish(job.session)
         self._deliver(job, result)
 
-    def _started(self, job: RowJob) -> Progress:
+    def _started(self, job: RowJob, rows: int) -> Progress:
         progress = self._progress.get(job)
         if progress is None:
-            progress = Progress.start(job, self.engine.spec.output_size, self.engine.spec.state_shapes)
+            progress = Progress.start(job, self.engine.spec.output_size, self.engine.spec.shapes_at(rows))
             self._progress[job] = progress
         return progress
 
-    def _iterate(self, batch: list[RowJob]) -> None:
-        """One onnxruntime step for every session of every request in the batch."""
-        frame = self._frame
+    def _iterate(self, batch: list[RowJob], size: SizeRun) -> None:
+        """One onnxruntime step for every session of every request in the batch (all of one memory size)."""
+        frame = size.frame
         if not frame.holds(batch):  # never after a normal step: the batch is the frame's requests, then joiners
             frame.clear()
         saving = []
         if len(batch) > len(frame):
-            joining = [self._started(job) for job in batch[len(frame):]]
+            joining = [self._started(job, size.rows) for job in batch[len(frame):]]
             frame.add(joining)
             saving = [p for p in joining if p.t == 0 and p.job.steps > 1]  # rows to backup lanes before step 1
         x = frame.inputs_now()  # (B, I)
@@ -188,31 +211,32 @@ class Batcher:
         began = time.perf_counter()
         try:
             if saving:
+                lanes = size.free_lanes
                 for p in saving:
-                    p.lanes = self._free_lanes[-p.job.rows:]
-                    del self._free_lanes[-p.job.rows:]
+                    p.lanes = lanes[-p.job.rows:]
+                    del lanes[-p.job.rows:]
                 self.engine.save_rows([s.slot for p in saving for s in p.job.sessions],
-                                      [lane for p in saving for lane in p.lanes or ()])
-            result = self.engine.step(frame.slots, x, frame.attention)
+                                      [lane for p in saving for lane in p.lanes or ()], size.rows)
+            result = self.engine.step(frame.slots, x, frame.attention, size.rows)
         except Exception as err:
             log.exception("model %s: step of %d sessions failed", self.model, frame.rows)
             frame.clear()
-            self._fail(batch, err)
+            self._fail(batch, err, size)
             return
         self._observe(began, frame.rows, frame.rows)
         finished = frame.record(result.outputs, result.read_weights, result.write_weights)
         if self.tap.watched:
-            self.tap.after_step(self.engine, frame.slots, x, result.outputs, frame.t)
+            self.tap.after_step(self.engine, size.rows, frame.slots, x, result.outputs, frame.t)
         leaving = frame.remove(finished) if len(finished) else []
-        self.scheduler.carry(frame.jobs)
+        self.scheduler.carry(frame.jobs, size.rows)
         for p in leaving:
-            self._release(p)
+            self._release(p, size)
             if isinstance(p.job, PackJob):
                 self._complete_pack(p.job, p.outputs, p.read_weights, p.write_weights)
             else:
                 self._complete(p.job, p.outputs, p.read_weights, p.write_weights)
 
-    def _tick(self, batch: list[RowJob]) -> None:
+    def _tick(self, batch: list[RowJob], rows: int) -> None:
         """A batch that finishes in one step call (every request takes one step, none is in progress): the
         requests' inputs go to the engine and its outputs to their answers directly, without the batch frame,
         progress records or backup lanes (a failed call applies nothing: there is nothing to undo)."""
@@ -228,14 +252,14 @@ class Batcher:
         self._wake_callers()  # the event loop answers the finished requests while onnxruntime runs
         began = time.perf_counter()
         try:
-            result = self.engine.step(slots, x, attention)
+            result = self.engine.step(slots, x, attention, rows)
         except Exception as err:
             log.exception("model %s: step of %d sessions failed", self.model, len(slots))
-            self._fail(batch, err)
+            self._fail(batch, err, self._size(rows))
             return
         self._observe(began, len(slots), len(slots))
         if self.tap.watched:
-            self.tap.after_step(self.engine, slots, x, result.outputs, 1)
+            self.tap.after_step(self.engine, rows, slots, x, result.outputs, 1)
         reads, writes = result.read_weights, result.write_weights
         end = 0
         for job in batch:  # the result's rows are fresh arrays: each answer is a view of its rows
@@ -248,7 +272,7 @@ class Batcher:
             else:
                 self._complete(job, result.outputs[rows], *weights)
 
-    def _run_alone(self, job: StepJob) -> None:
+    def _run_alone(self, job: StepJob, rows: int) -> None:
         """Batching off: the whole request in one call."""
         self._wake_callers()
         began = time.perf_counter()
@@ -257,12 +281,12 @@ class Batcher:
         try:
             result: StepResult | SequenceResult
             if job.steps == 1:
-                result = self.engine.step(np.array([slot], dtype=np.int64), job.inputs, job.attention)
+                result = self.engine.step(np.array([slot], dtype=np.int64), job.inputs, job.attention, rows)
             else:
-                result = self.engine.sequence(slot, job.inputs, job.attention or watched)
+                result = self.engine.sequence(slot, job.inputs, job.attention or watched, rows)
         except Exception as err:
             log.exception("model %s: request of session %s failed", self.model, job.session.id)
-            self._fail([job], err)
+            self._fail([job], err, self._size(rows))
             return
         self._observe(began, 1, job.steps)
         if watched:
@@ -276,11 +300,11 @@ class Batcher:
         self._batch_size.observe(batch)
         self._steps.inc(steps)
 
-    def _release(self, progress: Progress) -> None:
-        """Forget a request's progress and give its backup lane back."""
+    def _release(self, progress: Progress, size: SizeRun) -> None:
+        """Forget a request's progress and give its backup lanes back (to its size's)."""
         del self._progress[progress.job]
         if progress.lanes is not None:
-            self._free_lanes.extend(progress.lanes)
+            size.free_lanes.extend(progress.lanes)
             progress.lanes = None
 
     def _complete(self, job: StepJob, outputs: np.ndarray, read_weights: np.ndarray | None,
@@ -306,19 +330,19 @@ class Batcher:
         self.scheduler.finish(*job.sessions)
         self._deliver(job, outcome)
 
-    def _fail(self, jobs: list[RowJob], err: Exception) -> None:
-        """Undo the steps already applied by the batch's requests, then fail them all."""
+    def _fail(self, jobs: list[RowJob], err: Exception, size: SizeRun) -> None:
+        """Undo the steps already applied by the batch's requests (all of `size`), then fail them all."""
         started = [p for job in jobs if (p := self._progress.get(job)) is not None]
         undo = [p for p in started if p.t > 0 and p.lanes is not None]
         if undo:
             try:
                 self.engine.restore_rows([lane for p in undo for lane in p.lanes or ()],
-                                         [s.slot for p in undo for s in p.job.sessions])
+                                         [s.slot for p in undo for s in p.job.sessions], size.rows)
             except Exception:
                 log.exception("model %s: could not restore %d sessions after a failed step", self.model, len(undo))
         for p in started:
-            self._release(p)
-        self.scheduler.carry([])
+            self._release(p, size)
+        self.scheduler.carry([], size.rows)
         error = internal(f"engine failure, request not applied: {err}")
         for job in jobs:
             self.scheduler.finish(*job.sessions)

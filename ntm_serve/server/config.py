@@ -70,6 +70,7 @@ class ServiceConfig:
     default_ttl_s: float = 3600.0
     max_ttl_s: float = 86_400.0
     max_steps: int = 1000
+    max_memory_rows: int = 8192
     max_message_bytes: int = 4 * 1024 * 1024
     max_queue: int = 10_000
     stream_window: int = 256
@@ -101,8 +102,8 @@ class ServiceConfig:
     ui_port: int = -1
 
     def __post_init__(self) -> None:
-        positive = ("intra_op_threads", "max_batch", "max_sessions", "max_steps", "max_message_bytes",
-                    "max_queue", "stream_window", "max_concurrent_rpcs")
+        positive = ("intra_op_threads", "max_batch", "max_sessions", "max_steps", "max_memory_rows",
+                    "max_message_bytes", "max_queue", "stream_window", "max_concurrent_rpcs")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -185,6 +186,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("default_ttl_s", float, "idle time before a session is evicted, when the client asks for none"),
     Setting("max_ttl_s", float, "cap on the idle TTL a client may ask for"),
     Setting("max_steps", int, "most time steps in one request"),
+    Setting("max_memory_rows", int, "most memory rows N a session may ask for (CreateSession memory_rows, "
+            "ImportSession): a session's state grows with N (N x M floats of memory), this bounds one session's RAM; "
+            "never below a model's trained N, which is always served"),
     Setting("max_message_bytes", int, "largest gRPC message received or sent"),
     Setting("max_queue", int, "most requests waiting per model (RESOURCE_EXHAUSTED past it)"),
     Setting("stream_window", int, "most unanswered requests per stream before the server stops reading it"),

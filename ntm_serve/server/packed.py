@@ -41,10 +41,10 @@ class CheckedPack:
 def _sessions(found: Sequence[SessionRecord | ServiceError], served: Callable[[SessionRecord], ServedModel]
               ) -> tuple[dict[int, ServiceError], ServedModel | None]:
     """Entry -> why, for entries whose session is unknown, someone else's, named twice, or on another model
-    version than the first good entry's; and that model (None when no entry has a session)."""
+    version or memory size than the first good entry's; and that model (None when no entry has a session)."""
     if found and all(isinstance(s, SessionRecord) for s in found):  # the usual message, checked in bulk
         sessions = cast(Sequence[SessionRecord], found)
-        if len({s.key for s in sessions}) == 1 and len({s.id for s in sessions}) == len(sessions):
+        if len({(s.key, s.memory_rows) for s in sessions}) == 1 and len({s.id for s in sessions}) == len(sessions):
             try:
                 return {}, served(sessions[0])
             except ServiceError:
@@ -54,6 +54,7 @@ def _sessions(found: Sequence[SessionRecord | ServiceError], served: Callable[[S
     model: ServedModel | None = None
     key = None  # the model's key: a session on the same version is served by the same model (one lookup per key)
     first = -1
+    rows = 0  # the first good entry's memory size: one step call runs one size
     for e, session in enumerate(found):
         if isinstance(session, ServiceError):
             refused[e] = session
@@ -64,6 +65,8 @@ def _sessions(found: Sequence[SessionRecord | ServiceError], served: Callable[[S
             continue
         seen[session.id] = e
         if session.key == key:
+            if session.memory_rows != rows:
+                refused[e] = _other_size(session, rows, first)
             continue
         try:
             own = served(session)
@@ -71,11 +74,16 @@ def _sessions(found: Sequence[SessionRecord | ServiceError], served: Callable[[S
             refused[e] = err
             continue
         if model is None:
-            model, key, first = own, own.key, e
+            model, key, first, rows = own, own.key, e, session.memory_rows
         elif own.key != model.key:
             refused[e] = invalid(f"session {session.id} runs on {own.label}, entry {first}'s on {model.label}: "
                                  "a message steps sessions of one model version")
     return refused, model
+
+
+def _other_size(session: SessionRecord, rows: int, first: int) -> ServiceError:
+    return invalid(f"session {session.id} has {session.memory_rows} memory rows, entry {first}'s {rows}: a message "
+                   "steps sessions of one memory size (one step call runs one N)")
 
 
 def entry_fields(request: ntm_pb2.PackedStepRequest) -> tuple[list[str], list[int | None]]:
@@ -100,7 +108,8 @@ def check(request: ntm_pb2.PackedStepRequest, found: Sequence[SessionRecord | Se
     if not request.HasField("inputs"):
         raise invalid(f"inputs is required: a tensor of shape [E, T, {model.spec.input_size}] (E = {len(found)})")
     inputs = packed_inputs(request.inputs, len(found), model.spec.input_size, max_steps)
-    check_answer_size(inputs.shape[0] * inputs.shape[1], model.spec.answer_values(request.return_attention),
+    rows = next(s.memory_rows for s in found if isinstance(s, SessionRecord) and s.key == model.key)
+    check_answer_size(inputs.shape[0] * inputs.shape[1], model.spec.answer_values(request.return_attention, rows),
                       max_bytes, echoed_chars=len(request.request_id), entries=inputs.shape[0])
     refused |= {e: err for e, err in nonfinite_entries(inputs).items() if e not in refused}
     for e, value in enumerate(expect):

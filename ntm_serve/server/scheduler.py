@@ -35,6 +35,7 @@ class Plan:
     controls: list[ControlJob]
     batch: list[RowJob]
     refused: list[tuple[PackJob, ServiceError]] = field(default_factory=list)
+    rows: int = 0  # the memory size N of its sessions (each plan is one size's; 0: the trained N)
 
     @property
     def one_step(self) -> bool:
@@ -71,12 +72,14 @@ def _pack_refusal(pack: PackJob) -> PackError | None:
 
 
 def take(ready: deque[SessionRecord], queues: dict[SessionRecord, deque[Job]], active: list[RowJob],
-         max_batch: int, arrived: dict[PackJob, int] | None = None, held: deque[PackJob] | None = None) -> Plan:
+         max_batch: int, arrived: dict[PackJob, int] | None = None, held: deque[PackJob] | None = None,
+         memory_rows: int = 0) -> Plan:
     """The policy. Pops ready sessions (in arrival order) until the batch holds `max_batch` rows: a head
     control job runs now; a head step request joins the batch, unless it cannot run (no row, or not at the
     step count it expects: then a control job refuses it, in its turn). A packed message joins when the last of
     its sessions is popped (`arrived` counts them), whole, if it fits; else it waits in `held`, and while one
-    waits nothing else joins. An empty batch takes a pack of any size (the servicer bounds it by max_batch)."""
+    waits nothing else joins. An empty batch takes a pack of any size (the servicer bounds it by max_batch).
+    `memory_rows`: the memory size N of every session in `ready` (the plan's)."""
     arrived = {} if arrived is None else arrived
     held = deque() if held is None else held
     controls: list[ControlJob] = []
@@ -110,15 +113,40 @@ def take(ready: deque[SessionRecord], queues: dict[SessionRecord, deque[Job]], a
         else:
             batch.append(job)
             rows += 1
-    return Plan(controls, batch, refused)
+    return Plan(controls, batch, refused, memory_rows)
+
+
+@dataclass(eq=False)
+class SizeQueue:
+    """The waiting work of one memory size N (sessions of different N never share a step call): its ready
+    sessions, its requests in progress, its packs, and what the last batch of this size was."""
+
+    rows: int  # N (a session's memory_rows; 0: the trained N)
+    ready: deque[SessionRecord] = field(default_factory=deque)  # sessions whose head job waits, in arrival order
+    active: list[RowJob] = field(default_factory=list)  # requests in the middle of their steps (they keep their place)
+    arrived: dict[PackJob, int] = field(default_factory=dict)  # packs heading some of their sessions' queues: how many
+    held: deque[PackJob] = field(default_factory=deque)  # packs heading all their queues, waiting for room
+    previous: set[str] = field(default_factory=set)  # session ids of the last batch
+    previous_batch: list[RowJob] = field(default_factory=list)  # the last batch itself (ids recomputed on change)
+    returned: int = 0  # how many of them are in `ready` again
+
+    @property
+    def working(self) -> bool:
+        """Whether it has anything to run (a plan to make)."""
+        return bool(self.ready or self.active or self.held)
 
 
 class Scheduler:
     """The queues of one model. Thread-safe; `next_plan`, `carry` and `finish` are for the batcher thread.
 
-    A session is in one place at a time: waiting in `ready`, or in the batch. A new batch (nothing in
-    progress) waits up to `max_wait_s` for more sessions: until it is full, or every session of the
-    previous batch is back."""
+    A session is in one place at a time: waiting in its size's `ready`, or in the batch. A new batch (nothing in
+    progress) waits up to `max_wait_s` for more sessions: until it is full, or every session of the previous batch
+    of its size is back.
+
+    Sessions of different memory sizes N are batched apart (docs/service.md, "Memory size per session"): each N
+    has its own `SizeQueue`, and each plan is one size's. The sizes with work take turns, one plan each (round
+    robin), so a busy size cannot starve another: a size waits at most one plan of every other size. With one
+    size (every session at the trained N) this is the scheduler as it was."""
 
     def __init__(self, model: str, *, batching: bool, max_batch: int, max_wait_s: float, max_queue: int,
                  on_depth: Callable[[int], None] = lambda depth: None) -> None:
@@ -130,19 +158,31 @@ class Scheduler:
         self._on_depth = on_depth  # told the number of queued jobs after every change (a metric)
         self._cond = threading.Condition()
         self._queues: dict[SessionRecord, deque[Job]] = {}  # sessions with jobs waiting or running, FIFO each
-        self._ready: deque[SessionRecord] = deque()  # sessions whose head job waits, in arrival order
-        self._active: list[RowJob] = []  # requests in the middle of their steps (they keep their place)
-        self._arrived: dict[PackJob, int] = {}  # packs heading some of their sessions' queues: how many
-        self._held: deque[PackJob] = deque()  # packs heading all their queues, waiting for room in the batch
+        self._sizes: dict[int, SizeQueue] = {}  # N -> its queue
+        self._turns: deque[SizeQueue] = deque()  # the sizes in turn order: the first with work plans next
         self._queued = 0  # jobs waiting or running
-        self._previous: set[str] = set()  # session ids of the last batch
-        self._previous_batch: list[RowJob] = []  # the last batch itself (its ids are recomputed when it changes)
-        self._returned = 0  # how many of them are in _ready again
         self._stopping = False
 
     @property
     def queued(self) -> int:
         return self._queued
+
+    def size_of(self, rows: int) -> SizeQueue:
+        """Under the lock: the queue of memory size `rows`, made on first use."""
+        size = self._sizes.get(rows)
+        if size is None:
+            size = self._sizes[rows] = SizeQueue(rows)
+            self._turns.append(size)
+        return size
+
+    def forget(self, rows: int) -> None:
+        """The last session of size `rows` has ended (the engine dropped its group): drop its queue unless new work
+        came meanwhile (a new session's create)."""
+        with self._cond:
+            size = self._sizes.get(rows)
+            if size is not None and not size.working and not size.arrived:
+                del self._sizes[rows]
+                self._turns.remove(size)
 
     def submit(self, job: Job, force: bool = False, wake: bool = True) -> None:
         """Queue a job behind the session's earlier ones (a pack: behind each of its sessions' earlier ones, all
@@ -177,50 +217,72 @@ class Scheduler:
     def wake(self) -> None:
         """Wake the batcher thread if jobs wait for it (after `submit(wake=False)`)."""
         with self._cond:
-            if self._ready or self._held:
-                self._cond.notify()
+            for size in self._turns:
+                if size.ready or size.held:
+                    self._cond.notify()
+                    return
+
+    def _turn(self) -> SizeQueue | None:
+        """Under the lock: the size whose turn it is, the first in turn order with work; None when none has."""
+        turns = self._turns
+        for _ in range(len(turns)):
+            size = turns[0]
+            if size.ready or size.active or size.held:
+                return size
+            turns.rotate(-1)
+        return None
 
     def next_plan(self) -> Plan | None:
-        """Block until there is work; None when stopping and nothing is left."""
+        """Block until there is work; None when stopping and nothing is left. The plan is one size's."""
         with self._cond:
-            while not self._ready and not self._active and not self._held:
+            while (size := self._turn()) is None:
                 if self._stopping:
                     return None
                 self._cond.wait()
-            if self.batching and not self._active and not self._held:
-                self._wait_for_batch()
-            return self._take()
+            if self.batching and not size.active and not size.held:
+                self._wait_for_batch(size)
+            return self._take(size)
 
     def plan_now(self, max_rows: int) -> Plan | None:
         """A plan that may run at once on the caller's thread, or None. Only one the batcher thread would take
-        now without waiting and run in one step call with nothing to remember: no request in progress or held,
-        the batch complete by the policy (full, or every session of the last batch back; batching off: any), and
-        every ready session's next job a one-step request, at most `max_rows` rows in all."""
+        now without waiting and run in one step call with nothing to remember: no request in progress or held
+        (of any size), one size with work, the batch complete by the policy (full, or every session of the last
+        batch back; batching off: any), and every ready session's next job a one-step request, at most `max_rows`
+        rows in all."""
         with self._cond:
-            if self._stopping or self._active or self._held or not self._ready or len(self._ready) > max_rows:
+            if self._stopping:
                 return None
-            if self.batching and not self._complete():
+            size = self._turn()
+            if size is None or size.active or size.held or len(size.ready) > max_rows:
                 return None
-            for session in self._ready:
+            if len(self._turns) > 1 and any(other.working for other in self._turns if other is not size):
+                return None  # the model's thread takes turns between the sizes
+            if self.batching and not self._complete(size):
+                return None
+            for session in size.ready:
                 job = self._queues[session][0]
                 if isinstance(job, ControlJob) or job.steps != 1:
                     return None
-            return self._take()
+            return self._take(size)
 
-    def _take(self) -> Plan:
-        """Under the lock: the next plan by the policy (`take`), remembering its sessions as the last batch."""
-        plan = take(self._ready, self._queues, self._active, self.max_batch, self._arrived, self._held)
+    def _take(self, size: SizeQueue) -> Plan:
+        """Under the lock: the next plan of `size` by the policy (`take`), remembering its sessions as the size's
+        last batch; the size's turn goes to the back."""
+        plan = take(size.ready, self._queues, size.active, self.max_batch, size.arrived, size.held, size.rows)
         if plan.batch:
-            if plan.batch != self._previous_batch:  # jobs compare by identity: a C loop, no Python per job
-                self._previous_batch = plan.batch
-                self._previous = {session.id for job in plan.batch for session in job.sessions}
-            self._returned = 0  # none of them is in _ready now: a session is in one place at a time
+            if plan.batch != size.previous_batch:  # jobs compare by identity: a C loop, no Python per job
+                size.previous_batch = plan.batch
+                size.previous = {session.id for job in plan.batch for session in job.sessions}
+            size.returned = 0  # none of them is in ready now: a session is in one place at a time
+        if len(self._turns) > 1:
+            self._turns.remove(size)
+            self._turns.append(size)
         return plan
 
-    def carry(self, in_progress: list[RowJob]) -> None:
-        """After a step call: the requests that have steps left (they open the next plan's batch)."""
+    def carry(self, in_progress: list[RowJob], rows: int = 0) -> None:
+        """After a step call of size `rows`: its requests that have steps left (they open its next plan's batch)."""
         with self._cond:
-            self._active = in_progress
+            self.size_of(rows).active = in_progress
 
     def finish(self, *sessions: SessionRecord) -> None:
         """The sessions' head job is done (one job, or a pack's sessions): each goes back to ready if it has more
@@ -238,20 +300,22 @@ class Scheduler:
 
     def _make_ready(self, session: SessionRecord) -> None:
         """Under the lock."""
-        self._ready.append(session)
-        if session.id in self._previous:
-            self._returned += 1
+        size = self.size_of(session.memory_rows)
+        size.ready.append(session)
+        if session.id in size.previous:
+            size.returned += 1
 
-    def _complete(self) -> bool:
-        """Under the lock: whether a new batch need wait no longer: it is full, or every session of the last
-        batch is back."""
-        full = len(self._ready) >= self.max_batch
-        return full or (bool(self._previous) and self._returned >= len(self._previous))
+    def _complete(self, size: SizeQueue) -> bool:
+        """Under the lock: whether a new batch of `size` need wait no longer: it is full, or every session of its
+        last batch is back."""
+        full = len(size.ready) >= self.max_batch
+        return full or (bool(size.previous) and size.returned >= len(size.previous))
 
-    def _wait_for_batch(self) -> None:
-        """Under the lock: let a new batch fill, until full, every session of the last batch is back, or max_wait."""
+    def _wait_for_batch(self, size: SizeQueue) -> None:
+        """Under the lock: let a new batch of `size` fill, until full, every session of its last batch is back, or
+        max_wait."""
         deadline = time.monotonic() + self.max_wait_s
-        while not self._stopping and not self._complete():
+        while not self._stopping and not self._complete(size):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return

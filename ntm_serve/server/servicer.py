@@ -30,6 +30,7 @@ from ntm_serve.server.auth import TokenAuth
 from ntm_serve.server.batcher import defer_wakeup
 from ntm_serve.server.config import ServiceConfig
 from ntm_serve.server.jobs import ControlJob, PackJob, StepJob, StepOutcome
+from ntm_serve.server.memory_size import admit_rows, imported_rows, served_rows
 from ntm_serve.server.metrics import Metrics
 from ntm_serve.server.registry import ModelSet, ServedModel
 from ntm_serve.server.sessions import MAX_ID_CHARS, Done, SessionRecord, SessionRegistry, read_action
@@ -100,8 +101,10 @@ class LoopInbox:
                 log.exception("delivering a result on the event loop failed")
 
 
-def model_info(model: ServedModel, unloading: bool = False) -> ntm_pb2.ModelInfo:
+def model_info(model: ServedModel, unloading: bool = False, max_memory_rows: int = 0) -> ntm_pb2.ModelInfo:
+    """`max_memory_rows`: the server's --max-memory-rows (0: none), which caps the memory sizes offered."""
     c = model.spec.config
+    low, high = served_rows(model.spec, max_memory_rows or model.spec.memory_rows[1])
     return ntm_pb2.ModelInfo(
         name=model.spec.name, task=model.spec.task, input_size=c["input_size"], output_size=c["output_size"],
         memory_rows=c["memory_rows"], memory_width=c["memory_width"], read_heads=c["read_heads"],
@@ -111,6 +114,7 @@ def model_info(model: ServedModel, unloading: bool = False) -> ntm_pb2.ModelInfo
         state=[ntm_pb2.StateSpec(name=n, shape=s) for n, s in model.spec.state_shapes.items()],
         version=model.version, unloading=unloading,
         output_activation=model.spec.output_activation, task_metadata=model.spec.task_metadata,
+        memory_rows_min=low, memory_rows_max=high,
     )
 
 
@@ -251,7 +255,8 @@ class NTMServicer(ntm_pb2_grpc.NTMServicer):
         model = self.models.get_key(session.key)
         message = ntm_pb2.Session(session_id=session.id, model=session.model, steps=steps, ttl_seconds=session.ttl_s,
                                   checkpoint_sha256=session.checkpoint_sha256, version=model.version if model else 0,
-                                  group=group_of(session.id))
+                                  group=group_of(session.id),
+                                  memory_rows=session.memory_rows or (model.spec.trained_rows if model else 0))
         expires = session.expires_wall(self.registry.clock(), time.time())
         message.expires_at.FromNanoseconds(int(expires * 1e9))
         message.created_at.FromNanoseconds(int(session.created_wall * 1e9))
@@ -288,7 +293,7 @@ class NTMServicer(ntm_pb2_grpc.NTMServicer):
         if not request.HasField("inputs"):
             raise invalid(f"inputs is required: a tensor of shape [T, {model.spec.input_size}]")
         inputs = step_inputs(request.inputs, model.spec.input_size, self.config.max_steps)
-        check_answer_size(len(inputs), model.spec.answer_values(request.return_attention),
+        check_answer_size(len(inputs), model.spec.answer_values(request.return_attention, session.memory_rows),
                           self.config.max_message_bytes, echoed_chars=len(request.session_id) + len(request.request_id))
         expect = request.expect_steps if request.HasField("expect_steps") else None
         if expect is not None and expect < 0:
@@ -320,15 +325,17 @@ class NTMServicer(ntm_pb2_grpc.NTMServicer):
     @unary
     async def ListModels(self, request: ntm_pb2.ListModelsRequest, context: Any) -> ntm_pb2.ListModelsResponse:
         self._owner(context)
-        return ntm_pb2.ListModelsResponse(models=[model_info(m, self.models.unloading(m.key))
+        limit = self.config.max_memory_rows
+        return ntm_pb2.ListModelsResponse(models=[model_info(m, self.models.unloading(m.key), limit)
                                                   for m in self.models.every()])
 
     @unary
     async def CreateSession(self, request: ntm_pb2.CreateSessionRequest, context: Any) -> ntm_pb2.Session:
         owner = self._owner(context)
         model = self.models.resolve(request.model, request.version if request.HasField("version") else None)
+        rows = admit_rows(model.spec, request.memory_rows, self.config.max_memory_rows, model.label)
         return self._session_message(await self.keeping.create(model, request.ttl_seconds, owner,
-                                                               group=_group(request.group)))
+                                                               group=_group(request.group), memory_rows=rows))
 
     @unary
     async def GetSession(self, request: ntm_pb2.GetSessionRequest, context: Any) -> ntm_pb2.Session:
@@ -546,10 +553,17 @@ class NTMServicer(ntm_pb2_grpc.NTMServicer):
             model = self.models.resolve(state.model, state.version or None)
         if not 0 <= state.steps <= MAX_TOTAL_STEPS:
             raise invalid(f"steps must be >= 0 and <= 2**62, got {state.steps}")
-        tensors = state_tensors(state.tensors, model.spec.state_shapes)
+        shapes = {name: tuple(tensor.shape) for name, tensor in state.tensors.items()}
+        rows = imported_rows(model.spec, shapes, self.config.max_memory_rows, model.label)  # its memory's N
+        try:
+            tensors = state_tensors(state.tensors, model.spec.shapes_at(rows))
+        except ServiceError as err:
+            if rows == model.spec.trained_rows:
+                raise
+            raise invalid(f"{err.message} (the state's memory has {rows} rows: N = {rows})") from err
         group = _group(request.group)
         return self._session_message(await self.keeping.create(model, request.ttl_seconds, owner, tensors,
-                                                               state.steps, group))
+                                                               state.steps, group, memory_rows=rows))
 
     async def WatchSession(self, request: ntm_pb2.WatchSessionRequest, context: Any) -> None:
         """Frames of a session after its steps, until it ends: ntm_serve/server/watch_hub.py."""

@@ -49,6 +49,7 @@ class SessionRecord:
     inflight: int = 0  # jobs accepted and not finished (under the registry lock)
     ended: bool = False  # deleted, expired or discarded (set under the registry lock)
     checkpoint_sha256: str = ""  # the weights (model version) it runs on, for life
+    memory_rows: int = 0  # its memory size N, for life (0: the model's trained N); its row is in that N's group
 
     @property
     def key(self) -> tuple[str, str]:
@@ -84,20 +85,20 @@ def init_action(state: dict[str, Any] | None) -> Callable[[Engine, SessionRecord
     """Control job: give the session a row holding `state`, or the model's initial state."""
 
     def run(engine: Engine, session: SessionRecord) -> None:
-        session.slot = engine.new_row(state)
+        session.slot = engine.new_row(state, session.memory_rows)
 
     return run
 
 
 def read_action(engine: Engine, session: SessionRecord) -> tuple[dict[str, Any], int]:
     """Control job: the session's state on the host and its step count, taken between its requests."""
-    return engine.read_row(session.slot), session.steps
+    return engine.read_row(session.slot, session.memory_rows), session.steps
 
 
 def free_action(engine: Engine, session: SessionRecord) -> None:
     """Control job: release the session's row (after every job queued before it)."""
     if session.slot >= 0:
-        engine.free_row(session.slot)
+        engine.free_row(session.slot, session.memory_rows)
         session.slot = -1
 
 
@@ -125,9 +126,10 @@ class SessionRegistry:
             raise invalid(f"ttl_seconds must be >= 0 (0 takes the default), got {requested}")
         return self.default_ttl_s if requested == 0 else min(requested, self.max_ttl_s)
 
-    def open(self, model: str, ttl_s: float, owner: str, checkpoint_sha256: str = "", group: str = "") -> SessionRecord:
-        """A new session record on the model version with these weights (in placement group `group`, checked by the
-        caller), counted against the limits; its row comes from an init job."""
+    def open(self, model: str, ttl_s: float, owner: str, checkpoint_sha256: str = "", group: str = "",
+             memory_rows: int = 0) -> SessionRecord:
+        """A new session record on the model version with these weights (in placement group `group`, of memory size
+        `memory_rows`, both checked by the caller), counted against the limits; its row comes from an init job."""
         if not model:
             raise invalid("model is required")
         if (model, checkpoint_sha256) not in self._batchers:
@@ -140,7 +142,7 @@ class SessionRegistry:
             if self.max_sessions_per_owner and self._per_owner[owner] >= self.max_sessions_per_owner:
                 raise exhausted(f"per-client session limit reached ({self.max_sessions_per_owner})")
             session = SessionRecord(new_session_id(group), model, owner, ttl, time.time(), self.clock(),
-                                    checkpoint_sha256=checkpoint_sha256)
+                                    checkpoint_sha256=checkpoint_sha256, memory_rows=memory_rows)
             self._sessions[session.id] = session
             self._per_owner[owner] += 1
         self._metrics.live_sessions.labels(model).inc()

@@ -160,18 +160,21 @@ class Tap:
     def snapshot(self, engine: Engine, watcher: Watcher) -> None:
         """Attach `watcher` and give it the session's state as it stands (a control job: between its requests)."""
         session = watcher.session
-        state = engine.peek_rows([session.slot], FRAME_STATE)
+        state = engine.peek_rows([session.slot], FRAME_STATE, session.memory_rows)
         self.add(watcher)
         watcher.offer(Frame(session.id, session.steps, True, None, None, {n: v[0] for n, v in state.items()}))
 
     @_guarded
-    def after_step(self, engine: Engine, slots: np.ndarray, x: np.ndarray, outputs: np.ndarray,
+    def after_step(self, engine: Engine, size: int, slots: np.ndarray, x: np.ndarray, outputs: np.ndarray,
                    applied: np.ndarray | int) -> None:
-        """After one step call of the sessions in `slots` (B,) with inputs x (B, I) and outputs (B, O): a frame for
-        each watcher whose session was in it and wants this step. `applied`: steps of each row's request applied so
-        far, this one included ((B,), or one number for all); the session's count is `steps` plus that."""
+        """After one step call of the sessions in `slots` (B,) of memory size `size` (rows of the engine's group of
+        that size) with inputs x (B, I) and outputs (B, O): a frame for each watcher whose session was in it and wants
+        this step. `applied`: steps of each row's request applied so far, this one included ((B,), or one
+        number for all); the session's count is `steps` plus that."""
         picks: list[tuple[SessionRecord, int, int, list[Watcher]]] = []
         for session, watchers in self.watched.items():
+            if session.memory_rows != size:  # another size's rows: its slot numbers are another pool's
+                continue
             rows = np.flatnonzero(slots == session.slot)
             if not rows.size:
                 continue
@@ -183,7 +186,7 @@ class Tap:
         if not picks:
             return
         names = HEADS if all(w.heads_only for *_, wanting in picks for w in wanting) else FRAME_STATE
-        state = engine.peek_rows([session.slot for session, *_ in picks], names)  # (K, ...) each
+        state = engine.peek_rows([session.slot for session, *_ in picks], names, size)  # (K, ...) each
         for k, (session, row, steps, wanting) in enumerate(picks):
             frame = Frame(session.id, steps, False, x[row].copy(), outputs[row].copy(),
                           {n: v[k] for n, v in state.items()})
@@ -197,7 +200,7 @@ class Tap:
         heads' weightings (T, R|W, N). Memory and read vectors exist only after the last step: earlier frames go
         without them."""
         watchers = self.watched.get(session, ())
-        last = engine.peek_rows([session.slot], FRAME_STATE) if watchers else {}
+        last = engine.peek_rows([session.slot], FRAME_STATE, session.memory_rows) if watchers else {}
         for t in range(len(inputs)):
             steps = session.steps + t + 1
             wanting = [w for w in watchers if w.wants(steps)]

@@ -61,8 +61,8 @@ def _run_one_plan(engine: Engine, jobs: list[RowJob]) -> list[str]:
     batcher = Batcher(engine, Metrics())
     paths: list[str] = []
     tick, iterate = batcher._tick, batcher._iterate
-    batcher._tick = lambda batch: (paths.append("tick"), tick(batch))[1]  # type: ignore[method-assign]
-    batcher._iterate = lambda batch: (paths.append("frame"), iterate(batch))[1]  # type: ignore[method-assign]
+    batcher._tick = lambda *run: (paths.append("tick"), tick(*run))[1]  # type: ignore[method-assign]
+    batcher._iterate = lambda *run: (paths.append("frame"), iterate(*run))[1]  # type: ignore[method-assign]
     for job in jobs:
         batcher.submit(job)
     batcher.start()
@@ -189,7 +189,7 @@ def test_run_now_steps_a_pack_on_the_callers_thread_and_the_model_thread_runs_wh
     batcher = Batcher(engine, Metrics(), inline_rows=8)
     threads: list[str] = []
     tick = batcher._tick
-    batcher._tick = lambda batch: (threads.append(threading.current_thread().name), tick(batch))[1]  # type: ignore
+    batcher._tick = lambda *run: (threads.append(threading.current_thread().name), tick(*run))[1]  # type: ignore
     sessions, answers = _sessions(engine, 2), _Answers()
     x = bits(rng, 2)  # (2 steps, I): step t of both sessions
     batcher.start()

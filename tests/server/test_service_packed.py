@@ -117,7 +117,7 @@ def test_sessions_stepped_tick_by_tick_are_read_moved_and_ended_exactly(client: 
     batcher = server.server.models["copy"].batcher
     threads: list[str] = []
     tick = batcher._tick
-    batcher._tick = lambda batch: (threads.append(threading.current_thread().name), tick(batch))[1]
+    batcher._tick = lambda *run: (threads.append(threading.current_thread().name), tick(*run))[1]
     try:
         list(client.stream_packed([packed_request(ids, np.stack([inputs[sid][t:t + 1] for sid in ids]))
                                    for t in range(3)]))

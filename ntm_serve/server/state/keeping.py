@@ -74,9 +74,11 @@ class SessionKeeping(ABC):
 
     @abstractmethod
     async def create(self, model: ServedModel, ttl_seconds: float, owner: str,
-                     state: dict[str, np.ndarray] | None = None, steps: int = 0, group: str = "") -> SessionRecord:
+                     state: dict[str, np.ndarray] | None = None, steps: int = 0, group: str = "",
+                     memory_rows: int = 0) -> SessionRecord:
         """A new session on `model` (CreateSession: the initial state; ImportSession: `state` after `steps`), in
-        placement group `group` (checked by the caller; "" for none)."""
+        placement group `group`, of memory size `memory_rows` (both checked by the caller; "" for none, 0 for the
+        trained N)."""
 
     @abstractmethod
     async def ensure_local(self, session_id: str, owner: str) -> None:
@@ -141,8 +143,10 @@ class MemoryKeeping(SessionKeeping):
         self.metrics = metrics
 
     async def create(self, model: ServedModel, ttl_seconds: float, owner: str,
-                     state: dict[str, np.ndarray] | None = None, steps: int = 0, group: str = "") -> SessionRecord:
-        session = self.registry.open(model.spec.name, ttl_seconds, owner, model.spec.checkpoint_sha256, group)
+                     state: dict[str, np.ndarray] | None = None, steps: int = 0, group: str = "",
+                     memory_rows: int = 0) -> SessionRecord:
+        session = self.registry.open(model.spec.name, ttl_seconds, owner, model.spec.checkpoint_sha256, group,
+                                     memory_rows or model.spec.trained_rows)
         session.steps = steps
         try:
             await self.jobs.control(session, init_action(state))
@@ -152,7 +156,8 @@ class MemoryKeeping(SessionKeeping):
         if state is None:
             self.metrics.sessions_created.labels(session.model, "create").inc()
             log.info("session created", extra={"session": session.id, "model": session.model,
-                                               "version": model.version, "ttl_s": session.ttl_s})
+                                               "version": model.version, "ttl_s": session.ttl_s,
+                                               "memory_rows": session.memory_rows})
         else:
             self.metrics.sessions_created.labels(session.model, "import").inc()
             log.info("session imported", extra={"session": session.id, "model": session.model,

@@ -35,6 +35,7 @@ from ntm_serve.api.errors import PackError, ServiceError, exhausted, invalid, no
 from ntm_serve.api.headers import group_of
 from ntm_serve.server.batcher import defer_wakeup
 from ntm_serve.server.jobs import Job, PackOutcome, StepOutcome
+from ntm_serve.server.memory_size import restorable
 from ntm_serve.server.metrics import BATCH_BUCKETS, LATENCY_BUCKETS
 from ntm_serve.server.registry import weights_missing
 from ntm_serve.server.sessions import MAX_ID_CHARS, Done, MakePack, SessionRecord, init_action, new_session_id
@@ -199,13 +200,16 @@ class Replica:
     # --- create, take over, delete (event loop) -------------------------------------------------------
 
     async def create(self, served: ServedModel, ttl_seconds: float, owner: str,
-                     state: dict[str, np.ndarray] | None = None, steps: int = 0, group: str = "") -> SessionRecord:
+                     state: dict[str, np.ndarray] | None = None, steps: int = 0, group: str = "",
+                     memory_rows: int = 0) -> SessionRecord:
         """A new session written to the store only: whichever replica its calls hash to takes it over. The limits
-        (--max-sessions, --max-sessions-per-owner) are counted in the store, across the cluster."""
+        (--max-sessions, --max-sessions-per-owner) are counted in the store, across the cluster. Its memory size
+        `memory_rows` (0: the trained N) goes with its state's shapes."""
         model, digest = served.spec.name, served.spec.checkpoint_sha256
+        rows = memory_rows or served.spec.trained_rows
         session = SessionRecord(new_session_id(group), model, owner, self.registry.ttl_for(ttl_seconds), time.time(),
-                                self.registry.clock(), steps=steps, checkpoint_sha256=digest)
-        tensors = served.batcher.engine.initial_state if state is None else state
+                                self.registry.clock(), steps=steps, checkpoint_sha256=digest, memory_rows=rows)
+        tensors = served.batcher.engine.initial_state_at(rows) if state is None else state
         blob = state_blob(session.id, model, owner, session.ttl_s, session.created_wall, steps, digest, tensors)
         try:
             created = await self.store.create(session.id, model=model, version=model_version(served), digest=digest,
@@ -320,12 +324,19 @@ class Replica:
             raise weights_missing(claim.model, claim.digest, retryable=True)
         stored = claim.session
         assert stored is not None
-        if self.models.get_key((stored.model, stored.digest)) is None:  # unloaded between claim and now
+        served = self.models.get_key((stored.model, stored.digest))
+        if served is None:  # unloaded between claim and now
             raise weights_missing(stored.model, stored.digest, retryable=True)
+        rows = restorable(served.spec, {name: a.shape for name, a in stored.state.items()})
+        if rows is None:  # this replica's export of those weights runs on other memory sizes
+            low, high = served.spec.memory_rows
+            raise unavailable(f"session {session_id}: its state's shapes do not fit {served.label} here (its graphs "
+                              f"run on {low} to {high} memory rows); retry: another replica may run it")
         if self.registry.count() >= self.registry.max_sessions:
             raise exhausted(f"replica {self.name} holds {self.registry.count()} sessions (its limit); retry later")
         session = SessionRecord(session_id, stored.model, owner, stored.ttl_s, stored.created_wall,
-                                self.registry.clock(), steps=stored.steps, checkpoint_sha256=stored.digest)
+                                self.registry.clock(), steps=stored.steps, checkpoint_sha256=stored.digest,
+                                memory_rows=rows)
         self._held[session] = Held(stored.epoch, stored.steps, stored.steps, stored.last_rid, stored.last_t,
                                    stored.last_out)
         self.registry.adopt(session)
@@ -386,7 +397,7 @@ class Replica:
         served = self.models.get_key(session.key)
         if served is None:
             raise RuntimeError(f"session {session.id}: its model version was unloaded")
-        state = served.batcher.engine.read_row(session.slot)
+        state = served.batcher.engine.read_row(session.slot, session.memory_rows)
         blob = state_blob(session.id, session.model, session.owner, session.ttl_s, session.created_wall, steps,
                           session.checkpoint_sha256, state)
         item = CommitItem(session.id, held.epoch, held.queued_to, steps, blob, request_id, len(outputs),
@@ -533,7 +544,8 @@ class Replica:
         served = self.models.get_key(sessions[0].key)
         if served is None:
             raise RuntimeError(f"session {sessions[0].id}: its model version was unloaded")
-        states = served.batcher.engine.peek_rows([s.slot for s in sessions])  # name -> (E, ...)
+        size = sessions[0].memory_rows  # one N for every entry (packed.py)
+        states = served.batcher.engine.peek_rows([s.slot for s in sessions], rows=size)  # name -> (E, ...)
         t = result.outputs.shape[1]
         items = []
         for e, (session, held) in enumerate(zip(sessions, helds, strict=True)):

@@ -9,7 +9,8 @@
                   float32 little-endian, row-major, in the header's order
 
 The header holds the session's id, model, owner, TTL, creation time, last use (wall clock), step count,
-the checkpoint its state was made with, and each tensor's name and shape. Decoding checks everything
+the checkpoint its state was made with, and each tensor's name and shape (the shapes carry the session's memory
+size N: memory [N, M], the weightings [H, N]; it is restored at that N). Decoding checks everything
 (magic, version, length, checksum, header, sizes) and raises `SnapshotError` with a machine-readable
 `reason`, so a corrupt, truncated or foreign file is reported and never loaded. Float32 bytes are kept
 exactly: a restored session continues bit for bit.

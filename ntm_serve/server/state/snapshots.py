@@ -42,6 +42,7 @@ import numpy as np
 
 from ntm_serve.api.errors import ServiceError
 from ntm_serve.server.jobs import ControlJob
+from ntm_serve.server.memory_size import restorable
 from ntm_serve.server.registry import weights_missing
 from ntm_serve.server.sessions import SessionRecord
 from ntm_serve.server.state.snapshot_format import SessionSnapshot, SnapshotError, decode, encode
@@ -177,7 +178,7 @@ def snapshot_read(engine: Engine, session: SessionRecord) -> tuple[dict[str, np.
     """Control job: the session's state and step count between its requests; None if it has no row."""
     if session.slot < 0:
         return None
-    return engine.read_row(session.slot), session.steps
+    return engine.read_row(session.slot, session.memory_rows), session.steps
 
 
 @dataclass(frozen=True)
@@ -229,7 +230,7 @@ class Snapshotter:
                 self._reject(path, item.reason, item.message, quarantine=True)
                 continue
             problem = self._unservable(item)
-            if problem is not None:
+            if isinstance(problem, tuple):
                 reason, message, bad = problem
                 corrupt += bad
                 skipped += not bad
@@ -249,15 +250,16 @@ class Snapshotter:
                 continue
             engine = self.engines[(item.model, item.checkpoint_sha256)]
             now = self.registry.clock()
+            rows = problem  # the memory size N its state has (its tensors' shapes say it)
             session = SessionRecord(item.session_id, item.model, item.owner, item.ttl_s, item.created_wall,
-                                    now - idle, slot=engine.new_row(item.state), steps=item.steps,
-                                    checkpoint_sha256=item.checkpoint_sha256)
+                                    now - idle, slot=engine.new_row(item.state, rows), steps=item.steps,
+                                    checkpoint_sha256=item.checkpoint_sha256, memory_rows=rows)
             self._mark_saved(session, session.steps, session.last_used)  # its file is its state: clean
             try:
                 self.registry.adopt(session)
             except ValueError as err:
                 self._saved.pop(session, None)
-                engine.free_row(session.slot)
+                engine.free_row(session.slot, rows)
                 corrupt += 1
                 self._reject(path, "format", str(err), quarantine=True)
                 continue
@@ -270,8 +272,8 @@ class Snapshotter:
                                              "checkpoint": only[1] if only else None})
         return report
 
-    def _unservable(self, snapshot: SessionSnapshot) -> tuple[str, str, bool] | None:
-        """(reason, message, corrupt?) when this server cannot continue the session."""
+    def _unservable(self, snapshot: SessionSnapshot) -> tuple[str, str, bool] | int:
+        """(reason, message, corrupt?) when this server cannot continue the session; else its memory size N."""
         engine = self.engines.get((snapshot.model, snapshot.checkpoint_sha256))
         if engine is None:
             if not any(name == snapshot.model for name, _ in self.engines):
@@ -279,9 +281,12 @@ class Snapshotter:
             return "checkpoint", (f"made with checkpoint {snapshot.checkpoint_sha256}, which no served version of "
                                   f"model {snapshot.model} has"), False
         shapes = {name: tuple(a.shape) for name, a in snapshot.state.items()}
-        if shapes != engine.spec.state_shapes:
-            return "state", f"state tensors {shapes}, model {snapshot.model} needs {engine.spec.state_shapes}", True
-        return None
+        rows = restorable(engine.spec, shapes)
+        if rows is None:
+            low, high = engine.spec.memory_rows
+            return "state", (f"state tensors {shapes}, model {snapshot.model} needs {engine.spec.state_shapes} (at N "
+                             f"= {engine.spec.trained_rows}; its graphs run on N = {low} to {high})"), True
+        return rows
 
     def _reject(self, path: Path, reason: str, message: str, quarantine: bool) -> None:
         self.metrics.snapshot_errors.labels(reason).inc()
@@ -379,4 +384,5 @@ class Snapshotter:
         return reads
 
     def _read_direct(self, sessions: list[SessionRecord]) -> list[tuple[SessionRecord, dict[str, Any], int]]:
-        return [(s, self.engines[s.key].read_row(s.slot), s.steps) for s in sessions if s.slot >= 0 and not s.ended]
+        return [(s, self.engines[s.key].read_row(s.slot, s.memory_rows), s.steps) for s in sessions
+                if s.slot >= 0 and not s.ended]

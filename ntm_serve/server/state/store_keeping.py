@@ -54,8 +54,9 @@ class StoreKeeping(SessionKeeping):
     # --- the RPC handlers' calls ----------------------------------------------------------------------
 
     async def create(self, model: ServedModel, ttl_seconds: float, owner: str,
-                     state: dict[str, np.ndarray] | None = None, steps: int = 0, group: str = "") -> SessionRecord:
-        return await self.replica.create(model, ttl_seconds, owner, state, steps, group)
+                     state: dict[str, np.ndarray] | None = None, steps: int = 0, group: str = "",
+                     memory_rows: int = 0) -> SessionRecord:
+        return await self.replica.create(model, ttl_seconds, owner, state, steps, group, memory_rows=memory_rows)
 
     async def ensure_local(self, session_id: str, owner: str) -> None:
         await self.replica.ensure_local(session_id, owner, verify=True)  # a read never answers from a stale copy

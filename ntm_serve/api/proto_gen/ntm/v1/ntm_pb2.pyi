@@ -31,7 +31,7 @@ class ListModelsResponse(_message.Message):
     def __init__(self, models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "task", "input_size", "output_size", "memory_rows", "memory_width", "read_heads", "write_heads", "provider", "controller_size", "controller", "shift_range", "encoding", "checkpoint_sha256", "state", "version", "unloading", "output_activation", "task_metadata")
+    __slots__ = ("name", "task", "input_size", "output_size", "memory_rows", "memory_width", "read_heads", "write_heads", "provider", "controller_size", "controller", "shift_range", "encoding", "checkpoint_sha256", "state", "version", "unloading", "output_activation", "task_metadata", "memory_rows_min", "memory_rows_max")
     NAME_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
     INPUT_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -51,6 +51,8 @@ class ModelInfo(_message.Message):
     UNLOADING_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_ACTIVATION_FIELD_NUMBER: _ClassVar[int]
     TASK_METADATA_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_ROWS_MIN_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_ROWS_MAX_FIELD_NUMBER: _ClassVar[int]
     name: str
     task: str
     input_size: int
@@ -70,7 +72,9 @@ class ModelInfo(_message.Message):
     unloading: bool
     output_activation: str
     task_metadata: str
-    def __init__(self, name: _Optional[str] = ..., task: _Optional[str] = ..., input_size: _Optional[int] = ..., output_size: _Optional[int] = ..., memory_rows: _Optional[int] = ..., memory_width: _Optional[int] = ..., read_heads: _Optional[int] = ..., write_heads: _Optional[int] = ..., provider: _Optional[str] = ..., controller_size: _Optional[int] = ..., controller: _Optional[str] = ..., shift_range: _Optional[int] = ..., encoding: _Optional[str] = ..., checkpoint_sha256: _Optional[str] = ..., state: _Optional[_Iterable[_Union[StateSpec, _Mapping]]] = ..., version: _Optional[int] = ..., unloading: _Optional[bool] = ..., output_activation: _Optional[str] = ..., task_metadata: _Optional[str] = ...) -> None: ...
+    memory_rows_min: int
+    memory_rows_max: int
+    def __init__(self, name: _Optional[str] = ..., task: _Optional[str] = ..., input_size: _Optional[int] = ..., output_size: _Optional[int] = ..., memory_rows: _Optional[int] = ..., memory_width: _Optional[int] = ..., read_heads: _Optional[int] = ..., write_heads: _Optional[int] = ..., provider: _Optional[str] = ..., controller_size: _Optional[int] = ..., controller: _Optional[str] = ..., shift_range: _Optional[int] = ..., encoding: _Optional[str] = ..., checkpoint_sha256: _Optional[str] = ..., state: _Optional[_Iterable[_Union[StateSpec, _Mapping]]] = ..., version: _Optional[int] = ..., unloading: _Optional[bool] = ..., output_activation: _Optional[str] = ..., task_metadata: _Optional[str] = ..., memory_rows_min: _Optional[int] = ..., memory_rows_max: _Optional[int] = ...) -> None: ...
 
 class StateSpec(_message.Message):
     __slots__ = ("name", "shape")
@@ -81,19 +85,21 @@ class StateSpec(_message.Message):
     def __init__(self, name: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class CreateSessionRequest(_message.Message):
-    __slots__ = ("model", "ttl_seconds", "version", "group")
+    __slots__ = ("model", "ttl_seconds", "version", "group", "memory_rows")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     TTL_SECONDS_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     GROUP_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_ROWS_FIELD_NUMBER: _ClassVar[int]
     model: str
     ttl_seconds: float
     version: int
     group: str
-    def __init__(self, model: _Optional[str] = ..., ttl_seconds: _Optional[float] = ..., version: _Optional[int] = ..., group: _Optional[str] = ...) -> None: ...
+    memory_rows: int
+    def __init__(self, model: _Optional[str] = ..., ttl_seconds: _Optional[float] = ..., version: _Optional[int] = ..., group: _Optional[str] = ..., memory_rows: _Optional[int] = ...) -> None: ...
 
 class Session(_message.Message):
-    __slots__ = ("session_id", "model", "steps", "expires_at", "state", "created_at", "ttl_seconds", "version", "checkpoint_sha256", "group")
+    __slots__ = ("session_id", "model", "steps", "expires_at", "state", "created_at", "ttl_seconds", "version", "checkpoint_sha256", "group", "memory_rows")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     STEPS_FIELD_NUMBER: _ClassVar[int]
@@ -104,6 +110,7 @@ class Session(_message.Message):
     VERSION_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_SHA256_FIELD_NUMBER: _ClassVar[int]
     GROUP_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_ROWS_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     model: str
     steps: int
@@ -114,7 +121,8 @@ class Session(_message.Message):
     version: int
     checkpoint_sha256: str
     group: str
-    def __init__(self, session_id: _Optional[str] = ..., model: _Optional[str] = ..., steps: _Optional[int] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., state: _Optional[_Union[SessionState, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ttl_seconds: _Optional[float] = ..., version: _Optional[int] = ..., checkpoint_sha256: _Optional[str] = ..., group: _Optional[str] = ...) -> None: ...
+    memory_rows: int
+    def __init__(self, session_id: _Optional[str] = ..., model: _Optional[str] = ..., steps: _Optional[int] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., state: _Optional[_Union[SessionState, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ttl_seconds: _Optional[float] = ..., version: _Optional[int] = ..., checkpoint_sha256: _Optional[str] = ..., group: _Optional[str] = ..., memory_rows: _Optional[int] = ...) -> None: ...
 
 class GetSessionRequest(_message.Message):
     __slots__ = ("session_id", "include_state")
