@@ -176,14 +176,17 @@ def test_a_stop_mid_stream_answers_what_it_read_and_applies_nothing_else(copy_di
     finally:
         server.stop()
     steps = len(answered)
-    assert steps > 0  # (fewer than 20 is possible: requests run ahead of their answers, and unread ones are dropped)
-    # A drained stream answers exactly what it applied. When the client's transport saw the connection close
-    # first ("Stream removed"), the last answer the server sent may be lost on the wire: then one more is applied.
+    # A drained stream answers exactly what it applied. When the client was writing as the server closed the
+    # connection, its transport reports "Stream removed" and drops the answers it had not yet handed over: then more
+    # steps are applied than answered, and the client learns where its sessions stand from GetSession (or retries
+    # with expect_steps). Either way nothing is applied that was not sent.
     lost_on_wire = "Stream removed" in err.value.details()
+    assert steps > 0 or lost_on_wire  # (fewer than 20 is possible: requests run ahead of their answers)
     with ServerThread(service_config(copy_dir, state_dir=state)) as restarted, \
             NTMClient(restarted.target, timeout=60) as client:
         applied = [client.get_session(sid).steps for sid in ids]
-        assert applied == [steps] * len(ids) or (lost_on_wire and applied == [steps + 1] * len(ids)), applied
+        assert applied == [steps] * len(ids) or (lost_on_wire and applied == [applied[0]] * len(ids) >= [steps]), \
+            (applied, steps, err.value.details())
         steps = applied[0]
         rest = client.step(ids[0], inputs[steps:steps + 5]).outputs  # the client resends from where it was applied
     expected = offline.run(inputs[:steps + 5])["outputs"]
