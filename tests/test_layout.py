@@ -24,8 +24,9 @@ ALLOWED: dict[str, set[str]] = {
     "server": {"api", "contract", "runtime"},
     "cluster": {"api", "contract", "server"},
     "plots": set(),
-    "demos": {"api", "client", "contract", "plots"},
-    "training": {"contract", "plots"},
+    "data": set(),
+    "demos": {"api", "client", "contract", "data", "plots"},
+    "training": {"contract", "data", "plots"},
     "export": {"contract", "runtime", "training"},
     "ui": {"api", "client", "contract", "demos", "server"},  # the inspector page: watches sessions, runs the demos
 }
@@ -33,6 +34,7 @@ ALLOWED: dict[str, set[str]] = {
 PLUG_INS = {("ntm_serve.server.server", "ntm_serve.ui")}
 # Third-party packages a part must never import (the server runs without them; the client installs alone).
 FORBIDDEN: dict[str, set[str]] = {
+    "data": {"onnxruntime", "torch", "sklearn", "matplotlib", "redis", "prometheus_client"},
     "api": {"onnxruntime", "torch", "sklearn", "matplotlib", "redis", "prometheus_client"},
     "client": {"onnxruntime", "torch", "sklearn", "matplotlib", "redis", "prometheus_client"},
     "server": {"torch", "sklearn", "matplotlib", "onnx"},

@@ -8,7 +8,7 @@ thickness, slant, size), and every rendering adds its own rotation, shear, scale
 elastic wobble, so the 20 renderings of one character differ as handwriting does and pixel matching is not
 enough to recognise them.
 
-Output (one compressed ``.npz``, read by ``ntm_serve/training/glyphs.py`` without fonts):
+Output (one compressed ``.npz``, read by ``ntm_serve/data/glyphs.py`` without fonts):
   images      uint8 [C, 20, 20, 20]  characters x renderings x 20 x 20, ink = 255, background = 0
   script      int16 [C]              index into ``scripts``
   codepoints  int32 [C]

@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root, for a plain checkout
-from ntm_serve.training.glyphs import load_glyphs  # numpy only
+from ntm_serve.data.glyphs import load_glyphs  # numpy only
 
 
 def grid(images: np.ndarray, zoom: int = 3, gap: int = 2) -> Image.Image:

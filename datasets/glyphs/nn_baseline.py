@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root, for a plain checkout
-from ntm_serve.training.glyphs import load_glyphs  # numpy only
+from ntm_serve.data.glyphs import load_glyphs  # numpy only
 
 
 def episode_steps(images: np.ndarray, n_way: int, per_class: int,

@@ -103,7 +103,7 @@ def more_samples(rng: np.random.Generator, episode: Episode, count: int) -> Epis
 def glyph_test_characters(task_metadata: str, path: str | None = None) -> tuple[np.ndarray, list[str]]:
     """Every rendering of every character of the model's held-out scripts (ModelInfo.task_metadata's class_split)
     and a name for each. -> ((C, R, 400) float32, [C] names)"""
-    from ntm_serve.training.glyphs import load_glyphs  # numpy only
+    from ntm_serve.data.glyphs import load_glyphs  # numpy only
 
     scripts = set(json.loads(task_metadata)["class_split"]["test_scripts"])
     g = load_glyphs(path)

@@ -1,4 +1,4 @@
-"""One-shot learning at Omniglot's scale (Santoro et al. 2016) on the glyphs data set (ntm_serve/training/glyphs.py).
+"""One-shot learning at Omniglot's scale (Santoro et al. 2016) on the glyphs data set (ntm_serve/data/glyphs.py).
 
 An episode picks `ways` characters of one split (background scripts for training, evaluation scripts held out),
 gives each a random label 0..ways-1 (new every episode), and shows PER_CLASS renderings of each, drawn without
@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ntm_serve.data.glyphs import PIXELS, SIDE, glyphs_path, load_glyphs
 from ntm_serve.training.batch import Batch
-from ntm_serve.training.glyphs import PIXELS, SIDE, glyphs_path, load_glyphs
 
 PER_CLASS = 10  # renderings of each character per episode: the 10th instance is Santoro's last column
 SPLITS = ("background", "evaluation")

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
+from ntm_serve.data.glyphs import PIXELS, load_glyphs
 from ntm_serve.demos import one_shot_np
 from ntm_serve.training import one_shot_glyphs as og
-from ntm_serve.training.glyphs import PIXELS, load_glyphs
 from ntm_serve.training.one_shot import accuracy_by_instance
 from ntm_serve.training.one_shot_reference import NearestNeighbour
 from ntm_serve.training.tasks import get_task
