@@ -2,8 +2,8 @@
 
 One onnxruntime call steps sessions of one N (the state is (B, N, M) and (B, H, N)), so an `Engine` keeps one
 `MemoryGroup` per N in use: the trained N's, made when the model loads (with its batch buckets and CUDA graphs when
-asked), and one per other N, made by its first session and dropped with its last (docs/service.md, "Memory size per
-session"). A step of a batch touches only device tensors (the pool, the resident batch's buffers) and brings just
+asked), and one per other N, made by its first session and dropped with its last (docs/memory-size.md).
+A step of a batch touches only device tensors (the pool, the resident batch's buffers) and brings just
 the inputs in and the outputs out. Why every call runs on a multiple of `ROW_MULTIPLE` rows, and how the resident
 batch moves sessions in and out: docs/service.md ("State on the device", "Batch invariance"). Used by one thread
 only (its model's batcher); not thread-safe.

@@ -1,5 +1,5 @@
 """The memory size N of a served model: which axes of the state are N, the state's shapes at any N, the N a state
-has, and the range a model runs on (pure functions; issue 24, docs/service.md "Memory size per session").
+has, and the range a model runs on (pure functions; docs/memory-size.md).
 
 The graphs say it themselves: their state inputs name the dimension ROWS_DIM ("N") wherever the memory size goes
 (memory (B, N, M), the weightings (B, H, N)), and the metadata keys META_MEMORY_ROWS_MIN / _MAX give the range.

@@ -2,7 +2,7 @@
 delivers the results. What runs next is decided in ntm_serve/server/scheduler.py; the design (batching on and off,
 atomicity, backup lanes, deferred wake-ups) is in docs/service.md ("Continuous batching"). Each plan is of one memory
 size N: its step call runs on that N's group of the engine, with that size's batch frame and backup lanes
-(docs/service.md, "Memory size per session").
+(docs/memory-size.md).
 """
 
 from __future__ import annotations

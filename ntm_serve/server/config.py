@@ -280,11 +280,11 @@ def load_config(argv: Sequence[str] | None = None, env: Mapping[str, str] | None
 
 
 def settings_table() -> str:
-    """Every setting as the markdown table of docs/service.md ("Settings"); a test keeps the two equal."""
+    """Every setting as the markdown table of docs/settings.md; a test keeps the two equal."""
     rows = ["| flag | environment | default | meaning |", "|---|---|---|---|"]
     rows += [f"| `{s.flag}` | `{s.env}` | `{default_text(s)}` | {s.help} |" for s in SETTINGS]
     return "\n".join(rows)
 
 
-if __name__ == "__main__":  # `python -m ntm_serve.server.config`: the table for docs/service.md
+if __name__ == "__main__":  # `python -m ntm_serve.server.config`: the table for docs/settings.md
     print(settings_table())

@@ -143,7 +143,7 @@ class Scheduler:
     progress) waits up to `max_wait_s` for more sessions: until it is full, or every session of the previous batch
     of its size is back.
 
-    Sessions of different memory sizes N are batched apart (docs/service.md, "Memory size per session"): each N
+    Sessions of different memory sizes N are batched apart (docs/memory-size.md): each N
     has its own `SizeQueue`, and each plan is one size's. The sizes with work take turns, one plan each (round
     robin), so a busy size cannot starve another: a size waits at most one plan of every other size. With one
     size (every session at the trained N) this is the scheduler as it was."""

@@ -1,7 +1,7 @@
 """Watching a session think, the batcher's half: after a step call, the watched sessions' state is copied out into
 frames, and each watcher gets the newest one through a slot of its own.
 
-Why this shape (docs/service.md, "Watching a session"):
+Why this shape (docs/inspector.md):
 - Zero cost when nobody watches: a model's batcher checks one dict (`Tap.watched`) after each step call; only the
   rows of watched sessions are read back from the device (`Engine.peek_rows`), only the state names asked for.
 - Watching never slows or blocks stepping: `Watcher.offer` puts the frame in the watcher's one-frame slot and never
