@@ -85,7 +85,8 @@ def test_cluster_up_with_store_replicas_names_roles_and_restarts_a_killed_primar
 
 def test_sessions_survive_the_store_primary_killed_stalled_and_lost_with_a_replica(copy_dir: Path,
                                                                                     tmp_path: Path) -> None:
-    report = run_store_faults(StoreFaultConfig(models=copy_dir, sessions=4, steps=160, chunk=10, replicas=2),
+    report = run_store_faults(StoreFaultConfig(models=copy_dir, sessions=4, steps=160, chunk=10, replicas=2,
+                                               store_wait_ms=5000),
                               tmp_path, timeout_s=240)
     print(report.table())
     assert report.ok, report.table() + "\n" + "\n".join(report.errors)
