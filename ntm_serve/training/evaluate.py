@@ -27,6 +27,7 @@ from ntm_serve.training.checkpoint import MODEL_FILE, checkpoint_hash, load_mode
 from ntm_serve.training.device import DEVICES, resolve_device
 from ntm_serve.training.metrics import bit_errors, point_seed
 from ntm_serve.training.model import NTM
+from ntm_serve.training.one_shot_eval import evaluate_classifier
 from ntm_serve.training.task_source import task_of
 from ntm_serve.training.tasks import EvalSource, SequenceSet, TaskSpec, batch_errors, heldout_batches
 
@@ -185,8 +186,6 @@ def evaluate_folder(
     task = task_of(meta)
     kind = model_kind(model)
     if task.metric == "episodes":  # one-shot classification: accuracy by instance, not bit errors
-        from ntm_serve.training.one_shot_eval import evaluate_classifier
-
         return evaluate_classifier(model, task, kind, folder, meta, sequences, seed, batch_size, device, points,
                                    write, figure, command, checkpoint_hash(folder))
     if task.metric != "bits" or any(isinstance(s, SequenceSet) for _, s in task.eval_points):
