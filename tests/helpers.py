@@ -4,6 +4,7 @@ server settings, building a models directory, and the offline reference run."""
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -157,3 +158,12 @@ def compose_tool() -> list[str] | None:
     except ImportError:
         pass
     return None
+
+
+def alive(pid: int) -> bool:
+    """Whether a process of that pid exists (signal 0 checks without sending)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True

@@ -13,18 +13,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from helpers import ROOT, Offline, bits
+from helpers import ROOT, Offline, alive, bits
 
 from ntm_serve.client.sdk import NTMClient
 from tests.cluster_faults import FaultConfig, run_faults
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def test_cluster_up_prints_its_processes_serves_and_stops_on_sigint(copy_dir: Path, offline: Offline,
@@ -37,7 +29,7 @@ def test_cluster_up_prints_its_processes_serves_and_stops_on_sigint(copy_dir: Pa
         assert line, proc.stderr.read()  # type: ignore[union-attr]
         info = json.loads(line)
         pids = [info["store"]["pid"], info["proxy_process"]["pid"], *(r["pid"] for r in info["replicas"])]
-        assert len(info["replicas"]) == 2 and all(_alive(p) for p in pids)
+        assert len(info["replicas"]) == 2 and all(alive(p) for p in pids)
         x = bits(rng, 8)
         with NTMClient(info["proxy"], timeout=30) as client:
             sid = client.create_session("copy").session_id
@@ -46,7 +38,7 @@ def test_cluster_up_prints_its_processes_serves_and_stops_on_sigint(copy_dir: Pa
     finally:
         proc.send_signal(signal.SIGINT)
         assert proc.wait(60) == 0
-    assert not any(_alive(p) for p in pids)
+    assert not any(alive(p) for p in pids)
 
 
 def test_sessions_survive_kill_drain_and_store_restart(copy_dir: Path, tmp_path: Path) -> None:

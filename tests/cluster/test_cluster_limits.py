@@ -16,21 +16,11 @@ import pytest
 from helpers import bits
 
 from ntm_serve.client.sdk import NTMClient
-from ntm_serve.cluster.launcher import LOCAL, LocalCluster, start_on_free_ports, store_proc, store_ready
-from ntm_serve.server.ports import free_port
+from ntm_serve.cluster.launcher import LOCAL, LocalCluster
 from ntm_serve.server.state.store import SessionStore, StoreLimit
 
 EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
 
-
-@pytest.fixture(scope="module")
-def store_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    work = tmp_path_factory.mktemp("store")
-    proc = start_on_free_ports(lambda: store_proc(free_port(), work, work / "store.log", durable=False), store_ready,
-                               30)
-    yield f"redis://{LOCAL}:{proc.port}/0"
-    proc.signal(15)
-    proc.wait(10)
 
 
 async def _create(store: SessionStore, sid: str, owner: str, ttl_s: float = 60.0, **limits: int) -> bool:

@@ -14,21 +14,9 @@ import pytest
 from helpers import Offline, bits, service_config
 
 from ntm_serve.client.sdk import NTMClient
-from ntm_serve.cluster.launcher import start_on_free_ports, store_proc, store_ready
-from ntm_serve.server.ports import LOCAL, free_port
 from ntm_serve.server.server import ServerThread
 from ntm_serve.server.state.snapshot_format import decode
 from ntm_serve.server.state.store import SessionStore
-
-
-@pytest.fixture(scope="module")
-def store_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    work = tmp_path_factory.mktemp("store")
-    proc = start_on_free_ports(lambda: store_proc(free_port(), work, work / "store.log", durable=False), store_ready,
-                               30)
-    yield f"redis://{LOCAL}:{proc.port}/0"
-    proc.signal(15)
-    proc.wait(10)
 
 
 @pytest.fixture(scope="module")

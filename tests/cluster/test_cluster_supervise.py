@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from helpers import ROOT, Offline, bits
+from helpers import ROOT, Offline, alive, bits
 
 from ntm_serve.client.sdk import NTMClient
 from ntm_serve.cluster.launcher import Proc
@@ -126,14 +126,6 @@ def _next(events: queue.Queue[dict[str, Any]], event: str, process: str, timeout
             return got
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 def test_cluster_up_restarts_a_killed_replica_and_sessions_go_on(copy_dir: Path, offline: Offline,
                                                                   rng: np.random.Generator) -> None:
     proc = subprocess.Popen([sys.executable, "-m", "ntm_serve.cluster", "up", "--replicas", "3", "--models",
@@ -157,7 +149,7 @@ def test_cluster_up_restarts_a_killed_replica_and_sessions_go_on(copy_dir: Path,
             assert exited["restart_in_s"] == 1.0
             out.append(client.step(sid, x[4:8], expect_steps=4).outputs)  # two replicas carry on meanwhile
             restarted = _next(events, "restarted", victim["name"])
-            assert restarted["pid"] != victim["pid"] and _alive(restarted["pid"])
+            assert restarted["pid"] != victim["pid"] and alive(restarted["pid"])
             assert restarted["port"] == victim["port"] and restarted["restarts"] == 1
             out.append(client.step(sid, x[8:], expect_steps=8).outputs)
         assert np.array_equal(np.concatenate(out), offline.run(x)["outputs"])
@@ -167,4 +159,4 @@ def test_cluster_up_restarts_a_killed_replica_and_sessions_go_on(copy_dir: Path,
         assert proc.wait(90) == 0
     pids = [info["store"]["pid"], info["proxy_process"]["pid"], restarted["pid"],
             *(r["pid"] for r in info["replicas"])]
-    assert not any(_alive(p) for p in pids)
+    assert not any(alive(p) for p in pids)
