@@ -24,9 +24,10 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -179,19 +180,28 @@ def run_faults(config: FaultConfig, work_dir: Path, timeout_s: float = 600) -> F
         stats = client.stats
         report.retries, report.codes, report.reasons, report.outages = (stats.retries, stats.codes, stats.reasons,
                                                                         stats.outages)
-        store = SessionStore(cluster.store_url)
+        check_against_store(cluster.store_url, ids, received, expected, config.steps, report)
+    return report
+
+
+def check_against_store(store_url: str, ids: Sequence[str], received: Mapping[str, list[np.ndarray]],
+                        expected: Sequence[np.ndarray], steps: int, report: Any) -> None:
+    """Every session from outside: in the store (else lost), at `steps` there and answered as many (else wrong
+    steps), its answered outputs equal to the offline run's (else mismatched). Appends to the report's lists."""
+    store = SessionStore(store_url)
+    try:
         for k, sid in enumerate(ids):
-            steps = store.sync.hget(store.key(sid), "steps")
-            if steps is None:
+            stored = store.sync.hget(store.key(sid), "steps")
+            if stored is None:
                 report.lost_sessions.append(sid)
                 continue
             got = np.concatenate(received[sid]) if received.get(sid) else np.zeros((0, 8), np.float32)
-            if int(steps) != config.steps or len(got) != config.steps:
-                report.wrong_steps.append(f"{sid}: store {int(steps)}, answered {len(got)}")
+            if int(stored) != steps or len(got) != steps:
+                report.wrong_steps.append(f"{sid}: store {int(stored)}, answered {len(got)}")
             elif not np.array_equal(got, expected[k]):
                 report.mismatched.append(sid)
+    finally:
         store.close()
-    return report
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -39,8 +39,7 @@ import redis
 
 from ntm_serve.client.sdk import NTMClient
 from ntm_serve.cluster.launcher import LOCAL, LocalCluster, store_role
-from ntm_serve.server.state.store import SessionStore
-from tests.cluster_faults import Gate
+from tests.cluster_faults import Gate, check_against_store
 from tests.soak import ROOT, offline_reference, snapshot_model
 
 FAULTS = ("kill-primary", "stall-primary", "kill-primary-and-replica")
@@ -235,18 +234,7 @@ def run_store_faults(config: StoreFaultConfig, work_dir: Path, timeout_s: float 
         report.retries, report.codes, report.reasons = stats.retries, stats.codes, stats.reasons
         for figures, start, end in windows:
             figures.pauses = [_pauses(stamps.get(sid, []), start, end) for sid in ids]
-        store = SessionStore(cluster.store_url)
-        for k, sid in enumerate(ids):
-            steps = store.sync.hget(store.key(sid), "steps")
-            if steps is None:
-                report.lost_sessions.append(sid)
-                continue
-            got = np.concatenate(received[sid]) if received.get(sid) else np.zeros((0, 8), np.float32)
-            if int(steps) != config.steps or len(got) != config.steps:
-                report.wrong_steps.append(f"{sid}: store {int(steps)}, answered {len(got)}")
-            elif not np.array_equal(got, expected[k]):
-                report.mismatched.append(sid)
-        store.close()
+        check_against_store(cluster.store_url, ids, received, expected, config.steps, report)
     return report
 
 
