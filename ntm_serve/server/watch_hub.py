@@ -83,14 +83,14 @@ class WatchHub:
     """Every open watch of one server. Lives on its event loop; `on_end` may be called from any thread."""
 
     def __init__(self, models: ModelSet, registry: SessionRegistry, metrics: Metrics, auth: TokenAuth,
-                 admin: TokenAuth, loop: asyncio.AbstractEventLoop, keeping: Keeping | None = None) -> None:
+                 admin: TokenAuth, loop: asyncio.AbstractEventLoop, keeping: Keeping) -> None:
         self._models = models
         self._registry = registry
         self._metrics = metrics
         self._auth = auth
         self._admin = admin
         self._loop = loop
-        self._keeping = keeping  # replica mode: a session is taken over before it is watched
+        self._keeping = keeping  # where sessions are kept (replica mode: taken over before it is watched)
         self._lock = threading.Lock()
         self._open: dict[Watcher, Tap] = {}
         self._draining = False
@@ -131,8 +131,7 @@ class WatchHub:
     async def find(self, session_id: str, caller: Caller) -> SessionRecord:
         """The live session `caller` may watch, or the error saying why not (as the other calls name it)."""
         if caller.owner is not None:
-            if self._keeping is not None:
-                await self._keeping.ensure_local(session_id, caller.owner)
+            await self._keeping.ensure_local(session_id, caller.owner)
             found = self._registry.find_many([session_id], caller.owner)[0]
             if isinstance(found, SessionRecord):
                 return found
@@ -227,7 +226,7 @@ class WatchHub:
         if isinstance(found, ServiceError) and not found.message.startswith("unknown session"):
             return found  # deleted, expired, its version force-unloaded
         # No tombstone: a replica let it go because another one took it over.
-        if self._keeping is not None and self._keeping.replica_name is not None:
+        if self._keeping.replica_name is not None:
             return aborted(f"session {session.id} moved to another replica: watch it again (the proxy routes the "
                            "call to the replica that holds it)")
         return not_found(f"session {session.id} has ended")
