@@ -181,7 +181,8 @@ def test_a_stop_mid_stream_answers_what_it_read_and_applies_nothing_else(copy_di
     # steps are applied than answered, and the client learns where its sessions stand from GetSession (or retries
     # with expect_steps). Either way nothing is applied that was not sent.
     lost_on_wire = "Stream removed" in err.value.details()
-    assert steps > 0 or lost_on_wire  # (fewer than 20 is possible: requests run ahead of their answers)
+    # (Fewer than the 20 sent before the stop is possible, none included: requests run ahead of their answers, and
+    # a drain that comes before the first is read answers none. What was answered is then exactly what was applied.)
     with ServerThread(service_config(copy_dir, state_dir=state)) as restarted, \
             NTMClient(restarted.target, timeout=60) as client:
         applied = [client.get_session(sid).steps for sid in ids]
