@@ -27,6 +27,7 @@ import numpy as np
 
 from ntm_serve.api.headers import routing
 from ntm_serve.api.proto_gen.ntm.v1 import ntm_pb2, ntm_pb2_grpc
+from ntm_serve.api.replay import REPLAY_DEPTH
 from ntm_serve.api.tensors import to_array, to_tensor
 from ntm_serve.api.tls import channel_credentials
 from ntm_serve.client.retry import DEFAULT_RETRY, RETRYABLE, RETRYABLE_CALL, STREAM_BREAKS, RetryPolicy, RetryStats
@@ -188,12 +189,13 @@ Pem = str | Path | bytes
 
 
 def _session_requests(session_id: str, attention: bool, steps: int) -> Callable[[np.ndarray, int], ntm_pb2.StepRequest]:
-    """Request n of a resumable session stream, made from its chunk (T, I), expecting where the one before left."""
-    at = steps
+    """Request n of a resumable session stream, made from its chunk (T, I), expecting where the one before left
+    (request ids unique to this stream, as in _packed_requests)."""
+    at, tag = steps, secrets.token_hex(4)
 
     def make(chunk: np.ndarray, n: int) -> ntm_pb2.StepRequest:
         nonlocal at
-        request = step_request(session_id, chunk, attention, str(n), at)
+        request = step_request(session_id, chunk, attention, f"{tag}-{n}", at)
         at += int(request.inputs.shape[0])
         return request
 
@@ -219,11 +221,13 @@ class _Outbox:
     """The requests of one resumable stream, numbered: each (re)opened stream sends the unanswered ones again, then
     new ones made by `make(chunk, n)` from `chunks`, each with the expect_steps where it must apply. `chunks` is read
     by one stream at a time (a superseded stream's reader may still be blocked in it: what it gets is numbered and
-    sent by the next stream)."""
+    sent by the next stream). At most `window` requests are unanswered at a time: a cluster keeps the answers of a
+    session's last REPLAY_DEPTH requests, so each one a broken stream has to send again is still on record."""
 
-    def __init__(self, chunks: Iterator[np.ndarray], make: Callable[[np.ndarray, int], Any]) -> None:
-        self._chunks, self._make = chunks, make
-        self._lock = threading.Lock()
+    def __init__(self, chunks: Iterator[np.ndarray], make: Callable[[np.ndarray, int], Any],
+                 window: int = REPLAY_DEPTH) -> None:
+        self._chunks, self._make, self._window = chunks, make, window
+        self._lock = threading.Condition()
         self._source = threading.Lock()
         self._requests: dict[int, Any] = {}
         self._made = 0  # requests numbered so far
@@ -235,9 +239,11 @@ class _Outbox:
         """The requests of a new stream (supersedes the previous one)."""
         with self._lock:
             self._generation += 1
+            self._lock.notify_all()
             generation, index = self._generation, self._acked
         while True:
             with self._lock:
+                self._lock.wait_for(lambda i=index: generation != self._generation or i < self._acked + self._window)
                 if generation != self._generation:
                     return
                 request = self._requests.get(index) if index < self._made else None
@@ -268,6 +274,13 @@ class _Outbox:
         with self._lock:
             del self._requests[self._acked]
             self._acked += 1
+            self._lock.notify_all()
+
+    def close(self) -> None:
+        """No stream sends anything more (a reader waiting for room in the window returns)."""
+        with self._lock:
+            self._generation += 1
+            self._lock.notify_all()
 
     def done(self) -> bool:
         with self._lock:
@@ -448,6 +461,14 @@ class NTMClient:
 
     def _resumable(self, outbox: _Outbox, method: Callable[..., Any], parse: Callable[[Any], Any], route: str | None,
                    label: str) -> Iterator[Any]:
+        try:
+            yield from self._resume(outbox, method, parse, route, label)
+        finally:
+            outbox.close()  # however it ended: no request reader is left waiting
+
+    def _resume(self, outbox: _Outbox, method: Callable[..., Any], parse: Callable[[Any], Any], route: str | None,
+                label: str) -> Iterator[Any]:
+        """Open the stream, and open it again after a break or a retryable refusal, until every request is answered."""
         assert self.retry is not None
         attempt, since = 0, None
         while True:

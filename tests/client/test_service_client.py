@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -112,3 +113,33 @@ def test_a_refusal_a_retry_cannot_fix_is_raised_at_once(code: grpc.StatusCode) -
             pytest.raises(grpc.RpcError) as err:
         client._retrying(call, "session")
     assert err.value.code() == code and len(calls) == 1 and client.stats.retries == 0
+
+
+
+def test_a_resumable_stream_keeps_at_most_replay_depth_requests_unanswered(server: ServerThread,
+                                                                           offline: Offline) -> None:
+    """A cluster keeps the answers of a session's last REPLAY_DEPTH requests; the client's resumable stream reads no
+    more chunks than that ahead of its answers, so any request it has to send again is on record. Seen from outside:
+    a slow reader of the answers, and the chunks the client has taken."""
+    import time
+
+    from ntm_serve.api.replay import REPLAY_DEPTH
+
+    x = np.random.default_rng(3).integers(0, 2, (3 * REPLAY_DEPTH, 2, 9)).astype(np.float32)
+    taken = 0
+
+    def chunks() -> Iterator[np.ndarray]:
+        nonlocal taken
+        for chunk in x:
+            taken += 1
+            yield chunk
+
+    ahead, outputs = [], []
+    with NTMClient(server.target, timeout=30) as client:
+        sid = client.create_session("copy").session_id
+        for k, output in enumerate(client.stream_session(sid, chunks(), start_steps=0), start=1):
+            time.sleep(0.02)  # the sender runs ahead as far as it may
+            ahead.append(taken - k)
+            outputs.append(output.outputs)
+    assert max(ahead) == REPLAY_DEPTH and len(outputs) == len(x)  # once answered, 8 more are out, never 9
+    np.testing.assert_array_equal(np.concatenate(outputs), offline.run(x.reshape(-1, 9))["outputs"])

@@ -40,6 +40,15 @@ def stored(store_url: str, session_id: str) -> dict[str, str]:
         store.close()
 
 
+def last_rid(store_url: str, session_id: str) -> str:
+    """The id of the session's last committed request, as the store records it."""
+    store = SessionStore(store_url)
+    try:
+        return store.answers(session_id)[-1].rid
+    finally:
+        store.close()
+
+
 def test_a_session_moves_between_replicas_and_continues_bit_for_bit(pair: tuple, offline: Offline,
                                                                      rng: np.random.Generator) -> None:
     a, b = pair
@@ -99,13 +108,48 @@ def test_the_commit_script_fences_stale_epochs_and_steps(store_url: str) -> None
     assert asyncio.run(two_takeovers()) == [1, 2]
 
     def item(epoch: int, start: int, end: int) -> CommitItem:
-        return CommitItem("fence-1", epoch, start, end, blob, "r", 1, b"", 60.0)
+        return CommitItem("fence-1", epoch, start, end, blob, f"r{end}", end - start, bytes(4 * (end - start)), 60.0)
 
     assert store.commit_many([item(1, 0, 5)]) == [("fenced", "2")]  # the stale holder
     assert store.commit_many([item(2, 3, 5)]) == [("steps", "0")]  # a step count that is not the store's
     assert store.commit_many([item(2, 0, 5), item(2, 5, 9)]) == [("ok", ""), ("ok", "")]  # one pipeline
     assert store.commit_many([item(2, 5, 9)]) == [("ok", "")]  # a retried commit: recognised, not re-applied
+    # The store client sends a whole pipeline again when its reply was lost: the earlier commit, now behind the
+    # store's count, is recognised by its recorded answer, not refused.
+    assert store.commit_many([item(2, 0, 5), item(2, 5, 9)]) == [("ok", ""), ("ok", "")]
+    assert store.commit_many([CommitItem("fence-1", 2, 0, 5, blob, "other", 5, b"", 60.0)]) == [("steps", "9")]
     assert store.sync.hget(store.key("fence-1"), "steps") == b"9"
+    assert [(a.rid, a.to_steps, a.t) for a in store.answers("fence-1")] == [("r5", 5, 5), ("r9", 9, 4)]
+    store.close()
+
+
+def test_the_store_keeps_the_answers_of_the_last_replay_depth_requests(store_url: str) -> None:
+    """The ring of answers: after more commits than it holds, the oldest are gone and the last REPLAY_DEPTH are
+    there, oldest first; a commit of one of those, sent again, is recognised; one older is refused."""
+    import asyncio
+
+    from ntm_serve.api.replay import REPLAY_DEPTH
+    from ntm_serve.server.state.store import CommitItem, state_blob
+
+    store = SessionStore(store_url)
+    blob = state_blob("ring-1", "m", "o", 60.0, 0.0, 0, "d", {"memory": np.zeros((2, 3), np.float32)})
+
+    async def created_and_claimed() -> None:
+        assert await store.create("ring-1", model="m", version="", digest="d", owner="o", ttl_s=60.0,
+                                  created_wall=0.0, steps=0, blob=blob)
+        assert (await store.claim("ring-1", "o", ["d"], "r1")).outcome == "ok"  # epoch 1
+        await store.aclose()
+
+    asyncio.run(created_and_claimed())
+    n = REPLAY_DEPTH + 3
+    items = [CommitItem("ring-1", 1, 2 * k, 2 * k + 2, blob, f"q{k}", 2, np.full(2, k, "<f4").tobytes(), 60.0)
+             for k in range(n)]
+    assert store.commit_many(items) == [("ok", "")] * n
+    answers = store.answers("ring-1")
+    assert [a.rid for a in answers] == [f"q{k}" for k in range(n - REPLAY_DEPTH, n)]
+    assert all(np.frombuffer(a.out, "<f4").tolist() == [int(a.rid[1:])] * 2 for a in answers)
+    assert store.commit_many([items[n - REPLAY_DEPTH]]) == [("ok", "")]  # still on record
+    assert store.commit_many([items[n - REPLAY_DEPTH - 1]]) == [("steps", str(2 * n))]  # fell off the ring
     store.close()
 
 
@@ -141,7 +185,8 @@ def test_a_packed_commit_writes_every_entry_or_none(store_url: str) -> None:
     assert steps() == [b"0", b"0"]  # none of either
     assert store.commit_many([pack((1, 1), 0, 3, "m-1"), pack((1, 1), 3, 4, "m-2")]) == [("ok", "")] * 2
     assert store.commit_many([pack((1, 1), 3, 4, "m-2")]) == [("ok", "")]  # a retried commit: recognised
-    assert steps() == [b"4", b"4"] and store.sync.hget(store.key(ids[1]), "rid") == b"m-2"
+    assert steps() == [b"4", b"4"] and store.answers(ids[1])[-1].rid == "m-2"
+    assert store.commit_many([pack((1, 1), 0, 3, "m-1")]) == [("ok", "")]  # older, still on record: recognised
     store.sync.delete(store.key(ids[1]))
     assert store.commit_many([pack((1, 1), 4, 5)]) == [("missing", "1:")] and steps()[0] == b"4"
     store.close()
@@ -161,6 +206,15 @@ def test_retry_of_a_committed_request_is_answered_again(pair: tuple, rng: np.ran
             cb.step(sid, x, request_id="r-2", expect_steps=0)
         assert other.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert cb.get_session(sid).steps == 6
+        # Two requests committed whose answers were both lost (a stream's pipelined requests): sent again in
+        # order, each is answered from the record, and the next one goes on from there.
+        second = cb.step(sid, x[::-1], request_id="r-3", expect_steps=6)
+        replayed = [ca.step(sid, x, request_id="r-1", expect_steps=0), ca.step(sid, x[::-1], request_id="r-3",
+                                                                                expect_steps=6)]
+        assert [r.steps for r in replayed] == [6, 12]
+        assert np.array_equal(replayed[0].outputs, first.outputs)
+        assert np.array_equal(replayed[1].outputs, second.outputs)
+        assert ca.step(sid, x, request_id="r-4", expect_steps=12).steps == 18
 
 
 def _ticks(rng: np.random.Generator, sessions: int, steps: int) -> np.ndarray:
@@ -180,7 +234,7 @@ def test_packed_messages_of_one_group_move_between_replicas_bit_for_bit(pair: tu
         assert all(sid.startswith("g.") for sid in ids) and ca.get_session(ids[0]).group == "g"
         first = ca.step_packed(ids, x[:, :3], expect_steps=[0, 0, 0])
         second = cb.step_packed(ids, x[:, 3:5], expect_steps=[3, 3, 3], request_id="p-2")
-        assert [stored(url, sid)["rid"] for sid in ids] == ["p-2"] * 3
+        assert [last_rid(url, sid) for sid in ids] == ["p-2"] * 3
         single = ca.step(ids[1], x[1, 5:6], expect_steps=5).outputs
         third = ca.step_packed([ids[2], ids[0]], np.stack([x[2, 5:], x[0, 5:]]), expect_steps=[5, 5])
         ca.step(ids[1], x[1, 6:], expect_steps=6)

@@ -12,8 +12,9 @@
   and answers with a status the SDK retries (ABORTED, UNAVAILABLE) or NOT_FOUND: never two writers.
 - A replica that lacks the weights a session was made by (its `ntm.checkpoint_sha256`) refuses it with
   UNAVAILABLE, before touching it, so the client lands on a replica that has them.
-- A retry of a request whose commit landed but whose answer was lost (crash, broken stream) is answered
-  again from the store's last-request record (`rid`, `t`, `out`) instead of being refused.
+- A retry of a request whose commit landed but whose answer was lost (crash, broken stream, a commit's reply lost
+  and the commit sent again) is answered again from the store's record of the session's last REPLAY_DEPTH
+  answers (ntm_serve/api/replay.py) instead of being refused.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from prometheus_client import Counter, Histogram
 
 from ntm_serve.api.errors import PackError, ServiceError, exhausted, invalid, not_found, unavailable
 from ntm_serve.api.headers import group_of
+from ntm_serve.api.replay import REPLAY_DEPTH
 from ntm_serve.server.batcher import defer_wakeup
 from ntm_serve.server.jobs import Job, PackOutcome, StepOutcome
 from ntm_serve.server.memory_size import restorable
@@ -41,6 +43,7 @@ from ntm_serve.server.registry import weights_missing
 from ntm_serve.server.sessions import MAX_ID_CHARS, Done, MakePack, SessionRecord, init_action, new_session_id
 from ntm_serve.server.state.store import (
     STORE_ERRORS,
+    Answer,
     CommitItem,
     PackCommit,
     SessionStore,
@@ -79,9 +82,7 @@ class Held:
     epoch: int  # the epoch its takeover got; commits name it
     queued_to: int  # steps of the last commit handed to the commit thread (batcher thread)
     committed: int  # steps the store acknowledged (commit thread)
-    last_rid: str = ""  # the last committed request (for answering its retry again)
-    last_t: int = 0
-    last_out: bytes = b""
+    answers: deque[Answer] = field(default_factory=lambda: deque(maxlen=REPLAY_DEPTH))  # (for answering retries)
     uncommitted: int = 0  # answered requests not committed yet (commit_every > 1)
 
 
@@ -337,8 +338,8 @@ class Replica:
         session = SessionRecord(session_id, stored.model, owner, stored.ttl_s, stored.created_wall,
                                 self.registry.clock(), steps=stored.steps, checkpoint_sha256=stored.digest,
                                 memory_rows=rows)
-        self._held[session] = Held(stored.epoch, stored.steps, stored.steps, stored.last_rid, stored.last_t,
-                                   stored.last_out)
+        self._held[session] = Held(stored.epoch, stored.steps, stored.steps,
+                                   deque(stored.answers, maxlen=REPLAY_DEPTH))
         self.registry.adopt(session)
         try:
             await self._control(session, init_action(stored.state))
@@ -352,15 +353,15 @@ class Replica:
 
     def _replay(self, held: Held | None, request: ntm_pb2.StepRequest, expect: int,
                 steps: int) -> StepOutcome | None:
-        """The recorded answer of `request` when it is a retry of the session's last committed request."""
-        if held is None or not request.request_id or request.request_id != held.last_rid:
-            return None
-        t = held.last_t
-        if steps != held.committed or expect + t != steps or not request.inputs.shape or request.inputs.shape[0] != t:
+        """The recorded answer of `request` when it is a retry of one of the session's last committed requests
+        (a client that sent several before it lost their answers sends them again in order)."""
+        shape = request.inputs.shape
+        answer = _recorded(held, steps, request.request_id, expect, shape[0] if len(shape) == 2 else -1)
+        if answer is None:
             return None
         self._metrics.replays.inc()
-        outputs = np.frombuffer(held.last_out, OUT_DTYPE).reshape(t, -1).astype(np.float32)
-        return StepOutcome(outputs, steps, None, None)
+        outputs = np.frombuffer(answer.out, OUT_DTYPE).reshape(answer.t, -1).astype(np.float32)
+        return StepOutcome(outputs, answer.to_steps, None, None)
 
     # --- commits (batcher thread, then commit thread) -------------------------------------------------
 
@@ -418,7 +419,7 @@ class Replica:
             item = pending.item
             if reason == "ok":
                 held = pending.held
-                held.committed, held.last_rid, held.last_t, held.last_out = item.to_steps, item.rid, item.t, item.out
+                _record(held, item)
                 self._metrics.commit_seconds.observe(now - pending.queued)
                 if pending.respond is not None:
                     done, outcome = pending.respond
@@ -490,20 +491,19 @@ class Replica:
 
     def _pack_replay(self, sessions: list[SessionRecord], request: ntm_pb2.PackedStepRequest,
                      expect: list[int | None]) -> PackOutcome | None:
-        """The recorded answer of `request` when every entry's last committed request is this message."""
+        """The recorded answer of `request` when every entry recorded this message among its last committed ones."""
         shape = request.inputs.shape
-        if not request.request_id or len(shape) != 3 or shape[0] != len(sessions):
+        if len(shape) != 3 or shape[0] != len(sessions):
             return None
-        t = shape[1]
-        outputs = []
+        answers = []
         for session, x in zip(sessions, expect, strict=True):
-            held = self._held.get(session)
-            if (held is None or x is None or held.last_rid != request.request_id or held.last_t != t
-                    or session.steps != held.committed or x + t != session.steps):
+            answer = _recorded(self._held.get(session), session.steps, request.request_id, x, shape[1])
+            if answer is None:
                 return None
-            outputs.append(np.frombuffer(held.last_out, OUT_DTYPE).reshape(t, -1))
+            answers.append(answer)
         self._metrics.replays.inc()
-        return PackOutcome(np.stack(outputs).astype(np.float32), [s.steps for s in sessions], None, None)
+        outputs = np.stack([np.frombuffer(a.out, OUT_DTYPE).reshape(a.t, -1) for a in answers])
+        return PackOutcome(outputs.astype(np.float32), [a.to_steps for a in answers], None, None)
 
     def committing_pack(self, make: MakePack, request_id: str) -> MakePack:
         """Wrap a packed job so that its answer leaves once the store has every entry's commit (whatever
@@ -565,7 +565,7 @@ class Replica:
         done, outcome = pending.respond
         if reason == "ok":
             for held, item in zip(pending.helds, pending.item.items, strict=True):
-                held.committed, held.last_rid, held.last_t, held.last_out = item.to_steps, item.rid, item.t, item.out
+                _record(held, item)
             self._metrics.commit_seconds.observe(now - pending.queued)
             done(outcome)
             return
@@ -593,6 +593,24 @@ class Replica:
 
     def close(self) -> None:
         self.store.close()
+
+
+def _recorded(held: Held | None, steps: int, rid: str, expect: int | None, t: int) -> Answer | None:
+    """The recorded answer of request `rid` of `t` steps that expected `expect`, if this copy (at `steps`, all of
+    them committed: it is the store's state) has it on record."""
+    if held is None or not rid or expect is None or steps != held.committed:
+        return None
+    for answer in held.answers:
+        if answer.rid == rid and answer.t == t and answer.to_steps - t == expect:
+            return answer
+    return None
+
+
+def _record(held: Held, item: CommitItem) -> None:
+    """On the commit thread, once the store has `item`: the copy's committed count, and its answer on record."""
+    held.committed = item.to_steps
+    if item.rid:
+        held.answers.append(Answer(item.rid, item.to_steps, item.t, item.out))
 
 
 def _check_id(session_id: str) -> None:

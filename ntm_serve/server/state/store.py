@@ -9,8 +9,10 @@ One hash per session, `<prefix>s:{<id>}`:
     steps                    steps committed; a commit must name it as its starting point
     state                    the state tensors, in the snapshot format (ntm_serve/server/state/snapshot_format.py,
     checksummed)
-    rid, t, out              the last committed request: id, step count and outputs (float32), so a retry of
-                             a request whose answer was lost is answered again instead of refused
+    seq                      commits that recorded an answer (the answer slots below are a ring over it)
+    rid:j, to:j, t:j, out:j  the answers of the last REPLAY_DEPTH committed requests (j = seq mod REPLAY_DEPTH):
+                             request id, steps after it, its step count and outputs (float32), so a request
+                             whose answer was lost (up to REPLAY_DEPTH back) is answered again instead of refused
     holder                   the replica that took it over last (for people reading the store)
 
 A deleted session leaves `<prefix>gone:{<id>}` = "deleted" for a day (NOT_FOUND says why). The limits hold
@@ -45,6 +47,7 @@ from redis.exceptions import MasterDownError
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 
+from ntm_serve.api.replay import REPLAY_DEPTH
 from ntm_serve.server.state.snapshot_format import SessionSnapshot, decode, encode
 from ntm_serve.server.state.store_url import SENTINEL_SCHEME, check_store_url, parse_sentinel
 
@@ -127,18 +130,46 @@ table.insert(out, 1, 'ok')
 return out
 """
 
+# A commit's answer goes to slot seq mod DEPTH of the session's ring. A commit is recognised as applied already (a
+# retry after a lost reply, maybe behind later commits of the same holder) when the session stands at its to_steps,
+# or when its request is in the ring with that to_steps.
+_ANSWERS = """
+local DEPTH = REPLAY_DEPTH
+local function applied(key, steps, to, rid)
+  if steps == to then return true end
+  if rid == '' then return false end
+  for j = 0, DEPTH - 1 do
+    local r = redis.call('HMGET', key, 'rid:' .. j, 'to:' .. j)
+    if r[1] == rid and r[2] == to then return true end
+  end
+  return false
+end
+local function write(key, seq, to, state, rid, t, out)
+  if rid == '' then
+    redis.call('HSET', key, 'steps', to, 'state', state)
+    return
+  end
+  local n = (tonumber(seq) or 0) + 1
+  local j = n % DEPTH
+  redis.call('HSET', key, 'steps', to, 'state', state, 'seq', n, 'rid:' .. j, rid, 'to:' .. j, to, 't:' .. j, t,
+             'out:' .. j, out)
+end
+""".replace("REPLAY_DEPTH", str(REPLAY_DEPTH))
+
 # KEYS[1] session. ARGV: epoch, from_steps, to_steps, state, rid, t, out, ttl_ms.
 # {'ok'} | {'missing'} | {'fenced', epoch} | {'steps', steps}
-_COMMIT = """
-local h = redis.call('HMGET', KEYS[1], 'epoch', 'steps')
+_COMMIT = _ANSWERS + """
+local h = redis.call('HMGET', KEYS[1], 'epoch', 'steps', 'seq')
 if not h[1] then return {'missing'} end
 if h[1] ~= ARGV[1] then return {'fenced', h[1]} end
-if h[2] == ARGV[3] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[8])
-  return {'ok'}
+if h[2] ~= ARGV[2] or ARGV[2] == ARGV[3] then
+  if applied(KEYS[1], h[2], ARGV[3], ARGV[5]) then
+    redis.call('PEXPIRE', KEYS[1], ARGV[8])
+    return {'ok'}
+  end
+  return {'steps', h[2]}
 end
-if h[2] ~= ARGV[2] then return {'steps', h[2]} end
-redis.call('HSET', KEYS[1], 'steps', ARGV[3], 'state', ARGV[4], 'rid', ARGV[5], 't', ARGV[6], 'out', ARGV[7])
+write(KEYS[1], h[3], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7])
 redis.call('PEXPIRE', KEYS[1], ARGV[8])
 return {'ok'}
 """
@@ -146,23 +177,23 @@ return {'ok'}
 # A packed message's commits, all or none (a message is applied whole or not at all, in the store too). KEYS: its
 # E sessions; ARGV: _COMMIT's eight per entry, entry after entry. Every entry is checked as _COMMIT checks it before
 # any is written. {'ok'} | {reason, detail, entry (from 0)}: the first entry that refused, nothing written.
-_COMMIT_PACK = """
+_COMMIT_PACK = _ANSWERS + """
 local todo = {}
 for i = 1, #KEYS do
   local a = (i - 1) * 8
-  local h = redis.call('HMGET', KEYS[i], 'epoch', 'steps')
+  local h = redis.call('HMGET', KEYS[i], 'epoch', 'steps', 'seq')
   if not h[1] then return {'missing', '', i - 1} end
   if h[1] ~= ARGV[a + 1] then return {'fenced', h[1], i - 1} end
-  if h[2] ~= ARGV[a + 3] then
-    if h[2] ~= ARGV[a + 2] then return {'steps', h[2], i - 1} end
-    todo[i] = true
+  if h[2] ~= ARGV[a + 2] or ARGV[a + 2] == ARGV[a + 3] then
+    if not applied(KEYS[i], h[2], ARGV[a + 3], ARGV[a + 5]) then return {'steps', h[2], i - 1} end
+  else
+    todo[i] = h[3] or '0'
   end
 end
 for i = 1, #KEYS do
   local a = (i - 1) * 8
   if todo[i] then
-    redis.call('HSET', KEYS[i], 'steps', ARGV[a + 3], 'state', ARGV[a + 4], 'rid', ARGV[a + 5], 't', ARGV[a + 6],
-               'out', ARGV[a + 7])
+    write(KEYS[i], todo[i], ARGV[a + 3], ARGV[a + 4], ARGV[a + 5], ARGV[a + 6], ARGV[a + 7])
   end
   redis.call('PEXPIRE', KEYS[i], ARGV[a + 8])
 end
@@ -198,6 +229,17 @@ class StoreLimit(Exception):
 
 
 @dataclass(frozen=True)
+class Answer:
+    """The recorded answer of a committed request: its id, the session's steps after it, its step count and outputs
+    (float32 (t, O), little-endian). It started at to_steps - t."""
+
+    rid: str
+    to_steps: int
+    t: int
+    out: bytes
+
+
+@dataclass(frozen=True)
 class StoredSession:
     """A session as the store holds it (after a claim)."""
 
@@ -211,9 +253,7 @@ class StoredSession:
     epoch: int
     steps: int
     state: dict[str, np.ndarray]
-    last_rid: str
-    last_t: int
-    last_out: bytes  # float32 (last_t, O), little-endian
+    answers: tuple[Answer, ...]  # of its last committed requests, oldest first (at most REPLAY_DEPTH)
 
 
 @dataclass(frozen=True)
@@ -278,7 +318,22 @@ def _parse_claim(session_id: str, reply: list[Any]) -> Claim:
     return Claim("ok", StoredSession(
         session_id, _text(fields["model"]), _text(fields.get("version", b"")), _text(fields["digest"]),
         _text(fields["owner"]), float(fields["ttl_s"]), float(fields["created"]), int(fields["epoch"]), steps,
-        snapshot.state, _text(fields.get("rid", b"")), int(fields.get("t", 0)), bytes(fields.get("out", b""))))
+        snapshot.state, _answers(fields, steps)))
+
+
+def _answers(fields: dict[str, Any], steps: int) -> tuple[Answer, ...]:
+    """The ring of recorded answers, oldest first; a record written before the ring (one `rid`, `t`, `out`: the
+    last request, ending at `steps`) is read as a ring of one."""
+    if "seq" not in fields and "rid" in fields:
+        return (Answer(_text(fields["rid"]), steps, int(fields.get("t", 0)), bytes(fields.get("out", b""))),)
+    seq = int(fields.get("seq", 0))
+    answers = []
+    for n in range(max(1, seq - REPLAY_DEPTH + 1), seq + 1):
+        j = n % REPLAY_DEPTH
+        if f"rid:{j}" in fields:
+            answers.append(Answer(_text(fields[f"rid:{j}"]), int(fields[f"to:{j}"]), int(fields[f"t:{j}"]),
+                                  bytes(fields[f"out:{j}"])))
+    return tuple(answers)
 
 
 def _refusal(err: Exception) -> Exception:
@@ -414,6 +469,12 @@ class SessionStore:
             if int(acked) < self.min_replicas:
                 raise await self._refused(self._short(int(acked)))
         return int(value) if value is not None else None
+
+    def answers(self, session_id: str) -> tuple[Answer, ...]:
+        """The answers the store keeps of the session's last committed requests, oldest first (for people and tests
+        reading the store; a replica gets them with its claim)."""
+        fields = {_text(k): v for k, v in self.sync.hgetall(self.key(session_id)).items() if k != b"state"}
+        return _answers(fields, int(fields.get("steps", 0)))
 
     async def gone(self, session_id: str) -> str | None:
         value = await self.aio.get(self.gone_key(session_id))
