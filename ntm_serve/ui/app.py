@@ -182,6 +182,7 @@ class UIServer:
             model = self.models.get_key(s.key)
             rows.append({"session_id": s.id, "model": s.model, "version": model.version if model else None,
                          "steps": s.steps, "created": s.created_wall, "ttl_s": s.ttl_s,
+                         "memory_rows": s.memory_rows or (model.spec.config.get("memory_rows") if model else None),
                          "yours": s.owner == caller.owner, "owner": s.owner if caller.admin else None,
                          "watchers": self.hub.watchers(s.id)})
         return web.json_response(rows, headers=SECURITY)

@@ -127,7 +127,7 @@ def test_a_wrong_token_is_refused(inspected: ServerThread, browser: Any) -> None
             assert status == 401 and body["code"] == "UNAUTHENTICATED", (path, token, body)
 
 
-def test_the_api_shows_each_caller_its_own_sessions_and_an_admin_all(inspected: ServerThread) -> None:
+def test_the_api_shows_each_caller_its_own_sessions_and_an_admin_all(inspected: ServerThread, browser: Any) -> None:
     with NTMClient(inspected.target, token="alice", timeout=30) as alice, \
             NTMClient(inspected.target, token="bob", timeout=30) as bob:
         mine, theirs = alice.create_session("copy").session_id, bob.create_session("copy").session_id
@@ -140,6 +140,14 @@ def test_the_api_shows_each_caller_its_own_sessions_and_an_admin_all(inspected: 
         assert status == 403 and body["code"] == "PERMISSION_DENIED"
         models = _get(inspected, "/api/models", "alice")[1]
         assert [(m["name"], m["task"], m["version"]) for m in models] == [("copy", "copy", 1)]
+        big = alice.create_session("copy", memory_rows=512).session_id  # each session's own memory size N
+        sizes = {s["session_id"]: s["memory_rows"] for s in _get(inspected, "/api/sessions", "alice")[1]}
+        assert sizes[mine] == models[0]["memory_rows"] == 128 and sizes[big] == 512
+        page = _open(browser, inspected, "alice")
+        page.wait_for_selector(f"#sessions li[data-session-id='{big}']")
+        assert "N=512" in page.inner_text(f"#sessions li[data-session-id='{big}']")
+        page.close()
+        alice.delete_session(big)
         alice.delete_session(mine)
         bob.delete_session(theirs)
 

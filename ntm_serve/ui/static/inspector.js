@@ -359,7 +359,7 @@ async function refreshSessions() {
     model.textContent = s.model + " v" + s.version;
     const steps = document.createElement("span");
     steps.className = "steps";
-    steps.textContent = s.steps + " steps" + (s.yours ? "" : " · other");
+    steps.textContent = s.steps + " steps" + (s.memory_rows ? " · N=" + s.memory_rows : "") + (s.yours ? "" : " · other");
     li.append(id, model, steps);
     li.addEventListener("click", () => watch(s.session_id));
     list.append(li);
