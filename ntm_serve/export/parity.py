@@ -31,7 +31,7 @@ from ntm_serve.contract import (
     STATE_NAMES,
     STEP_INPUTS,
 )
-from ntm_serve.export.compare import DRIFT_TOLERANCE, OP_TOLERANCE, Row, markdown, row
+from ntm_serve.export.compare import DRIFT_TOLERANCE, FLOOR_FACTOR, OP_TOLERANCE, Row, errors, markdown, row
 from ntm_serve.export.graphs import probabilities
 from ntm_serve.export.metadata import read_metadata
 from ntm_serve.export.model_files import Checkpoint, load_checkpoint
@@ -154,6 +154,47 @@ def model_rows(model: NTM, sess: Sessions, task: str, steps: int = 1000, batch: 
     out += _sequence_rows(trace, seq, final, steps)
     out += _chunked_rows(sess.sequence, inputs, start, seq, final)
     return out
+
+
+def exact_path_rows(model: NTM, sess: Sessions, task: str, steps: int = 1000, batch: int = 2, seed: int = 0,
+                    activation: str | None = None) -> list[Row]:
+    """The export's own error per step, free of the recurrence: along the float64 trajectory of the same inputs as
+    `model_rows`, each step is taken once more by the step graph and by torch float32 from the same state (the
+    float64 one, rounded to float32). A chaotic model (one whose 1000-step rows drift apart because rounding flips
+    a pick) is held to this instead. Each step of each tensor passes within OP_TOLERANCE of the tensor's scale
+    (max |value|, at least 1; for the output, that of the read vectors it is computed from), or, at an
+    ill-conditioned step, when onnx is no further from float64 than
+    FLOOR_FACTOR x torch f32 is at that same step. An op that computes anything else fails however the recurrence
+    behaves."""
+    inputs = long_inputs(task, model.config.input_size, steps, batch, seed)  # (T, B, I)
+    activation = activation or tasks.get_task(task).output_activation
+    exact_model = copy.deepcopy(model).double()
+    state = {n: v.astype(np.float64) for n, v in onnx_initial_state(sess.initial_state, batch).items()}
+    seen: dict[str, list[tuple[float, float, float, float, float]]] = {n: [] for n in ("output", *STATE_NAMES)}
+    for x in inputs:
+        rounded = {n: v.astype(np.float32) for n, v in state.items()}
+        p_exact, nxt = torch_step(exact_model, x.astype(np.float64), state, activation)
+        p_torch, by_torch = torch_step(model, x, rounded, activation)
+        p_onnx, by_onnx = onnx_step(sess.step, x, rounded)
+        for name, (o, t, e) in {"output": (p_onnx, p_torch, p_exact),
+                                **{n: (by_onnx[n], by_torch[n], nxt[n]) for n in STATE_NAMES}}.items():
+            # onnx vs torch f32 (abs, rel), torch f32 vs f64, onnx vs f64, the tensor's scale
+            seen[name].append((*errors(o, t), errors(t, e)[0], errors(o, e)[0], float(np.abs(e).max(initial=0.0))))
+        state = nxt
+    table = {name: np.array(values) for name, values in seen.items()}
+    # The output layer reads the read vectors (and h): its probabilities carry rounding relative to their scale.
+    table["output"][:, 4] = np.maximum(table["output"][:, 4], table["read_vectors"][:, 4])
+    return [_exact_path_row(name, values, f"{steps} steps, B={batch}") for name, values in table.items()]
+
+
+def _exact_path_row(name: str, values: np.ndarray, note: str) -> Row:
+    """values (T, 5): per step onnx vs torch (abs, rel), torch vs f64, onnx vs f64, scale."""
+    diff, rel, floor, exact, scale = values.T  # (T,) each
+    tolerance = OP_TOLERANCE * max(1.0, float(scale.max()))
+    bad = int(np.sum((diff > tolerance) & (exact > FLOOR_FACTOR * floor)))
+    return Row(f"one step from float64: {name}", float(diff.max()), float(rel.max()), tolerance,
+               f"{note}, scale {scale.max():.3g}" + (f", {bad} steps past both" if bad else ""), float(floor.max()),
+               float(exact.max()), bad_steps=bad)
 
 
 def rows_rows(model: NTM, sess: Sessions, task: str, memory_rows: Iterable[int], steps: int, batch: int = 2,
@@ -381,6 +422,7 @@ def check_folder(folder: Path, provider: str, steps: int, batch: int, ops: bool 
     other = [n for n in memory_rows if low <= n <= high and n != ckpt.model.config.memory_rows]
     rows = op_rows(ckpt.model, sess.step, provider, activation=ckpt.output_activation, memory_rows=other) if ops else []
     rows += model_rows(ckpt.model, sess, ckpt.task, steps, batch, activation=ckpt.output_activation)
+    rows += exact_path_rows(ckpt.model, sess, ckpt.task, steps, batch, activation=ckpt.output_activation)
     rows += rows_rows(ckpt.model, sess, ckpt.task, other, episode_steps, batch, activation=ckpt.output_activation)
     return rows, ckpt
 
