@@ -191,7 +191,8 @@ def test_a_stop_mid_stream_answers_what_it_read_and_applies_nothing_else(copy_di
         steps = applied[0]
         rest = client.step(ids[0], inputs[steps:steps + 5]).outputs  # the client resends from where it was applied
     expected = offline.run(inputs[:steps + 5])["outputs"]
-    np.testing.assert_array_equal(np.concatenate(answered), expected[:len(answered)])
+    got = np.concatenate(answered) if answered else expected[:0]  # (none, when the drain came before the first read)
+    np.testing.assert_array_equal(got, expected[:len(answered)])
     np.testing.assert_array_equal(rest, expected[steps:])
 
 
