@@ -17,19 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from helpers import ROOT, Offline, bits
+from helpers import ROOT, Offline, alive, bits
 
 from ntm_serve.client.sdk import NTMClient
 from ntm_serve.cluster.launcher import store_role
 from tests.store_faults import FAULTS, StoreFaultConfig, run_store_faults
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def _lines(stream: Any, into: queue.Queue[dict[str, Any]]) -> None:
@@ -57,7 +49,7 @@ def test_cluster_up_with_store_replicas_names_roles_and_restarts_a_killed_primar
         roles = sorted(p["role"] for p in store["processes"])
         assert roles == ["primary", "replica", "replica", "sentinel", "sentinel", "sentinel"]
         assert store["url"].startswith("redis+sentinel://") and store["min_replicas"] == 1
-        assert all(_alive(p["pid"]) for p in store["processes"])
+        assert all(alive(p["pid"]) for p in store["processes"])
         primary = next(p for p in store["processes"] if p["role"] == "primary")
         assert (primary["pid"], primary["port"]) == (store["pid"], store["port"])
         events: queue.Queue[dict[str, Any]] = queue.Queue()
@@ -71,7 +63,7 @@ def test_cluster_up_with_store_replicas_names_roles_and_restarts_a_killed_primar
             assert (exited["pid"], exited["signal"]) == (primary["pid"], "SIGKILL")
             out.append(client.step(sid, x[4:8], expect_steps=4).outputs)  # after the Sentinels' failover
             restarted = _next(events, "restarted", primary["name"])
-            assert restarted["port"] == primary["port"] and _alive(restarted["pid"])
+            assert restarted["port"] == primary["port"] and alive(restarted["pid"])
             assert store_role(primary["port"]) == "replica"  # never a second primary
             out.append(client.step(sid, x[8:], expect_steps=8).outputs)
         assert np.array_equal(np.concatenate(out), offline.run(x)["outputs"])
@@ -79,8 +71,8 @@ def test_cluster_up_with_store_replicas_names_roles_and_restarts_a_killed_primar
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(90) == 0
-    assert not any(_alive(p["pid"]) for p in store["processes"] if p["name"] != primary["name"])
-    assert not _alive(restarted["pid"])
+    assert not any(alive(p["pid"]) for p in store["processes"] if p["name"] != primary["name"])
+    assert not alive(restarted["pid"])
 
 
 def test_sessions_survive_the_store_primary_killed_stalled_and_lost_with_a_replica(copy_dir: Path,
