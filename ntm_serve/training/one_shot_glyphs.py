@@ -9,7 +9,9 @@ is measured on every episode. Labels are one-hot for 15-way too (Santoro used 5-
 keeps one encoding and a softmax over 15 labels).
 
 Training episodes may turn each character by a random quarter turn (per episode and character: Santoro's
-augmentation, turned characters are new classes), so the 923 background characters give 3,692 classes.
+augmentation, turned characters are new classes), so the 923 background characters give 3,692 classes; mirroring
+too (`flips`: a mirrored character is another new class, the 8 symmetries of the square give 7,384), and move each
+rendering by up to `shift` pixels (per instance, like Santoro's translations: the same class, drawn elsewhere).
 """
 
 from __future__ import annotations
@@ -83,9 +85,37 @@ def quarter_turns(images: Tensor, turns: Tensor) -> Tensor:
     return torch.gather(turned, 0, index)[0].reshape(images.shape)
 
 
+def mirrored(images: Tensor, flip: Tensor) -> Tensor:
+    """Each image mirrored left to right where its flip is true. images (..., 400), flip (...) bool -> (..., 400)"""
+    square = images.reshape(*images.shape[:-1], SIDE, SIDE)  # (..., 20, 20)
+    out = torch.where(flip[..., None, None], square.flip(-1), square)  # (..., 20, 20)
+    return out.reshape(images.shape)
+
+
+def shifted(images: Tensor, dy: Tensor, dx: Tensor) -> Tensor:
+    """Each image moved by its own (dy, dx) whole pixels, ink leaving the box lost and the gap left empty (0).
+    images (..., 400), dy, dx (...) int in [-SIDE + 1, SIDE - 1] -> (..., 400)"""
+    square = images.reshape(-1, SIDE, SIDE)  # (K, 20, 20)
+    pad = SIDE - 1
+    padded = F.pad(square, (pad, pad, pad, pad))  # (K, 58, 58): the image in the middle of an empty frame
+    rows = torch.arange(SIDE) + pad  # (20,): where the image's rows sit in the frame
+    take_rows = (rows.unsqueeze(0) - dy.reshape(-1, 1)).unsqueeze(-1)  # (K, 20, 1): out[y] = in[y - dy]
+    take_cols = (rows.unsqueeze(0) - dx.reshape(-1, 1)).unsqueeze(-2)  # (K, 1, 20)
+    k = torch.arange(square.shape[0]).reshape(-1, 1, 1)  # (K, 1, 1)
+    return padded[k, take_rows, take_cols].reshape(images.shape)  # (..., 400)
+
+
+def check_shift(shift: int) -> None:
+    """A shift of 0 to SIDE - 1 pixels; anything else is refused (a config's `shift` is checked when read)."""
+    if not 0 <= shift < SIDE:
+        raise ValueError(f"shift must be in [0, {SIDE - 1}] pixels, got {shift}")
+
+
 def glyph_episodes(gen: torch.Generator, batch: int, split: str, ways: int, per_class: int = PER_CLASS,
-                   turns: bool = False) -> Batch:
-    """A batch of episodes over `ways` characters of the split. -> inputs (T, B, 400 + ways), targets (T, B, ways)"""
+                   turns: bool = False, flips: bool = False, shift: int = 0) -> Batch:
+    """A batch of episodes over `ways` characters of the split. `turns`, `flips`: each character of an episode
+    turned by a random quarter turn, mirrored at random (a new class either way); `shift`: each instance moved by
+    up to that many pixels in x and y. -> inputs (T, B, 400 + ways), targets (T, B, ways)"""
     images = split_images(split)  # (C, R, 400)
     chars, renderings = images.shape[:2]
     if not 1 <= ways <= chars or not 1 <= per_class <= renderings:
@@ -101,6 +131,13 @@ def glyph_episodes(gen: torch.Generator, batch: int, split: str, ways: int, per_
     if turns:
         turn = torch.randint(0, 4, (batch, ways), generator=gen)  # (B, ways): one turn per character
         features = quarter_turns(features, torch.gather(turn, 1, slot))
+    if flips:
+        flip = torch.rand(batch, ways, generator=gen) < 0.5  # (B, ways): one mirror choice per character
+        features = mirrored(features, torch.gather(flip, 1, slot))
+    check_shift(shift)
+    if shift:
+        moves = torch.randint(-shift, shift + 1, (2, *features.shape[:2]), generator=gen)  # (2, B, T)
+        features = shifted(features, moves[0], moves[1])
     return encode_episode(features.transpose(0, 1), torch.gather(labels, 1, slot).T, ways)
 
 

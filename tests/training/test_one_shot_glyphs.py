@@ -105,6 +105,53 @@ def test_training_turns_characters_by_quarter_turns(owner) -> None:
     assert turned > len(images) / 2  # 3 of 4 turns are not the upright character
 
 
+def test_mirroring_flips_each_character_of_an_episode_left_to_right_or_not_at_all(owner) -> None:
+    batch = og.glyph_episodes(torch.Generator().manual_seed(4), 20, "background", 5, flips=True)
+    images = batch.inputs[:, :, :PIXELS].reshape(50, 20, 20, 20)  # (T, B, 20, 20)
+    labels = batch.targets.argmax(-1)  # (T, B)
+    for b in range(20):
+        for label in range(5):
+            shown = images[labels[:, b] == label, b]  # (10, 20, 20): one character's instances
+            as_drawn = [image.numpy().tobytes() in owner for image in shown]
+            mirror = [image.flip(-1).numpy().tobytes() in owner for image in shown]
+            assert all(d or m for d, m in zip(as_drawn, mirror, strict=True))
+            assert all(as_drawn) or all(mirror), "one character mirrored in some instances only"
+    plain = og.glyph_episodes(torch.Generator().manual_seed(4), 20, "background", 5)
+    n_mirrored = sum(image.numpy().tobytes() not in owner for image in images.reshape(-1, 20, 20))
+    assert 0.3 < n_mirrored / 1000 < 0.7 and plain.inputs.shape == batch.inputs.shape
+
+
+@pytest.mark.parametrize("dy, dx", [(0, 0), (1, -2), (-3, 0), (19, 19), (-19, 5)])
+def test_a_shift_moves_the_image_and_leaves_empty_pixels_behind(dy: int, dx: int) -> None:
+    image = torch.rand(2, PIXELS)  # (2, 400)
+    out = og.shifted(image, torch.tensor([dy, 0]), torch.tensor([dx, 0])).reshape(2, 20, 20)
+    expected = np.zeros((20, 20), np.float32)
+    square = image[0].reshape(20, 20).numpy()
+    expected[max(dy, 0):20 + min(dy, 0), max(dx, 0):20 + min(dx, 0)] = square[max(-dy, 0):20 + min(-dy, 0),
+                                                                              max(-dx, 0):20 + min(-dx, 0)]
+    assert np.array_equal(out[0].numpy(), expected)
+    assert torch.equal(out[1].reshape(-1), image[1])  # each image moves by its own amount
+
+
+def test_shifted_episodes_move_each_instance_by_at_most_the_shift() -> None:
+    base = og.glyph_episodes(torch.Generator().manual_seed(5), 8, "background", 5)  # the moves are drawn last,
+    moved = og.glyph_episodes(torch.Generator().manual_seed(5), 8, "background", 5, shift=2)  # so same renderings
+    assert torch.equal(base.targets, moved.targets)
+    assert torch.equal(base.inputs[..., PIXELS:], moved.inputs[..., PIXELS:])
+    before, after = base.inputs[..., :PIXELS].reshape(-1, PIXELS), moved.inputs[..., :PIXELS].reshape(-1, PIXELS)
+    moves = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)]
+    candidates = torch.stack([og.shifted(before, torch.full((len(before),), dy), torch.full((len(before),), dx))
+                              for dy, dx in moves])  # (25, K, 400)
+    match = (candidates == after).all(-1)  # (25, K): which moves give each instance
+    assert match.any(0).all(), "an instance that is no move of its rendering within 2 px"
+    still = match[moves.index((0, 0))] & ~match[[i for i, m in enumerate(moves) if m != (0, 0)]].any(0)
+    assert int(still.sum()) < 0.2 * len(before)  # 1 in 25 moves is (0, 0)
+    with pytest.raises(ValueError, match="shift must be in"):
+        og.glyph_episodes(torch.Generator(), 2, "background", 5, shift=20)
+    with pytest.raises(ValueError, match="shift must be in"):
+        get_task("one_shot_glyphs", shift=-1)
+
+
 def test_registered_tasks_and_their_split_metadata(glyphs) -> None:
     for name, ways in (("one_shot_glyphs", 5), ("one_shot_glyphs15", 15)):
         spec = get_task(name)
@@ -117,6 +164,8 @@ def test_registered_tasks_and_their_split_metadata(glyphs) -> None:
         json.dumps(spec.metadata)  # travels as ModelInfo.task_metadata
     plain = get_task("one_shot_glyphs", turns=False)
     assert plain.eval_points[0] == ("background scripts", plain.sample)
+    wide = get_task("one_shot_glyphs15", flips=True, shift=1)
+    assert wide.eval_points[0][0] == "background scripts, turned, mirrored, shifted up to 1 px"
     assert plain.sample(torch.Generator().manual_seed(0), 2).inputs.shape[0] == 50
 
 
