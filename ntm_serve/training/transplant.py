@@ -1,4 +1,5 @@
-"""Warm starts across shapes (`--init-from`): copy a trained NTM's weights into an NTM of other sizes.
+"""Warm starts across shapes (`--init-from`): copy a trained NTM's weights into an NTM of other sizes (or an LSTM
+baseline's into one with other input and output widths).
 
 A parameter's axes are laid out as segments (the controller's input is [x, read vector 1..R, h]; a head
 projection's rows are per head [key, scalars, erase, add]). Each segment's shared prefix is copied and its
@@ -18,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from ntm_serve.training.config import NTMConfig
-from ntm_serve.training.model import NTM
+from ntm_serve.training.model import NTM, LSTMBaseline
 
 Fill = Literal["fresh", "zero", "small"]
 SMALL = 0.1  # scale of a new add component's fresh initialisation
@@ -108,16 +109,34 @@ def remap(src: Tensor, fresh: Tensor, source: tuple[Layout, ...], target: tuple[
     return out
 
 
+def baseline_layouts(model: LSTMBaseline) -> dict[str, tuple[Layout, ...]]:
+    """The LSTM baseline's parameters that depend on the task: the first layer's input columns and the output rows
+    (a new task channel keeps its fresh initialisation, as in the NTM)."""
+    lstm = model.lstm
+    return {
+        "lstm.weight_ih_l0": (whole(4 * lstm.hidden_size), whole(lstm.input_size)),
+        "output.weight": (whole(model.output.out_features), whole(lstm.hidden_size)),
+        "output.bias": (whole(model.output.out_features),),
+    }
+
+
 @torch.no_grad()
 def transplant(source: nn.Module, target: nn.Module) -> None:
-    """Warm-start `target` from a trained NTM of another task or other sizes (see the module docstring).
+    """Warm-start `target` from a trained NTM of another task or other sizes (see the module docstring), or an LSTM
+    baseline from one of another task.
 
     Parameters of equal shape are copied; the task's input/output widths, the memory width and the number of
     write heads (new heads appended) may differ. A
     head input skip the source lacks (`heads_see_input`) keeps its zero initialisation.
     """
+    if isinstance(source, LSTMBaseline) and isinstance(target, LSTMBaseline):
+        sizes = [(m.lstm.hidden_size, m.lstm.num_layers) for m in (source, target)]
+        if sizes[0] != sizes[1]:
+            raise ValueError(f"init_from cannot change the LSTM's hidden size or layers: {sizes[0]} -> {sizes[1]}")
+        _copy_all(source.state_dict(), target.state_dict(), baseline_layouts(source), baseline_layouts(target))
+        return
     if not (isinstance(source, NTM) and isinstance(target, NTM)):
-        raise ValueError("init_from needs an NTM checkpoint and an NTM run")
+        raise ValueError("init_from needs two NTMs or two LSTM baselines (a checkpoint of the run's model kind)")
     if (source.config.read_heads, source.config.controller) != (target.config.read_heads, target.config.controller):
         raise ValueError("init_from cannot change the read heads or the controller kind")
     src_layouts, dst_layouts = layouts(source.config), layouts(target.config)
@@ -127,10 +146,25 @@ def transplant(source: nn.Module, target: nn.Module) -> None:
             continue  # an input skip the source has not (heads_see_input): stays zero, the source's behaviour
         if name in ("read_w0", "write_w0") or (name == "memory0" and target.config.memory_init == "constant"):
             continue  # buffers the config defines (heads on row 0, memory_init_value), not trained weights
-        src = source_state[name]
-        if src.shape == dst.shape:
-            dst.copy_(src)
-        elif name in dst_layouts and name in src_layouts:
-            dst.copy_(remap(src, dst, src_layouts[name], dst_layouts[name]))
-        else:
-            raise ValueError(f"cannot transplant {name}: {tuple(src.shape)} -> {tuple(dst.shape)}")
+        _copy_one(name, source_state[name], dst, src_layouts, dst_layouts)
+
+
+def _copy_all(source_state: dict[str, Tensor], target_state: dict[str, Tensor],
+              src_layouts: dict[str, tuple[Layout, ...]], dst_layouts: dict[str, tuple[Layout, ...]]) -> None:
+    """Every target parameter from the source's of the same name (the two must have the same names)."""
+    if source_state.keys() != target_state.keys():
+        raise ValueError("cannot transplant between models of different structure "
+                         f"({sorted(source_state.keys() ^ target_state.keys())[:4]} differ)")
+    for name, dst in target_state.items():
+        _copy_one(name, source_state[name], dst, src_layouts, dst_layouts)
+
+
+def _copy_one(name: str, src: Tensor, dst: Tensor, src_layouts: dict[str, tuple[Layout, ...]],
+              dst_layouts: dict[str, tuple[Layout, ...]]) -> None:
+    """One parameter: copied when the shapes agree, else remapped by its layouts."""
+    if src.shape == dst.shape:
+        dst.copy_(src)
+    elif name in dst_layouts and name in src_layouts:
+        dst.copy_(remap(src, dst, src_layouts[name], dst_layouts[name]))
+    else:
+        raise ValueError(f"cannot transplant {name}: {tuple(src.shape)} -> {tuple(dst.shape)}")

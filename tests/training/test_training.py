@@ -501,6 +501,31 @@ def test_transplant_copies_shared_channels_and_keeps_new_ones_fresh() -> None:
         transplant(NTM(NTMConfig(9, 8, controller_size=50)), NTM(NTMConfig(9, 8)))  # h0 and every row differ
 
 
+def test_transplant_seeds_an_lstm_baseline_with_more_task_channels() -> None:
+    """--init-from between LSTM baselines (5-way -> 15-way glyphs): pixels and the shared labels copied, the new
+    label inputs and outputs fresh; an NTM and an LSTM, or LSTMs of other sizes, are refused."""
+    from ntm_serve.training.config import NTMConfig
+    from ntm_serve.training.model import NTM, LSTMBaseline
+    from ntm_serve.training.transplant import transplant
+
+    torch.manual_seed(0)
+    source, target = LSTMBaseline(405, 5, hidden_size=32, layers=2), LSTMBaseline(415, 15, hidden_size=32, layers=2)
+    fresh = {k: v.clone() for k, v in target.state_dict().items()}
+    transplant(source, target)
+    src, dst = source.state_dict(), target.state_dict()
+    assert torch.equal(dst["lstm.weight_ih_l0"][:, :405], src["lstm.weight_ih_l0"])  # (4H, I): pixels, labels 0-4
+    assert torch.equal(dst["lstm.weight_ih_l0"][:, 405:], fresh["lstm.weight_ih_l0"][:, 405:])  # labels 5-14
+    assert torch.equal(dst["output.weight"][:5], src["output.weight"])
+    assert torch.equal(dst["output.bias"][5:], fresh["output.bias"][5:])
+    for name in ("lstm.weight_hh_l0", "lstm.weight_ih_l1", "lstm.bias_hh_l1"):
+        assert torch.equal(dst[name], src[name])
+    with pytest.raises(ValueError, match="two NTMs or two LSTM baselines"):
+        transplant(source, NTM(NTMConfig(415, 15)))
+    for other in (LSTMBaseline(415, 15, hidden_size=32, layers=3), LSTMBaseline(415, 15, hidden_size=16, layers=2)):
+        with pytest.raises(ValueError, match="cannot change the LSTM's hidden size or layers"):
+            transplant(source, other)
+
+
 def test_wrap_variant_queries_every_item_at_every_point() -> None:
     """The seed's recall variant: at every point some queries are the last item, whose answer is item 1."""
     for name, sample in get_task("associative_recall", wrap=True).eval_points:
