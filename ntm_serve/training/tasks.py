@@ -289,7 +289,7 @@ def _glyph_task(name: str, ways: int, turns: bool, flips: bool, shift: int) -> T
     augmented = [w for w, on in (("turned", turns), ("mirrored", flips), (f"shifted up to {shift} px", shift)) if on]
     return TaskSpec(
         name, one_shot_glyphs.PIXELS + ways, ways, train,
-        (((", ".join(["background scripts", *augmented])), train), ("held-out scripts", heldout)),
+        ((", ".join(["background scripts", *augmented]), train), ("held-out scripts", heldout)),
         one_shot_glyphs.encoding(ways),
         one_shot.classification_loss, one_shot.misclassified, "softmax",
         {"class_split": one_shot_glyphs.split_description()}, metric="episodes", heldout=heldout,
