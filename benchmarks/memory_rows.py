@@ -35,6 +35,10 @@ from benchmarks.report import Table, fmt_rate, fmt_us, write_result
 from benchmarks.timing import FULL, QUICK, Contender, Timing, TimingPlan, measure
 from benchmarks.torch_engine import TorchStep
 from ntm_serve.contract import GRAPH_FILES, MEMORY_ROWS
+from ntm_serve.runtime.engine import read_spec
+from ntm_serve.runtime.memory_rows import rows_axes
+from ntm_serve.server.config import ServiceConfig
+from ntm_serve.server.scheduler import batch_cap
 
 log = logging.getLogger(__name__)
 
@@ -57,12 +61,12 @@ def rows_config(quick: bool) -> RowsConfig:
     return RowsConfig((128, 512, 2048, 8192), (1, 64), (128, 1024), (1, 8, 64), FULL)
 
 
-def state_bytes(config: dict[str, Any], rows: int) -> int:
-    """float32 bytes of one session's state with `rows` memory rows (usage column included for LRU heads)."""
-    c = config
-    columns = c["memory_width"] + (c.get("heads", "ntm") == "lru")
-    return 4 * (2 * c["controller_size"] + c["read_heads"] * c["memory_width"]
-                + rows * (columns + c["read_heads"] + c["write_heads"]))
+def state_bytes(model: ModelFolder, rows: int) -> int:
+    """float32 bytes of one session's state with `rows` memory rows, as the server counts them (ModelSpec)."""
+    sess = make_session(model.graph("step"))
+    spec = read_spec(model.path.name, sess.get_modelmeta().custom_metadata_map,
+                     rows_axes((i.name, i.shape) for i in sess.get_inputs()))
+    return spec.state_bytes(rows)
 
 
 def initial_state(model: ModelFolder, batch: int, rows: int) -> list[np.ndarray]:
@@ -99,21 +103,32 @@ def _one_thread() -> None:
 
 
 def growth(model: ModelFolder, sess: ort.InferenceSession, cfg: RowsConfig) -> tuple[Table, dict[str, Any]]:
-    """Cost per session-step and bytes per session at each N (onnxruntime, IOBinding, one thread)."""
+    """Cost per session-step and bytes per session at each N (onnxruntime, IOBinding, one thread); and at the
+    largest B, what the server's batch cap (--max-batch-kib) makes of it: the batch it runs instead."""
     results: dict[str, Any] = {}
+    top = max(cfg.growth_batches)
+    budget = 1024 * ServiceConfig.max_batch_kib
     table = Table("Memory size N: cost per session-step and state per session (onnxruntime, IOBinding, 1 thread)",
                   ["N", "bytes per session", *(f"B={b}: µs per session-step (wall / CPU)" for b in cfg.growth_batches),
-                   f"B={max(cfg.growth_batches)}: session-steps/s"])
+                   f"{top} waiting, the server's batch (≤ {ServiceConfig.max_batch_kib} KiB of state): sessions, "
+                   "µs per session-step (wall / CPU)", f"session-steps/s: B={top} / the server's batch"])
     for rows in cfg.growth_rows:
-        contenders = [Contender(f"B={b}", ort_step(model, sess, b, rows), b) for b in cfg.growth_batches]
+        capped = batch_cap(top, budget, state_bytes(model, rows))
+        batches = [*cfg.growth_batches, *([capped] if capped not in cfg.growth_batches else [])]
+        contenders = [Contender(f"B={b}", ort_step(model, sess, b, rows), b) for b in batches]
         timings = measure(contenders, cfg.plan)
-        results[str(rows)] = {"bytes_per_session": state_bytes(model.config, rows),
+        results[str(rows)] = {"bytes_per_session": state_bytes(model, rows), "server_batch": capped,
                               **{name: t.to_json() for name, t in timings.items()}}
         cells = [f"{fmt_us(t.per_step_s)} / {fmt_us(t.cpu_s / t.steps)}" for t in timings.values()]
-        top = timings[f"B={max(cfg.growth_batches)}"]
-        table.add(rows, f"{state_bytes(model.config, rows):,}", *cells, fmt_rate(top.steps_per_s))
+        full, served = timings[f"B={top}"], timings[f"B={capped}"]
+        table.add(rows, f"{state_bytes(model, rows):,}", *cells[:len(cfg.growth_batches)],
+                  f"{capped}: {fmt_us(served.per_step_s)} / {fmt_us(served.cpu_s / served.steps)}",
+                  f"{fmt_rate(full.steps_per_s)} / {fmt_rate(served.steps_per_s)}")
     table.notes.append("CPU is the process's CPU time per session-step (wall includes waiting for a core on a busy "
                        "machine); bytes: the six state tensors in float32, linear in N.")
+    table.notes.append(f"The server's batch: with {top} sessions of one N waiting, the server steps at most "
+                       f"--max-batch-kib (default {ServiceConfig.max_batch_kib}) of state per call "
+                       "(ntm_serve/server/scheduler.py: batch_cap), so a large N runs in several smaller calls.")
     return table, results
 
 

@@ -101,6 +101,10 @@ class ModelSpec:
             return self.state_shapes
         return shapes_at(self.state_shapes, self.rows_axes, rows)
 
+    def state_bytes(self, rows: int = 0) -> int:
+        """Bytes of one session's state (float32) at N = `rows` (0: the trained N)."""
+        return 4 * sum(math.prod(shape) for shape in self.shapes_at(rows).values())
+
     def rows_of(self, shapes: Mapping[str, tuple[int, ...]]) -> int | None:
         """The N a state of these shapes has (its memory's rows), or None when its tensors disagree on it. A model
         of one fixed N: its trained N (whether the shapes fit is for the caller to check)."""

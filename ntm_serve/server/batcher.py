@@ -20,7 +20,7 @@ from ntm_serve.api.errors import ServiceError, internal
 from ntm_serve.runtime.engine import SequenceResult, StepResult
 from ntm_serve.server.batch_frame import BatchFrame
 from ntm_serve.server.jobs import ControlJob, Job, PackJob, PackOutcome, Progress, RowJob, StepJob, StepOutcome
-from ntm_serve.server.scheduler import Plan, Scheduler
+from ntm_serve.server.scheduler import Plan, Scheduler, batch_cap
 from ntm_serve.server.sessions import Action, Done, SessionRecord
 from ntm_serve.server.watch import Tap
 
@@ -60,9 +60,11 @@ class Batcher:
     """A model's thread: runs plans (control jobs, one step call of a batch) and answers every job once."""
 
     def __init__(self, engine: Engine, metrics: Metrics, *, batching: bool = True, max_batch: int = 64,
-                 max_wait_s: float = 0.001, max_queue: int = 10_000, inline_rows: int = 0) -> None:
+                 max_wait_s: float = 0.001, max_queue: int = 10_000, inline_rows: int = 0,
+                 batch_kib: int = 0) -> None:
         """`inline_rows`: one-step batches of at most this many rows may run on the thread that queued them
-        (`run_now`, CPU engines only); 0: only on the model's thread."""
+        (`run_now`, CPU engines only); 0: only on the model's thread. `batch_kib`: most session state per step call
+        of a CPU engine, in KiB (sessions of a large memory N are batched fewer at a time; 0: max_batch always)."""
         self.engine = engine
         self.model = engine.spec.name
         # This model's metric children, looked up once: labels() costs microseconds on every message.
@@ -70,9 +72,11 @@ class Batcher:
         self._batch_size = metrics.batch_size.labels(self.model)
         self._steps = metrics.steps.labels(self.model)
         self.batching = batching
+        budget = 1024 * batch_kib if engine.device.type == "cpu" else 0  # a GPU wants its batches whole
         self.scheduler = Scheduler(self.model, batching=batching, max_batch=max_batch if batching else 1,
                                    max_wait_s=max_wait_s, max_queue=max_queue,
-                                   on_depth=metrics.queue_depth.labels(self.model).set)
+                                   on_depth=metrics.queue_depth.labels(self.model).set,
+                                   cap=lambda rows: batch_cap(max_batch, budget, engine.spec.state_bytes(rows)))
         self._progress: dict[RowJob, Progress] = {}  # requests started and not finished (batching on; packs)
         self._max_batch = max_batch
         self._sizes: dict[int, SizeRun] = {}  # per memory size N: its frame and backup lanes

@@ -63,6 +63,7 @@ class ServiceConfig:
     intra_op_threads: int = 1
     batching: bool = True
     max_batch: int = 64
+    max_batch_kib: int = 3072
     max_wait_ms: float = 1.0
     inline_rows: int = 16
     max_sessions: int = 10_000
@@ -107,7 +108,7 @@ class ServiceConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("max_wait_ms", "inline_rows", "max_sessions_per_owner", "grace_s", "device_id",
+        for name in ("max_wait_ms", "inline_rows", "max_batch_kib", "max_sessions_per_owner", "grace_s", "device_id",
                      "model_poll_interval_s", "drain_delay_s"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
@@ -175,6 +176,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("batching", _bool, "continuous batching of many sessions' steps into one onnxruntime call "
             "(false: each request runs alone, for measurement)"),
     Setting("max_batch", int, "most sessions stepped in one onnxruntime call"),
+    Setting("max_batch_kib", int, "most session state (KiB, float32) in one step call on the CPU: sessions of a "
+            "large memory N are batched fewer at a time (at least one), so that a call's state stays in the cache; "
+            "0: max_batch whatever N (the CUDA provider is never limited)"),
     Setting("max_wait_ms", float, "longest a new batch waits for more sessions to join"),
     Setting("inline_rows", int, "a packed one-step message of at most this many sessions runs on the event "
             "loop's thread when the model's thread is idle, saving two thread switches per step call (CPU only; "

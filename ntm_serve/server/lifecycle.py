@@ -183,7 +183,7 @@ class Lifecycle:
             raise self._refuse(folder, "conflict", f"{folder.path}: {problem}")
         batcher = Batcher(engine, self.metrics, batching=c.batching, max_batch=c.max_batch,
                           max_wait_s=c.max_wait_ms / 1000, max_queue=c.max_queue,
-                          inline_rows=c.inline_rows)
+                          inline_rows=c.inline_rows, batch_kib=c.max_batch_kib)
         model = ServedModel(engine.spec, engine.execution_provider, batcher, folder.version)
         self.models.stage(model)
         if self._keeping is not None:  # its kept sessions are back before it is listed (jobs queue until it runs)

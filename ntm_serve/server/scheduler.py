@@ -116,12 +116,22 @@ def take(ready: deque[SessionRecord], queues: dict[SessionRecord, deque[Job]], a
     return Plan(controls, batch, refused, memory_rows)
 
 
+def batch_cap(max_batch: int, budget_bytes: int, session_bytes: int) -> int:
+    """Most sessions of one memory size per step call: max_batch, or fewer where their state would pass
+    `budget_bytes` (0: no budget), never below 1. Why: on the CPU a step call whose state outgrows the cache costs
+    up to twice as much per session (docs/memory-size.md, "Batches of large memories")."""
+    if budget_bytes <= 0:
+        return max_batch
+    return max(1, min(max_batch, budget_bytes // max(session_bytes, 1)))
+
+
 @dataclass(eq=False)
 class SizeQueue:
     """The waiting work of one memory size N (sessions of different N never share a step call): its ready
     sessions, its requests in progress, its packs, and what the last batch of this size was."""
 
     rows: int  # N (a session's memory_rows; 0: the trained N)
+    max_batch: int  # most sessions of this size per step call (batch_cap)
     ready: deque[SessionRecord] = field(default_factory=deque)  # sessions whose head job waits, in arrival order
     active: list[RowJob] = field(default_factory=list)  # requests in the middle of their steps (they keep their place)
     arrived: dict[PackJob, int] = field(default_factory=dict)  # packs heading some of their sessions' queues: how many
@@ -149,10 +159,13 @@ class Scheduler:
     size (every session at the trained N) this is the scheduler as it was."""
 
     def __init__(self, model: str, *, batching: bool, max_batch: int, max_wait_s: float, max_queue: int,
-                 on_depth: Callable[[int], None] = lambda depth: None) -> None:
+                 on_depth: Callable[[int], None] = lambda depth: None,
+                 cap: Callable[[int], int] | None = None) -> None:
+        """`cap`: the most sessions of memory size N per step call (at most max_batch); None: max_batch for all."""
         self.model = model
         self.batching = batching
         self.max_batch = max_batch
+        self._cap = cap or (lambda rows: max_batch)
         self.max_wait_s = max_wait_s
         self.max_queue = max_queue
         self._on_depth = on_depth  # told the number of queued jobs after every change (a metric)
@@ -171,7 +184,7 @@ class Scheduler:
         """Under the lock: the queue of memory size `rows`, made on first use."""
         size = self._sizes.get(rows)
         if size is None:
-            size = self._sizes[rows] = SizeQueue(rows)
+            size = self._sizes[rows] = SizeQueue(rows, max(1, min(self.max_batch, self._cap(rows))))
             self._turns.append(size)
         return size
 
@@ -268,7 +281,7 @@ class Scheduler:
     def _take(self, size: SizeQueue) -> Plan:
         """Under the lock: the next plan of `size` by the policy (`take`), remembering its sessions as the size's
         last batch; the size's turn goes to the back."""
-        plan = take(size.ready, self._queues, size.active, self.max_batch, size.arrived, size.held, size.rows)
+        plan = take(size.ready, self._queues, size.active, size.max_batch, size.arrived, size.held, size.rows)
         if plan.batch:
             if plan.batch != size.previous_batch:  # jobs compare by identity: a C loop, no Python per job
                 size.previous_batch = plan.batch
@@ -308,7 +321,7 @@ class Scheduler:
     def _complete(self, size: SizeQueue) -> bool:
         """Under the lock: whether a new batch of `size` need wait no longer: it is full, or every session of its
         last batch is back."""
-        full = len(size.ready) >= self.max_batch
+        full = len(size.ready) >= size.max_batch
         return full or (bool(size.previous) and size.returned >= len(size.previous))
 
     def _wait_for_batch(self, size: SizeQueue) -> None:

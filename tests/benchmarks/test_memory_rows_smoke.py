@@ -30,6 +30,7 @@ def test_memory_rows_quick_writes_both_tables(model: ModelFolder, tmp_path: Path
     written = json.loads((tmp_path / "memory_rows.json").read_text())
     assert written["benchmark"] == "memory_rows" and written["mode"] == "quick" == payload["mode"]
     assert set(written["growth"]) == {"128", "512"}
+    assert written["growth"]["512"]["server_batch"] == 8  # the quick table's largest B; 8 x 46 KB is under 3 MiB
     assert set(written["compare"]) == {"N=128,B=1", "N=128,B=8"}
     assert set(written["compare"]["N=128,B=8"]) >= {"onnxruntime IOBinding", "torch eager"}
     text = (tmp_path / "memory_rows.md").read_text()
@@ -40,6 +41,6 @@ def test_a_session_grows_linearly_with_its_memory_rows(model: ModelFolder) -> No
     """The state bytes the table reports are the six tensors at N: (M + R + W) floats more per row."""
     c = model.config
     per_row = 4 * (c["memory_width"] + (c.get("heads", "ntm") == "lru") + c["read_heads"] + c["write_heads"])
-    assert memory_rows.state_bytes(c, 1024) - memory_rows.state_bytes(c, 512) == 512 * per_row
+    assert memory_rows.state_bytes(model, 1024) - memory_rows.state_bytes(model, 512) == 512 * per_row
     state = memory_rows.initial_state(model, 1, 300)
-    assert sum(a.nbytes for a in state) == memory_rows.state_bytes(c, 300)
+    assert sum(a.nbytes for a in state) == memory_rows.state_bytes(model, 300)

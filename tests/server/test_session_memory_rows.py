@@ -13,6 +13,7 @@ import json
 import queue
 import threading
 import time
+import urllib.request
 from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -29,7 +30,7 @@ from ntm_serve.client.sdk import NTMClient, SessionStateData
 from ntm_serve.contract import GRAPH_FILES, META_MEMORY_ROWS_MAX, META_MEMORY_ROWS_MIN
 from ntm_serve.demos.__main__ import main as demo
 from ntm_serve.server.jobs import StepJob
-from ntm_serve.server.scheduler import Scheduler
+from ntm_serve.server.scheduler import Scheduler, batch_cap
 from ntm_serve.server.server import ServerThread
 from ntm_serve.server.sessions import SessionRecord
 
@@ -313,6 +314,69 @@ def test_each_plan_is_one_size_s_and_the_sizes_take_turns() -> None:
             scheduler.finish(quiet)  # answered; its client sends the next one at once
             scheduler.submit(StepJob(quiet, np.zeros((1, 9), np.float32), False, lambda _: None))
     assert list(order) == [128, 1024] * 10 or list(order) == [1024, 128] * 10, order
+
+
+def test_the_batch_cap_keeps_a_call_s_state_within_the_budget() -> None:
+    assert batch_cap(64, 0, 10**9) == 64  # no budget
+    assert batch_cap(64, 3 << 20, 12_000) == 64  # small sessions: max_batch
+    assert batch_cap(64, 3 << 20, 181_104) == 17  # N = 2048 copy sessions: 17 x 177 KiB <= 3 MiB < 18 x
+    assert batch_cap(64, 3 << 20, 4 << 20) == 1  # a session larger than the budget still runs, alone
+    for session_bytes in range(1, 5000, 37):
+        cap = batch_cap(64, 20_000, session_bytes)
+        assert 1 <= cap <= 64 and (cap == 1 or cap * session_bytes <= 20_000)
+        assert cap == 64 or (cap + 1) * session_bytes > 20_000
+
+
+def test_a_size_whose_state_outgrows_the_budget_is_batched_fewer_at_a_time() -> None:
+    """Ten one-step requests at each of two sizes, the larger capped at 3 sessions per call: every plan of the
+    larger holds at most 3, the smaller's fill max_batch (8); nothing is lost or run twice."""
+    scheduler = Scheduler("m", batching=True, max_batch=8, max_wait_s=0.0, max_queue=1000,
+                          cap=lambda rows: 3 if rows == 4096 else 100)
+    sessions = [_record(i, rows) for rows in (128, 4096) for i in range(10)]
+    for session in sessions:
+        scheduler.submit(StepJob(session, np.zeros((1, 9), np.float32), False, lambda _: None))
+    plans: dict[int, list[int]] = {128: [], 4096: []}
+    stepped = []
+    while scheduler.queued:
+        plan = scheduler.next_plan()
+        assert plan is not None
+        plans[plan.rows].append(len(plan.batch))
+        scheduler.carry([], plan.rows)
+        for job in plan.batch:
+            stepped.append(job.session)
+            scheduler.finish(job.session)
+    assert plans[4096] == [3, 3, 3, 1] and plans[128] == [8, 2], plans
+    assert sorted(s.id for s in stepped) == sorted(s.id for s in sessions)
+
+
+def test_a_server_batches_large_memories_by_their_state_and_answers_the_same(
+        copy_dir: Path, reference: Callable[[int], Offline], rng: np.random.Generator) -> None:
+    """--max-batch-kib 200: copy sessions at N = 1024 (~89 KiB of state each) run at most 2 per step call even when
+    6 step concurrently (ntm_batch_size never above 2), and each answer equals the offline run at that N."""
+    sessions, inputs = 6, [bits(rng, 60) for _ in range(6)]
+    with ServerThread(service_config(copy_dir, max_batch_kib=200)) as running, \
+            NTMClient(running.target, timeout=60) as c:
+        ids = [c.create_session("copy", memory_rows=1024).session_id for _ in range(sessions)]
+        got: dict[int, np.ndarray] = {}
+
+        def run(i: int) -> None:
+            with NTMClient(running.target, timeout=60) as own:
+                got[i] = np.concatenate([own.step(ids[i], inputs[i][at:at + 20]).outputs for at in (0, 20, 40)])
+
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(sessions)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        url = f"http://127.0.0.1:{running.server.metrics_port}/metrics"
+        text = urllib.request.urlopen(url, timeout=10).read().decode()
+    samples = {line.split(" ")[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line and not line.startswith("#")}
+    calls = samples['ntm_batch_size_count{model="copy"}']
+    assert calls >= 60 * sessions / 2  # 360 session-steps, at most 2 per call
+    assert samples['ntm_batch_size_bucket{le="2.0",model="copy"}'] == calls
+    for i in range(sessions):
+        np.testing.assert_array_equal(got[i], reference(1024).run(inputs[i])["outputs"])
 
 
 def test_a_busy_size_does_not_hold_up_a_one_step_request_of_another(copy_dir: Path, rng: np.random.Generator) -> None:
