@@ -77,10 +77,14 @@ def test_cluster_up_with_store_replicas_names_roles_and_restarts_a_killed_primar
 
 def test_sessions_survive_the_store_primary_killed_stalled_and_lost_with_a_replica(copy_dir: Path,
                                                                                     tmp_path: Path) -> None:
-    report = run_store_faults(StoreFaultConfig(models=copy_dir, sessions=4, steps=160, chunk=10, replicas=2,
-                                               store_wait_ms=5000),
-                              tmp_path, timeout_s=240)
+    config = StoreFaultConfig(models=copy_dir, sessions=4, steps=160, chunk=10, replicas=2, store_wait_ms=5000)
+    report = run_store_faults(config, tmp_path / "run1", timeout_s=240)
     print(report.table())
+    if report.ok and any(f.retries == 0 for f in report.figures):
+        # A fault that no client's request met says nothing either way (seen once in CI on a fast box: the primary
+        # killed and failed over with no step in flight): the run is inconclusive, and runs once more.
+        report = run_store_faults(config, tmp_path / "run2", timeout_s=240)
+        print(report.table())
     assert report.ok, report.table() + "\n" + "\n".join(report.errors)
     assert [f.fault for f in report.figures] == list(FAULTS)
     for figures in report.figures:
