@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -38,6 +39,15 @@ def stored(store_url: str, session_id: str) -> dict[str, str]:
         return {k.decode(): v.decode(errors="replace") for k, v in raw.items() if k != b"state"}
     finally:
         store.close()
+
+
+def stored_steps_become(store_url: str, session_id: str, steps: int, timeout: float = 10.0) -> str:
+    """The session's committed step count once it is `steps`, or what it still is after `timeout`: with
+    commit_every > 1 the answer goes out first and the commit thread writes the store just after."""
+    deadline = time.monotonic() + timeout
+    while (now := stored(store_url, session_id)["steps"]) != str(steps) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return now
 
 
 def last_rid(store_url: str, session_id: str) -> str:
@@ -385,7 +395,7 @@ def test_commit_every_n_answers_first_and_commits_on_drain(copy_dir: Path, store
         c.step(sid, bits(rng, 2))
         assert stored(store_url, sid)["steps"] == "0"
         c.step(sid, bits(rng, 2))
-        assert stored(store_url, sid)["steps"] == "6"
+        assert stored_steps_become(store_url, sid, 6) == "6"  # committed just after the answer
         c.step(sid, bits(rng, 2))
         assert stored(store_url, sid)["steps"] == "6"
     assert stored(store_url, sid)["steps"] == "8"  # committed by the drain
