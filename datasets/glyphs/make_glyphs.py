@@ -20,8 +20,9 @@ Output (one compressed ``.npz``, read by ``ntm_serve/data/glyphs.py`` without fo
                                      ``font_versions`` [F] the font's own version string
   meta        str   []               JSON: generator version, seed, library versions, parameters, command
 
-Run: ``python datasets/glyphs/make_glyphs.py --out datasets/glyphs/glyphs.npz`` (needs fonts-noto-core and
-fonts-noto-extra installed; deterministic for a seed given the same fonts, Pillow and FreeType).
+Run: ``python datasets/glyphs/make_glyphs.py`` (glyphs.npz) and ``... --part extra`` (glyphs_extra.npz: more
+background scripts, none of their characters like a held-out one). Needs fonts-noto-core and fonts-noto-extra;
+deterministic for a seed given the same fonts, Pillow and FreeType.
 """
 
 from __future__ import annotations
@@ -130,6 +131,95 @@ SCRIPTS: tuple[ScriptSpec, ...] = (
     _s("Adlam", "NotoSansAdlam", (0x1E922, 0x1E943)),
 )
 
+
+# More background scripts, shipped apart in glyphs_extra.npz (`--part extra`) so that glyphs.npz, its split and
+# the models trained on it stay as they are: every one of these is a training script, and a character that looks
+# like one of an evaluation script (EXTRA_HOLDOUT_RMS, in any pair of the two scripts' regular fonts) is dropped,
+# so held-out figures stay held out. Left out: scripts of thousands of signs (Tangut, Nushu, Cuneiform, Egyptian
+# and Anatolian hieroglyphs, SignWriting: illegible at 20x20) and other fonts of an evaluation script (the
+# Tifinagh variants).
+EXTRA_SCRIPTS: tuple[ScriptSpec, ...] = (
+    _s("Mandaic", "NotoSansMandaic", (0x840, 0x858)),
+    _s("Tagalog", "NotoSansTagalog", (0x1700, 0x1711)),
+    _s("Hanunoo", "NotoSansHanunoo", (0x1720, 0x1731)),
+    _s("Buhid", "NotoSansBuhid", (0x1740, 0x1751)),
+    _s("Tagbanwa", "NotoSansTagbanwa", (0x1760, 0x1770)),
+    _s("Buginese", "NotoSansBuginese", (0x1A00, 0x1A16)),
+    _s("Tai Tham", "NotoSansTaiTham", (0x1A20, 0x1A54)),
+    _s("Lisu", "NotoSansLisu", (0xA4D0, 0xA4F7)),
+    _s("Syloti Nagri", "NotoSansSylotiNagri", (0xA800, 0xA822)),
+    _s("Phags Pa", "NotoSansPhagsPa", (0xA840, 0xA873)),
+    _s("Saurashtra", "NotoSansSaurashtra", (0xA882, 0xA8B3)),
+    _s("Kayah Li", "NotoSansKayahLi", (0xA90A, 0xA925)),
+    _s("Rejang", "NotoSansRejang", (0xA930, 0xA946)),
+    _s("Tai Viet", "NotoSansTaiViet", (0xAA80, 0xAAAF)),
+    _s("Lycian", "NotoSansLycian", (0x10280, 0x1029C)),
+    _s("Carian", "NotoSansCarian", (0x102A0, 0x102D0)),
+    _s("Old Permic", "NotoSansOldPermic", (0x10350, 0x10375)),
+    _s("Ugaritic", "NotoSansUgaritic", (0x10380, 0x1039D)),
+    _s("Old Persian", "NotoSansOldPersian", (0x103A0, 0x103C3)),
+    _s("Deseret", "NotoSansDeseret", (0x10428, 0x1044F)),
+    _s("Shavian", "NotoSansShavian", (0x10450, 0x1047F)),
+    _s("Osage", "NotoSansOsage", (0x104D8, 0x104FB)),
+    _s("Elbasan", "NotoSansElbasan", (0x10500, 0x10527)),
+    _s("Caucasian Albanian", "NotoSansCaucasianAlbanian", (0x10530, 0x10563)),
+    _s("Linear A", "NotoSansLinearA", (0x10600, 0x10736)),
+    _s("Cypriot", "NotoSansCypriot", (0x10800, 0x1083F)),
+    _s("Imperial Aramaic", "NotoSansImperialAramaic", (0x10840, 0x10855)),
+    _s("Palmyrene", "NotoSansPalmyrene", (0x10860, 0x10876)),
+    _s("Nabataean", "NotoSansNabataean", (0x10880, 0x1089E)),
+    _s("Hatran", "NotoSansHatran", (0x108E0, 0x108F5)),
+    _s("Lydian", "NotoSansLydian", (0x10920, 0x10939)),
+    _s("Meroitic", "NotoSansMeroitic", (0x10980, 0x109B7)),
+    _s("Kharoshthi", "NotoSansKharoshthi", (0x10A10, 0x10A35)),
+    _s("Old South Arabian", "NotoSansOldSouthArabian", (0x10A60, 0x10A7C)),
+    _s("Old North Arabian", "NotoSansOldNorthArabian", (0x10A80, 0x10A9C)),
+    _s("Manichaean", "NotoSansManichaean", (0x10AC0, 0x10AE4)),
+    _s("Avestan", "NotoSansAvestan", (0x10B00, 0x10B35)),
+    _s("Inscriptional Parthian", "NotoSansInscriptionalParthian", (0x10B40, 0x10B55)),
+    _s("Inscriptional Pahlavi", "NotoSansInscriptionalPahlavi", (0x10B60, 0x10B72)),
+    _s("Psalter Pahlavi", "NotoSansPsalterPahlavi", (0x10B80, 0x10B91)),
+    _s("Old Hungarian", "NotoSansOldHungarian", (0x10CC0, 0x10CF2)),
+    _s("Hanifi Rohingya", "NotoSansHanifiRohingya", (0x10D00, 0x10D23)),
+    _s("Yezidi", "NotoSerifYezidi", (0x10E80, 0x10EA9)),
+    _s("Old Sogdian", "NotoSansOldSogdian", (0x10F00, 0x10F1C)),
+    _s("Sogdian", "NotoSansSogdian", (0x10F30, 0x10F45)),
+    _s("Brahmi", "NotoSansBrahmi", (0x11003, 0x11037)),
+    _s("Kaithi", "NotoSansKaithi", (0x11083, 0x110AF)),
+    _s("Sora Sompeng", "NotoSansSoraSompeng", (0x110D0, 0x110E8)),
+    _s("Chakma", "NotoSansChakma", (0x11103, 0x11126)),
+    _s("Mahajani", "NotoSansMahajani", (0x11150, 0x11172)),
+    _s("Sharada", "NotoSansSharada", (0x11183, 0x111B2)),
+    _s("Khojki", "NotoSansKhojki", (0x11200, 0x1122B)),
+    _s("Multani", "NotoSansMultani", (0x11280, 0x112A8)),
+    _s("Khudawadi", "NotoSansKhudawadi", (0x112B0, 0x112DE)),
+    _s("Grantha", "NotoSansGrantha NotoSerifGrantha", (0x11305, 0x11339)),
+    _s("Newa", "NotoSansNewa", (0x11400, 0x11434)),
+    _s("Tirhuta", "NotoSansTirhuta", (0x11481, 0x114AF)),
+    _s("Siddham", "NotoSansSiddham", (0x11580, 0x115AE)),
+    _s("Modi", "NotoSansModi", (0x11600, 0x1162F)),
+    _s("Takri", "NotoSansTakri", (0x11680, 0x116AA)),
+    _s("Ahom", "NotoSerifAhom", (0x11700, 0x1171A)),
+    _s("Dogra", "NotoSerifDogra", (0x11800, 0x1182B)),
+    _s("Warang Citi", "NotoSansWarangCiti", (0x118C0, 0x118DF)),
+    _s("Zanabazar Square", "NotoSansZanabazarSquare", (0x11A00, 0x11A32)),
+    _s("Soyombo", "NotoSansSoyombo", (0x11A50, 0x11A89)),
+    _s("Pau Cin Hau", "NotoSansPauCinHau", (0x11AC0, 0x11AF8)),
+    _s("Bhaiksuki", "NotoSansBhaiksuki", (0x11C00, 0x11C2E)),
+    _s("Marchen", "NotoSansMarchen", (0x11C72, 0x11C8F)),
+    _s("Masaram Gondi", "NotoSansMasaramGondi", (0x11D00, 0x11D30)),
+    _s("Gunjala Gondi", "NotoSansGunjalaGondi", (0x11D60, 0x11D89)),
+    _s("Bassa Vah", "NotoSansBassaVah", (0x16AD0, 0x16AED)),
+    _s("Mro", "NotoSansMro", (0x16A40, 0x16A5E)),
+    _s("Pahawh Hmong", "NotoSansPahawhHmong", (0x16B00, 0x16B2F)),
+    _s("Medefaidrin", "NotoSansMedefaidrin", (0x16E60, 0x16E7F)),
+    _s("Miao", "NotoSansMiao", (0x16F00, 0x16F4A)),
+    _s("Duployan", "NotoSansDuployan", (0x1BC00, 0x1BC6A)),
+    _s("Nyiakeng Puachue Hmong", "NotoSerifNyiakengPuachueHmong", (0x1E100, 0x1E12C)),
+    _s("Wancho", "NotoSansWancho", (0x1E2C0, 0x1E2EB)),
+    _s("Mende Kikakui", "NotoSansMendeKikakui", (0x1E800, 0x1E8C4)),
+)
+EXTRA_HOLDOUT_RMS = 0.10  # stricter than DEDUP_RMS: a background character must not pass for a held-out one
 
 # ----------------------------------------------------------------------------------------------- fonts
 
@@ -349,12 +439,47 @@ def candidates(spec: ScriptSpec, cmaps: Sequence[frozenset[int]]) -> list[int]:
     return out
 
 
-def select_characters(spec: ScriptSpec, regulars: Sequence[Path], seed: int,
-                      limit: int = MAX_PER_SCRIPT) -> tuple[list[int], list[tuple[int, int]]]:
-    """Characters to keep: drawn (not tofu, not empty) and unlike the others of the script in every family.
+@dataclass(frozen=True)
+class Avoid:
+    """Characters another part of the data set must not resemble: their canonical images in their fonts."""
+
+    images: np.ndarray  # float [K, 32*32]: one row per (character, regular font)
+    codepoints: np.ndarray  # int [K]: the character of each row
+    rms: float = EXTRA_HOLDOUT_RMS
+
+    def resembles(self, imgs: np.ndarray) -> int | None:
+        """The code point of an avoided character that one of `imgs` [families, 32*32] looks like, or None."""
+        diffs = np.sqrt(((self.images[None] - imgs[:, None]) ** 2).mean(axis=2)).min(axis=0)  # [K]
+        j = int(diffs.argmin())
+        return int(self.codepoints[j]) if diffs[j] < self.rms else None
+
+
+def held_out_characters(base: Path, seed: int) -> Avoid:
+    """The evaluation characters of the shipped glyphs.npz, canonical in each of their script's regular fonts."""
+    with np.load(base, allow_pickle=False) as z:
+        scripts, split, script, cps = z["scripts"], z["split"], z["script"], z["codepoints"]
+        if json.loads(str(z["meta"]))["seed"] != seed:
+            raise SystemExit(f"{base} was made with another seed than {seed}")
+    specs = {s.name: s for s in SCRIPTS}
+    rows, owners = [], []
+    for k, name in enumerate(scripts):
+        if split[k] != 1:
+            continue
+        regulars = [family_files(f)[0] for f in specs[str(name)].families]
+        for cp in cps[script == k]:
+            for f in regulars:
+                rows.append(canonical(render_glyph(f, chr(int(cp)))).ravel())
+                owners.append(int(cp))
+    return Avoid(np.stack(rows), np.array(owners))
+
+
+def select_characters(spec: ScriptSpec, regulars: Sequence[Path], seed: int, limit: int = MAX_PER_SCRIPT,
+                      avoid: Avoid | None = None) -> tuple[list[int], list[tuple[int, int]]]:
+    """Characters to keep: drawn (not tofu, not empty) and unlike the others of the script in every family, and
+    (given `avoid`) unlike every character it holds.
 
     Returns the kept code points (at most ``limit``, a seeded sample, in code point order) and the
-    (dropped, kept-look-alike) pairs, for the record.
+    (dropped, kept-look-alike) pairs, for the record (an avoided character's pair names the one it resembles).
     """
     cps = candidates(spec, [font_cmap(f) for f in regulars])
     kept: list[int] = []
@@ -365,6 +490,9 @@ def select_characters(spec: ScriptSpec, regulars: Sequence[Path], seed: int,
         if any(g.size == 0 or g.sum() < 20 for g in glyphs):
             continue
         imgs = np.stack([canonical(g).ravel() for g in glyphs])
+        if avoid is not None and (like := avoid.resembles(imgs)) is not None:
+            dropped.append((cp, like))
+            continue
         if kept_imgs:
             # rms difference to each kept character, in the family where they look most alike
             diffs = np.sqrt(((np.stack(kept_imgs) - imgs[None]) ** 2).mean(axis=2)).min(axis=1)
@@ -408,8 +536,10 @@ def split_scripts(names: Sequence[str], seed: int, fraction: float = BACKGROUND_
 # ------------------------------------------------------------------------------------ main
 
 
-def build(seed: int, scripts: Sequence[ScriptSpec] = SCRIPTS, log: bool = True) -> dict[str, np.ndarray]:
-    """Render the whole data set; returns the arrays that go into the .npz."""
+def build(seed: int, scripts: Sequence[ScriptSpec] = SCRIPTS, log: bool = True,
+          avoid: Avoid | None = None) -> dict[str, np.ndarray]:
+    """Render the whole data set (or, with `avoid`, the extra part: every script background, no character like
+    one of `avoid`); returns the arrays that go into the .npz."""
     images, script_ids, codepoints, font_ids = [], [], [], []
     used_scripts: list[str] = []
     fonts: list[Path] = []
@@ -421,7 +551,7 @@ def build(seed: int, scripts: Sequence[ScriptSpec] = SCRIPTS, log: bool = True) 
             print(f"skip {spec.name}: missing font family", file=sys.stderr)
             continue
         regulars = [p[0] for p in pools]
-        cps, dropped = select_characters(spec, regulars, seed)
+        cps, dropped = select_characters(spec, regulars, seed, avoid=avoid)
         if dropped:
             dropped_all[spec.name] = [f"U+{a:04X}~U+{b:04X}" for a, b in dropped]
         if len(cps) < 10:
@@ -467,13 +597,17 @@ def build(seed: int, scripts: Sequence[ScriptSpec] = SCRIPTS, log: bool = True) 
         "fonttools": fontTools.version,
         "licence": "Rendered from Noto fonts, SIL Open Font License 1.1; the bitmaps are derived from OFL fonts.",
     }
+    if avoid is not None:
+        meta.update(part="extra", command=f"python datasets/glyphs/make_glyphs.py --seed {seed} --part extra "
+                    "--out datasets/glyphs/glyphs_extra.npz", extra_holdout_rms=avoid.rms,
+                    background_fraction=1.0)
     return {
         "images": np.stack(images),
         "script": np.array(script_ids, np.int16),
         "codepoints": np.array(codepoints, np.int32),
         "char_names": np.array([unicodedata.name(chr(cp), f"U+{cp:04X}") for cp in codepoints]),
         "scripts": np.array(used_scripts),
-        "split": split_scripts(used_scripts, seed),
+        "split": split_scripts(used_scripts, seed) if avoid is None else np.zeros(len(used_scripts), np.int8),
         "font_index": np.array(font_ids, np.int16),
         "fonts": np.array([f.name for f in fonts]),
         "font_packages": np.array(package_versions(fonts)),
@@ -484,12 +618,18 @@ def build(seed: int, scripts: Sequence[ScriptSpec] = SCRIPTS, log: bool = True) 
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=Path(__file__).with_name("glyphs.npz"))
+    parser.add_argument("--part", choices=("base", "extra"), default="base",
+                        help="base: glyphs.npz (the split); extra: glyphs_extra.npz, more background scripts, "
+                             "made against the base file beside this script")
+    parser.add_argument("--out", type=Path, help="default: glyphs.npz or glyphs_extra.npz beside this script")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
     parser.add_argument("--scripts", nargs="*", help="only these scripts (for a quick look)")
     args = parser.parse_args(argv)
-    specs = [s for s in SCRIPTS if not args.scripts or s.name in args.scripts]
-    data = build(args.seed, specs)
+    extra = args.part == "extra"
+    args.out = args.out or Path(__file__).with_name("glyphs_extra.npz" if extra else "glyphs.npz")
+    specs = [s for s in (EXTRA_SCRIPTS if extra else SCRIPTS) if not args.scripts or s.name in args.scripts]
+    avoid = held_out_characters(Path(__file__).with_name("glyphs.npz"), args.seed) if extra else None
+    data = build(args.seed, specs, avoid=avoid)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(args.out, **data)
     c = data["images"].shape[0]

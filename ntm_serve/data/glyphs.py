@@ -1,5 +1,8 @@
 """The glyphs data set (datasets/glyphs/glyphs.npz, made by datasets/glyphs/make_glyphs.py), read with numpy only.
 
+glyphs_extra.npz beside it holds more scripts, all background (training) ones, apart so that glyphs.npz and its
+split stay as the models trained on it saw them: `load_glyphs(extra=True)` joins the two.
+
 Why a loader in the package: training, the one-shot tasks, tests, CI and the data set's own scripts read the shipped
 file through this one module, which keeps them away from its layout and gives images as float32 in [0, 1]
 (ink = 1) with the background/evaluation split by script ready to use. No fonts are needed.
@@ -17,6 +20,7 @@ import numpy as np
 
 # The repository's copy (the package is installed editable from the repo); NTM_GLYPHS names another file.
 DEFAULT_PATH = Path(__file__).resolve().parents[2] / "datasets" / "glyphs" / "glyphs.npz"
+EXTRA_NAME = "glyphs_extra.npz"  # beside glyphs.npz (wherever $NTM_GLYPHS puts it)
 PATH_VARIABLE = "NTM_GLYPHS"
 SIDE = 20  # images are SIDE x SIDE
 PIXELS = SIDE * SIDE
@@ -68,6 +72,26 @@ class GlyphSet:
             raise ValueError(f"split must be 'background' or 'evaluation', got {name!r}")
         return self.subset(self.background if name == "background" else self.evaluation)
 
+    def joined(self, other: GlyphSet) -> GlyphSet:
+        """This set and `other`'s characters after it (other's script and font ids moved past this one's)."""
+        if other.images.shape[1:] != self.images.shape[1:]:
+            raise ValueError(f"cannot join glyph sets of shapes {self.images.shape} and {other.images.shape}")
+        if set(other.script_names.tolist()) & set(self.script_names.tolist()):
+            raise ValueError("the glyph sets to join share scripts")
+        return GlyphSet(
+            images=np.concatenate([self.images, other.images]),
+            script=np.concatenate([self.script, other.script + len(self.script_names)]),
+            codepoints=np.concatenate([self.codepoints, other.codepoints]),
+            char_names=np.concatenate([self.char_names, other.char_names]),
+            script_names=np.concatenate([self.script_names, other.script_names]),
+            script_split=np.concatenate([self.script_split, other.script_split]),
+            background=np.concatenate([self.background, other.background]),
+            evaluation=np.concatenate([self.evaluation, other.evaluation]),
+            font_index=np.concatenate([self.font_index, other.font_index + len(self.fonts)]),
+            fonts=np.concatenate([self.fonts, other.fonts]),
+            meta={**self.meta, "extra": other.meta},
+        )
+
     def split_scripts(self, name: str) -> list[str]:
         """The names of the scripts in a split, in the data set's order."""
         code = {"background": 0, "evaluation": 1}[name]
@@ -81,12 +105,23 @@ def glyphs_path(path: str | Path | None = None) -> Path:
     return Path(os.environ.get(PATH_VARIABLE) or DEFAULT_PATH)
 
 
-def load_glyphs(path: str | Path | None = None) -> GlyphSet:
-    """Read ``glyphs.npz`` (default: `glyphs_path()`); a missing file is named with how to get it."""
-    where = glyphs_path(path)
+def extra_path(path: str | Path | None = None) -> Path:
+    """glyphs_extra.npz beside the glyphs.npz that `glyphs_path(path)` names."""
+    return glyphs_path(path).with_name(EXTRA_NAME)
+
+
+def load_glyphs(path: str | Path | None = None, extra: bool = False) -> GlyphSet:
+    """Read ``glyphs.npz`` (default: `glyphs_path()`), and with `extra` the more background scripts of
+    glyphs_extra.npz beside it; a missing file is named with how to get it."""
+    base = _read(glyphs_path(path))
+    return base.joined(_read(extra_path(path))) if extra else base
+
+
+def _read(where: Path) -> GlyphSet:
     if not where.is_file():
         raise FileNotFoundError(f"glyphs data set not found at {where}: it ships in the repository as "
-                                f"datasets/glyphs/glyphs.npz (set ${PATH_VARIABLE} to use another copy)")
+                                f"datasets/glyphs/{where.name} (set ${PATH_VARIABLE} to use another copy of "
+                                "glyphs.npz; glyphs_extra.npz is read from beside it)")
     with np.load(where, allow_pickle=False) as z:
         raw = z["images"]
         images = raw.astype(np.float32)
@@ -110,9 +145,11 @@ def load_glyphs(path: str | Path | None = None) -> GlyphSet:
 
 
 def main() -> None:
-    g = load_glyphs()
-    print(f"{g.n_characters} characters x {g.n_renderings} renderings, {len(g.script_names)} scripts; "
-          f"background {int(g.background.sum())} characters, evaluation {int(g.evaluation.sum())}")
+    for extra in (False, True):
+        g = load_glyphs(extra=extra)
+        print(f"{'with' if extra else 'without'} {EXTRA_NAME}: {g.n_characters} characters x {g.n_renderings} "
+              f"renderings, {len(g.script_names)} scripts; background {int(g.background.sum())} characters, "
+              f"evaluation {int(g.evaluation.sum())}")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,8 @@ Training episodes may turn each character by a random quarter turn (per episode 
 augmentation, turned characters are new classes), so the 923 background characters give 3,692 classes; mirroring
 too (`flips`: a mirrored character is another new class, the 8 symmetries of the square give 7,384), and move each
 rendering by up to `shift` pixels (per instance, like Santoro's translations: the same class, drawn elsewhere).
+With `extra_scripts` the background also holds the scripts of datasets/glyphs/glyphs_extra.npz (held-out
+scripts and characters stay exactly the same).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ntm_serve.data.glyphs import PIXELS, SIDE, glyphs_path, load_glyphs
+from ntm_serve.data.glyphs import PIXELS, SIDE, extra_path, glyphs_path, load_glyphs
 from ntm_serve.training.batch import Batch
 
 PER_CLASS = 10  # renderings of each character per episode: the 10th instance is Santoro's last column
@@ -42,31 +44,39 @@ def encoding(ways: int, per_class: int = PER_CLASS) -> str:
 
 
 @cache
-def split_images(split: str) -> Tensor:
-    """Every rendering of every character of a split. -> (C, R, 400) float32"""
+def split_images(split: str, extra_scripts: bool = False) -> Tensor:
+    """Every rendering of every character of a split (with `extra_scripts`, glyphs_extra.npz's too: background
+    only). -> (C, R, 400) float32"""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    g = load_glyphs().split(split)
+    g = load_glyphs(extra=extra_scripts).split(split)
     return torch.from_numpy(np.ascontiguousarray(g.images.reshape(g.n_characters, g.n_renderings, PIXELS)))
 
 
 @cache
-def split_description() -> dict[str, object]:
+def split_description(extra_scripts: bool = False) -> dict[str, object]:
     """The split as written to config.json and the ONNX metadata (ModelInfo.task_metadata), so a client can draw
-    test episodes from exactly the scripts the model never saw. Reads only the file's small tables."""
-    path = glyphs_path()
-    with np.load(path, allow_pickle=False) as z:
-        scripts, split, script = z["scripts"], z["split"], z["script"]
-    counts = np.bincount(script, minlength=len(scripts))
-    names = {k: [str(s) for s, c in zip(scripts, split, strict=True) if c == code]
-             for k, code in (("background", 0), ("evaluation", 1))}
+    test episodes from exactly the scripts the model never saw. Reads only the files' small tables."""
+    files = [glyphs_path(), *([extra_path()] if extra_scripts else [])]
+    names: dict[str, list[str]] = {"background": [], "evaluation": []}
+    characters = {"background": 0, "evaluation": 0}
+    for path in files:
+        with np.load(path, allow_pickle=False) as z:
+            scripts, split, script = z["scripts"], z["split"], z["script"]
+        counts = np.bincount(script, minlength=len(scripts))
+        for k, code in (("background", 0), ("evaluation", 1)):
+            names[k] += [str(s) for s, c in zip(scripts, split, strict=True) if c == code]
+            characters[k] += int(counts[split == code].sum())
+    data = "glyphs (datasets/glyphs/glyphs.npz): 20 renderings of each character, 20x20, ink = 1"
+    if extra_scripts:
+        data = data.replace("glyphs.npz)", "glyphs.npz and glyphs_extra.npz, training scripts only)")
     return {
-        "data": "glyphs (datasets/glyphs/glyphs.npz): 20 renderings of each character, 20x20, ink = 1",
+        "data": data,
         "split_by": "script",
         "train_scripts": names["background"],
         "test_scripts": names["evaluation"],
-        "train_characters": int(counts[split == 0].sum()),
-        "test_characters": int(counts[split == 1].sum()),
+        "train_characters": characters["background"],
+        "test_characters": characters["evaluation"],
     }
 
 
@@ -112,11 +122,12 @@ def check_shift(shift: int) -> None:
 
 
 def glyph_episodes(gen: torch.Generator, batch: int, split: str, ways: int, per_class: int = PER_CLASS,
-                   turns: bool = False, flips: bool = False, shift: int = 0) -> Batch:
+                   turns: bool = False, flips: bool = False, shift: int = 0, extra_scripts: bool = False) -> Batch:
     """A batch of episodes over `ways` characters of the split. `turns`, `flips`: each character of an episode
     turned by a random quarter turn, mirrored at random (a new class either way); `shift`: each instance moved by
-    up to that many pixels in x and y. -> inputs (T, B, 400 + ways), targets (T, B, ways)"""
-    images = split_images(split)  # (C, R, 400)
+    up to that many pixels in x and y; `extra_scripts`: the split with glyphs_extra.npz's scripts.
+    -> inputs (T, B, 400 + ways), targets (T, B, ways)"""
+    images = split_images(split, extra_scripts)  # (C, R, 400)
     chars, renderings = images.shape[:2]
     if not 1 <= ways <= chars or not 1 <= per_class <= renderings:
         raise ValueError(f"need 1 <= ways <= {chars} and 1 <= per_class <= {renderings}, got {ways}, {per_class}")

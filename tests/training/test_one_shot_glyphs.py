@@ -4,13 +4,16 @@ and the pixel nearest-neighbour reference on them."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import sys
 
 import numpy as np
 import pytest
 import torch
+from helpers import ROOT
 
-from ntm_serve.data.glyphs import PIXELS, load_glyphs
+from ntm_serve.data.glyphs import PIXELS, extra_path, load_glyphs
 from ntm_serve.demos import one_shot_np
 from ntm_serve.training import one_shot_glyphs as og
 from ntm_serve.training.one_shot import accuracy_by_instance
@@ -42,6 +45,49 @@ def test_loader_reads_the_shipped_set_and_its_script_split(glyphs) -> None:
     assert {str(glyphs.script_names[s]) for s in glyphs.split("evaluation").script} == test
     with pytest.raises(ValueError, match="split must be"):
         glyphs.split("validation")
+
+
+def test_the_extra_scripts_are_training_scripts_only_and_leave_the_held_out_set_as_it_was(glyphs) -> None:
+    joined = load_glyphs(extra=True)
+    assert (joined.n_characters, int(joined.background.sum()), int(joined.evaluation.sum())) == (4002, 3339, 663)
+    extra = joined.split_scripts("background")[len(glyphs.split_scripts("background")):]
+    assert len(extra) == 79 and not set(extra) & set(glyphs.script_names.tolist())
+    assert joined.split_scripts("evaluation") == glyphs.split_scripts("evaluation")
+    held_out, base = joined.split("evaluation"), glyphs.split("evaluation")
+    assert np.array_equal(held_out.images, base.images) and np.array_equal(held_out.codepoints, base.codepoints)
+    with np.load(extra_path(), allow_pickle=False) as z:  # font ids moved past the base file's fonts
+        assert np.array_equal(joined.fonts[joined.font_index[glyphs.n_characters:]], z["fonts"][z["font_index"]])
+    assert joined.meta["extra"]["part"] == "extra" and joined.meta["seed"] == joined.meta["extra"]["seed"]
+    with pytest.raises(ValueError, match="share scripts"):
+        glyphs.joined(glyphs)
+
+
+def test_episodes_with_the_extra_scripts_draw_from_both_background_parts_never_held_out(glyphs) -> None:
+    joined = load_glyphs(extra=True)
+    flat = joined.images.reshape(joined.n_characters, joined.n_renderings, PIXELS)
+    owner = {flat[c, r].tobytes(): c for c in range(flat.shape[0]) for r in range(flat.shape[1])}
+    batch = og.glyph_episodes(torch.Generator().manual_seed(3), 64, "background", 5, extra_scripts=True)
+    sources = np.array([owner[x.numpy().tobytes()] for x in batch.inputs[:, :, :PIXELS].reshape(-1, PIXELS)])
+    assert joined.background[sources].all()
+    from_extra = (sources >= glyphs.n_characters).mean()  # 2,416 of the 3,339 background characters
+    assert 0.55 < from_extra < 0.9
+    split = get_task("one_shot_glyphs", extra_scripts=True).metadata["class_split"]
+    assert (split["train_characters"], split["test_characters"]) == (3339, 663)
+    assert split["train_scripts"] == joined.split_scripts("background")
+    assert split["test_scripts"] == glyphs.split_scripts("evaluation")
+
+
+def test_the_generator_drops_an_extra_character_that_looks_like_a_held_out_one(monkeypatch) -> None:
+    spec = importlib.util.spec_from_file_location("make_glyphs", ROOT / "datasets" / "glyphs" / "make_glyphs.py")
+    make_glyphs = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "make_glyphs", make_glyphs)  # its dataclasses look themselves up there
+    spec.loader.exec_module(make_glyphs)
+    rng = np.random.default_rng(0)
+    held = rng.random((3, 1024))  # three held-out characters' canonical images (one font each)
+    avoid = make_glyphs.Avoid(held, np.array([0x10, 0x20, 0x30]), rms=0.1)
+    near = np.stack([rng.random(1024), held[1] + 0.05])  # two fonts; in the second it is character 0x20
+    assert avoid.resembles(near) == 0x20
+    assert avoid.resembles(np.stack([rng.random(1024), held[2] + 0.2])) is None
 
 
 def test_a_missing_data_file_is_named(tmp_path) -> None:
