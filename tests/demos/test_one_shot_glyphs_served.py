@@ -43,7 +43,8 @@ def test_list_models_carries_the_script_split(served) -> None:
                                                                                          "softmax")
     split = json.loads(info.task_metadata)["class_split"]
     assert split == json.loads((folder / "config.json").read_text())["class_split"]
-    assert len(split["train_scripts"]) == 29 and len(split["test_scripts"]) == 20
+    extra = json.loads((folder / "config.json").read_text())["train_config"]["task_options"].get("extra_scripts", False)
+    assert len(split["train_scripts"]) == (29 + 79 if extra else 29) and len(split["test_scripts"]) == 20
     assert not set(split["train_scripts"]) & set(split["test_scripts"])
 
 
