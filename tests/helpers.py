@@ -6,6 +6,8 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,6 +23,18 @@ if TYPE_CHECKING:
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL_FILES = (*GRAPH_FILES.values(), "checkpoint.pt", "config.json")
+
+
+def until(condition: Callable[[], object], what: str, timeout: float) -> object:
+    """Poll `condition` until it is truthy and return its value (the server's threads work on their own clock);
+    AssertionError naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
 
 
 def bits(rng: np.random.Generator, steps: int, width: int = 9) -> np.ndarray:

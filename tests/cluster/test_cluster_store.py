@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
-from helpers import ROOT, Offline, bits, service_config
+from helpers import ROOT, Offline, bits, service_config, until
 
 from ntm_serve.client.sdk import NTMClient, PackedStepError, SessionStateData, packed_request
 from ntm_serve.server.ports import free_port
@@ -39,15 +38,6 @@ def stored(store_url: str, session_id: str) -> dict[str, str]:
         return {k.decode(): v.decode(errors="replace") for k, v in raw.items() if k != b"state"}
     finally:
         store.close()
-
-
-def stored_steps_become(store_url: str, session_id: str, steps: int, timeout: float = 10.0) -> str:
-    """The session's committed step count once it is `steps`, or what it still is after `timeout`: with
-    commit_every > 1 the answer goes out first and the commit thread writes the store just after."""
-    deadline = time.monotonic() + timeout
-    while (now := stored(store_url, session_id)["steps"]) != str(steps) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    return now
 
 
 def last_rid(store_url: str, session_id: str) -> str:
@@ -395,7 +385,8 @@ def test_commit_every_n_answers_first_and_commits_on_drain(copy_dir: Path, store
         c.step(sid, bits(rng, 2))
         assert stored(store_url, sid)["steps"] == "0"
         c.step(sid, bits(rng, 2))
-        assert stored_steps_become(store_url, sid, 6) == "6"  # committed just after the answer
+        # commit_every > 1: the answer goes out first, the commit thread writes the store just after
+        until(lambda: stored(store_url, sid)["steps"] == "6", "the commit of steps 1-6", 10.0)
         c.step(sid, bits(rng, 2))
         assert stored(store_url, sid)["steps"] == "6"
     assert stored(store_url, sid)["steps"] == "8"  # committed by the drain

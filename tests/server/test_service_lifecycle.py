@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
+import helpers
 import numpy as np
 import pytest
 from helpers import Offline, bits, service_config
@@ -81,14 +81,7 @@ def offline_v2(v2: Path) -> Offline:
 
 
 def until(condition: Callable[[], object], what: str, timeout: float = DEADLINE_S) -> object:
-    """Poll `condition` until it is truthy (the server's poller works on its own clock)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
+    return helpers.until(condition, what, timeout)
 
 
 def versions(client: NTMClient, name: str = "copy") -> dict[int, ntm_pb2.ModelInfo]:

@@ -27,6 +27,11 @@ def glyphs():  # -> GlyphSet
 
 
 @pytest.fixture(scope="module")
+def joined():  # -> GlyphSet: glyphs.npz with glyphs_extra.npz
+    return load_glyphs(extra=True)
+
+
+@pytest.fixture(scope="module")
 def owner(glyphs) -> dict[bytes, tuple[int, int]]:
     """Every image's bytes -> (character, rendering): where an episode's image came from."""
     flat = glyphs.images.reshape(glyphs.n_characters, glyphs.n_renderings, PIXELS)
@@ -47,8 +52,7 @@ def test_loader_reads_the_shipped_set_and_its_script_split(glyphs) -> None:
         glyphs.split("validation")
 
 
-def test_the_extra_scripts_are_training_scripts_only_and_leave_the_held_out_set_as_it_was(glyphs) -> None:
-    joined = load_glyphs(extra=True)
+def test_the_extra_scripts_are_training_scripts_only_and_leave_the_held_out_set_as_it_was(glyphs, joined) -> None:
     assert (joined.n_characters, int(joined.background.sum()), int(joined.evaluation.sum())) == (4002, 3339, 663)
     extra = joined.split_scripts("background")[len(glyphs.split_scripts("background")):]
     assert len(extra) == 79 and not set(extra) & set(glyphs.script_names.tolist())
@@ -62,8 +66,7 @@ def test_the_extra_scripts_are_training_scripts_only_and_leave_the_held_out_set_
         glyphs.joined(glyphs)
 
 
-def test_episodes_with_the_extra_scripts_draw_from_both_background_parts_never_held_out(glyphs) -> None:
-    joined = load_glyphs(extra=True)
+def test_episodes_with_the_extra_scripts_draw_from_both_background_parts_never_held_out(glyphs, joined) -> None:
     flat = joined.images.reshape(joined.n_characters, joined.n_renderings, PIXELS)
     owner = {flat[c, r].tobytes(): c for c in range(flat.shape[0]) for r in range(flat.shape[1])}
     batch = og.glyph_episodes(torch.Generator().manual_seed(3), 64, "background", 5, extra_scripts=True)
