@@ -8,7 +8,10 @@ new entries are filled by rule, so the target starts as close to its source as t
 - a new memory column (a wider memory, e.g. one that holds a whole 8x8 image) is read by nothing at first:
   the controller and output columns that read it, the keys' new components and r0's are zero, and the
   adds that write it start small, so the gradient, not chance, decides what goes there;
-- a new write head (appended) has zero keys and small adds, so it changes little until trained.
+- a new write head (appended) has zero keys and small adds, so it changes little until trained;
+- a new controller unit (a wider controller) is fresh inside but read by nothing at first (every column of h's new
+  units is zero: the gates, the head projections, the output), so the wider model starts as its source's function
+  and the gradient grows the new units' part from there.
 """
 
 from __future__ import annotations
@@ -38,13 +41,18 @@ Layout = list[Segment]
 def controller_input(c: NTMConfig) -> Layout:
     """Columns of the controller's weight: the task input, each read vector, then h (LSTM only)."""
     reads = [Segment(c.memory_width, "zero")] * c.read_heads
-    return [Segment(c.input_size, "fresh"), *reads] + ([Segment(c.controller_size, "fresh")]
+    return [Segment(c.input_size, "fresh"), *reads] + ([Segment(c.controller_size, "zero")]
                                                       if c.controller == "lstm" else [])
+
+
+def controller_rows(c: NTMConfig) -> Layout:
+    """Rows of the controller's weight and bias: the LSTM's four gates (i, f, g, o) of H units each, or H units."""
+    return [Segment(c.controller_size, "fresh")] * (4 if c.controller == "lstm" else 1)
 
 
 def output_input(c: NTMConfig) -> Layout:
     """Columns of the output layer: h, then each read vector."""
-    return [Segment(c.controller_size, "fresh"), *[Segment(c.memory_width, "zero")] * c.read_heads]
+    return [Segment(c.controller_size, "zero"), *[Segment(c.memory_width, "zero")] * c.read_heads]
 
 
 def head_rows(c: NTMConfig, heads: int, write: bool) -> Layout:
@@ -61,16 +69,18 @@ def whole(size: int) -> Layout:
 def layouts(c: NTMConfig) -> dict[str, tuple[Layout, ...]]:
     """Every parameter's layout, one per axis, by state-dict name (names missing here must match in shape)."""
     ctrl = "controller.gates" if c.controller == "lstm" else "controller.layer"
-    hidden = 4 * c.controller_size if c.controller == "lstm" else c.controller_size
     out: dict[str, tuple[Layout, ...]] = {
-        f"{ctrl}.weight": (whole(hidden), controller_input(c)),
+        f"{ctrl}.weight": (controller_rows(c), controller_input(c)),
+        f"{ctrl}.bias": (controller_rows(c),),
+        "h0": (whole(c.controller_size),),
+        "c0": (whole(c.controller_size),),
         "output.weight": (whole(c.output_size), output_input(c)),
         "output.bias": (whole(c.output_size),),
         "r0": (whole(c.read_heads), [Segment(c.memory_width, "zero")]),
     }
     for name, heads, write in (("read_proj", c.read_heads, False), ("write_proj", c.write_heads, True)):
         rows = head_rows(c, heads, write)
-        out |= {f"{name}.linear.weight": (rows, whole(c.controller_size)), f"{name}.linear.bias": (rows,),
+        out |= {f"{name}.linear.weight": (rows, [Segment(c.controller_size, "zero")]), f"{name}.linear.bias": (rows,),
                 f"{name}.skip.weight": (rows, whole(c.input_size))}
     return out
 
@@ -125,8 +135,8 @@ def transplant(source: nn.Module, target: nn.Module) -> None:
     """Warm-start `target` from a trained NTM of another task or other sizes (see the module docstring), or an LSTM
     baseline from one of another task.
 
-    Parameters of equal shape are copied; the task's input/output widths, the memory width and the number of
-    write heads (new heads appended) may differ. A
+    Parameters of equal shape are copied; the task's input/output widths, the memory width, the number of
+    write heads (new heads appended) and the controller's size (wider only) may differ. A
     head input skip the source lacks (`heads_see_input`) keeps its zero initialisation.
     """
     if isinstance(source, LSTMBaseline) and isinstance(target, LSTMBaseline):
@@ -139,6 +149,9 @@ def transplant(source: nn.Module, target: nn.Module) -> None:
         raise ValueError("init_from needs two NTMs or two LSTM baselines (a checkpoint of the run's model kind)")
     if (source.config.read_heads, source.config.controller) != (target.config.read_heads, target.config.controller):
         raise ValueError("init_from cannot change the read heads or the controller kind")
+    if target.config.controller_size < source.config.controller_size:
+        raise ValueError("init_from cannot narrow the controller: "
+                         f"{source.config.controller_size} -> {target.config.controller_size} units")
     src_layouts, dst_layouts = layouts(source.config), layouts(target.config)
     source_state = source.state_dict()
     for name, dst in target.state_dict().items():

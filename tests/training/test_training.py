@@ -497,8 +497,45 @@ def test_transplant_copies_shared_channels_and_keeps_new_ones_fresh() -> None:
     assert torch.equal(dst["output.weight"][:8], src["output.weight"][:8])
     assert torch.equal(dst["output.weight"][8], fresh["output.weight"][8])  # the end-marker channel
     assert torch.equal(dst["memory0"], src["memory0"]) and torch.equal(dst["r0"], src["r0"])
-    with pytest.raises(ValueError, match="cannot transplant"):
-        transplant(NTM(NTMConfig(9, 8, controller_size=50)), NTM(NTMConfig(9, 8)))  # h0 and every row differ
+    with pytest.raises(ValueError, match="cannot narrow the controller: 100 -> 50 units"):
+        transplant(NTM(NTMConfig(9, 8, controller_size=100)), NTM(NTMConfig(9, 8, controller_size=50)))
+
+
+@pytest.mark.parametrize("controller", ["lstm", "feedforward"])
+def test_transplant_widens_the_controller_and_starts_as_its_source(controller: str) -> None:
+    """--init-from into a wider controller: each gate's units copied in place, the new units fresh inside but
+    read by nothing (zero columns of h everywhere), so the wider model computes its source's outputs; and
+    the new units do learn: one gradient step moves the weights that read them."""
+    from ntm_serve.training.transplant import transplant
+
+    torch.manual_seed(0)
+    base = NTMConfig(69, 5, controller=controller, controller_size=12, memory_rows=8, memory_width=4, read_heads=2,
+                     write_heads=2, heads="lru", heads_see_input=True)
+    source = NTM(base).eval()
+    target = NTM(NTMConfig(**{**base.to_dict(), "controller_size": 20})).eval()
+    fresh = {k: v.clone() for k, v in target.state_dict().items()}
+    transplant(source, target)
+    src, dst = source.state_dict(), target.state_dict()
+    name = "controller.gates" if controller == "lstm" else "controller.layer"
+    gates = 4 if controller == "lstm" else 1
+    w_src, w_dst = (s[f"{name}.weight"].view(gates, -1, s[f"{name}.weight"].shape[1]) for s in (src, dst))
+    inputs = 69 + 2 * 4  # (gates, H, x + reads [+ h])
+    assert torch.equal(w_dst[:, :12, :inputs], w_src[:, :, :inputs])  # each gate's old units, in place
+    assert torch.equal(w_dst[:, 12:, :inputs], fresh[f"{name}.weight"].view_as(w_dst)[:, 12:, :inputs])
+    if controller == "lstm":
+        assert torch.equal(w_dst[:, :12, inputs:inputs + 12], w_src[:, :, inputs:])  # old h read by old units
+        assert not w_dst[:, :, inputs + 12:].any()  # nobody reads the new units' h yet
+        assert torch.equal(dst[f"{name}.bias"].view(4, -1)[1, 12:], torch.ones(8))  # their forget bias 1
+    for proj in ("read_proj", "write_proj"):
+        assert not dst[f"{proj}.linear.weight"][:, 12:].any()
+    assert not dst["output.weight"][:, 12:20].any()
+    assert torch.equal(dst["h0"][:12], src["h0"]) and torch.equal(dst["c0"][:12], src["c0"])
+    x = torch.rand(7, 3, 69)  # (T, B, X)
+    with torch.no_grad():
+        torch.testing.assert_close(target(x)[0], source(x)[0], rtol=0, atol=1e-6)
+    target.train()
+    target(x)[0].square().sum().backward()
+    assert target.output.weight.grad[:, 12:20].abs().sum() > 0  # the gradient reaches the new units at once
 
 
 def test_transplant_seeds_an_lstm_baseline_with_more_task_channels() -> None:
