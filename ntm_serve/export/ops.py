@@ -113,7 +113,7 @@ def export_pure_op(spec: OpSpec, static: dict[str, int] | None = None) -> onnx.M
 def export_controller(model: NTM) -> onnx.ModelProto:
     """The model's controller (with its trained weights) on its own: (x, h, c) -> (h', c'), batch dynamic."""
     c = model.config
-    x = torch.zeros(_TRACE_SIZES["B"], c.input_size + c.read_heads * c.memory_width)
+    x = torch.zeros(_TRACE_SIZES["B"], c.features + c.read_heads * c.memory_width)
     h = torch.zeros(_TRACE_SIZES["B"], c.controller_size)
     return torch_to_onnx(_Controller(model.controller), (x, h, h.clone()), ["x", "h", "c"], ["h_next", "c_next"],
                          [{0: "B"}] * 3, "op_controller")

@@ -338,7 +338,7 @@ def controller_row(model: NTM, sess: ort.InferenceSession, seed: int = 0) -> Row
     result: Row | None = None
     for b in (1, 64):
         rng = np.random.default_rng(seed + b)
-        x = rng.normal(size=(b, c.input_size + c.read_heads * c.memory_width)).astype(np.float32)
+        x = rng.normal(size=(b, c.features + c.read_heads * c.memory_width)).astype(np.float32)
         h, cell = (rng.normal(size=(b, c.controller_size)).astype(np.float32) for _ in range(2))
         with torch.no_grad():
             expected = model.controller(torch.from_numpy(x), torch.from_numpy(h), torch.from_numpy(cell))

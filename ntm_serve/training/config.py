@@ -12,7 +12,7 @@ Heads = Literal["ntm", "lru"]
 # stay the same.
 MAX_MEMORY_ROWS = 8192  # the largest memory a model runs on unless trained larger (benchmarks/memory_rows.py)
 _LATER_DEFAULTS: dict[str, Any] = {"heads": "ntm", "usage_decay": 0.95, "lru_rows": 0, "heads_see_input": False,
-                                   "write_follows": False}
+                                   "write_follows": False, "input_layer": 0}
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,15 @@ class NTMConfig:
     # LRU: write heads after the first write to the rows the first one wrote at the previous step. A one-shot
     # sample's label arrives one step after the sample, so a second head can add the label to the sample's row.
     write_follows: bool = False
+    # A ReLU layer of this many units over the step's input (0: none). The controller, and the heads' input skip,
+    # see its features beside the raw input: one more non-linear stage between an image and its key. Its features
+    # start unread (zero columns), so a model warm-started from one without it begins as its source.
+    input_layer: int = 0
+
+    @property
+    def features(self) -> int:
+        """Width of what the controller and the heads' skip see of a step's input: the input, then the input layer."""
+        return self.input_size + self.input_layer
 
     @property
     def write_rows(self) -> int:
@@ -81,6 +90,8 @@ class NTMConfig:
             raise ValueError("lru heads need read_heads <= memory_rows")
         if self.write_follows and (self.heads != "lru" or self.write_heads < 2):
             raise ValueError("write_follows needs heads='lru' and write_heads >= 2")
+        if self.input_layer < 0:
+            raise ValueError(f"input_layer must be >= 0, got {self.input_layer}")
         if not 0 <= self.lru_rows <= self.memory_rows:
             raise ValueError(f"lru_rows must be in [0, memory_rows={self.memory_rows}], got {self.lru_rows}")
 

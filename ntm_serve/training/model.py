@@ -21,10 +21,11 @@ class NTM(nn.Module):
     def __init__(self, config: NTMConfig) -> None:
         super().__init__()
         self.config = c = config
+        self.input_layer = nn.Linear(c.input_size, c.input_layer) if c.input_layer else None
         self.controller = make_controller(
-            c.controller, c.input_size + c.read_heads * c.memory_width, c.controller_size
+            c.controller, c.features + c.read_heads * c.memory_width, c.controller_size
         )
-        skip = c.input_size if c.heads_see_input else 0
+        skip = c.features if c.heads_see_input else 0
         self.read_proj = HeadProjection(c.controller_size, c.read_heads, c.memory_width, c.shift_range, write=False,
                                         input_size=skip)
         self.write_proj = HeadProjection(c.controller_size, c.write_heads, c.memory_width, c.shift_range, write=True,
@@ -73,7 +74,8 @@ class NTM(nn.Module):
     def step(self, x: Tensor, state: NTMState) -> tuple[Tensor, NTMState]:
         """One time step. x (B, I), state -> logits (B, O) clipped to +-logit_clip, next state."""
         batch = x.shape[0]
-        controller_in = torch.cat([x, state.read_vectors.reshape(batch, -1)], dim=-1)  # (B, I + R*M)
+        x = self._features(x)  # (B, F)
+        controller_in = torch.cat([x, state.read_vectors.reshape(batch, -1)], dim=-1)  # (B, F + R*M)
         h, c = self.controller(controller_in, state.controller_h, state.controller_c)  # (B, H)
         if self.config.heads == "lru":
             return self._lru_step(x, h, c, state)
@@ -91,6 +93,13 @@ class NTM(nn.Module):
         read_vectors = memory.read(new_memory, read_weights)  # (B, R, M)
 
         return self._output(h, read_vectors), NTMState(h, c, read_vectors, new_memory, read_weights, write_weights)
+
+    def _features(self, x: Tensor) -> Tensor:
+        """What the controller and the heads' skip see of a step's input: x, then the input layer's features.
+        x (B, I) -> (B, I + input_layer)"""
+        if self.input_layer is None:
+            return x
+        return torch.cat([x, torch.relu(self.input_layer(x))], dim=-1)
 
     def _output(self, h: Tensor, read_vectors: Tensor) -> Tensor:
         """Clipped logits from the controller output and this step's reads. -> (B, O)"""

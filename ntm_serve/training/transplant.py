@@ -11,7 +11,7 @@ new entries are filled by rule, so the target starts as close to its source as t
 - a new write head (appended) has zero keys and small adds, so it changes little until trained;
 - a new controller unit (a wider controller) is fresh inside but read by nothing at first (every column of h's new
   units is zero: the gates, the head projections, the output), so the wider model starts as its source's function
-  and the gradient grows the new units' part from there.
+  and the gradient grows the new units' part from there; likewise a new input layer's features (`input_layer`).
 """
 
 from __future__ import annotations
@@ -41,8 +41,13 @@ Layout = list[Segment]
 def controller_input(c: NTMConfig) -> Layout:
     """Columns of the controller's weight: the task input, each read vector, then h (LSTM only)."""
     reads = [Segment(c.memory_width, "zero")] * c.read_heads
-    return [Segment(c.input_size, "fresh"), *reads] + ([Segment(c.controller_size, "zero")]
-                                                      if c.controller == "lstm" else [])
+    return [*features(c), *reads] + ([Segment(c.controller_size, "zero")] if c.controller == "lstm" else [])
+
+
+def features(c: NTMConfig) -> Layout:
+    """What the controller and the heads' skip see of a step's input: the task input, then the input layer's
+    features (read by nothing at first)."""
+    return [Segment(c.input_size, "fresh"), Segment(c.input_layer, "zero")]
 
 
 def controller_rows(c: NTMConfig) -> Layout:
@@ -74,6 +79,8 @@ def layouts(c: NTMConfig) -> dict[str, tuple[Layout, ...]]:
         f"{ctrl}.bias": (controller_rows(c),),
         "h0": (whole(c.controller_size),),
         "c0": (whole(c.controller_size),),
+        "input_layer.weight": (whole(c.input_layer), whole(c.input_size)),
+        "input_layer.bias": (whole(c.input_layer),),
         "output.weight": (whole(c.output_size), output_input(c)),
         "output.bias": (whole(c.output_size),),
         "r0": (whole(c.read_heads), [Segment(c.memory_width, "zero")]),
@@ -81,7 +88,7 @@ def layouts(c: NTMConfig) -> dict[str, tuple[Layout, ...]]:
     for name, heads, write in (("read_proj", c.read_heads, False), ("write_proj", c.write_heads, True)):
         rows = head_rows(c, heads, write)
         out |= {f"{name}.linear.weight": (rows, [Segment(c.controller_size, "zero")]), f"{name}.linear.bias": (rows,),
-                f"{name}.skip.weight": (rows, whole(c.input_size))}
+                f"{name}.skip.weight": (rows, features(c))}
     return out
 
 
@@ -136,7 +143,7 @@ def transplant(source: nn.Module, target: nn.Module) -> None:
     baseline from one of another task.
 
     Parameters of equal shape are copied; the task's input/output widths, the memory width, the number of
-    write heads (new heads appended) and the controller's size (wider only) may differ. A
+    write heads (new heads appended), the controller's size (wider only) and the input layer may differ. A
     head input skip the source lacks (`heads_see_input`) keeps its zero initialisation.
     """
     if isinstance(source, LSTMBaseline) and isinstance(target, LSTMBaseline):
@@ -157,6 +164,8 @@ def transplant(source: nn.Module, target: nn.Module) -> None:
     for name, dst in target.state_dict().items():
         if name not in source_state and ".skip." in name:
             continue  # an input skip the source has not (heads_see_input): stays zero, the source's behaviour
+        if name not in source_state and name.startswith("input_layer."):
+            continue  # an input layer the source has not: fresh, its features read by nothing at first
         if name in ("read_w0", "write_w0") or (name == "memory0" and target.config.memory_init == "constant"):
             continue  # buffers the config defines (heads on row 0, memory_init_value), not trained weights
         _copy_one(name, source_state[name], dst, src_layouts, dst_layouts)

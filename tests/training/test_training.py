@@ -538,6 +538,34 @@ def test_transplant_widens_the_controller_and_starts_as_its_source(controller: s
     assert target.output.weight.grad[:, 12:20].abs().sum() > 0  # the gradient reaches the new units at once
 
 
+def test_input_layer_starts_unread_in_a_warm_start_and_feeds_the_controller_and_the_heads() -> None:
+    """input_layer: a ReLU layer over the step's input whose features the controller and the heads' skip see beside
+    the raw input. Warm-started from a model without one, the features are read by nothing (the model computes its
+    source's outputs); the gradient reaches the columns that read them at once; a negative size is refused."""
+    from ntm_serve.training.transplant import transplant
+
+    torch.manual_seed(0)
+    base = NTMConfig(69, 5, controller_size=12, memory_rows=8, memory_width=4, read_heads=2, write_heads=2,
+                     heads="lru", heads_see_input=True, write_follows=True)
+    source = NTM(base).eval()
+    target = NTM(NTMConfig(**{**base.to_dict(), "input_layer": 16})).eval()
+    assert target.controller.gates.weight.shape[1] == 69 + 16 + 2 * 4 + 12  # (4H, I + E + R*M + H)
+    assert target.read_proj.skip.weight.shape[1] == 69 + 16
+    transplant(source, target)
+    dst = target.state_dict()
+    assert not dst["controller.gates.weight"][:, 69:85].any() and not dst["read_proj.skip.weight"][:, 69:].any()
+    assert torch.equal(dst["controller.gates.weight"][:, 85:], source.state_dict()["controller.gates.weight"][:, 69:])
+    x = torch.rand(7, 3, 69)  # (T, B, X)
+    with torch.no_grad():
+        torch.testing.assert_close(target(x)[0], source(x)[0], rtol=0, atol=1e-6)
+    target.train()
+    target(x)[0].square().sum().backward()
+    assert target.controller.gates.weight.grad[:, 69:85].abs().sum() > 0
+    assert "input_layer" not in base.to_dict() and target.config.to_dict()["input_layer"] == 16
+    with pytest.raises(ValueError, match="input_layer must be >= 0"):
+        NTMConfig(69, 5, input_layer=-1)
+
+
 def test_transplant_seeds_an_lstm_baseline_with_more_task_channels() -> None:
     """--init-from between LSTM baselines (5-way -> 15-way glyphs): pixels and the shared labels copied, the new
     label inputs and outputs fresh; an NTM and an LSTM, or LSTMs of other sizes, are refused."""
