@@ -26,7 +26,7 @@ from ntm_serve.training.tasks import get_task
 
 # Configurations the tests cover: the shipped default, and the corners (feed-forward controller,
 # several heads, S = 5, S = N, learned memory, LRU heads with softmax outputs, one least-used row per write
-# with an input skip to the heads, an input layer).
+# with an input skip to the heads, an input layer, reads that skip the row just renewed).
 DEV_CONFIGS: dict[str, tuple[str, NTMConfig]] = {
     "copy_default": ("copy", NTMConfig(input_size=9, output_size=8)),
     "repeat_copy_ff_multihead": ("repeat_copy", NTMConfig(
@@ -47,6 +47,9 @@ DEV_CONFIGS: dict[str, tuple[str, NTMConfig]] = {
     "one_shot_lru_input_layer": ("one_shot", NTMConfig(  # a ReLU layer over the input, seen by controller and heads
         input_size=69, output_size=5, controller_size=24, memory_rows=8, memory_width=5, read_heads=2,
         write_heads=2, heads="lru", lru_rows=1, heads_see_input=True, write_follows=True, input_layer=16)),
+    "one_shot_lru_skip_new": ("one_shot", NTMConfig(  # the read heads skip the row renewed this step
+        input_size=69, output_size=5, controller_size=24, memory_rows=8, memory_width=5, read_heads=2,
+        write_heads=2, heads="lru", lru_rows=1, heads_see_input=True, write_follows=True, read_skips_new=True)),
 }
 
 

@@ -14,17 +14,20 @@ COSINE_EPS = 1e-8  # delta added to the cosine-similarity denominator
 SHARPEN_FLOOR = 1e-30  # keeps log/pow finite at w == 0 in the backward pass
 
 
-def content_weighting(memory: Tensor, key: Tensor, beta: Tensor) -> Tensor:
+def content_weighting(memory: Tensor, key: Tensor, beta: Tensor, skip: Tensor | None = None) -> Tensor:
     """Softmax over rows of beta * cosine(key, row) (eq. 5, the cosine K[u, v] of eq. 6). beta = 0 gives the
-    uniform weighting.
+    uniform weighting. Rows where `skip` is 1 get no weight (at least one row must be left).
 
-    memory (B, N, M), key (B, H, M), beta (B, H) -> (B, H, N)
+    memory (B, N, M), key (B, H, M), beta (B, H), skip (B, N) 0/1 or None -> (B, H, N)
     """
     dot = torch.matmul(key, memory.transpose(1, 2))  # (B, H, N)
     key_norm = torch.linalg.vector_norm(key, dim=-1, keepdim=True)  # (B, H, 1)
     row_norm = torch.linalg.vector_norm(memory, dim=-1).unsqueeze(1)  # (B, 1, N)
     similarity = dot / (key_norm * row_norm + COSINE_EPS)  # (B, H, N)
-    return torch.softmax(beta.unsqueeze(-1) * similarity, dim=-1)
+    scores = beta.unsqueeze(-1) * similarity  # (B, H, N)
+    if skip is not None:
+        scores = scores.masked_fill(skip.unsqueeze(1) > 0, float("-inf"))
+    return torch.softmax(scores, dim=-1)
 
 
 def interpolate(content: Tensor, previous: Tensor, gate: Tensor) -> Tensor:

@@ -12,7 +12,8 @@ Heads = Literal["ntm", "lru"]
 # stay the same.
 MAX_MEMORY_ROWS = 8192  # the largest memory a model runs on unless trained larger (benchmarks/memory_rows.py)
 _LATER_DEFAULTS: dict[str, Any] = {"heads": "ntm", "usage_decay": 0.95, "lru_rows": 0, "heads_see_input": False,
-                                   "write_follows": False, "input_layer": 0}
+                                   "write_follows": False, "input_layer": 0,
+                                   "read_skips_new": False}
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,10 @@ class NTMConfig:
     # see its features beside the raw input: one more non-linear stage between an image and its key. Its features
     # start unread (zero columns), so a model warm-started from one without it begins as its source.
     input_layer: int = 0
+    # LRU: the read heads skip the rows renewed this step (erased, then written by head 1: the step's own sample,
+    # not yet labelled). Read after the write, that row is the best match for a key made from the sample itself, and
+    # it holds no label; without it a key can look for the sample's look-alikes directly.
+    read_skips_new: bool = False
 
     @property
     def features(self) -> int:
@@ -62,7 +67,8 @@ class NTMConfig:
         dimension (docs/onnx-contract.md); how well a model does away from its trained N is its eval report's."""
         if self.memory_init == "learned":
             return self.memory_rows, self.memory_rows
-        low = max(self.shift_range, self.read_heads if self.heads == "lru" else 1, self.lru_rows)
+        low = max(self.shift_range, self.read_heads if self.heads == "lru" else 1, self.lru_rows,
+                  self.write_rows + 1 if self.read_skips_new else 1)
         return low, max(MAX_MEMORY_ROWS, self.memory_rows)
 
     @property
@@ -90,6 +96,8 @@ class NTMConfig:
             raise ValueError("lru heads need read_heads <= memory_rows")
         if self.write_follows and (self.heads != "lru" or self.write_heads < 2):
             raise ValueError("write_follows needs heads='lru' and write_heads >= 2")
+        if self.read_skips_new and (self.heads != "lru" or self.memory_rows <= self.write_rows):
+            raise ValueError("read_skips_new needs heads='lru' and more memory rows than each write renews")
         if self.input_layer < 0:
             raise ValueError(f"input_layer must be >= 0, got {self.input_layer}")
         if not 0 <= self.lru_rows <= self.memory_rows:

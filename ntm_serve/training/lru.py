@@ -9,7 +9,9 @@ update what was just recalled) or to the least-used row, which is erased first (
     w^lu_t = 1 on the n rows of least usage (n = `lru_rows`, default the read heads), 0 elsewhere
 
 With `write_follows`, write heads 2.. instead write where head 1 wrote at the previous step (`follow_first`):
-a one-shot label arrives a step after its sample, and this puts it in the sample's row.
+a one-shot label arrives a step after its sample, and this puts it in the sample's row. With `read_skips_new`, the
+read heads skip the rows renewed this step (`addressing.content_weighting`'s `skip`): the sample just written is
+the best match for a key made from it, and holds no label yet.
 
 Each row's usage travels with the row: it is one extra memory column (the session state keeps its six
 tensors; the `memory` tensor is (N, M + 1) for an LRU model). Ties go to the first row, so a fresh memory

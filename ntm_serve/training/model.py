@@ -118,7 +118,8 @@ class NTM(nn.Module):
             write_weights = lru.follow_first(write_weights, state.write_weights)  # (B, W, N)
         new_memory = lru.erase_least_used(old, least) + write_weights.transpose(1, 2) @ w.add  # (B, N, M)
         r = self.read_proj(h, x)
-        read_weights = addressing.content_weighting(new_memory, r.key, r.beta)  # (B, R, N)
+        skip = least if self.config.read_skips_new else None  # the rows renewed this step
+        read_weights = addressing.content_weighting(new_memory, r.key, r.beta, skip)  # (B, R, N)
         read_vectors = memory.read(new_memory, read_weights)  # (B, R, M)
         new_usage = lru.usage(old_usage, read_weights, write_weights, self.config.usage_decay)  # (B, N)
         full = torch.cat([new_memory, new_usage.unsqueeze(-1)], dim=-1)  # (B, N, M + 1)

@@ -172,6 +172,36 @@ def test_lru_rows_sets_how_many_least_used_rows_a_write_takes() -> None:
         NTMConfig(69, 5, memory_rows=8, heads="lru", lru_rows=9)
 
 
+def test_read_skips_new_leaves_the_renewed_rows_unread() -> None:
+    """read_skips_new: the read heads give no weight to the rows renewed this step (the sample just written), and
+    their weights still sum to 1; the option is refused where it cannot hold, and old configs keep their bytes."""
+    from ntm_serve.training import addressing
+    from ntm_serve.training.model import NTM
+
+    memory, key = torch.rand(2, 5, 3), torch.rand(2, 4, 3)  # (B, N, M), (B, H, M)
+    key[:, :, :] = memory[:, :1, :]  # every head's best match is row 0 ...
+    skip = torch.tensor([[1.0, 0, 0, 0, 0], [0, 0, 1, 1, 0]])  # ... which batch entry 0 skips
+    w = addressing.content_weighting(memory, key, torch.full((2, 4), 50.0), skip)  # (B, H, N)
+    assert (w * skip.unsqueeze(1)).sum() == 0 and torch.allclose(w.sum(-1), torch.ones(2, 4))
+    assert (w[1, :, 0] > 0.5).all()  # entry 1 may still read row 0
+    torch.manual_seed(0)
+    config = NTMConfig(69, 5, controller_size=16, memory_rows=8, memory_width=4, read_heads=2, write_heads=2,
+                       heads="lru", lru_rows=1, heads_see_input=True, write_follows=True, read_skips_new=True)
+    model = NTM(config)
+    with torch.no_grad():
+        model.write_proj.linear.bias[4 + 1] = -20.0  # gate -> 0: head 1 writes each sample to the least-used row
+        _, _, reads, writes = model(torch.rand(6, 3, 69))  # (T, B, R, N), (T, B, W, N)
+    renewed = (writes[:, :, :1] > 0.5).float()  # (T, B, 1, N): the row head 1 wrote at each step
+    assert (reads * renewed).sum() == 0 and torch.allclose(reads.sum(-1), torch.ones(6, 3, 2))
+    assert NTMConfig.from_dict(config.to_dict()) == config
+    three = NTMConfig(69, 5, memory_rows=8, read_heads=2, heads="lru", lru_rows=3, read_skips_new=True)
+    assert three.rows_range[0] == 4  # a memory must keep a row to read besides the three renewed
+    assert "read_skips_new" not in NTMConfig(69, 5).to_dict()
+    for bad in ({"heads": "ntm"}, {"memory_rows": 3, "lru_rows": 3}):
+        with pytest.raises(ValueError, match="read_skips_new"):
+            NTMConfig(69, 5, read_heads=2, **{"heads": "lru", "read_skips_new": True, **bad})
+
+
 def test_input_skip_starts_at_zero_so_a_warm_start_begins_as_its_source() -> None:
     from ntm_serve.training.model import NTM
     from ntm_serve.training.transplant import transplant
