@@ -11,7 +11,9 @@ keeps one encoding and a softmax over 15 labels).
 Training episodes may turn each character by a random quarter turn (per episode and character: Santoro's
 augmentation, turned characters are new classes), so the 923 background characters give 3,692 classes; mirroring
 too (`flips`: a mirrored character is another new class, the 8 symmetries of the square give 7,384), and move each
-rendering by up to `shift` pixels (per instance, like Santoro's translations: the same class, drawn elsewhere).
+rendering by up to `shift` pixels (per instance, like Santoro's translations: the same class, drawn elsewhere), and
+thicken or thin each rendering's strokes by up to `strokes` of a pixel's grey dilation or erosion (per instance: a
+bolder or lighter weight of the same drawing, as another font of the family would give).
 With `extra_scripts` the background also holds the scripts of datasets/glyphs/glyphs_extra.npz (held-out
 scripts and characters stay exactly the same).
 """
@@ -115,6 +117,23 @@ def shifted(images: Tensor, dy: Tensor, dx: Tensor) -> Tensor:
     return padded[k, take_rows, take_cols].reshape(images.shape)  # (..., 400)
 
 
+def restroked(images: Tensor, amount: Tensor) -> Tensor:
+    """Each image's strokes thickened (amount > 0) or thinned (amount < 0): blended that far towards its 3x3 grey
+    dilation or erosion. images (..., 400), amount (...) in [-1, 1] -> (..., 400)"""
+    square = images.reshape(-1, 1, SIDE, SIDE)  # (K, 1, 20, 20)
+    thick = F.max_pool2d(square, 3, stride=1, padding=1)  # (K, 1, 20, 20): ink spread one pixel
+    thin = -F.max_pool2d(-square, 3, stride=1, padding=1)  # (K, 1, 20, 20): ink kept where its neighbours are inked
+    a = amount.reshape(-1, 1, 1, 1)  # (K, 1, 1, 1)
+    out = square + a.clamp(min=0) * (thick - square) + (-a).clamp(min=0) * (thin - square)
+    return out.reshape(images.shape)
+
+
+def check_strokes(strokes: float) -> None:
+    """A stroke change of 0 to 1 (a whole dilation or erosion); anything else is refused."""
+    if not 0.0 <= strokes <= 1.0:
+        raise ValueError(f"strokes must be in [0, 1], got {strokes}")
+
+
 def check_shift(shift: int) -> None:
     """A shift of 0 to SIDE - 1 pixels; anything else is refused (a config's `shift` is checked when read)."""
     if not 0 <= shift < SIDE:
@@ -122,10 +141,12 @@ def check_shift(shift: int) -> None:
 
 
 def glyph_episodes(gen: torch.Generator, batch: int, split: str, ways: int, per_class: int = PER_CLASS,
-                   turns: bool = False, flips: bool = False, shift: int = 0, extra_scripts: bool = False) -> Batch:
+                   turns: bool = False, flips: bool = False, shift: int = 0, extra_scripts: bool = False,
+                   strokes: float = 0.0) -> Batch:
     """A batch of episodes over `ways` characters of the split. `turns`, `flips`: each character of an episode
     turned by a random quarter turn, mirrored at random (a new class either way); `shift`: each instance moved by
-    up to that many pixels in x and y; `extra_scripts`: the split with glyphs_extra.npz's scripts.
+    up to that many pixels in x and y; `extra_scripts`: the split with glyphs_extra.npz's scripts; `strokes`: each
+    instance's strokes thickened or thinned by a uniform amount in [-strokes, strokes] (`restroked`).
     -> inputs (T, B, 400 + ways), targets (T, B, ways)"""
     images = split_images(split, extra_scripts)  # (C, R, 400)
     chars, renderings = images.shape[:2]
@@ -149,6 +170,10 @@ def glyph_episodes(gen: torch.Generator, batch: int, split: str, ways: int, per_
     if shift:
         moves = torch.randint(-shift, shift + 1, (2, *features.shape[:2]), generator=gen)  # (2, B, T)
         features = shifted(features, moves[0], moves[1])
+    check_strokes(strokes)
+    if strokes:  # drawn only when asked for, so runs without it keep their random stream
+        amount = (torch.rand(features.shape[:2], generator=gen) * 2.0 - 1.0) * strokes  # (B, T)
+        features = restroked(features, amount)
     return encode_episode(features.transpose(0, 1), torch.gather(labels, 1, slot).T, ways)
 
 

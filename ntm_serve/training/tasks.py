@@ -280,14 +280,17 @@ def one_shot_synthetic_task() -> TaskSpec:
     )
 
 
-def _glyph_task(name: str, ways: int, turns: bool, flips: bool, shift: int, extra_scripts: bool) -> TaskSpec:
+def _glyph_task(name: str, ways: int, turns: bool, flips: bool, shift: int, extra_scripts: bool,
+                strokes: float) -> TaskSpec:
     """One-shot glyphs, `ways` characters per episode: trained on background scripts (augmented as
     `one_shot_glyphs.glyph_episodes` says), evaluated and selected on the held-out evaluation scripts."""
     one_shot_glyphs.check_shift(shift)
+    one_shot_glyphs.check_strokes(strokes)
     train = _fixed(one_shot_glyphs.glyph_episodes, "background", ways, one_shot_glyphs.PER_CLASS, turns, flips, shift,
-                   extra_scripts)
+                   extra_scripts, strokes)
     heldout = _fixed(one_shot_glyphs.glyph_episodes, "evaluation", ways)
-    augmented = [w for w, on in (("turned", turns), ("mirrored", flips), (f"shifted up to {shift} px", shift)) if on]
+    augmented = [w for w, on in (("turned", turns), ("mirrored", flips), (f"shifted up to {shift} px", shift),
+                                 (f"strokes thickened or thinned up to {strokes:g}", strokes)) if on]
     background = "background and extra scripts" if extra_scripts else "background scripts"
     return TaskSpec(
         name, one_shot_glyphs.PIXELS + ways, ways, train,
@@ -299,17 +302,18 @@ def _glyph_task(name: str, ways: int, turns: bool, flips: bool, shift: int, extr
 
 
 def one_shot_glyphs_task(turns: bool = True, flips: bool = False, shift: int = 0,
-                         extra_scripts: bool = False) -> TaskSpec:
+                         extra_scripts: bool = False, strokes: float = 0.0) -> TaskSpec:
     """5-way one-shot glyphs (50-step episodes). Augmentation of training episodes: `turns` random quarter turns
     and `flips` random mirroring of each character (new classes), `shift` moves each rendering by up to that many
-    pixels; `extra_scripts` trains on the background scripts of glyphs_extra.npz too."""
-    return _glyph_task("one_shot_glyphs", 5, turns, flips, shift, extra_scripts)
+    pixels, `strokes` thickens or thins each rendering's strokes; `extra_scripts` trains on the background scripts
+    of glyphs_extra.npz too."""
+    return _glyph_task("one_shot_glyphs", 5, turns, flips, shift, extra_scripts, strokes)
 
 
 def one_shot_glyphs15_task(turns: bool = True, flips: bool = False, shift: int = 0,
-                           extra_scripts: bool = False) -> TaskSpec:
+                           extra_scripts: bool = False, strokes: float = 0.0) -> TaskSpec:
     """15-way one-shot glyphs (150-step episodes, one-hot labels). Options as for one_shot_glyphs."""
-    return _glyph_task("one_shot_glyphs15", 15, turns, flips, shift, extra_scripts)
+    return _glyph_task("one_shot_glyphs15", 15, turns, flips, shift, extra_scripts, strokes)
 
 
 _ONE_SHOT_TRAIN = _fixed(one_shot.digit_episodes, "train")

@@ -201,6 +201,31 @@ def test_shifted_episodes_move_each_instance_by_at_most_the_shift() -> None:
         get_task("one_shot_glyphs", shift=-1)
 
 
+def test_restroked_thickens_or_thins_each_image_by_its_own_amount() -> None:
+    """A stroke of ink: a positive amount spreads it towards its 3x3 dilation, a negative one wears it towards its
+    erosion, 0 leaves it; each image by its own amount."""
+    square = torch.zeros(20, 20)
+    square[5:15, 9:12] = 1.0  # a vertical bar 3 px wide
+    images = square.reshape(1, PIXELS).expand(3, -1)  # (3, 400)
+    out = og.restroked(images, torch.tensor([0.0, 0.5, -0.5])).reshape(3, 20, 20)
+    assert torch.equal(out[0], square)
+    assert out[1, 10, 8] == 0.5 and out[1, 10, 10] == 1.0 and out[1].sum() > square.sum()  # half a pixel wider
+    assert out[2, 10, 9] == 0.5 and out[2, 10, 10] == 1.0 and out[2].sum() < square.sum()  # its edges worn by half
+    assert out.min() >= 0.0 and out.max() <= 1.0
+
+
+def test_restroked_episodes_keep_everything_else() -> None:
+    """strokes: drawn last, so the episode (characters, renderings, labels, order) is the one without it."""
+    base = og.glyph_episodes(torch.Generator().manual_seed(5), 8, "background", 5, shift=1)
+    bold = og.glyph_episodes(torch.Generator().manual_seed(5), 8, "background", 5, shift=1, strokes=0.4)
+    assert torch.equal(base.targets, bold.targets) and torch.equal(base.inputs[..., PIXELS:], bold.inputs[..., PIXELS:])
+    ink = base.inputs[..., :PIXELS].sum(-1), bold.inputs[..., :PIXELS].sum(-1)  # (T, B) each
+    assert (ink[1] > ink[0]).float().mean() > 0.3 and (ink[1] < ink[0]).float().mean() > 0.3
+    assert "strokes thickened or thinned up to 0.4" in get_task("one_shot_glyphs", strokes=0.4).eval_points[0][0]
+    with pytest.raises(ValueError, match="strokes must be in"):
+        get_task("one_shot_glyphs15", strokes=1.5)
+
+
 def test_registered_tasks_and_their_split_metadata(glyphs) -> None:
     for name, ways in (("one_shot_glyphs", 5), ("one_shot_glyphs15", 15)):
         spec = get_task(name)
