@@ -12,8 +12,7 @@ Heads = Literal["ntm", "lru"]
 # stay the same.
 MAX_MEMORY_ROWS = 8192  # the largest memory a model runs on unless trained larger (benchmarks/memory_rows.py)
 _LATER_DEFAULTS: dict[str, Any] = {"heads": "ntm", "usage_decay": 0.95, "lru_rows": 0, "heads_see_input": False,
-                                   "write_follows": False, "input_layer": 0,
-                                   "read_skips_new": False}
+                                   "write_follows": False, "input_layer": 0, "read_skips_new": False}
 
 
 @dataclass(frozen=True)
